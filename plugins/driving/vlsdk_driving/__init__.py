@@ -1,0 +1,1 @@
+"""vlsdk driving plugin."""

@@ -1,0 +1,1 @@
+"""vlsdk industrial plugin."""
