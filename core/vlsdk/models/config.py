@@ -1,0 +1,189 @@
+"""Backbone configuration and the named model sizes (``tiny``, ``edge``, ``small``, ``base``)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MoEConfig", "TextConfig", "BackboneConfig", "CONFIGS", "get_config"]
+
+
+@dataclass
+class MoEConfig:
+    """Sparse mixture-of-experts feed-forward settings.
+
+    Args:
+        num_experts: generic routed experts per MoE layer.
+        top_k: experts each token is sent to.
+        expert_hidden: hidden width of one generic expert.
+        num_shared: always-on shared experts (DeepSeek style), fused into one MLP of
+            ``num_shared * expert_hidden`` hidden units; 0 disables them.
+        score: ``"softmax"`` or ``"sigmoid"`` router scores (top-k weights are renormalised).
+        capacity_factor: ``None`` for dropless routing, else each expert takes at most
+            ``ceil(capacity_factor * T * top_k / E)`` assignments and drops the rest.
+        jitter: multiplicative input noise ``U(1 - jitter, 1 + jitter)`` on the router in training.
+        every: a MoE layer replaces the dense FFN in every ``every``-th block (1 = all blocks).
+    """
+
+    num_experts: int = 16
+    top_k: int = 4
+    expert_hidden: int = 384
+    num_shared: int = 1
+    score: str = "softmax"
+    capacity_factor: float | None = None
+    jitter: float = 0.0
+    every: int = 1
+
+
+@dataclass
+class TextConfig:
+    """Built-in byte-level text encoder and the cross-modal gates.
+
+    Args:
+        dim: text token width.
+        depth: transformer layers of the text encoder.
+        heads: attention heads of the text encoder.
+        max_len: longest text in UTF-8 bytes (longer texts are truncated).
+        gate_threshold: at inference a gate whose ``|tanh(alpha)|`` is below this skips the text path.
+    """
+
+    dim: int = 256
+    depth: int = 2
+    heads: int = 4
+    max_len: int = 128
+    gate_threshold: float = 1e-3
+
+
+@dataclass
+class BackboneConfig:
+    """Hybrid encoder configuration: CNN stem, ViT stages, MoE, text.
+
+    Args:
+        name: config name recorded in checkpoints.
+        in_chans: image channels (1 for CT or binarised PCB, 3 for RGB, more for BEV pseudo-images).
+        stem_widths: channels of the CNN stem at stride 4 and stride 8.
+        stem_blocks: ResNet basic blocks per stem stage.
+        patch_size: patch size over the stride-8 stem map (2 gives stride-16 tokens).
+        embed_dim: ViT width, the same in every stage.
+        depths: blocks per ViT stage; each stage after the first starts with a 2x2 token merge.
+        num_heads: attention heads.
+        mlp_ratio: hidden ratio of the dense feed-forward blocks.
+        moe: the mixture-of-experts settings; ``None`` makes every block dense.
+        text: the text encoder and gates; ``None`` builds no text path.
+        drop_path: stochastic depth rate at the last block (linearly increasing).
+    """
+
+    name: str = "custom"
+    in_chans: int = 3
+    stem_widths: tuple[int, int] = (64, 128)
+    stem_blocks: tuple[int, int] = (2, 2)
+    patch_size: int = 2
+    embed_dim: int = 384
+    depths: tuple[int, ...] = (4, 8)
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    moe: MoEConfig | None = field(default_factory=MoEConfig)
+    text: TextConfig | None = field(default_factory=TextConfig)
+    drop_path: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.stem_widths = tuple(self.stem_widths)
+        self.stem_blocks = tuple(self.stem_blocks)
+        self.depths = tuple(self.depths)
+        if isinstance(self.moe, dict):
+            self.moe = MoEConfig(**self.moe)
+        if isinstance(self.text, dict):
+            self.text = TextConfig(**self.text)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field when a value is out of range."""
+        if self.in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {self.in_chans}")
+        if len(self.stem_widths) != 2 or min(self.stem_widths) < 1:
+            raise ValueError(f"stem_widths must be two positive ints (stride 4, 8), got {self.stem_widths}")
+        if not self.depths or min(self.depths) < 1:
+            raise ValueError(f"depths must be a non-empty tuple of positive ints, got {self.depths}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        moe = self.moe
+        if moe is not None:
+            if not 1 <= moe.top_k <= moe.num_experts:
+                raise ValueError(f"moe.top_k must be in [1, num_experts={moe.num_experts}], got {moe.top_k}")
+            if moe.score not in ("softmax", "sigmoid"):
+                raise ValueError(f"moe.score must be 'softmax' or 'sigmoid', got {moe.score!r}")
+            if moe.every < 1:
+                raise ValueError(f"moe.every must be >= 1, got {moe.every}")
+            if moe.capacity_factor is not None and moe.capacity_factor <= 0:
+                raise ValueError(f"moe.capacity_factor must be > 0 or None, got {moe.capacity_factor}")
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Output stride of every pyramid level (stem 4 and 8, then one per ViT stage)."""
+        first = 8 * self.patch_size
+        return (4, 8) + tuple(first * 2**i for i in range(len(self.depths)))
+
+    def is_moe_block(self, index: int) -> bool:
+        """Whether the block with this global index has a MoE feed-forward layer."""
+        return self.moe is not None and index % self.moe.every == self.moe.every - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``BackboneConfig(**d)`` rebuilds the config."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> BackboneConfig:
+        """A copy with some fields changed (nested ``moe``/``text`` may be given as dicts)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _tiny() -> BackboneConfig:
+    return BackboneConfig(
+        name="tiny", stem_widths=(16, 32), stem_blocks=(1, 1), embed_dim=64, depths=(1, 1),
+        num_heads=2, moe=MoEConfig(num_experts=4, top_k=2, expert_hidden=64),
+        text=TextConfig(dim=32, depth=1, heads=2, max_len=32),
+    )
+
+
+def _edge() -> BackboneConfig:
+    return BackboneConfig(
+        name="edge", stem_widths=(32, 64), stem_blocks=(1, 1), embed_dim=192, depths=(2, 4),
+        num_heads=3, moe=MoEConfig(num_experts=8, top_k=2, expert_hidden=192, every=2),
+        text=TextConfig(dim=128, depth=2, heads=4),
+    )
+
+
+def _small() -> BackboneConfig:
+    return BackboneConfig(
+        name="small", stem_widths=(64, 128), embed_dim=384, depths=(4, 8), num_heads=6,
+        moe=MoEConfig(num_experts=16, top_k=4, expert_hidden=192, num_shared=1),
+    )
+
+
+def _base() -> BackboneConfig:
+    return BackboneConfig(
+        name="base", stem_widths=(64, 128), embed_dim=768, depths=(4, 8), num_heads=12,
+        moe=MoEConfig(num_experts=16, top_k=4, expert_hidden=384, num_shared=1),
+        text=TextConfig(dim=384, depth=4, heads=6),
+    )
+
+
+#: Named configurations: ``tiny`` for tests, ``edge`` for devices, ``small``, and ``base`` (ViT-B width).
+#: Treat them as read-only; :func:`get_config` hands out copies.
+CONFIGS: dict[str, BackboneConfig] = {c.name: c for c in (_tiny(), _edge(), _small(), _base())}
+
+
+def get_config(name: str, **overrides: Any) -> BackboneConfig:
+    """Return a fresh copy of a named configuration, optionally with fields overridden.
+
+    Example:
+        >>> cfg = get_config("small", in_chans=1)
+        >>> cfg.embed_dim
+        384
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; expected one of {sorted(CONFIGS)}")
+    return copy.deepcopy(CONFIGS[name]).replace(**overrides)

@@ -1,0 +1,120 @@
+"""The hybrid hierarchical encoder: CNN stem -> patch embedding -> ViT stages with sparse MoE."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlsdk.models.config import BackboneConfig
+from vlsdk.models.features import EncoderFeatures
+from vlsdk.models.gate import CrossModalGate
+from vlsdk.models.moe import DynamicMoE
+from vlsdk.models.stem import ConvStem
+from vlsdk.models.text import TextFeatures
+from vlsdk.models.vit import Block, PatchEmbed, PatchMerge, sincos_pos_embed, tokens_to_map
+
+__all__ = ["HybridEncoder", "Stage"]
+
+
+class Stage(nn.Module):
+    """One ViT stage: optional 2x2 merge, a cross-modal gate, then transformer blocks."""
+
+    def __init__(self, config: BackboneConfig, depth: int, first_block: int, merge: bool, dpr: list[float]) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.merge = PatchMerge(dim) if merge else None
+        text = config.text
+        self.gate = CrossModalGate(dim, text.dim, config.num_heads, text.gate_threshold) if text is not None else None
+        self.blocks = nn.ModuleList(
+            Block(dim, config.num_heads, config.mlp_ratio,
+                  config.moe if config.is_moe_block(first_block + i) else None, dpr[first_block + i])
+            for i in range(depth)
+        )
+
+
+class HybridEncoder(nn.Module):
+    """ResNet-style stem (strides 4, 8) -> patch embedding -> ViT stages (strides 16, 32, ...).
+
+    Every ``config.moe.every``-th block has a :class:`DynamicMoE` feed-forward; each stage
+    starts with a :class:`CrossModalGate` that lets text tokens reach the visual tokens.
+
+    Args:
+        config: the backbone configuration (see :func:`vlsdk.get_config`).
+
+    Example:
+        >>> enc = HybridEncoder(get_config("tiny"))
+        >>> feats = enc.forward_features(torch.zeros(1, 3, 64, 64))
+        >>> sorted(feats.pyramid), feats.grid
+        ([4, 8, 16, 32], (2, 2))
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        dim = config.embed_dim
+        self.stem = ConvStem(config.in_chans, config.stem_widths, config.stem_blocks)
+        self.patch_embed = PatchEmbed(config.stem_widths[1], dim, config.patch_size)
+        total = sum(config.depths)
+        dpr = [config.drop_path * i / max(total - 1, 1) for i in range(total)]
+        stages, first = [], 0
+        for s, depth in enumerate(config.depths):
+            stages.append(Stage(config, depth, first, merge=s > 0, dpr=dpr))
+            first += depth
+        self.stages = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(dim)
+        self.apply(_init_linear)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return self.config.strides
+
+    @property
+    def moe_layers(self) -> list[DynamicMoE]:
+        """Every MoE layer in depth order; ``add_expert(layers=[i])`` indexes this list."""
+        return [m for m in self.modules() if isinstance(m, DynamicMoE)]
+
+    @property
+    def gates(self) -> list[CrossModalGate]:
+        return [s.gate for s in self.stages if s.gate is not None]
+
+    @property
+    def channels(self) -> dict[int, int]:
+        """Stride -> channels of :attr:`EncoderFeatures.pyramid`."""
+        c4, c8 = self.config.stem_widths
+        return {4: c4, 8: c8, **{s: self.config.embed_dim for s in self.strides[2:]}}
+
+    def forward_features(self, images: torch.Tensor, text: TextFeatures | None = None) -> EncoderFeatures:
+        """Encode ``(B, C, H, W)`` images (and optionally text) into tokens and a feature pyramid."""
+        if images.dim() != 4 or images.shape[1] != self.config.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(images.shape)}")
+        f4, f8 = self.stem(images)
+        pyramid = {4: f4, 8: f8}
+        x, grid = self.patch_embed(f8)
+        x = x + sincos_pos_embed(x.shape[-1], grid, x.device, x.dtype)
+        stats = []
+        strides = self.strides[2:]
+        for i, stage in enumerate(self.stages):
+            if stage.merge is not None:
+                x, grid = stage.merge(x, grid)
+            if stage.gate is not None and text is not None:
+                x = stage.gate(x, text.tokens, text.mask)
+            for block in stage.blocks:
+                x, st = block(x, grid)
+                if st is not None:
+                    stats.append(st)
+            if i == len(self.stages) - 1:
+                x = self.norm(x)
+            pyramid[strides[i]] = tokens_to_map(x, grid)
+        return EncoderFeatures(tokens=x, grid=grid, pyramid=pyramid,
+                               image_size=(images.shape[-2], images.shape[-1]), router_stats=stats)
+
+    def forward(self, images: torch.Tensor, text: TextFeatures | None = None) -> EncoderFeatures:
+        return self.forward_features(images, text)
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,206 @@
+"""Sparse mixture-of-experts feed-forward layer with named, insertable expert slots."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vlsdk.models.config import MoEConfig
+from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
+from vlsdk.models.features import ExpertContext, RouterStats
+from vlsdk.models.router import Router, load_balancing_loss, z_loss
+
+__all__ = ["DynamicMoE", "split_expert_name"]
+
+
+def split_expert_name(name: str) -> tuple[str, str]:
+    """``"medical.lesion" -> ("medical", "lesion")``; raises ``ValueError`` for other shapes."""
+    group, dot, leaf = name.partition(".")
+    if not dot or not group.isidentifier() or not (leaf.isidentifier() or leaf.isdigit()):
+        raise ValueError(f"expert names look like '<group>.<name>' (e.g. 'medical.lesion'), got {name!r}")
+    return group, leaf
+
+
+class DynamicMoE(nn.Module):
+    """Top-k routed experts plus always-on shared experts, with named slots that can grow.
+
+    Tokens are dispatched by sorting their (token, expert) assignments by expert, running every
+    expert once on its contiguous slice, and combining the ``k`` outputs of each token with its
+    renormalised gate weights. There is no Python loop over tokens; the loop is over experts
+    that received tokens. ``dense=True`` (the export path) instead runs every expert on every
+    token with masked weights, which is slower but has static shapes.
+
+    Experts live in ``self.experts[group][leaf]`` (so parameter names read
+    ``experts.generic.3.fc1.weight`` and ``experts.medical.lesion...``) and are addressed by
+    ``"group.leaf"`` names; :attr:`expert_names` gives the router's row order.
+
+    Args:
+        dim: token width.
+        config: the MoE settings (experts, top-k, hidden size, shared experts, score, capacity).
+
+    Example:
+        >>> moe = DynamicMoE(64, MoEConfig(num_experts=4, top_k=2, expert_hidden=32))
+        >>> y, stats = moe(torch.randn(2, 9, 64), grid=(3, 3))
+        >>> y.shape, stats.tokens_per_expert.sum().item()
+        (torch.Size([2, 9, 64]), 36)
+    """
+
+    def __init__(self, dim: int, config: MoEConfig) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim, self.config = dim, config
+        self.top_k = config.top_k
+        self.capacity_factor = config.capacity_factor
+        self.router = Router(dim, config.num_experts, config.top_k, config.score, config.jitter)
+        generic = nn.ModuleDict({str(i): ExpertMLP(dim, config.expert_hidden) for i in range(config.num_experts)})
+        self.experts = nn.ModuleDict({"generic": generic})
+        self.shared = ExpertMLP(dim, config.expert_hidden * config.num_shared) if config.num_shared > 0 else None
+        self.expert_names = [f"generic.{i}" for i in range(config.num_experts)]
+        self._wants_context: dict[str, bool] = {}
+        self.dense = False
+
+    # -- slots -------------------------------------------------------------------------------
+    def expert(self, name: str) -> nn.Module:
+        """The expert module called ``name`` (``"shared"`` for the shared experts)."""
+        if name == "shared":
+            if self.shared is None:
+                raise KeyError("this MoE layer has no shared experts (num_shared=0)")
+            return self.shared
+        group, leaf = split_expert_name(name)
+        if name not in self.expert_names:
+            raise KeyError(f"no expert {name!r} in this layer; experts: {self.expert_names}")
+        return self.experts[group][leaf]
+
+    def add_expert(self, name: str, module: nn.Module, init_bias: float = -30.0) -> None:
+        """Insert ``module`` as a new routed expert and grow the router by one row.
+
+        The new row has zero weights and bias ``init_bias``: with the default the new expert
+        wins no token, so existing routing and outputs are unchanged until it is opened
+        (:meth:`set_router_bias`) or trained.
+        """
+        group, leaf = split_expert_name(name)
+        if name in self.expert_names:
+            raise ValueError(f"expert {name!r} is already in this layer")
+        check_expert(name, module, self.dim)
+        ref = self.router.weight
+        if ref.device.type != "meta":
+            module = module.to(device=ref.device)
+        if group not in self.experts:
+            self.experts[group] = nn.ModuleDict()
+        self.experts[group][leaf] = module
+        self.expert_names.append(name)
+        self._wants_context[name] = accepts_context(module)
+        self.router.grow(1, init_bias)
+
+    def remove_expert(self, name: str) -> nn.Module:
+        """Remove a domain expert and its router row; returns the module."""
+        group, leaf = split_expert_name(name)
+        if group == "generic":
+            raise ValueError("generic experts are part of the backbone and cannot be removed")
+        if name not in self.expert_names:
+            raise KeyError(f"no expert {name!r} in this layer; experts: {self.expert_names}")
+        row = self.expert_names.index(name)
+        self.router.remove(row)
+        self.expert_names.pop(row)
+        self._wants_context.pop(name, None)
+        module = self.experts[group][leaf]
+        del self.experts[group][leaf]
+        if len(self.experts[group]) == 0:
+            del self.experts[group]
+        return module
+
+    def set_router_bias(self, name: str, value: float) -> None:
+        """Set the router bias of one expert (e.g. 0.0 to open a newly inserted expert)."""
+        self.router.set_bias(self.expert_names.index(name), value)
+
+    def set_frozen(self, name: str, frozen: bool) -> None:
+        """Freeze or unfreeze one expert (``"shared"`` too) and, for routed experts, its router row."""
+        for p in self.expert(name).parameters():
+            p.requires_grad_(not frozen)
+        if name != "shared":
+            self.router.set_frozen(self.expert_names.index(name), frozen)
+
+    def _modules_in_order(self) -> list[nn.Module]:
+        return [self.experts[g][leaf] for g, _, leaf in (n.partition(".") for n in self.expert_names)]
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, RouterStats]:
+        """Apply the layer to ``(B, N, d)`` tokens laid out row-major on ``grid`` (h, w)."""
+        batch, n_tok, dim = x.shape
+        if dim != self.dim:
+            raise ValueError(f"expected tokens of width {self.dim}, got {tuple(x.shape)}")
+        grid3 = (batch, *(grid if grid is not None else (1, n_tok)))
+        flat = x.reshape(-1, dim)
+        routing = self.router(flat)
+        weight = routing.topk_weight.to(x.dtype)
+        if self.dense:
+            routed, counts, dropped = self._dense(flat, routing.topk_idx, weight, grid3)
+        else:
+            routed, counts, dropped = self._sparse(flat, routing.topk_idx, weight, grid3)
+        out = routed if self.shared is None else routed + self.shared(flat)
+        probs = routing.probs
+        stats = RouterStats(
+            expert_names=list(self.expert_names),
+            tokens_per_expert=counts,
+            topk_idx=routing.topk_idx,
+            topk_weight=routing.topk_weight,
+            entropy=-(probs * probs.clamp_min(1e-20).log()).sum(-1).mean().detach(),
+            dropped_fraction=dropped,
+            aux_loss=load_balancing_loss(probs, counts),
+            z_loss=z_loss(routing.logits),
+        )
+        return out.reshape(batch, n_tok, dim), stats
+
+    def _call(self, i: int, module: nn.Module, xs: torch.Tensor, flat: torch.Tensor, index: torch.Tensor,
+              grid3: tuple[int, int, int]) -> torch.Tensor:
+        if self._wants_context.get(self.expert_names[i], False):
+            return module(xs, context=ExpertContext(tokens=flat, index=index, grid=grid3))
+        return module(xs)
+
+    def _sparse(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+                grid3: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n_tok, k = idx.shape
+        num_experts = len(self.expert_names)
+        assignment = idx.reshape(-1)                                   # (T*k,) expert of each slot
+        order = torch.argsort(assignment, stable=True)                 # slots grouped by expert
+        counts = torch.bincount(assignment, minlength=num_experts)
+        kept = counts
+        if self.capacity_factor is not None:
+            capacity = math.ceil(self.capacity_factor * n_tok * k / num_experts)
+            starts = torch.cumsum(counts, 0) - counts
+            rank = torch.arange(order.numel(), device=order.device) - starts[assignment[order]]
+            order = order[rank < capacity]                             # first `capacity` per expert
+            kept = counts.clamp(max=capacity)
+        tokens = order // k                                            # token of each sorted slot
+        gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
+        xs = flat[tokens]
+        routed = torch.zeros_like(flat)
+        modules = self._modules_in_order()
+        start = 0
+        for i, n in enumerate(kept.tolist()):                          # loop over experts, not tokens
+            if n:
+                sl = slice(start, start + n)
+                y = self._call(i, modules[i], xs[sl], flat, tokens[sl], grid3)
+                routed.index_add_(0, tokens[sl], y * gates[sl])  # weighted scatter-back
+            start += n
+        dropped = 1.0 - kept.sum().float() / max(n_tok * k, 1)
+        return routed, counts, dropped
+
+    def _dense(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+               grid3: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Export path: every expert on every token, combined with a (T, E) masked weight matrix."""
+        num_experts = len(self.expert_names)
+        combine = torch.zeros(flat.shape[0], num_experts, dtype=weight.dtype, device=flat.device)
+        combine = combine.scatter(1, idx, weight)
+        everyone = torch.arange(flat.shape[0], device=flat.device)
+        out = torch.zeros_like(flat)
+        for i, module in enumerate(self._modules_in_order()):
+            out = out + combine[:, i:i + 1] * self._call(i, module, flat, flat, everyone, grid3)
+        counts = torch.nn.functional.one_hot(idx, num_experts).sum((0, 1))  # bincount does not export
+        return out, counts, flat.new_zeros(())
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, experts={self.expert_names}, top_k={self.top_k}, dense={self.dense}"

@@ -1,0 +1,87 @@
+"""HybridEncoder shapes for every named config, input channels, MoE placement and bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlsdk.models.config import CONFIGS, BackboneConfig, MoEConfig, get_config
+from vlsdk.models.encoder import HybridEncoder
+from vlsdk.models.params import count_parameters
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_pyramid_and_tokens_for_every_config(name):
+    cfg = get_config(name)
+    enc = HybridEncoder(cfg).eval()
+    with torch.no_grad():
+        feats = enc.forward_features(torch.randn(1, 3, 70, 96))
+    assert sorted(feats.pyramid) == [4, 8, 16, 32]
+    assert feats.channels == enc.channels
+    for stride, fmap in feats.pyramid.items():
+        assert fmap.shape[-2:] == (-(-70 // stride), -(-96 // stride)), stride
+    h, w = feats.grid
+    assert feats.tokens.shape == (1, h * w, cfg.embed_dim)
+    moe_blocks = sum(cfg.is_moe_block(i) for i in range(sum(cfg.depths)))
+    assert len(feats.router_stats) == moe_blocks == len(enc.moe_layers)
+
+
+@pytest.mark.parametrize("in_chans", [1, 3, 5])
+def test_input_channels(in_chans):
+    enc = HybridEncoder(get_config("tiny", in_chans=in_chans))
+    feats = enc.forward_features(torch.randn(2, in_chans, 64, 64))
+    assert feats.tokens.shape[0] == 2
+    with pytest.raises(ValueError, match=rf"\(B, {in_chans}, H, W\)"):
+        enc.forward_features(torch.randn(2, in_chans + 1, 64, 64))
+
+
+def test_moe_every_other_block_and_dense_config():
+    cfg = get_config("tiny", depths=(2, 2), moe=MoEConfig(num_experts=4, top_k=1, expert_hidden=32, every=2))
+    enc = HybridEncoder(cfg)
+    assert [b.is_moe for s in enc.stages for b in s.blocks] == [False, True, False, True]
+    dense = HybridEncoder(get_config("tiny", moe=None))
+    assert dense.moe_layers == []
+    assert dense.forward_features(torch.randn(1, 3, 32, 32)).router_stats == []
+
+
+def test_gradients_reach_stem_and_experts():
+    enc = HybridEncoder(get_config("tiny"))
+    feats = enc.forward_features(torch.randn(2, 3, 64, 64))
+    loss = feats.tokens.pow(2).mean() + sum(s.aux_loss for s in feats.router_stats)
+    loss.backward()
+    assert enc.stem.conv1.weight.grad.abs().sum() > 0
+    assert enc.moe_layers[0].router.weight.grad.abs().sum() > 0
+
+
+def test_parameter_counts_total_vs_active():
+    for name in CONFIGS:
+        counts = count_parameters(name)
+        assert 0 < counts.active <= counts.total
+    base = count_parameters("base")
+    assert base.active < 0.6 * base.total  # sparse: most expert weights idle per token
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"in_chans": 0}, "in_chans"),
+        ({"embed_dim": 100, "num_heads": 3}, "divisible by num_heads"),
+        ({"depths": ()}, "depths"),
+        ({"moe": MoEConfig(num_experts=4, top_k=5)}, "top_k"),
+        ({"moe": MoEConfig(every=0)}, "every"),
+        ({"stem_widths": (8,)}, "stem_widths"),
+    ],
+)
+def test_bad_config_raises_value_error(changes, message):
+    with pytest.raises(ValueError, match=message):
+        get_config("tiny", **changes)
+
+
+def test_unknown_config_name_lists_choices():
+    with pytest.raises(ValueError, match="base"):
+        get_config("huge")
+
+
+def test_config_round_trips_through_dict():
+    cfg = get_config("small", in_chans=1)
+    assert BackboneConfig(**cfg.to_dict()) == cfg
