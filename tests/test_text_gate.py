@@ -87,3 +87,22 @@ def test_text_count_must_match_images():
         model(torch.randn(2, 3, 32, 32), text=["only one"], heads=[])
     with pytest.raises(ValueError, match="no text path"):
         VLModel(get_config("tiny", text=None)).train()(torch.randn(1, 3, 32, 32), text=["x"], heads=[])
+
+
+def test_local_hugging_face_text_encoder(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="the optional HF text path needs transformers")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "lesion", "肺", "结", "节", *"abcdefghijklmnopqrstuvwxyz"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+    transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    bert = transformers.BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=48)
+    transformers.BertModel(bert).save_pretrained(tmp_path)
+    model = VLModel(get_config("tiny", text=TextConfig(dim=8, hf_path=str(tmp_path)))).eval()
+    assert model.config.text.dim == 24  # follows the HF model's hidden size
+    with torch.no_grad():
+        for gate in model.encoder.gates:
+            gate.alpha.fill_(1.0)
+        a = model(torch.zeros(2, 3, 32, 32), text=["a lesion", "左肺结节"], heads=[]).features.tokens
+    assert not torch.allclose(a[0], a[1])  # same image, different text
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        VLModel(get_config("tiny", text=TextConfig(hf_path=str(tmp_path / "nope"))))

@@ -47,6 +47,8 @@ class TextConfig:
         heads: attention heads of the text encoder.
         max_len: longest text in UTF-8 bytes (longer texts are truncated).
         gate_threshold: at inference a gate whose ``|tanh(alpha)|`` is below this skips the text path.
+        hf_path: a local Hugging Face text model directory to use instead of the byte encoder
+            (``dim`` then follows that model's hidden size).
     """
 
     dim: int = 256
@@ -54,6 +56,7 @@ class TextConfig:
     heads: int = 4
     max_len: int = 128
     gate_threshold: float = 1e-3
+    hf_path: str | None = None
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,9 +103,16 @@ class VLModel(nn.Module):
             config = config.replace(**overrides)
         if not isinstance(config, BackboneConfig):
             raise ValueError(f"config must be a BackboneConfig or a config name, got {type(config).__name__}")
+        self.text_encoder: nn.Module | None = None
+        if config.text is not None and config.text.hf_path:
+            from vlsdk.models.hf_text import HFTextEncoder
+
+            self.text_encoder = HFTextEncoder(config.text.hf_path, config.text.max_len)
+            config = config.replace(text=dataclasses.replace(config.text, dim=self.text_encoder.dim))
+        elif config.text is not None:
+            self.text_encoder = ByteTextEncoder(config.text)
         self.config = config
         self.encoder = HybridEncoder(config)
-        self.text_encoder = ByteTextEncoder(config.text) if config.text is not None else None
         self.heads = nn.ModuleDict()
         self.expert_specs: dict[str, ExpertSpec] = {}
         self.head_specs: dict[str, HeadSpec] = {}
@@ -150,9 +158,7 @@ class VLModel(nn.Module):
             **options: factory options, recorded in the checkpoint.
         """
         split_expert_name(name)
-        if name.startswith("generic."):
-            raise ValueError(f"'generic.*' names belong to the backbone's own experts; choose another name than {name!r}")
-        if name in self.expert_specs:
+        if name in self.expert_specs or any(name in layer.expert_names for layer in self.moe_layers):
             raise ValueError(f"expert {name!r} is already in the model; remove_expert({name!r}) first")
         indices = self._layer_indices(layers)
         dim = self.config.embed_dim

@@ -59,6 +59,7 @@ class DynamicMoE(nn.Module):
         self.experts = nn.ModuleDict({"generic": generic})
         self.shared = ExpertMLP(dim, config.expert_hidden * config.num_shared) if config.num_shared > 0 else None
         self.expert_names = [f"generic.{i}" for i in range(config.num_experts)]
+        self._backbone_experts = frozenset(self.expert_names)
         self._wants_context: dict[str, bool] = {}
         self.dense = False
 
@@ -98,8 +99,8 @@ class DynamicMoE(nn.Module):
     def remove_expert(self, name: str) -> nn.Module:
         """Remove a domain expert and its router row; returns the module."""
         group, leaf = split_expert_name(name)
-        if group == "generic":
-            raise ValueError("generic experts are part of the backbone and cannot be removed")
+        if name in self._backbone_experts:
+            raise ValueError(f"{name!r} is one of the backbone's own experts and cannot be removed")
         if name not in self.expert_names:
             raise KeyError(f"no expert {name!r} in this layer; experts: {self.expert_names}")
         row = self.expert_names.index(name)

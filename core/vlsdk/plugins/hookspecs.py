@@ -1,0 +1,158 @@
+"""The hooks a vlsdk plugin can implement.
+
+Every hook is a ``vlsdk_register_<kind>(register)`` call. ``register`` is a registrar bound to the
+registry of that kind *and* to the plugin being called, so each entry records the plugin name,
+distribution and version it came from; the core owns storage, name-clash policy and error
+messages. A plugin implements only the hooks it needs::
+
+    # my_plugin.py, declared in pyproject.toml as
+    # [project.entry-points."vlsdk.plugins"]
+    # acme = "my_plugin"
+    from vlsdk.plugins import hookimpl
+
+    @hookimpl
+    def vlsdk_register_experts(register):
+        from my_plugin.experts import TextureExpert  # heavy imports inside the hook
+        register("acme.texture", TextureExpert)
+
+``register(name, obj, *, replace=False, **metadata)`` raises
+:class:`~vlsdk.plugins.errors.DuplicateNameError` when ``name`` is taken by a different object
+(re-registering the same object is a no-op) and ``ValueError``/``TypeError`` for a bad name or an
+object of the wrong type. A hook that raises marks its plugin as ``"error"``: everything that
+plugin registered is rolled back, the other plugins are unaffected.
+
+Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vlsdk.plugins.markers import _hookspec
+
+if TYPE_CHECKING:
+    from vlsdk.plugins.commands import CommandRegistrar
+    from vlsdk.plugins.registry import Registrar
+
+__all__ = [
+    "vlsdk_register_commands",
+    "vlsdk_register_datasets",
+    "vlsdk_register_experts",
+    "vlsdk_register_heads",
+    "vlsdk_register_metrics",
+    "vlsdk_register_synthesizers",
+    "vlsdk_register_transforms",
+]
+
+
+@_hookspec
+def vlsdk_register_experts(register: Registrar) -> None:
+    """Register domain experts for the mixture-of-experts layers.
+
+    Contract: ``factory(dim: int, **options) -> torch.nn.Module`` whose ``forward(x)`` maps the
+    ``(n, dim)`` tokens routed to it to ``(n, dim)`` (``n`` may be 0). An expert that also needs
+    the token neighbourhood declares a keyword parameter ``context`` and receives a
+    :class:`vlsdk.models.features.ExpertContext`. Names look like ``<group>.<name>`` made of
+    identifiers, the group being the domain: ``"medical.lesion"``. Check a factory with
+    :func:`vlsdk.testing.check_expert`.
+
+    Args:
+        register: ``register(name, factory, *, replace=False, **metadata)``.
+
+    Example::
+
+        @hookimpl
+        def vlsdk_register_experts(register):
+            register("medical.lesion", LesionExpert, description="lesion texture")
+    """
+
+
+@_hookspec
+def vlsdk_register_heads(register: Registrar) -> None:
+    """Register task heads.
+
+    Contract: ``factory(channels: Mapping[int, int], **options) -> vlsdk.heads.base.Head``, where
+    ``channels`` maps each feature stride to its channel count.
+
+    Args:
+        register: ``register(task, factory, *, replace=False, **metadata)``.
+
+    Example::
+
+        @hookimpl
+        def vlsdk_register_heads(register):
+            register("lesion-seg", LesionSegmentationHead)
+    """
+
+
+@_hookspec
+def vlsdk_register_datasets(register: Registrar) -> None:
+    """Register dataset factories.
+
+    Contract: ``factory(**options)`` returning a map-style dataset (``__getitem__`` and
+    ``__len__``). Prefix names with the domain: ``"medical.msd-spleen"``.
+
+    Args:
+        register: ``register(name, factory, *, replace=False, **metadata)``.
+    """
+
+
+@_hookspec
+def vlsdk_register_transforms(register: Registrar) -> None:
+    """Register data transforms.
+
+    Contract: ``factory(**options)`` returning a callable ``transform(sample) -> sample``.
+
+    Args:
+        register: ``register(name, factory, *, replace=False, **metadata)``.
+    """
+
+
+@_hookspec
+def vlsdk_register_metrics(register: Registrar) -> None:
+    """Register evaluation metrics.
+
+    Contract: ``factory(**options)`` returning a metric object with ``update(...)``,
+    ``compute()`` and ``reset()``.
+
+    Args:
+        register: ``register(name, factory, *, replace=False, **metadata)``.
+    """
+
+
+@_hookspec
+def vlsdk_register_synthesizers(register: Registrar) -> None:
+    """Register synthetic-data generators (for tests, demos and smoke training).
+
+    Contract: ``factory(**options)`` returning a callable that makes samples from a seed, in the
+    same format as the domain's datasets.
+
+    Args:
+        register: ``register(name, factory, *, replace=False, **metadata)``.
+    """
+
+
+@_hookspec
+def vlsdk_register_commands(register: CommandRegistrar) -> None:
+    """Add subcommands to the ``vlsdk`` command line.
+
+    The core's own commands (``plugins``, ``info``, ...) are registered through this hook too.
+
+    Args:
+        register: ``register(name, run, *, help, configure=None, description=None,
+            replace=False, **metadata)`` where ``configure(parser: argparse.ArgumentParser)``
+            adds the command's arguments and ``run(args: argparse.Namespace) -> int | None``
+            executes it (``None`` means exit status 0).
+
+    Example::
+
+        @hookimpl
+        def vlsdk_register_commands(register):
+            def configure(parser):
+                parser.add_argument("path")
+
+            def run(args):
+                print(convert(args.path))
+
+            register("dicom2nii", run, help="convert a DICOM series", configure=configure)
+    """

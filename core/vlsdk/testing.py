@@ -1,0 +1,204 @@
+"""Test helpers for vlsdk and its plugin authors: an opt-in pytest plugin and check functions.
+
+Enable the fixtures in your ``conftest.py``::
+
+    pytest_plugins = ["vlsdk.testing"]
+
+Fixtures:
+
+- ``plugin_host``: a fresh :class:`~vlsdk.plugins.PluginHost` without entry-point discovery
+  (only the core plugin), installed as the default host for the test and restored after.
+  Mark a test ``@pytest.mark.vlsdk_entry_points`` to discover the installed plugins too.
+- ``register_plugin``: ``register_plugin(plugin, name=None, **kwargs) -> PluginInfo`` registers
+  a plugin object or module on that host; it is unregistered when the test ends.
+- ``tiny_model``: ``vlsdk.VLModel(vlsdk.get_config("tiny"))``, seeded.
+
+Helpers (plain functions, usable without pytest):
+
+- :func:`check_expert` builds an expert and checks the expert contract: shape, dtype, finite
+  values, zero tokens, gradients reaching every parameter.
+
+Example::
+
+    from vlsdk.testing import check_expert
+
+    def test_my_expert(register_plugin):
+        import my_plugin
+        register_plugin(my_plugin)
+        check_expert("acme.texture", dim=32)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from vlsdk.plugins.manager import PluginHost, PluginInfo, get_host, use_host
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["check_expert", "plugin_host", "register_plugin", "tiny_model"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "vlsdk_entry_points: the plugin_host fixture also discovers the vlsdk.plugins entry points",
+    )
+
+
+@pytest.fixture
+def plugin_host(request: pytest.FixtureRequest) -> Iterator[PluginHost]:
+    """A fresh plugin host, the default host during the test and restored after.
+
+    It holds the core plugin only; mark the test ``@pytest.mark.vlsdk_entry_points`` to discover
+    the installed ``vlsdk.plugins`` entry points as well (``VLSDK_LOAD_PLUGINS`` and
+    ``VLSDK_DISABLE_PLUGINS`` apply).
+    """
+    discover = request.node.get_closest_marker("vlsdk_entry_points") is not None
+    host = PluginHost(discover=discover)
+    with use_host(host):
+        yield host
+
+
+@pytest.fixture
+def register_plugin(plugin_host: PluginHost) -> Iterator[Callable[..., PluginInfo]]:
+    """``register_plugin(plugin, name=None, *, distribution=None, version=None, strict=True)``.
+
+    Registers a temporary plugin on ``plugin_host`` (see
+    :meth:`PluginHost.register_plugin`) and unregisters it, entries included, after the test.
+    """
+    names: list[str] = []
+
+    def register(plugin: object, name: str | None = None, **kwargs: Any) -> PluginInfo:
+        info = plugin_host.register_plugin(plugin, name, **kwargs)
+        names.append(info.name)
+        return info
+
+    try:
+        yield register
+    finally:
+        for name in reversed(names):
+            try:
+                plugin_host.unregister_plugin(name)
+            except KeyError:  # the test unregistered it already
+                pass
+
+
+@pytest.fixture
+def tiny_model() -> nn.Module:
+    """``vlsdk.VLModel(vlsdk.get_config("tiny"))`` built with a fixed seed."""
+    import torch
+
+    import vlsdk
+
+    torch.manual_seed(0)
+    return vlsdk.VLModel(vlsdk.get_config("tiny"))
+
+
+def check_expert(
+    factory: Callable[..., Any] | str,
+    dim: int = 32,
+    *,
+    tokens: int = 7,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> nn.Module:
+    """Build an expert and check the expert contract; return the module.
+
+    Checks that ``factory(dim, **options)`` returns an ``nn.Module`` with trainable parameters
+    whose forward maps ``(n, dim)`` tokens to a finite ``(n, dim)`` tensor of the input dtype,
+    also for ``n = 0`` (an expert may receive no tokens), and that gradients reach every
+    trainable parameter. An expert whose ``forward`` declares ``context`` receives a
+    :class:`vlsdk.models.features.ExpertContext` over a ``(1, 4, 4)`` token grid.
+
+    Args:
+        factory: an expert factory, or the registered name of one (built with the default host).
+        dim: token width.
+        tokens: number of routed tokens ``n`` (at most 16).
+        dtype: input dtype (default: ``torch.get_default_dtype()``).
+        seed: seed of the random tokens.
+        **options: passed to the factory.
+
+    Raises:
+        AssertionError: saying which part of the contract failed.
+
+    Example:
+        >>> from torch import nn
+        >>> check_expert(lambda dim: nn.Linear(dim, dim), dim=8)
+        Linear(in_features=8, out_features=8, bias=True)
+    """
+    import torch
+    from torch import nn
+
+    from vlsdk.models.features import ExpertContext
+
+    label = factory if isinstance(factory, str) else getattr(factory, "__qualname__", repr(factory))
+    if isinstance(factory, str):
+        module = get_host().build_expert(factory, dim, **options)
+    else:
+        module = factory(dim, **options)
+    assert isinstance(module, nn.Module), (
+        f"expert {label}: factory(dim={dim}) must return a torch.nn.Module, "
+        f"got {type(module).__name__}"
+    )
+    trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    assert trainable, f"expert {label}: has no trainable parameters"
+
+    grid = (1, 4, 4)
+    assert 0 < tokens <= grid[1] * grid[2], f"check_expert: tokens must be in 1..16, got {tokens}"
+    generator = torch.Generator().manual_seed(seed)
+    dtype = dtype or torch.get_default_dtype()
+    all_tokens = torch.randn(grid[1] * grid[2], dim, generator=generator).to(dtype)
+    index = torch.randperm(all_tokens.shape[0], generator=generator)[:tokens]
+    takes_context = _accepts_context(module)
+
+    def forward(idx: torch.Tensor) -> Any:
+        x = all_tokens[idx]
+        try:
+            if takes_context:
+                return module(x, context=ExpertContext(tokens=all_tokens, index=idx, grid=grid))
+            return module(x)
+        except Exception as exc:
+            raise AssertionError(
+                f"expert {label}: forward on {tuple(x.shape)} tokens raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    module.train()
+    out = forward(index)
+    assert isinstance(out, torch.Tensor), (
+        f"expert {label}: forward must return a Tensor, got {type(out).__name__}"
+    )
+    assert tuple(out.shape) == (tokens, dim), (
+        f"expert {label}: must map (n, dim) -> (n, dim); for input {(tokens, dim)} it returned "
+        f"{tuple(out.shape)}"
+    )
+    assert out.dtype == dtype, f"expert {label}: output dtype {out.dtype} != input dtype {dtype}"
+    assert torch.isfinite(out).all(), f"expert {label}: output has NaN or inf values"
+
+    weights = torch.randn(out.shape, generator=generator).to(out.dtype)
+    (out * weights).sum().backward()
+    missing = [name for name, p in trainable.items() if p.grad is None]
+    assert not missing, f"expert {label}: no gradient reached parameter(s) {', '.join(missing)}"
+    module.zero_grad(set_to_none=True)
+
+    empty = forward(index[:0])
+    assert isinstance(empty, torch.Tensor) and tuple(empty.shape) == (0, dim), (
+        f"expert {label}: must accept zero tokens and return (0, dim); got "
+        f"{tuple(empty.shape) if isinstance(empty, torch.Tensor) else type(empty).__name__}"
+    )
+    return module
+
+
+def _accepts_context(module: Any) -> bool:
+    try:
+        return "context" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False

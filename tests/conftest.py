@@ -1,0 +1,53 @@
+"""Shared test setup: vlsdk's own pytest plugin, and installed-looking plugin distributions."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["vlsdk.testing"]
+
+
+@pytest.fixture
+def make_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Path]]:
+    """``make_distribution(name, entry_points, modules, version="1.0")``: a really installed dist.
+
+    Writes ``<name>-<version>.dist-info`` (``METADATA`` and ``entry_points.txt`` declaring
+    ``entry_points`` in the ``vlsdk.plugins`` group) and the ``modules`` (name -> source) into a
+    temporary site directory on ``sys.path``, so ``importlib.metadata.entry_points`` discovers
+    them. The modules are removed from ``sys.modules`` afterwards.
+    """
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules_made: list[str] = []
+
+    def make(
+        name: str,
+        entry_points: dict[str, str],
+        modules: dict[str, str] | None = None,
+        version: str = "1.0",
+    ) -> Path:
+        for module, source in (modules or {}).items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+            modules_made.append(module)
+        dist_info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        dist_info.mkdir()
+        (dist_info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
+        lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
+        (dist_info / "entry_points.txt").write_text(f"[vlsdk.plugins]\n{lines}")
+        importlib.invalidate_caches()
+        return site
+
+    yield make
+    for module in modules_made:
+        sys.modules.pop(module, None)
