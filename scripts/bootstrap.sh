@@ -20,7 +20,7 @@ PYTHON="${VLSDK_PYTHON:-python3}"
 TORCH_SPEC="${VLSDK_TORCH_SPEC:-torch==2.13.0}"
 PY="$VENV/bin/python"
 STAMP="$VENV/.vlsdk-bootstrap"
-HAS_DEMO='import sys; from vlsdk.plugins import PluginHost; sys.exit("demo" not in PluginHost(entry_points=False).registry("commands"))'
+HAS_DEMO='import sys; from vlsdk.plugins import PluginHost; sys.exit("demo" not in PluginHost(discover=False).registry("commands"))'
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
