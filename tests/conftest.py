@@ -51,3 +51,15 @@ def make_distribution(
     yield make
     for module in modules_made:
         sys.modules.pop(module, None)
+
+
+#: The real data sets (see ../shared/data/README.md); never copied into the project.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; the test skips, naming the folder, when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (CI always has it)")
+    return SHARED_DATA
