@@ -1,0 +1,61 @@
+"""BEV encoding throughput on the real nuScenes sweep (34,688 points): sweeps per second.
+
+Run from the repository root::
+
+    python benchmarks/driving_bev.py                  # CPU, default grid (+-51.2 m, 0.2 m: 512 x 512)
+    python benchmarks/driving_bev.py --device cuda    # GPU (synchronised timing)
+
+Target (issue 6): >= 20 sweeps/s on the 2-core CPU, >= 1000 sweeps/s on an H100. The sweep is
+read through the nuScenes adapter (nuscenes-devkit) from ../shared/data/nuscenes_mini; the timed
+loop encodes the same sweep, already on the device, ``--repeats`` times (batch of one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vlsdk_driving.bev import BEVGrid, PillarEncoder
+from vlsdk_driving.nuscenes_adapter import NuScenesDataset
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuscenes_mini"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA, help="nuScenes dataroot (default: %(default)s)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--resolution", type=float, default=0.2, help="cell size in metres")
+    parser.add_argument("--range", type=float, default=51.2, help="half extent of the square grid in metres")
+    parser.add_argument("--z-bins", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sample = NuScenesDataset(args.data, camera_channels=())[0]
+    points = torch.from_numpy(sample.points).to(args.device)
+    grid = BEVGrid((-args.range, args.range), (-args.range, args.range), (-5.0, 3.0), args.resolution)
+    enc = PillarEncoder(grid, z_bins=args.z_bins, point_fields=sample.point_fields)
+    sync = torch.cuda.synchronize if points.is_cuda else (lambda: None)
+    for _ in range(10):
+        out = enc(points)
+    sync()
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        out = enc(points)
+    sync()
+    elapsed = time.perf_counter() - start
+    print(json.dumps({
+        "benchmark": "driving_bev", "device": str(points.device), "threads": torch.get_num_threads(),
+        "points": int(points.shape[0]), "grid": list(grid.shape), "channels": int(out.shape[1]),
+        "sweeps_per_s": round(args.repeats / elapsed, 1), "ms_per_sweep": round(1000 * elapsed / args.repeats, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
