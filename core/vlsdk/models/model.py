@@ -284,7 +284,7 @@ class VLModel(nn.Module):
         feats = self.encode_text(text)
         if feats is not None and feats.tokens.shape[0] != images.shape[0]:
             raise ValueError(f"got {images.shape[0]} images but {feats.tokens.shape[0]} texts; pass one text per image")
-        return self.encoder.forward_features(images, feats)
+        return self.encoder(images, feats)  # through __call__, so hooks (e.g. the trainer's) see it
 
     def forward_head(self, features: EncoderFeatures, heads: Sequence[str] | None = None) -> dict[str, Any]:
         """Run the named heads (default all) on encoder features."""

@@ -1,0 +1,120 @@
+"""Training configuration: a dataclass, read from YAML/JSON files and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "load_train_config"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything the :class:`~vlsdk.train.Trainer` needs besides the model, data and loss.
+
+    Args:
+        steps: optimiser steps to train for.
+        batch_size: samples per micro-batch.
+        grad_accum: micro-batches per optimiser step.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay (not applied to norms, biases and router rows).
+        warmup_steps: linear warm-up steps before the cosine decay.
+        min_lr_ratio: the cosine decays to ``lr * min_lr_ratio``.
+        clip_grad: max gradient norm; ``None`` disables clipping.
+        amp: ``"auto"`` (bf16 autocast on CUDA devices that support it, else off), ``"off"``,
+            ``"bf16"`` or ``"fp16"`` (with a gradient scaler).
+        aux_loss_weight: weight of the MoE load-balancing loss added to the task loss.
+        z_loss_weight: weight of the router z-loss.
+        eval_every: evaluate every N steps (0: only at the end).
+        save_every: checkpoint every N steps (0: only at the end).
+        log_every: write a log row every N steps.
+        seed: seeds data order, initialisation-time randomness and dropout.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        num_workers: DataLoader worker processes.
+        out_dir: where checkpoints, ``metrics.csv``/``metrics.jsonl`` and ``curves.png`` go.
+        progress: show a progress bar.
+    """
+
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+    clip_grad: float | None = 1.0
+    amp: str = "auto"
+    aux_loss_weight: float = 0.01
+    z_loss_weight: float = 1e-3
+    eval_every: int = 0
+    save_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    out_dir: str = "runs/vlsdk"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "save_every", "num_workers"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp must be one of 'auto', 'off', 'bf16', 'fp16', got {self.amp!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a dict; an unknown key names the closest valid one."""
+        known = {f.name: f for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {sorted(known)}"
+                raise ValueError(f"{source}: unknown training option {key!r}{hint}")
+        return cls(**values)
+
+    def override(self, assignments: list[str]) -> TrainConfig:
+        """Apply ``key=value`` strings (values parsed as JSON when they parse, else kept as text)."""
+        values = self.to_dict()
+        for item in assignments:
+            key, eq, raw = item.partition("=")
+            if not eq:
+                raise ValueError(f"override {item!r} must look like key=value")
+            try:
+                values[key.strip()] = json.loads(raw)
+            except json.JSONDecodeError:
+                values[key.strip()] = raw
+        return TrainConfig.from_dict(values, source="command line")
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML or JSON file (top level: the :class:`TrainConfig` fields) and apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as err:  # yaml.YAMLError or json.JSONDecodeError
+        raise ValueError(f"training config {path} cannot be parsed: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"training config {path} must hold a mapping of options, got {type(values).__name__}")
+    config = TrainConfig.from_dict(values, source=str(path))
+    return config.override(overrides) if overrides else config

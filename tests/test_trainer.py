@@ -1,0 +1,131 @@
+"""The trainer: learning, MoE losses, exact resume after a kill, NaN handling, logs, configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import vlsdk
+from vlsdk.train import Trainer, TrainConfig, load_train_config, warmup_cosine
+
+
+def make_data(n=24, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, size, size, generator=g)
+    masks = torch.zeros(n, size, size, dtype=torch.long)
+    for i in range(n):  # a bright square per image is the "lesion"
+        y, x = torch.randint(0, size - 10, (2,), generator=g).tolist()
+        images[i, 0, y:y + 10, x:x + 10] += 1.5
+        masks[i, y:y + 10, x:x + 10] = 1
+    return TensorDataset(images, masks)
+
+
+def seg_loss(model, batch):
+    images, masks = batch
+    out = model(images, heads=["seg"])
+    return model.heads["seg"].loss(out["seg"], masks)
+
+
+def make_model():
+    torch.manual_seed(0)
+    model = vlsdk.VLModel("tiny", in_chans=1)
+    model.add_head("seg", task="segmentation", num_classes=2)
+    return model
+
+
+def config(tmp_path, **kw):
+    base = {"steps": 8, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1, "progress": False,
+            "out_dir": str(tmp_path / "run"), "seed": 3}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_lowers_the_loss_and_writes_logs(tmp_path):
+    data = make_data()
+    trainer = Trainer(make_model(), seg_loss, data, config(tmp_path, steps=25),
+                      eval_fn=lambda m: {"dice_proxy": 1.0})
+    result = trainer.fit()
+    losses = [r["loss"] for r in result.train]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    assert {"aux_loss", "z_loss", "lr", "grad_norm", "samples_per_s"} <= set(result.train[0])
+    assert result.eval == {"dice_proxy": 1.0}
+    run = tmp_path / "run"
+    assert (run / "metrics.csv").read_text().startswith("split,step")
+    assert (run / "curves.png").stat().st_size > 1000
+    assert (run / "checkpoint" / "model.safetensors").is_file()
+    loaded = vlsdk.VLModel.from_pretrained(run / "checkpoint")
+    assert "seg" in loaded.heads
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    data = make_data()
+    straight = Trainer(make_model(), seg_loss, data, config(tmp_path / "a", grad_accum=2))
+    full = straight.fit()
+
+    killed = Trainer(make_model(), seg_loss, data, config(tmp_path / "b", grad_accum=2, save_every=3))
+    killed.stop_after = 5  # dies after step 5; the last checkpoint is step 3
+    killed.fit()
+    resumed = Trainer(make_model(), seg_loss, data, config(tmp_path / "b", grad_accum=2, save_every=3))
+    rest = resumed.fit(resume=True)
+    assert resumed.step == 8
+    rows = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 9))
+    resumed_losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert resumed_losses == pytest.approx([r["loss"] for r in full.train], rel=1e-5, abs=1e-6)
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert rest.step == 8
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+    data = make_data()
+
+    def exploding(model, batch):
+        loss = seg_loss(model, batch)["loss"]
+        return loss * float("nan") if trainer.step >= 2 else loss
+
+    trainer = Trainer(make_model(), exploding, data, config(tmp_path, save_every=1))
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        trainer.fit()
+    state = torch.load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 2
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    data = make_data()
+    Trainer(make_model(), seg_loss, data, config(tmp_path, steps=2)).fit()
+    other = vlsdk.VLModel("tiny", in_chans=1, embed_dim=32)
+    other.add_head("seg", task="segmentation", num_classes=2)
+    with pytest.raises(ValueError, match="embed_dim"):
+        Trainer(other, seg_loss, data, config(tmp_path, steps=4)).fit(resume=True)
+
+
+def test_config_files_and_overrides(tmp_path):
+    (tmp_path / "t.yaml").write_text("steps: 50\nlr: 0.001\n")
+    cfg = load_train_config(tmp_path / "t.yaml", ["batch_size=16", "amp=bf16"])
+    assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.amp) == (50, 0.001, 16, "bf16")
+    (tmp_path / "bad.json").write_text('{"stpes": 3}')
+    with pytest.raises(ValueError, match="did you mean 'steps'"):
+        load_train_config(tmp_path / "bad.json")
+    (tmp_path / "broken.yaml").write_text("steps: [1,\n")
+    with pytest.raises(ValueError, match="cannot be parsed"):
+        load_train_config(tmp_path / "broken.yaml")
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="key=value"):
+        TrainConfig().override(["steps"])
+
+
+def test_warmup_cosine_shape():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup=4, total=20, min_ratio=0.1)
+    lrs = []
+    for _ in range(20):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
