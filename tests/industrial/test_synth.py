@@ -1,0 +1,69 @@
+"""Synthetic boards: defects at their boxes, the right kind of change per class, randomisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlsdk_industrial.samples import DEEPPCB_CLASSES
+from vlsdk_industrial.synth import BoardSynthesizer
+
+#: +1: the defect adds copper, -1: it removes copper (DeepPCB class order).
+ADDS_COPPER = {0: -1, 1: +1, 2: -1, 3: +1, 4: +1, 5: -1}
+
+
+def test_defects_exactly_inside_their_boxes() -> None:
+    synth = BoardSynthesizer(size=256, min_defects=3, max_defects=6, template=True, randomise=False)
+    seen = set()
+    for seed in range(12):
+        s = synth(seed)
+        image, temp = s["image"][..., 0].astype(int), s["image"][..., 1].astype(int)
+        boxes, labels = s["boxes"].astype(int), s["labels"]
+        assert s["image"].shape == (256, 256, 2) and s["image"].dtype == np.uint8
+        assert len(labels) >= 1 and boxes.shape == (len(labels), 4)
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes >= 0).all() and (boxes <= 256).all()
+        diff = image - temp
+        inside = np.zeros(diff.shape, bool)
+        for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
+            inside[y0:y1, x0:x1] = True
+            patch = diff[y0:y1, x0:x1]
+            assert patch.any(), f"seed {seed}: no change inside the {DEEPPCB_CLASSES[label]} box"
+            # the change has the sign of the defect class (copper added or removed)
+            assert (np.sign(patch[patch != 0]) == ADDS_COPPER[int(label)]).all(), (seed, DEEPPCB_CLASSES[label])
+            seen.add(int(label))
+        assert not diff[~inside].any(), f"seed {seed}: the image differs from its template outside the boxes"
+        # defect boxes do not overlap each other
+        a, b = boxes[:, None], boxes[None]
+        overlap = (np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0])) & \
+                  (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1]))
+        assert overlap.sum() == len(boxes)
+    assert seen == set(range(6))
+
+
+def test_deterministic_and_randomised() -> None:
+    synth = BoardSynthesizer(size=128, binary_prob=0.0)
+    a, b, c = synth(7), synth(7), synth(8)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["boxes"], b["boxes"])
+    assert not np.array_equal(a["image"], c["image"])
+    # randomised rendering: grey levels, not a binary board
+    assert len(np.unique(a["image"])) > 10
+    binary = BoardSynthesizer(size=128, randomise=False)(7)
+    assert set(np.unique(binary["image"]).tolist()) <= {0, 255}
+
+
+def test_class_subset_dataset_and_bad_arguments() -> None:
+    synth = BoardSynthesizer(size=128, classes=["open", "pin-hole"], min_defects=2, max_defects=2)
+    ds = synth.dataset(4, seed=3)
+    assert len(ds) == 4
+    labels = np.concatenate([ds[i]["labels"] for i in range(4)])
+    assert set(labels.tolist()) <= {0, 5} and labels.size > 0
+    with pytest.raises(IndexError):
+        ds[4]
+    for kwargs in ({"size": 10}, {"classes": ["scratch"]}, {"min_defects": 3, "max_defects": 1},
+                   {"binary_prob": 2.0}):
+        with pytest.raises(ValueError):
+            BoardSynthesizer(**kwargs)
+    with pytest.raises(ValueError, match="seed"):
+        synth(-1)
