@@ -73,15 +73,17 @@ def test_bad_kitti_files(tmp_path, kitti_root):
     label = tmp_path / "label.txt"
     label.write_text("Car 0 0 0 1 2 3 4 1.5 1.6 4.0 1 2 3 0.1\nTram 0 0 0 1 2 3 4 1 1 1 1 2 3 0\n"
                      "Car 0 0 0 1 2 3 4 1.5 x 4.0 1 2 3 0.1\n")
-    with pytest.raises(ValueError, match="label.txt:3"):
+    with pytest.raises(ValueError, match="label.txt:3"), pytest.warns(UserWarning, match="Tram"):
         read_kitti_labels(label, np.eye(4))
     label.write_text("Car 0 0 0 1 2 3 4 1.5 1.6 4.0 1 2 3 0.1\nTram 0 0 0 1 2 3 4 1 1 1 1 2 3 0\n"
                      "Car 0 0 0 1 2 3 4 0 1 4.0 1 2 3 0.1\n")
     from collections import Counter
 
     skipped: Counter[str] = Counter()
-    with pytest.warns(UserWarning, match="Tram"):
+    with pytest.warns(UserWarning) as caught:
         boxes = read_kitti_labels(label, np.eye(4), skipped)
+    assert ["Tram" in str(w.message) for w in caught] == [True, False]
+    assert "label.txt:3: skipped box with non-positive size" in str(caught[1].message)
     assert len(boxes) == 1 and skipped == {"kitti_type_Tram": 1, "bad_box": 1}
     with pytest.raises(ValueError, match="velodyne_dir"):
         KittiDataset()
