@@ -23,7 +23,7 @@ def test_defects_exactly_inside_their_boxes() -> None:
         assert len(labels) >= 1 and boxes.shape == (len(labels), 4)
         assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
         assert (boxes >= 0).all() and (boxes <= 256).all()
-        diff = image - temp
+        diff = temp - image  # copper is dark (0) on a white board: adding copper lowers the pixel
         inside = np.zeros(diff.shape, bool)
         for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
             inside[y0:y1, x0:x1] = True

@@ -23,3 +23,55 @@ def vlsdk_register_experts(register):
         PcbDefectExpert,
         description="1 x k and k x 1 strip depthwise convs + GELU FFN for PCB traces and defects",
     )
+
+
+@hookimpl
+def vlsdk_register_datasets(register):
+    """Register the DeepPCB, Pascal VOC, COCO JSON and image-folder readers."""
+    from vlsdk_industrial.coco import COCODataset
+    from vlsdk_industrial.deeppcb import DeepPCBDataset
+    from vlsdk_industrial.folder import ImageFolder
+    from vlsdk_industrial.voc import VOCDataset
+
+    register("industrial.deeppcb", DeepPCBDataset,
+             description="DeepPCB pairs (trainval/test lists), optional template as a second channel")
+    register("industrial.voc", VOCDataset, description="Pascal VOC XML (PKU-Market-PCB, labelling tools)")
+    register("industrial.coco", COCODataset, description="COCO JSON detection annotations")
+    register("industrial.folder", ImageFolder, description="a folder of board images for inference")
+
+
+@hookimpl
+def vlsdk_register_transforms(register):
+    """Register the box-aware albumentations pipeline as ``industrial.default``."""
+    from vlsdk_industrial.transforms import build_transforms
+
+    register("industrial.default", build_transforms,
+             description="flips, 90-degree rotations, small affine, brightness/contrast, noise, blur; box-aware")
+
+
+@hookimpl
+def vlsdk_register_metrics(register):
+    """Register ``industrial.map`` (mAP@0.5, mAP@0.5:0.95 and DeepPCB's IoU > 0.33 criterion)."""
+    from vlsdk_industrial.metrics import DetectionMAP
+
+    register("industrial.map", DetectionMAP,
+             description="COCO 101-point mAP@0.5 and @0.5:0.95, DeepPCB criterion (IoU > 0.33), per class")
+
+
+@hookimpl
+def vlsdk_register_synthesizers(register):
+    """Register the synthetic PCB boards as ``industrial.boards``."""
+    from vlsdk_industrial.synth import BoardSynthesizer
+
+    register("industrial.boards", BoardSynthesizer,
+             description="procedural PCB boards with the six DeepPCB defects at known boxes, and templates")
+
+
+@hookimpl
+def vlsdk_register_commands(register):
+    """Register ``vlsdk pcb``: train and evaluate a PCB defect detector on DeepPCB."""
+    from vlsdk_industrial.cli import configure, run
+
+    register("pcb", run, configure=configure, help="train + evaluate PCB defect detection on DeepPCB",
+             description="Train on DeepPCB trainval (optionally mixed with synthetic boards), evaluate on test "
+                         "(mAP@0.5, mAP@0.5:0.95, DeepPCB IoU > 0.33), save the model and a PNG of predictions.")

@@ -10,7 +10,7 @@ the template; defects are then drawn on a copy:
 
 Everything is domain-randomised per board (seeded): trace width, gap, pad size, overall scale,
 block layout and density, copper/background levels, an illumination gradient, Gaussian noise and
-blur (half of the boards stay binary, like DeepPCB). Samples follow
+blur (half of the boards stay binary with dark copper on white, like DeepPCB). Samples follow
 :mod:`vlsdk_industrial.samples`, labels in :data:`~vlsdk_industrial.samples.DEEPPCB_CLASSES` order.
 """
 
@@ -290,10 +290,12 @@ class BoardSynthesizer:
         n = self.size
         binary = not self.randomise or rng.random() < self.binary_prob
         if binary:
-            return {"binary": True, "copper": 255.0, "background": 0.0}
+            return {"binary": True, "copper": 0.0, "background": 255.0}  # DeepPCB: dark copper on white
         yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
         gx, gy = rng.uniform(-0.25, 0.25, 2)
-        return {"binary": False, "copper": rng.uniform(160, 255), "background": rng.uniform(0, 80),
+        dark, light = rng.uniform(0, 90), rng.uniform(170, 255)
+        inverted = rng.random() < 0.2  # some boards with light copper on a dark background
+        return {"binary": False, "copper": light if inverted else dark, "background": dark if inverted else light,
                 "illumination": 1 + gx * (xx - 0.5) + gy * (yy - 0.5), "noise": rng.uniform(0, 12),
                 "blur": rng.uniform(0, 1.2) if rng.random() < 0.7 else 0.0}
 

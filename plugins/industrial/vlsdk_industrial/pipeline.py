@@ -1,0 +1,358 @@
+"""PCB defect detection end to end: DeepPCB (+ synthetic boards) -> VLModel + detection head -> mAP.
+
+:func:`run_pipeline` trains on DeepPCB ``trainval`` (optionally mixed with synthetic boards at a
+real:synthetic ratio), evaluates on ``test`` with :class:`~vlsdk_industrial.metrics.DetectionMAP`,
+prints the per-class table, saves the model (``save_pretrained``), ``metrics.json`` and a PNG of
+predictions drawn on boards. ``vlsdk pcb`` and ``examples/industrial_pcb_defects.py`` call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vlsdk_industrial.samples import DEEPPCB_CLASSES, collate
+
+if TYPE_CHECKING:
+    import torch
+
+    from vlsdk import VLModel
+    from vlsdk_industrial.metrics import MAPResult
+
+__all__ = ["PipelineConfig", "build_detector", "draw_predictions", "evaluate", "run_pipeline", "train"]
+
+#: Name of the detection head in the model.
+HEAD = "pcb"
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of :func:`run_pipeline` (the ``vlsdk pcb`` options).
+
+    Args:
+        data: the DeepPCB folder (holding ``PCBData/``).
+        out: output folder for ``model/``, ``metrics.json`` and ``predictions.png``.
+        config: VLModel named config (``tiny``, ``edge``, ``small``, ``base``).
+        epochs: passes over the training set.
+        batch_size: boards per step.
+        lr: peak AdamW learning rate (linear warm-up, cosine decay).
+        weight_decay: AdamW weight decay.
+        image_size: boards are resized to ``image_size x image_size`` (DeepPCB is 640).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or any torch device.
+        amp: ``"none"`` or ``"bf16"`` autocast.
+        template: feed the defect-free template as a second channel.
+        synthetic_ratio: real boards per synthetic board (``3`` = 3:1); ``None``: real only.
+        train_pairs: use only the first ``train_pairs`` trainval pairs.
+        eval_pairs: evaluate only the first ``eval_pairs`` test pairs.
+        max_steps: stop training after this many steps.
+        workers: DataLoader worker processes.
+        seed: seed of torch, the synthesizer and the augmentations.
+        expert: insert the ``industrial.pcb_defect`` expert into the MoE layers.
+        draw: boards drawn into ``predictions.png``.
+        progress: show tqdm progress bars.
+    """
+
+    data: Path = Path("../shared/data/deeppcb")
+    out: Path = Path("runs/pcb")
+    config: str = "small"
+    epochs: int = 24
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    image_size: int = 640
+    device: str = "auto"
+    amp: str = "none"
+    template: bool = True
+    synthetic_ratio: float | None = None
+    train_pairs: int | None = None
+    eval_pairs: int | None = None
+    max_steps: int | None = None
+    workers: int = 4
+    seed: int = 0
+    expert: bool = True
+    draw: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        for name in ("epochs", "batch_size", "image_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        for name in ("train_pairs", "eval_pairs", "max_steps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {v!r}")
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        if self.synthetic_ratio is not None and not self.synthetic_ratio > 0:
+            raise ValueError(f"synthetic_ratio must be > 0 or None, got {self.synthetic_ratio!r}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.workers < 0 or self.draw < 0:
+            raise ValueError("lr must be > 0 and weight_decay, workers, draw >= 0")
+
+
+def build_detector(config: str = "small", *, in_chans: int = 2, num_classes: int = len(DEEPPCB_CLASSES),
+                   expert: bool = True) -> VLModel:
+    """A VLModel for board images with the ``pcb`` detection head.
+
+    Args:
+        config: named backbone config.
+        in_chans: 1 (board) or 2 (board + template).
+        num_classes: defect classes.
+        expert: insert the registered ``industrial.pcb_defect`` expert into every MoE layer.
+    """
+    from vlsdk import VLModel
+
+    if in_chans < 1 or num_classes < 1:
+        raise ValueError(f"in_chans and num_classes must be >= 1, got {in_chans}, {num_classes}")
+    model = VLModel(config, in_chans=in_chans, text=None)
+    if expert and model.moe_layers:
+        model.add_expert("industrial.pcb_defect", init_bias=0.0)
+    model.add_head(HEAD, task="detection", num_classes=num_classes)
+    return model
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, amp: str) -> Any:
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def _float_output(output: Any) -> Any:
+    """Cast a DetectionOutput's tensors to float32 (losses and decoding outside autocast)."""
+    import torch
+
+    return dataclasses.replace(output, **{f.name: getattr(output, f.name).float() for f in dataclasses.fields(output)
+                                          if isinstance(getattr(output, f.name), torch.Tensor)})
+
+
+def train(model: VLModel, loader: Any, *, epochs: int, lr: float, weight_decay: float = 0.05,
+          device: torch.device | str = "cpu", amp: str = "none", max_steps: int | None = None,
+          aux_weight: float = 0.01, progress: bool = True) -> list[float]:
+    """Train ``model``'s ``pcb`` head and backbone; returns the loss of every step.
+
+    Args:
+        model: from :func:`build_detector`.
+        loader: yields :func:`~vlsdk_industrial.samples.collate` batches.
+        epochs: passes over ``loader``.
+        lr: peak learning rate (5 % linear warm-up, then cosine to 0).
+        weight_decay: AdamW weight decay.
+        device: torch device.
+        amp: ``"none"`` or ``"bf16"``.
+        max_steps: stop early after this many steps.
+        aux_weight: weight of the MoE load-balancing loss.
+        progress: tqdm bar.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    total = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
+    if total < 1:
+        raise ValueError("nothing to train: the loader is empty")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    warm = max(1, total // 20)
+
+    def schedule(s: int) -> float:
+        return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    head = model.heads[HEAD]
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
+    step = 0
+    while step < total:
+        for images, targets, _ in loader:
+            images = images.to(device, non_blocking=True)
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            with _autocast(device, amp):
+                out = model(images, heads=[HEAD])
+            parts = head.loss(_float_output(out[HEAD]), targets)
+            loss = parts["loss"] + aux_weight * out.aux_loss.float()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}: {parts}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", box=f"{float(parts['box']):.3f}")
+            bar.update()
+            step += 1
+            if step >= total:
+                break
+    bar.close()
+    return losses
+
+
+def evaluate(model: VLModel, loader: Any, *, device: torch.device | str = "cpu", amp: str = "none",
+             class_names: Sequence[str] = DEEPPCB_CLASSES, score_threshold: float = 0.001,
+             progress: bool = True) -> tuple[MAPResult, list[dict[str, Any]], float]:
+    """Detect on every batch of ``loader`` and score it.
+
+    Args:
+        model: a model with the ``pcb`` head.
+        loader: yields :func:`~vlsdk_industrial.samples.collate` batches with targets.
+        device: torch device.
+        amp: ``"none"`` or ``"bf16"``.
+        class_names: the metric's classes.
+        score_threshold: decoding threshold (low, for mAP).
+        progress: tqdm bar.
+
+    Returns:
+        The :class:`~vlsdk_industrial.metrics.MAPResult`, per-image predictions (numpy
+        ``boxes``, ``scores``, ``labels``, and the sample) and boards per second of forward +
+        decoding (batches after the first; a rough figure, benchmarks measure it properly).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from vlsdk_industrial.metrics import DetectionMAP
+
+    device = torch.device(device)
+    metric = DetectionMAP(class_names)
+    head = model.heads[HEAD]
+    model.eval()
+    preds: list[dict[str, Any]] = []
+    seconds, boards = 0.0, 0
+    with torch.no_grad():
+        for i, (images, targets, samples) in enumerate(tqdm(loader, desc="eval", unit="batch", disable=not progress)):
+            images = images.to(device, non_blocking=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with _autocast(device, amp):
+                out = model(images, heads=[HEAD])
+            dets = head.decode(_float_output(out[HEAD]), score_threshold=score_threshold)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i > 0 or len(loader) == 1:
+                seconds += time.perf_counter() - start
+                boards += images.shape[0]
+            batch = [{"boxes": d.boxes.cpu().numpy(), "scores": d.scores.cpu().numpy(),
+                      "labels": d.labels.cpu().numpy(), "sample": s} for d, s in zip(dets, samples, strict=True)]
+            metric.update(batch, targets)
+            preds += batch
+    return metric.compute(), preds, boards / seconds if seconds else float("nan")
+
+
+def draw_predictions(predictions: Sequence[dict[str, Any]], path: str | Path, *,
+                     class_names: Sequence[str] = DEEPPCB_CLASSES, score_threshold: float = 0.3,
+                     columns: int = 2) -> Path:
+    """Write a PNG of boards with ground truth (green) and predictions (red, class and score).
+
+    Args:
+        predictions: from :func:`evaluate` (each with its ``"sample"``).
+        path: the PNG to write.
+        class_names: names for the labels.
+        score_threshold: predictions drawn from this score up.
+        columns: boards per row.
+    """
+    import cv2
+
+    if not predictions:
+        raise ValueError("no predictions to draw")
+    tiles = []
+    for p in predictions:
+        s = p["sample"]
+        tile = cv2.cvtColor(np.ascontiguousarray(s["image"][..., 0]), cv2.COLOR_GRAY2BGR)
+        for b in np.asarray(s["boxes"]).round().astype(int):
+            cv2.rectangle(tile, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), (0, 200, 0), 1)
+        keep = p["scores"] >= score_threshold
+        for b, sc, lab in zip(p["boxes"][keep].round().astype(int), p["scores"][keep], p["labels"][keep],
+                              strict=True):
+            cv2.rectangle(tile, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), (0, 0, 255), 1)
+            cv2.putText(tile, f"{class_names[int(lab)]} {sc:.2f}", (int(b[0]), max(8, int(b[1]) - 2)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.3, (0, 0, 255), 1, cv2.LINE_AA)
+        cv2.putText(tile, Path(str(s.get("path", ""))).name, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    (255, 128, 0), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    h, w = tiles[0].shape[:2]
+    tiles = [cv2.resize(t, (w, h)) for t in tiles]
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    grid = np.vstack([np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), grid):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Train, evaluate, print the per-class table, save model, ``metrics.json`` and ``predictions.png``.
+
+    Args:
+        cfg: the settings.
+
+    Returns:
+        A summary dict (also written to ``metrics.json``).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vlsdk_industrial.deeppcb import DeepPCBDataset
+    from vlsdk_industrial.mixing import MixedDataset
+    from vlsdk_industrial.synth import BoardSynthesizer
+    from vlsdk_industrial.transforms import build_transforms
+
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    started = time.perf_counter()
+    train_tf = build_transforms(train=True, size=cfg.image_size, seed=cfg.seed)
+    eval_tf = build_transforms(train=False, size=cfg.image_size)
+    real = DeepPCBDataset(cfg.data, "trainval", template=cfg.template, transform=train_tf, on_error="skip",
+                          max_samples=cfg.train_pairs)
+    train_set: Any = real
+    if cfg.synthetic_ratio is not None:
+        synth = BoardSynthesizer(size=640, template=cfg.template)
+        train_set = MixedDataset(real, synth.dataset(len(real), seed=cfg.seed, transform=train_tf), cfg.synthetic_ratio)
+    test = DeepPCBDataset(cfg.data, "test", template=cfg.template, transform=eval_tf, on_error="skip",
+                          max_samples=cfg.eval_pairs)
+    loader_kw: dict[str, Any] = {"collate_fn": collate, "num_workers": cfg.workers,
+                                 "pin_memory": device.type == "cuda", "persistent_workers": cfg.workers > 0}
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >
+                              cfg.batch_size, generator=g, **loader_kw)
+    test_loader = DataLoader(test, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
+    model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert).to(device)
+    losses = train(model, train_loader, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
+                   amp=cfg.amp, max_steps=cfg.max_steps, progress=cfg.progress)
+    result, preds, boards_per_s = evaluate(model, test_loader, device=device, amp=cfg.amp, progress=cfg.progress)
+    print(result.table())
+    print(f"eval throughput: {boards_per_s:.1f} boards/s at {cfg.image_size}x{cfg.image_size} on {device} "
+          f"(amp={cfg.amp}, batch {cfg.batch_size}; rough, see BENCHMARKS.md for the measured figure)")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    model_dir = model.save_pretrained(cfg.out / "model")
+    png = draw_predictions(preds[: max(1, cfg.draw)], cfg.out / "predictions.png")
+    summary = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
+        "train_samples": len(train_set), "train_skipped": [str(s) for s in real.skipped],
+        "test_samples": len(test), "test_skipped": [str(s) for s in test.skipped],
+        "augmentation_dropped_boxes": train_tf.dropped, "steps": len(losses),
+        "first_loss": losses[0], "last_loss": losses[-1], "metrics": result.as_dict(),
+        "eval_boards_per_s": boards_per_s, "seconds": time.perf_counter() - started,
+        "model": str(model_dir), "predictions_png": str(png), "device": str(device),
+    }
+    (cfg.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    print(f"saved {model_dir}, {png} and {cfg.out / 'metrics.json'} ({summary['seconds']:.1f} s)")
+    return summary

@@ -1,0 +1,56 @@
+"""``vlsdk pcb --quick`` on real DeepPCB pairs: trains a few steps, evaluates, saves model and PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vlsdk_industrial.pipeline import HEAD, PipelineConfig, build_detector
+
+
+def test_quick_mode_through_the_vlsdk_command(shared_data: Path, tmp_path: Path, capsys) -> None:
+    from vlsdk import VLModel
+    from vlsdk.cli import main
+
+    data = shared_data / "deeppcb"
+    if not (data / "PCBData").is_dir():
+        pytest.skip(f"{data} holds no PCBData/")
+    out = tmp_path / "run"
+    assert main(["pcb", "--quick", "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "pin-hole" in printed and "AP@.33" in printed and "F-score" in printed
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["steps"] == 4 and summary["test_samples"] == 4 and summary["train_skipped"] == []
+    assert summary["train_samples"] == 12 + 4  # 12 real pairs + 3:1 synthetic boards
+    assert np.isfinite(summary["first_loss"]) and np.isfinite(summary["last_loss"])
+    per_class = summary["metrics"]["per_class"]
+    from vlsdk_industrial.deeppcb import DeepPCBDataset
+
+    gt = np.concatenate([r.labels for r in DeepPCBDataset(data, "test", max_samples=4).records])
+    assert [int(c["num_gt"]) for c in per_class.values()] == np.bincount(gt, minlength=6).tolist()
+    png = cv2.imread(str(out / "predictions.png"))
+    assert png is not None and png.shape == (640, 640, 3)  # 2 x 2 boards at 320 px
+    model = VLModel.from_pretrained(out / "model")
+    assert "industrial.pcb_defect" in model.expert_specs and HEAD in model.heads
+    assert model.config.in_chans == 2  # board + template
+    model.eval()
+    with torch.no_grad():
+        dets = model.heads[HEAD].decode(model(torch.zeros(1, 2, 64, 64), heads=[HEAD])[HEAD], score_threshold=0.0)
+    assert len(dets) == 1
+
+
+def test_build_detector_and_config_validation() -> None:
+    torch.manual_seed(0)
+    model = build_detector("tiny", in_chans=1, expert=False)
+    out = model(torch.zeros(2, 1, 64, 64), heads=[HEAD])
+    assert out[HEAD].cls_logits.shape[-1] == 6 and model.expert_specs == {}
+    with pytest.raises(ValueError, match="in_chans"):
+        build_detector("tiny", in_chans=0)
+    for bad in ({"image_size": 100}, {"amp": "fp8"}, {"epochs": 0}, {"synthetic_ratio": 0.0}, {"max_steps": -1}):
+        with pytest.raises(ValueError):
+            PipelineConfig(**bad)
