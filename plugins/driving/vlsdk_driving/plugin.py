@@ -23,3 +23,63 @@ def vlsdk_register_experts(register):
         LidarExpert,
         description="occupancy-gated dilated depthwise conv + SwiGLU for sparse LiDAR BEV grids",
     )
+
+
+@hookimpl
+def vlsdk_register_heads(register):
+    """Register the ``driving.bev_detection`` head."""
+    from vlsdk_driving.heads import BEVDetectionHead
+
+    register("driving.bev_detection", BEVDetectionHead,
+             description="CenterPoint-style BEV 3D detection: centre heatmap, offset, z, size, yaw, velocity")
+
+
+@hookimpl
+def vlsdk_register_datasets(register):
+    """Register ``driving.nuscenes`` and ``driving.kitti``."""
+    from vlsdk_driving.kitti import KittiDataset
+    from vlsdk_driving.nuscenes_adapter import NuScenesDataset
+
+    register("driving.nuscenes", NuScenesDataset,
+             description="nuScenes-format logs via nuscenes-devkit: LiDAR sweeps, cameras, 3D boxes (LiDAR frame)")
+    register("driving.kitti", KittiDataset, description="KITTI velodyne/calib/label_2/image_2 frames")
+
+
+@hookimpl
+def vlsdk_register_synthesizers(register):
+    """Register ``driving.scenes``."""
+    from vlsdk_driving.synth import NuScenesSceneSynthesizer
+
+    register("driving.scenes", NuScenesSceneSynthesizer,
+             description="ray-cast synthetic scenes written as a nuScenes-format dataset the devkit loads")
+
+
+@hookimpl
+def vlsdk_register_metrics(register):
+    """Register ``driving.nuscenes_ap`` and ``driving.depth``."""
+    from vlsdk_driving.depth import DepthMetrics
+    from vlsdk_driving.metrics import NuScenesDetectionAP
+
+    register("driving.nuscenes_ap", NuScenesDetectionAP,
+             description="nuscenes-devkit center-distance AP (0.5/1/2/4 m) per class and mean")
+    register("driving.depth", DepthMetrics, description="AbsRel and RMSE of depth against sparse LiDAR targets")
+
+
+@hookimpl
+def vlsdk_register_commands(register):
+    """Register ``vlsdk driving-detect``."""
+
+    def configure(parser):
+        from vlsdk_driving.pipeline import add_demo_arguments
+
+        add_demo_arguments(parser)
+
+    def run(args):
+        from vlsdk_driving.pipeline import run_demo
+
+        return run_demo(args)
+
+    register("driving-detect", run, configure=configure,
+             help="train LiDAR BEV detection on synthetic nuScenes scenes; evaluate (devkit AP) and draw",
+             description="Train a CenterPoint-style BEV detector on synthetic nuScenes-format scenes, evaluate it "
+                         "on held-out scenes and on a real nuScenes keyframe, save it and write pictures.")

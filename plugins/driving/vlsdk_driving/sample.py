@@ -184,7 +184,7 @@ class CameraView:
         from PIL import Image
 
         with Image.open(self.image_path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
 
 
 @dataclass
