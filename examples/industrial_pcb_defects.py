@@ -16,9 +16,14 @@ prints the per-class table (AP at DeepPCB's IoU > 0.33, AP@0.5, AP@0.5:0.95).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from vlsdk_industrial.cli import configure, run
+# Only the industrial plugin is needed here; skip importing the medical and driving stacks (the core
+# plugin always loads). Set VLSDK_LOAD_PLUGINS yourself to change that.
+os.environ.setdefault("VLSDK_LOAD_PLUGINS", "industrial")
+
+from vlsdk_industrial.cli import configure, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,65 +142,49 @@ def _float_output(output: Any) -> Any:
                                           if isinstance(getattr(output, f.name), torch.Tensor)})
 
 
-def train(model: VLModel, loader: Any, *, epochs: int, lr: float, weight_decay: float = 0.05,
-          device: torch.device | str = "cpu", amp: str = "none", max_steps: int | None = None,
-          aux_weight: float = 0.01, progress: bool = True) -> list[float]:
-    """Train ``model``'s ``pcb`` head and backbone; returns the loss of every step.
+def detection_loss(model: VLModel, batch: tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]) -> dict[str, Any]:
+    """``loss_fn(model, batch)`` for :class:`vlsdk.train.Trainer`: the ``pcb`` head's loss.
+
+    The Trainer adds the MoE load-balancing and z-losses itself.
 
     Args:
         model: from :func:`build_detector`.
-        loader: yields :func:`~vlsdk_industrial.samples.collate` batches.
-        epochs: passes over ``loader``.
-        lr: peak learning rate (5 % linear warm-up, then cosine to 0).
-        weight_decay: AdamW weight decay.
-        device: torch device.
-        amp: ``"none"`` or ``"bf16"``.
-        max_steps: stop early after this many steps.
-        aux_weight: weight of the MoE load-balancing loss.
-        progress: tqdm bar.
+        batch: a :func:`~vlsdk_industrial.samples.collate` batch already on the device.
     """
-    import torch
-    from tqdm.auto import tqdm
+    images, targets, _ = batch
+    out = model(images, heads=[HEAD])
+    return model.heads[HEAD].loss(_float_output(out[HEAD]), targets)
 
-    device = torch.device(device)
-    total = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
-    if total < 1:
-        raise ValueError("nothing to train: the loader is empty")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    warm = max(1, total // 20)
 
-    def schedule(s: int) -> float:
-        return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+def train(model: VLModel, train_set: Any, *, steps: int, batch_size: int, lr: float, weight_decay: float = 0.05,
+          device: str = "cpu", amp: str = "none", workers: int = 0, seed: int = 0, out_dir: str | Path = "runs/pcb",
+          progress: bool = True) -> Any:
+    """Train with the core :class:`vlsdk.train.Trainer` (warm-up + cosine, clipping, MoE losses, resume).
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    head = model.heads[HEAD]
-    model.train()
-    losses: list[float] = []
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
-    step = 0
-    while step < total:
-        for images, targets, _ in loader:
-            images = images.to(device, non_blocking=True)
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            with _autocast(device, amp):
-                out = model(images, heads=[HEAD])
-            parts = head.loss(_float_output(out[HEAD]), targets)
-            loss = parts["loss"] + aux_weight * out.aux_loss.float()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step}: {parts}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", box=f"{float(parts['box']):.3f}")
-            bar.update()
-            step += 1
-            if step >= total:
-                break
-    bar.close()
-    return losses
+    Args:
+        model: from :func:`build_detector`.
+        train_set: a map-style dataset of industrial samples of one size.
+        steps: optimiser steps.
+        batch_size: boards per step.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        amp: ``"none"`` or ``"bf16"``.
+        workers: DataLoader workers.
+        seed: data order and initialisation seed.
+        out_dir: the Trainer's folder (``checkpoint/``, ``metrics.csv``, ``curves.png``).
+        progress: tqdm bar.
+
+    Returns:
+        The Trainer's ``TrainResult`` (``train``: the logged rows with ``loss``, ``box``, ...).
+    """
+    from vlsdk.train import TrainConfig, Trainer
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         warmup_steps=max(1, steps // 20), amp="off" if amp == "none" else amp, device=device,
+                         num_workers=workers, seed=seed, out_dir=str(out_dir), progress=progress,
+                         log_every=max(1, min(10, steps // 4)), clip_grad=10.0)
+    return Trainer(model, detection_loss, train_set, config, collate_fn=collate).fit()
 
 
 def evaluate(model: VLModel, loader: Any, *, device: torch.device | str = "cpu", amp: str = "none",
@@ -328,15 +311,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         train_set = MixedDataset(real, synth.dataset(len(real), seed=cfg.seed, transform=train_tf), cfg.synthetic_ratio)
     test = DeepPCBDataset(cfg.data, "test", template=cfg.template, transform=eval_tf, on_error="skip",
                           max_samples=cfg.eval_pairs)
-    loader_kw: dict[str, Any] = {"collate_fn": collate, "num_workers": cfg.workers,
-                                 "pin_memory": device.type == "cuda", "persistent_workers": cfg.workers > 0}
-    g = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >
-                              cfg.batch_size, generator=g, **loader_kw)
-    test_loader = DataLoader(test, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
+    test_loader = DataLoader(test, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate,
+                             num_workers=cfg.workers, pin_memory=device.type == "cuda")
     model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert).to(device)
-    losses = train(model, train_loader, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
-                   amp=cfg.amp, max_steps=cfg.max_steps, progress=cfg.progress)
+    steps = cfg.epochs * max(1, len(train_set) // cfg.batch_size)
+    steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+    fit = train(model, train_set, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                device=str(device), amp=cfg.amp, workers=cfg.workers, seed=cfg.seed, out_dir=cfg.out / "train",
+                progress=cfg.progress)
+    losses = [row["loss"] for row in fit.train]
     result, preds, boards_per_s = evaluate(model, test_loader, device=device, amp=cfg.amp, progress=cfg.progress)
     print(result.table())
     print(f"eval throughput: {boards_per_s:.1f} boards/s at {cfg.image_size}x{cfg.image_size} on {device} "
@@ -348,7 +331,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
         "train_samples": len(train_set), "train_skipped": [str(s) for s in real.skipped],
         "test_samples": len(test), "test_skipped": [str(s) for s in test.skipped],
-        "augmentation_dropped_boxes": train_tf.dropped, "steps": len(losses),
+        "augmentation_dropped_boxes": train_tf.dropped if cfg.workers == 0 else None,  # counted in-process
+        "steps": fit.step, "loss_log": fit.train,
         "first_loss": losses[0], "last_loss": losses[-1], "metrics": result.as_dict(),
         "eval_boards_per_s": boards_per_s, "seconds": time.perf_counter() - started,
         "model": str(model_dir), "predictions_png": str(png), "device": str(device),
