@@ -69,3 +69,21 @@ def test_mixed_dataset_ratio(boards: list[dict]) -> None:
     assert len(MixedDataset(real, [], ratio=float("inf"))) == 6
     with pytest.raises(ValueError, match="ratio"):
         MixedDataset(real, real, ratio=0)
+
+
+def test_workers_get_their_own_augmentation_stream(boards: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import torch.utils.data
+
+    s = boards[0]
+    outputs = {}
+    for seed in (11, 12, 11):
+        t = build_transforms(flip=0.5, rot90=0.5, affine=0.0, photometric=0.0, seed=0)
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda seed=seed: types.SimpleNamespace(seed=seed))
+        outputs.setdefault(seed, []).append(np.stack([t(s)["boxes"] for _ in range(6)]))
+    np.testing.assert_array_equal(outputs[11][0], outputs[11][1])  # same worker seed: same stream
+    assert not np.array_equal(outputs[11][0], outputs[12][0])  # another worker: another stream
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: None)
+    main = build_transforms(flip=0.5, rot90=0.5, affine=0.0, photometric=0.0, seed=0)
+    assert not np.array_equal(np.stack([main(s)["boxes"] for _ in range(6)]), outputs[11][0])

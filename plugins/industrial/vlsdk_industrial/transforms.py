@@ -24,17 +24,33 @@ class DetectionTransform:
             ``label_fields=["labels"]``, or ``None`` for the identity.
 
     Attributes:
-        dropped: boxes dropped so far because a transform moved them out of the image.
+        dropped: boxes dropped so far because a transform moved them out of the image (counted in
+            the process that ran the transform).
+
+    In a DataLoader worker the random state is reseeded from the worker's torch seed (which
+    differs per worker and per epoch, and follows ``torch.manual_seed``): otherwise every worker
+    would replay the same copy of the augmentation stream.
     """
 
     def __init__(self, compose: Any) -> None:
         self.compose = compose
         self.dropped = 0
+        self._worker_seed: int | None = None
+
+    def _reseed_in_worker(self) -> None:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            self._worker_seed = info.seed
+            base = self.compose.seed if self.compose.seed is not None else 0
+            self.compose.set_random_seed((base * 1_000_003 + info.seed) % 2**32)
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Transform ``sample["image"]``, ``["boxes"]`` and ``["labels"]``; other keys are kept."""
         if self.compose is None:
             return dict(sample)
+        self._reseed_in_worker()
         image = np.ascontiguousarray(sample["image"])
         boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
         labels = np.asarray(sample["labels"], np.int64).reshape(-1)
