@@ -68,6 +68,8 @@ class BackboneConfig:
         in_chans: image channels (1 for CT or binarised PCB, 3 for RGB, more for BEV pseudo-images).
         stem_widths: channels of the CNN stem at stride 4 and stride 8.
         stem_blocks: ResNet basic blocks per stem stage.
+        stem_norm: ``"batch"`` (default; fuses for export) or ``"group"`` (independent of the
+            batch: small batches, and data-parallel runs that must match one process exactly).
         patch_size: patch size over the stride-8 stem map (2 gives stride-16 tokens).
         embed_dim: ViT width, the same in every stage.
         depths: blocks per ViT stage; each stage after the first starts with a 2x2 token merge.
@@ -82,6 +84,7 @@ class BackboneConfig:
     in_chans: int = 3
     stem_widths: tuple[int, int] = (64, 128)
     stem_blocks: tuple[int, int] = (2, 2)
+    stem_norm: str = "batch"
     patch_size: int = 2
     embed_dim: int = 384
     depths: tuple[int, ...] = (4, 8)
@@ -107,6 +110,8 @@ class BackboneConfig:
             raise ValueError(f"in_chans must be >= 1, got {self.in_chans}")
         if len(self.stem_widths) != 2 or min(self.stem_widths) < 1:
             raise ValueError(f"stem_widths must be two positive ints (stride 4, 8), got {self.stem_widths}")
+        if self.stem_norm not in ("batch", "group"):
+            raise ValueError(f"stem_norm must be 'batch' or 'group', got {self.stem_norm!r}")
         if not self.depths or min(self.depths) < 1:
             raise ValueError(f"depths must be a non-empty tuple of positive ints, got {self.depths}")
         if self.embed_dim % self.num_heads:

@@ -53,7 +53,7 @@ class HybridEncoder(nn.Module):
         config.validate()
         self.config = config
         dim = config.embed_dim
-        self.stem = ConvStem(config.in_chans, config.stem_widths, config.stem_blocks)
+        self.stem = ConvStem(config.in_chans, config.stem_widths, config.stem_blocks, config.stem_norm)
         self.patch_embed = PatchEmbed(config.stem_widths[1], dim, config.patch_size)
         total = sum(config.depths)
         dpr = [config.drop_path * i / max(total - 1, 1) for i in range(total)]

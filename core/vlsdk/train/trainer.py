@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from vlsdk.models.encoder import HybridEncoder
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.train.config import TrainConfig
+from vlsdk.train.distributed import allreduce_gradients, allreduce_mean, barrier, broadcast_model, init_from_env
 from vlsdk.train.log import MetricsLog
 
 __all__ = ["Trainer", "TrainResult", "warmup_cosine", "to_device"]
@@ -104,7 +105,8 @@ class Trainer:
         loss_fn: ``loss_fn(model, batch) -> loss`` or a dict with ``"loss"`` and other scalars to
             log. MoE load-balancing and z-losses of every encoder call are added automatically.
         train_set: a map-style dataset; batches are drawn in a seeded order, so a resumed run
-            sees exactly the batches the uninterrupted run would have.
+            sees exactly the batches the uninterrupted run would have. Under ``torchrun`` each
+            rank takes its slice of every global batch (``batch_size`` per rank).
         config: the :class:`TrainConfig`.
         eval_fn: ``eval_fn(model) -> {"metric": value}``, called every ``eval_every`` steps and at
             the end, in eval mode without gradients.
@@ -118,11 +120,14 @@ class Trainer:
     def __init__(self, model: nn.Module, loss_fn: LossFn, train_set: Dataset, config: TrainConfig | None = None, *,
                  eval_fn: EvalFn | None = None, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
         self.config = config = config or TrainConfig()
-        if len(train_set) < config.batch_size:  # type: ignore[arg-type]
-            raise ValueError(f"the training set has {len(train_set)} samples, fewer than batch_size="  # type: ignore[arg-type]
-                             f"{config.batch_size}")
-        self.device = _resolve_device(config.device)
+        self.rank, self.world = init_from_env(config.device)  # joins torchrun's group when WORLD_SIZE > 1
+        self.global_batch = config.batch_size * self.world
+        if len(train_set) < self.global_batch:  # type: ignore[arg-type]
+            raise ValueError(f"the training set has {len(train_set)} samples, fewer than one global batch "  # type: ignore[arg-type]
+                             f"({config.batch_size} x {self.world} ranks)")
+        self.device = _resolve_device(config.device, self.world)
         self.model = model.to(self.device)
+        broadcast_model(self.model)
         self.loss_fn, self.eval_fn, self.train_set, self.collate_fn = loss_fn, eval_fn, train_set, collate_fn
         self.amp_dtype = _amp_dtype(config.amp, self.device)
         self.optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
@@ -130,28 +135,31 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.out_dir = Path(config.out_dir)
         self.step = 0
-        self.samples_seen = 0  # micro-batches drawn x batch size, the data position for resume
+        self.samples_seen = 0  # global batches drawn x global batch size: the data position for resume
         self.stop_after: int | None = None  # for tests and callers: stop (as if killed) after this step
 
     # -- data ---------------------------------------------------------------------------------
     def _batches(self):
-        per_epoch = len(self.train_set) // self.config.batch_size  # type: ignore[arg-type]
+        per_rank, size = self.config.batch_size, self.global_batch
+        per_epoch = len(self.train_set) // size  # type: ignore[arg-type]
         while True:
-            drawn = self.samples_seen // self.config.batch_size
-            epoch, offset = divmod(drawn, per_epoch)
+            epoch, offset = divmod(self.samples_seen // size, per_epoch)
             g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.train_set), generator=g)[: per_epoch * self.config.batch_size]  # type: ignore[arg-type]
-            indices = order[offset * self.config.batch_size:].tolist()
-            loader = DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=indices,
+            order = torch.randperm(len(self.train_set), generator=g)[: per_epoch * size]  # type: ignore[arg-type]
+            mine = order.view(per_epoch, self.world, per_rank)[offset:, self.rank].reshape(-1).tolist()
+            loader = DataLoader(self.train_set, batch_size=per_rank, sampler=mine,
                                 collate_fn=self.collate_fn, num_workers=self.config.num_workers, drop_last=True)
             for batch in loader:
-                self.samples_seen += self.config.batch_size
+                self.samples_seen += size
                 yield batch
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write model weights and the full training state to ``out_dir/checkpoint`` (atomically)."""
+        """Write model weights and the full training state to ``out_dir/checkpoint`` (atomically, rank 0)."""
         final = self.out_dir / CHECKPOINT
+        if self.rank != 0:
+            barrier()
+            return final
         tmp = self.out_dir / (CHECKPOINT + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -180,6 +188,7 @@ class Trainer:
         torch.save(state, tmp / STATE)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        barrier()
         return final
 
     def load_checkpoint(self, directory: str | Path | None = None) -> int:
@@ -238,27 +247,32 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             random.seed(cfg.seed)
             np.random.seed(cfg.seed)
-        log = MetricsLog(self.out_dir, resume=self.step if resume else None)
-        (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        lead = self.rank == 0
+        log = MetricsLog(self.out_dir, resume=self.step if resume else None) if lead else None
+        if lead:
+            (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         router = _RouterLosses(self.model)
         result = TrainResult(self.step)
         batches = self._batches()
-        bar = _progress(cfg, self.step)
+        bar = _progress(cfg, self.step) if lead else None
         self.model.train()
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 row = self._optimizer_step(batches, router)
-                row["samples_per_s"] = cfg.batch_size * cfg.grad_accum / (time.perf_counter() - t0)
+                row["samples_per_s"] = self.global_batch * cfg.grad_accum / (time.perf_counter() - t0)
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['samples_per_s']:.1f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    log.write("train", self.step, row)
                     result.train.append({"step": self.step, **row})
+                    if log is not None:
+                        log.write("train", self.step, row)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != cfg.steps:
-                    log.write("eval", self.step, self.evaluate())
+                    metrics = self.evaluate()
+                    if log is not None:
+                        log.write("eval", self.step, metrics)
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                 if self.stop_after is not None and self.step >= self.stop_after:
@@ -270,9 +284,9 @@ class Trainer:
         result.step = self.step
         if self.step >= cfg.steps:
             result.eval = self.evaluate()
-            if result.eval:
+            if result.eval and log is not None:
                 log.write("eval", self.step, result.eval)
-            result.files = {"checkpoint": self.save_checkpoint(), **log.finish()}
+            result.files = {"checkpoint": self.save_checkpoint(), **(log.finish() if log is not None else {})}
         return result
 
     def _optimizer_step(self, batches, router: _RouterLosses) -> dict[str, float]:
@@ -299,6 +313,8 @@ class Trainer:
             self.scaler.scale(total / cfg.grad_accum).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / cfg.grad_accum
+        allreduce_gradients(self.model)
+        sums = allreduce_mean(sums, self.device)
         if cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad))
@@ -309,9 +325,11 @@ class Trainer:
         return sums
 
 
-def _resolve_device(device: str) -> torch.device:
+def _resolve_device(device: str, world: int = 1) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if world > 1 else torch.device("cuda")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use device='cpu' or 'auto'")
