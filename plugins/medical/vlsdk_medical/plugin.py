@@ -23,3 +23,53 @@ def vlsdk_register_experts(register):
         LesionExpert,
         description="local-contrast depthwise-conv FFN for small low-contrast lesions",
     )
+
+
+@hookimpl
+def vlsdk_register_datasets(register):
+    """Register ``medical.dicom``, ``medical.nifti`` and ``medical.lesion_slices``."""
+    from vlsdk_medical.dataset import DicomDataset, NiftiDataset, lesion_slices
+
+    register("medical.dicom", DicomDataset,
+             description="DICOM series folders/files as volumes (HU, ordered along the slice normal), SEG labels")
+    register("medical.nifti", NiftiDataset,
+             description="NIfTI (any MONAI LoadImage format) volumes, MONAI Orientation to RAS, spacing in meta")
+    register("medical.lesion_slices", lesion_slices,
+             description="lesion image/label pairs as 2D slices or 3D patches with MONAI augmentation")
+
+
+@hookimpl
+def vlsdk_register_transforms(register):
+    """Register the ``medical.default`` MONAI pipeline."""
+    from vlsdk_medical.transforms import default_transforms
+
+    register("medical.default", default_transforms,
+             description="MONAI: intensity/windowing, lesion/background-balanced crops, flips, affine")
+
+
+@hookimpl
+def vlsdk_register_metrics(register):
+    """Register ``medical.dice`` and ``medical.hd95`` (per case and overall)."""
+    from vlsdk_medical.metrics import CaseDice, CaseHD95
+
+    register("medical.dice", CaseDice, description="Dice per case and overall (monai.metrics.DiceMetric)")
+    register("medical.hd95", CaseHD95,
+             description="95th-percentile Hausdorff distance in mm per case (monai.metrics)")
+
+
+@hookimpl
+def vlsdk_register_synthesizers(register):
+    """Register the ``medical.lesions`` synthesizer."""
+    from vlsdk_medical.synth import LesionSynthesizer
+
+    register("medical.lesions", LesionSynthesizer,
+             description="random lesions on smooth tissue with randomised contrast, noise, size and count")
+
+
+@hookimpl
+def vlsdk_register_commands(register):
+    """Register ``vlsdk medical-lesion`` (train and evaluate the BraTS lesion segmenter)."""
+    from vlsdk_medical.pipeline import add_arguments, run_from_args
+
+    register("medical-lesion", run_from_args, configure=add_arguments,
+             help="train the lesion segmenter on BraTS and report held-out Dice (--quick for CI)")
