@@ -10,6 +10,8 @@ from pathlib import Path
 
 __all__ = ["QUICK", "config_from_args", "configure", "run"]
 
+BENCHMARK_BATCH = 64
+
 #: What ``--quick`` sets (a few steps on a few DeepPCB pairs, for CI on a CPU).
 QUICK: dict[str, object] = {"config": "tiny", "image_size": 320, "train_pairs": 12, "eval_pairs": 4, "epochs": 1,
                             "batch_size": 4, "max_steps": 4, "synthetic_ratio": 3.0, "workers": 0, "draw": 4}
@@ -48,6 +50,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-expert", dest="expert", action="store_false",
                         help="leave out the industrial.pcb_defect MoE expert")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="evaluate (or benchmark) a model saved by a previous run (its model/ folder)")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="only measure inference boards/s on random boards (--batch-size default 64, "
+                             "--image-size default 640); writes OUT/throughput.json")
+    parser.add_argument("--compile", action="store_true", help="with --benchmark: torch.compile the model")
+    parser.add_argument("--dense-moe", action="store_true", help="with --benchmark: static all-experts MoE path")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
 
 
@@ -77,7 +86,39 @@ def run(args: argparse.Namespace) -> int:
     """
     from vlsdk_industrial.pipeline import run_pipeline
 
+    if args.benchmark:
+        return _benchmark(args)
     if not Path(args.data).is_dir():
         raise SystemExit(f"vlsdk pcb: DeepPCB folder {args.data} not found; pass --data PATH/TO/deeppcb")
     run_pipeline(config_from_args(args))
     return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import json
+
+    from vlsdk_industrial.pipeline import HEAD, build_detector
+    from vlsdk_industrial.throughput import measure_throughput
+
+    cfg = config_from_args(args)
+    if cfg.checkpoint is not None:
+        from vlsdk import VLModel
+
+        model = VLModel.from_pretrained(cfg.checkpoint)
+    else:
+        model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu")
+    result = measure_throughput(model, head=HEAD, batch_size=args.batch_size or BENCHMARK_BATCH,
+                                image_size=args.image_size or 640, device=device, amp=cfg.amp,
+                                compile=args.compile, dense_moe=args.dense_moe,
+                                warmup=1 if args.quick else 5, batches=2 if args.quick else 20)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "throughput.json").write_text(json.dumps(result.as_dict(), indent=2))
+    print(f"{result.boards_per_s:.1f} boards/s ({json.dumps(result.as_dict())})")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

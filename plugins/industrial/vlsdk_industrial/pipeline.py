@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from vlsdk import VLModel
     from vlsdk_industrial.metrics import MAPResult
 
-__all__ = ["PipelineConfig", "build_detector", "draw_predictions", "evaluate", "run_pipeline", "train"]
+__all__ = ["PipelineConfig", "build_detector", "detection_loss", "draw_predictions", "evaluate", "float_output",
+           "run_pipeline", "train"]
 
 #: Name of the detection head in the model.
 HEAD = "pcb"
@@ -57,6 +58,7 @@ class PipelineConfig:
         expert: insert the ``industrial.pcb_defect`` expert into the MoE layers.
         draw: boards drawn into ``predictions.png``.
         progress: show tqdm progress bars.
+        checkpoint: evaluate a model saved by ``save_pretrained`` instead of training one.
     """
 
     data: Path = Path("../shared/data/deeppcb")
@@ -79,9 +81,11 @@ class PipelineConfig:
     expert: bool = True
     draw: int = 4
     progress: bool = True
+    checkpoint: Path | None = None
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
+        self.checkpoint = Path(self.checkpoint) if self.checkpoint is not None else None
         for name in ("epochs", "batch_size", "image_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
@@ -134,8 +138,12 @@ def _autocast(device: torch.device, amp: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
-def _float_output(output: Any) -> Any:
-    """Cast a DetectionOutput's tensors to float32 (losses and decoding outside autocast)."""
+def float_output(output: Any) -> Any:
+    """Cast a ``DetectionOutput``'s tensors to float32 (for losses and decoding after autocast).
+
+    Args:
+        output: a :class:`vlsdk.heads.detection.DetectionOutput`.
+    """
     import torch
 
     return dataclasses.replace(output, **{f.name: getattr(output, f.name).float() for f in dataclasses.fields(output)
@@ -153,7 +161,7 @@ def detection_loss(model: VLModel, batch: tuple[Any, list[dict[str, Any]], list[
     """
     images, targets, _ = batch
     out = model(images, heads=[HEAD])
-    return model.heads[HEAD].loss(_float_output(out[HEAD]), targets)
+    return model.heads[HEAD].loss(float_output(out[HEAD]), targets)
 
 
 def train(model: VLModel, train_set: Any, *, steps: int, batch_size: int, lr: float, weight_decay: float = 0.05,
@@ -225,7 +233,7 @@ def evaluate(model: VLModel, loader: Any, *, device: torch.device | str = "cpu",
             start = time.perf_counter()
             with _autocast(device, amp):
                 out = model(images, heads=[HEAD])
-            dets = head.decode(_float_output(out[HEAD]), score_threshold=score_threshold)
+            dets = head.decode(float_output(out[HEAD]), score_threshold=score_threshold)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i > 0 or len(loader) == 1:
@@ -303,38 +311,47 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     started = time.perf_counter()
     train_tf = build_transforms(train=True, size=cfg.image_size, seed=cfg.seed)
     eval_tf = build_transforms(train=False, size=cfg.image_size)
-    real = DeepPCBDataset(cfg.data, "trainval", template=cfg.template, transform=train_tf, on_error="skip",
-                          max_samples=cfg.train_pairs)
-    train_set: Any = real
-    if cfg.synthetic_ratio is not None:
-        synth = BoardSynthesizer(size=640, template=cfg.template)
-        train_set = MixedDataset(real, synth.dataset(len(real), seed=cfg.seed, transform=train_tf), cfg.synthetic_ratio)
     test = DeepPCBDataset(cfg.data, "test", template=cfg.template, transform=eval_tf, on_error="skip",
                           max_samples=cfg.eval_pairs)
     test_loader = DataLoader(test, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate,
                              num_workers=cfg.workers, pin_memory=device.type == "cuda")
-    model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert).to(device)
-    steps = cfg.epochs * max(1, len(train_set) // cfg.batch_size)
-    steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
-    fit = train(model, train_set, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                device=str(device), amp=cfg.amp, workers=cfg.workers, seed=cfg.seed, out_dir=cfg.out / "train",
-                progress=cfg.progress)
-    losses = [row["loss"] for row in fit.train]
+    summary: dict[str, Any] = {"test_samples": len(test), "test_skipped": [str(s) for s in test.skipped]}
+    if cfg.checkpoint is not None:
+        from vlsdk import VLModel
+
+        model = VLModel.from_pretrained(cfg.checkpoint, map_location=device)
+        if HEAD not in model.heads or model.config.in_chans != (2 if cfg.template else 1):
+            raise ValueError(f"{cfg.checkpoint} holds no {HEAD!r} head for {2 if cfg.template else 1}-channel boards "
+                             f"(heads {sorted(model.heads)}, in_chans {model.config.in_chans}); "
+                             f"pass --no-template for a 1-channel model")
+    else:
+        real = DeepPCBDataset(cfg.data, "trainval", template=cfg.template, transform=train_tf, on_error="skip",
+                              max_samples=cfg.train_pairs)
+        train_set: Any = real
+        if cfg.synthetic_ratio is not None:
+            synth = BoardSynthesizer(size=640, template=cfg.template)
+            train_set = MixedDataset(real, synth.dataset(len(real), seed=cfg.seed, transform=train_tf),
+                                     cfg.synthetic_ratio)
+        model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert).to(device)
+        steps = cfg.epochs * max(1, len(train_set) // cfg.batch_size)
+        steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+        fit = train(model, train_set, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                    weight_decay=cfg.weight_decay, device=str(device), amp=cfg.amp, workers=cfg.workers,
+                    seed=cfg.seed, out_dir=cfg.out / "train", progress=cfg.progress)
+        losses = [row["loss"] for row in fit.train]
+        summary |= {"train_samples": len(train_set), "train_skipped": [str(s) for s in real.skipped],
+                    "augmentation_dropped_boxes": train_tf.dropped if cfg.workers == 0 else None,  # in-process count
+                    "steps": fit.step, "first_loss": losses[0], "last_loss": losses[-1], "loss_log": fit.train}
     result, preds, boards_per_s = evaluate(model, test_loader, device=device, amp=cfg.amp, progress=cfg.progress)
     print(result.table())
     print(f"eval throughput: {boards_per_s:.1f} boards/s at {cfg.image_size}x{cfg.image_size} on {device} "
           f"(amp={cfg.amp}, batch {cfg.batch_size}; rough, see BENCHMARKS.md for the measured figure)")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    model_dir = model.save_pretrained(cfg.out / "model")
+    model_dir = cfg.checkpoint if cfg.checkpoint is not None else model.save_pretrained(cfg.out / "model")
     png = draw_predictions(preds[: max(1, cfg.draw)], cfg.out / "predictions.png")
-    summary = {
+    summary |= {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
-        "train_samples": len(train_set), "train_skipped": [str(s) for s in real.skipped],
-        "test_samples": len(test), "test_skipped": [str(s) for s in test.skipped],
-        "augmentation_dropped_boxes": train_tf.dropped if cfg.workers == 0 else None,  # counted in-process
-        "steps": fit.step, "loss_log": fit.train,
-        "first_loss": losses[0], "last_loss": losses[-1], "metrics": result.as_dict(),
-        "eval_boards_per_s": boards_per_s, "seconds": time.perf_counter() - started,
+        "metrics": result.as_dict(), "eval_boards_per_s": boards_per_s, "seconds": time.perf_counter() - started,
         "model": str(model_dir), "predictions_png": str(png), "device": str(device),
     }
     (cfg.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))

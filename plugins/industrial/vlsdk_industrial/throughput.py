@@ -1,0 +1,90 @@
+"""Inference throughput of a PCB detector (boards per second), for ``vlsdk pcb --benchmark``.
+
+Times forward + decoding (score threshold, top-k, NMS) of full batches after warm-up, with device
+synchronisation around each timed batch. The issue's target is 620 boards/s at 640 x 640 in bf16
+on one H100; this module measures, ``BENCHMARKS.md`` records.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vlsdk import VLModel
+
+__all__ = ["ThroughputResult", "measure_throughput"]
+
+
+@dataclass
+class ThroughputResult:
+    """Boards per second (median over the timed batches) and the settings it was measured with."""
+
+    boards_per_s: float
+    batch_size: int
+    image_size: int
+    in_chans: int
+    device: str
+    amp: str
+    batches: int
+    compiled: bool
+    dense_moe: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def measure_throughput(model: VLModel, *, head: str = "pcb", batch_size: int = 64, image_size: int = 640,
+                       device: str = "cuda", amp: str = "bf16", warmup: int = 5, batches: int = 20,
+                       compile: bool = False, dense_moe: bool = False) -> ThroughputResult:
+    """Measure detection throughput on random boards.
+
+    Args:
+        model: a VLModel with the detection head ``head``.
+        head: the detection head's name.
+        batch_size: boards per forward pass.
+        image_size: square board side.
+        device: torch device.
+        amp: ``"none"`` or ``"bf16"`` autocast.
+        warmup: untimed batches first (compilation, cuDNN autotuning).
+        batches: timed batches.
+        compile: wrap the model in ``torch.compile``.
+        dense_moe: run the MoE layers on their static all-experts path (see ``set_dense_moe``).
+    """
+    import torch
+
+    from vlsdk_industrial.pipeline import float_output
+
+    if batch_size < 1 or image_size < 32 or warmup < 0 or batches < 1:
+        raise ValueError(f"expected batch_size >= 1, image_size >= 32, warmup >= 0, batches >= 1, got "
+                         f"{batch_size}, {image_size}, {warmup}, {batches}")
+    if amp not in ("none", "bf16"):
+        raise ValueError(f"amp must be 'none' or 'bf16', got {amp!r}")
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    model.set_dense_moe(dense_moe)
+    det_head = model.heads[head]
+    run = torch.compile(model) if compile else model
+    images = torch.rand(batch_size, model.config.in_chans, image_size, image_size, device=dev)
+
+    def step() -> None:
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            out = run(images, heads=[head])
+        det_head.decode(float_output(out[head]))
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    model.set_dense_moe(False)
+    return ThroughputResult(batch_size / statistics.median(times), batch_size, image_size, model.config.in_chans,
+                            str(dev), amp, batches, compile, dense_moe)
