@@ -110,3 +110,19 @@ def test_registered_head_trains_in_vlmodel_and_round_trips(register_plugin, tmp_
         b = again(image, heads=["bev"])["bev"].heatmap
     torch.testing.assert_close(a, b)
     assert again.head_specs["bev"].task == "driving.bev_detection"
+
+
+def test_circle_nms_drops_a_nearby_duplicate_of_the_same_class():
+    head = BEVDetectionHead({4: 16, 8: 32}, **OPTS)
+    boxes = Boxes3D(np.array([[3.3, -5.1, -0.9, 4.5, 1.9, 1.6, 0.7], [-10.2, 8.6, -1.0, 0.7, 0.6, 1.8, -2.5]]),
+                    np.array([0, 7]))
+    out = perfect_output(head, boxes)
+    r, c = int((-5.1 + 16) // 2), int((3.3 + 16) // 2)
+    out.heatmap[0, 0, r, c + 2] = 2.0  # a weaker car peak 4 m away: kept (radius 2 m)
+    out.heatmap[0, 7, r, c] = 2.0  # a pedestrian on the car's cell: another class, kept
+    assert len(head.decode(out)[0]) == 4
+    out.offset[0, :, r, c + 2] = torch.tensor([-1.6, 0.0])  # now only 0.8 m away: suppressed
+    dec = head.decode(out)[0]
+    assert len(dec) == 3 and sorted(dec.labels.tolist()) == [0, 7, 7]
+    head.circle_nms = False
+    assert len(head.decode(out)[0]) == 4
