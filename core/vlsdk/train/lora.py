@@ -178,10 +178,8 @@ def _check_task(model: nn.Module, task: str) -> None:
 
 
 def _lora_config(patterns: list[str], r: int, alpha: float, dropout: float) -> LoraConfig:
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                        target_modules="|".join(_pattern_regex(p) for p in patterns))
-    config._register_custom_module({Int8Linear: LoraInt8Linear})
-    return config
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                      target_modules="|".join(_pattern_regex(p) for p in patterns))
 
 
 def _inject(model: nn.Module, config: LoraConfig, task: str) -> list[str]:

@@ -1,0 +1,258 @@
+"""LoRA through peft: targets by name, frozen base, peft layout round trip, int8 base, memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import vlsdk
+from vlsdk.models.experts import ExpertMLP
+from vlsdk.quant import Int8Linear
+from vlsdk.train import TrainConfig, Trainer
+from vlsdk.train.lora import (
+    LoraInt8Linear,
+    attach_lora,
+    load_adapter,
+    lora_targets,
+    save_adapter,
+    set_adapter,
+    trainable_state_bytes,
+)
+
+LESION = r".*experts\.medical\.lesion\.fc[12]"
+EXPERTS = r".*experts\.(generic\.\d|medical\.lesion)\.fc[12]"
+HEAD_CONVS = [r"heads\.seg\.decoder\.stem\.0", "classifier"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(seed=0, head=True):
+    torch.manual_seed(seed)
+    model = vlsdk.VLModel("tiny", in_chans=1)
+    model.add_expert("medical.lesion", ExpertMLP(64, 32), init_bias=0.0)  # a domain expert that gets tokens
+    if head:
+        model.add_head("seg", task="segmentation", num_classes=2)
+    return model
+
+
+def make_data(n=24, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, size, size, generator=g)
+    masks = torch.zeros(n, size, size, dtype=torch.long)
+    for i in range(n):  # a bright square per image is the "lesion"
+        y, x = torch.randint(0, size - 10, (2,), generator=g).tolist()
+        images[i, 0, y:y + 10, x:x + 10] += 1.5
+        masks[i, y:y + 10, x:x + 10] = 1
+    return TensorDataset(images, masks)
+
+
+def seg_loss(model, batch):
+    images, masks = batch
+    out = model(images, heads=["seg"])
+    return model.heads["seg"].loss(out["seg"], masks)
+
+
+def logits(model, images):
+    model.eval()
+    with torch.no_grad():
+        return model(images, heads=["seg"])["seg"].logits
+
+
+def train_steps(model, data, steps=4, lr=1e-2):
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    images, masks = data.tensors
+    for i in range(steps):
+        batch = (images[4 * i:4 * i + 4], masks[4 * i:4 * i + 4])
+        opt.zero_grad()
+        seg_loss(model, batch)["loss"].backward()
+        opt.step()
+    return opt
+
+
+def test_lora_goes_to_the_named_modules_only():
+    model = make_model()
+    attach_lora(model, "seg", [LESION, *HEAD_CONVS])
+    expected = {f"encoder.stages.{i}.blocks.0.ffn.experts.medical.lesion.fc{j}" for i in (0, 1) for j in (1, 2)}
+    expected |= {"heads.seg.decoder.stem.0", "heads.seg.classifier"}
+    assert set(lora_targets(model, "seg")) == expected
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A.seg." in n or ".lora_B.seg." in n for n in trainable)
+    assert len(trainable) == 2 * len(expected)
+    assert model.peft_config["seg"].r == 8
+
+    # the named head in full instead of LoRA in it
+    model = make_model()
+    attach_lora(model, "seg", LESION, r=4, train_head=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = {f"heads.seg.{n}" for n, _ in model.heads["seg"].named_parameters()}
+    assert head <= trainable and all("lora_" in n for n in trainable - head)
+    with pytest.raises(ValueError, match="cannot also carry LoRA"):
+        attach_lora(make_model(), "seg", [LESION, "classifier"], train_head=True)
+
+
+def test_bad_targets_and_arguments_raise_before_touching_the_model():
+    model = make_model()
+    with pytest.raises(ValueError, match=r"experts\\\\.dental") as info:
+        attach_lora(model, "seg", [LESION, r".*experts\.dental\.fc1"])  # one of two patterns matches nothing
+    assert "closest layers" in str(info.value)
+    assert not hasattr(model, "peft_config") and not any("lora_" in n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="ExpertMLP.*cannot wrap"):
+        attach_lora(model, "seg", r".*experts\.medical\.lesion")  # the container, not its linears
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        attach_lora(model, "seg", "fc[")
+    with pytest.raises(ValueError, match="r must be"):
+        attach_lora(model, "seg", LESION, r=0)
+    with pytest.raises(ValueError, match="no such head"):
+        attach_lora(model, "det", LESION, train_head=True)
+    attach_lora(model, "seg", LESION)
+    with pytest.raises(ValueError, match="already has a LoRA adapter 'seg'"):
+        attach_lora(model, "seg", LESION)
+    with pytest.raises(KeyError, match="no LoRA adapter 'det'"):
+        set_adapter(model, "det")
+
+
+def test_training_changes_outputs_and_leaves_the_base_bit_identical():
+    model = make_model()
+    data = make_data(16)
+    images = data.tensors[0][:4]
+    before = logits(model, images)
+    base = {n: t.clone() for n, t in model.state_dict().items()}
+    attach_lora(model, "seg", [EXPERTS, *HEAD_CONVS])
+    torch.testing.assert_close(logits(model, images), before)  # lora_B starts at zero
+    train_steps(model, data)
+    after = logits(model, images)
+    assert (after - before).abs().max() > 1e-3
+    state = model.state_dict()
+    for name, tensor in base.items():
+        if name not in state:  # a LoRA-wrapped layer keeps its weight under .base_layer
+            prefix, _, leaf = name.rpartition(".")
+            name = f"{prefix}.base_layer.{leaf}"
+        assert torch.equal(state[name], tensor), name
+
+
+@pytest.mark.parametrize("quantize", [False, True], ids=["float", "int8"])
+def test_save_load_round_trip_in_a_fresh_model(tmp_path, quantize):
+    model = make_model()
+    data = make_data(16)
+    images = data.tensors[0][:4]
+    attach_lora(model, "seg", [EXPERTS, *HEAD_CONVS], quantize_base=quantize)
+    train_steps(model, data)
+    expected = logits(model, images)
+    save_adapter(model, "seg", tmp_path / "seg")
+    files = {p.name for p in (tmp_path / "seg").iterdir()}
+    assert files == {"adapter_config.json", "adapter_model.safetensors", "head_config.json", "head.safetensors"}
+    config = json.loads((tmp_path / "seg" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8
+
+    fresh = make_model(head=False)  # the same backbone, no head: it comes from the adapter directory
+    load_adapter(fresh, "seg", tmp_path / "seg")
+    assert torch.equal(logits(fresh, images), expected)
+    assert not any(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n or n.startswith("heads."))
+    assert any(isinstance(m, Int8Linear) for m in fresh.modules()) == quantize
+    with pytest.raises(ValueError, match="already has a LoRA adapter"):
+        load_adapter(fresh, "seg", tmp_path / "seg")
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_adapter(make_model(), "seg", tmp_path)
+
+
+def test_set_adapter_switches_tasks_explicitly(tmp_path):
+    model = make_model()
+    data = make_data(16)
+    images = data.tensors[0][:4]
+    attach_lora(model, "seg", EXPERTS)
+    train_steps(model, data)
+    seg = logits(model, images)
+    attach_lora(model, "other", EXPERTS)  # a second task on the same experts, now active
+    torch.testing.assert_close(logits(model, images), logits(make_model(), images))  # its lora_B is still zero
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".seg." in n)
+    set_adapter(model, "seg")
+    assert torch.equal(logits(model, images), seg)
+    assert not any(p.requires_grad for p in model.parameters())  # trainable=False by default
+    set_adapter(model, "other", trainable=True)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if ".other." in n}
+
+
+def test_int8_base_with_lora_trains_with_the_trainer(tmp_path):
+    model = make_model()
+    attach_lora(model, "seg", [EXPERTS, *HEAD_CONVS], r=8, quantize_base=True)
+    fc1 = model.encoder.stages[0].blocks[0].ffn.experts["generic"]["0"].fc1
+    assert isinstance(fc1, LoraInt8Linear) and isinstance(fc1.base_layer, Int8Linear)
+    assert isinstance(model.encoder.stages[0].blocks[0].attn.qkv, Int8Linear)  # untargeted frozen linears too
+    frozen = {n: t.clone() for n, t in model.state_dict().items() if "lora_" not in n}
+    config = TrainConfig(steps=20, batch_size=4, lr=1e-2, warmup_steps=2, log_every=1, progress=False,
+                         out_dir=str(tmp_path / "run"), seed=3)
+    result = Trainer(model, seg_loss, make_data(), config).fit()
+    losses = [r["loss"] for r in result.train]
+    print(f"\nint8 + LoRA loss: {sum(losses[:4]) / 4:.4f} -> {sum(losses[-4:]) / 4:.4f}")
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
+    state = model.state_dict()
+    assert all(torch.equal(state[n], t) for n, t in frozen.items())
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_trainable_state_is_12x_smaller_than_full_fine_tuning():
+    full = make_model()
+    full_bytes = trainable_state_bytes(full)
+    lora = make_model()
+    attach_lora(lora, "seg", [EXPERTS, *HEAD_CONVS], quantize_base=True)
+    lora_bytes = trainable_state_bytes(lora)
+    ratio = full_bytes / lora_bytes
+    print(f"\ntrainable state (grads + AdamW): full {full_bytes} B, LoRA {lora_bytes} B, {ratio:.1f}x smaller")
+    assert ratio >= 12
+    # the estimate is what torch's AdamW really keeps (once every parameter had a gradient)
+    trainable = [p for p in lora.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable)
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert trainable_state_bytes(lora, opt) == lora_bytes
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        trainable_state_bytes(lora, "lion")
+
+
+def test_merging_into_the_int8_base_requantises():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
+    attach_lora(net, "t", "0", r=4, quantize_base=True)  # works on any nn.Module, by module name
+    layer = net[0]
+    assert isinstance(layer, LoraInt8Linear) and isinstance(net[2], Int8Linear)
+    torch.nn.init.normal_(layer.lora_B["t"].weight, std=0.1)
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        lora = net(x)
+        with pytest.warns(UserWarning, match="re-quantises"):
+            layer.merge()
+        assert layer.merged and layer.merged_adapters == ["t"]
+        merged = layer.base_layer(x)  # the update now lives in the int8 weight
+        assert float((net[2](net[1](merged)) - lora).norm() / lora.norm()) < 0.02
+        with pytest.warns(UserWarning):
+            layer.unmerge()
+        assert not layer.merged
+        torch.testing.assert_close(net(x), lora, rtol=0.02, atol=0.02)
+
+
+def test_targeted_module_names_are_checked_after_peft_too(monkeypatch):
+    """Without the up-front check, peft adapts what matched and stays silent about the rest: caught after."""
+    import vlsdk.train.lora as lora
+
+    monkeypatch.setattr(lora, "_check_patterns", lambda model, patterns: {p: [] for p in patterns})
+    model = make_model()
+    images = make_data(4).tensors[0]
+    before = logits(model, images)
+    with pytest.raises(ValueError, match=r"dental.*matched no module peft adapted"):
+        attach_lora(model, "seg", [LESION, r".*experts\.dental\.fc1"])
+    assert "seg" not in model.peft_config
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(logits(model, images), before)
