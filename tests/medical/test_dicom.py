@@ -164,3 +164,29 @@ def test_folder_skips_and_reports(tmp_path, seg_dir, testdata):
         load_dicom_series(empty, warn=False)
     with pytest.raises(ValueError, match="space must be"):
         load_dicom_series(tmp_path, space="XYZ")
+
+
+def test_dicom_dataset_with_seg_labels(seg_dir):
+    from vlsdk_medical.dataset import DicomDataset
+
+    ds = DicomDataset([{"image": str(seg_dir / "ct-3slice"), "label": str(seg_dir / "liver.dcm")}],
+                      window="soft_tissue")
+    sample = ds[0]
+    assert sample["image"].shape == (1, 512, 512, 3) and sample["label"].shape == (1, 512, 512, 3)
+    assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
+    assert sample["segment_labels"] == ["Liver"] and sample["spacing"][2] == pytest.approx(1.0)
+    assert sample["image"].meta["spacing"][0] == pytest.approx(0.810547)
+    with pytest.raises(ValueError, match="unknown window preset"):
+        DicomDataset([str(seg_dir / "ct-3slice")], window="lungs")
+
+
+def test_dicom_info_command(register_plugin, seg_dir, tmp_path, capsys, testdata):
+    import vlsdk_medical.plugin as medical_plugin
+    from vlsdk.cli import main
+
+    register_plugin(medical_plugin, "medical")
+    assert main(["dicom-info", str(seg_dir / "ct-3slice"), "--seg", str(seg_dir / "liver.dcm")]) == 0
+    out = capsys.readouterr().out
+    assert "3 slices, shape (512, 512, 3)" in out and "segment 1 'Liver'" in out and "(rescaled)" in out
+    assert main(["dicom-info", testdata("MR_truncated.dcm")]) == 1
+    assert "MR_truncated.dcm: pixel data unusable" in capsys.readouterr().out

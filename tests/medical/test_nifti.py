@@ -39,3 +39,17 @@ def test_channels_and_label_pairing(brats_root, shared_data):
         load_volume(d / "missing.nii.gz")
     with pytest.raises(ValueError, match="axcodes"):
         load_volume(ct, axcodes="RRS")
+
+
+def test_nifti_dataset(shared_data):
+    from vlsdk_medical.dataset import NiftiDataset
+
+    ref = shared_data / "ct_mr_organs" / "reference_files"
+    ds = NiftiDataset([{"image": str(ref / "example_ct_sm.nii.gz"), "label": str(ref / "example_seg.nii.gz")},
+                       str(ref / "example_mr_sm.nii.gz")])
+    ct, mr = ds[0], ds[1]
+    assert ct["image"].shape == ct["label"].shape == (1, 122, 101, 30)
+    assert ct["spacing"] == pytest.approx((3.0, 3.0, 3.0)) and axcodes_of(ct["image"].affine) == "RAS"
+    assert "label" not in mr and mr["image"].shape[1:] == (117, 91, 20)
+    with pytest.raises(ValueError, match="'image' key"):
+        NiftiDataset([{"label": "x"}])

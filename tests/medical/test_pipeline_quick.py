@@ -17,7 +17,7 @@ def test_quick_run_via_cli(register_plugin, brats_root, tmp_path, capsys):
 
     out = tmp_path / "run"
     status = main(["medical-lesion", "--quick", "--data", str(brats_root), "--out", str(out), "--max-steps", "2",
-                   "--no-progress"])
+                   "--eval-slices", "4", "--no-progress"])
     assert status == 0
     printed = capsys.readouterr().out
     assert "held-out patient brats_2013_pat0001_1: Dice" in printed

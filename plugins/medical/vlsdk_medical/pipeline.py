@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -135,7 +136,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     eval_cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
     train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed,
                                    max_slices_per_case=cfg.max_slices_per_case,
-                                   transform_options={"pos": 2.0, "neg": 1.0})
+                                   transform_options={"pos": 2.0, "neg": 1.0, "intensity_prob": 0.3})
     model = vlsdk.VLModel(cfg.model, in_chans=train_set.num_channels)
     model.add_head("lesion", task="segmentation", num_classes=1)
     if cfg.lesion_expert and model.moe_layers:
@@ -146,6 +147,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.1)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                                          collate_fn=collate_samples, num_workers=cfg.num_workers, drop_last=False)
@@ -164,9 +166,11 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
             losses = head.loss(type(out["lesion"])(out["lesion"].logits.float()), targets)
             loss = losses["loss"] + 0.01 * out.aux_loss.float()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             step += 1
             bar.update(1)
@@ -177,7 +181,8 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
 
     # -- evaluation on held-out patients: full slices, sliding window, per-patient volumes ---------
     model.eval()
-    eval_set = LesionSliceDataset(eval_cases, transform=None, slices="foreground",
+    # full mode scores every slice of the volume; quick mode a few brain slices
+    eval_set = LesionSliceDataset(eval_cases, transform=None, slices="all" if cfg.eval_slices is None else "foreground",
                                   max_slices_per_case=cfg.eval_slices, seed=cfg.seed)
     dice, hd95 = CaseDice(2), CaseHD95(2)
     predictor = model_predictor(model, "lesion")
@@ -188,7 +193,9 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         images = eval_set.images[ci].index_select(3, ks).movedim(3, 0)  # (S, C, X, Y)
         labels = eval_set.labels[ci].index_select(3, ks)[0].movedim(2, 0).long()  # (S, X, Y)
         probs = predict_slices(predictor, images, cfg.roi_size, sw_batch_size=32, device=device, amp=cfg.amp)
-        pred = (probs[:, 0] > 0.5).long().cpu()
+        # a lesion lies inside the imaged (skull-stripped) brain: nothing is predicted where every channel is 0
+        inside = (images != 0).any(1)
+        pred = ((probs[:, 0].cpu() > 0.5) & inside).long()
         spacing = eval_set.spacings[ci]
         dice.update(pred, labels, cases=[case.case_id] * len(ks), spacing=spacing)
         hd95.update(pred, labels, cases=[case.case_id] * len(ks), spacing=spacing)
@@ -270,7 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi-size", type=int, default=d.roi_size)
     parser.add_argument("--model", default=d.model, help="backbone config: tiny, edge, small, base")
     parser.add_argument("--modalities", default=",".join(d.modalities), help="flair,t1c or flair")
-    parser.add_argument("--num-workers", type=int, default=d.num_workers)
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers (default: 0 on CPU, up to 8 on a GPU)")
     parser.add_argument("--no-lesion-expert", action="store_true", help="leave out the medical.lesion expert")
     parser.add_argument("--eval-slices", type=int, default=None, help="slices per held-out patient (default all)")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -290,7 +298,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         data_root=args.data, out_dir=args.out, quick=args.quick, device=args.device, amp=args.amp,
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
         roi_size=args.roi_size, model=args.model, modalities=tuple(args.modalities.split(",")),
-        num_workers=args.num_workers, lesion_expert=not args.no_lesion_expert, eval_slices=args.eval_slices,
+        num_workers=args.num_workers if args.num_workers is not None else (
+            0 if args.device == "cpu" or args.quick else min(8, os.cpu_count() or 1)),
+        lesion_expert=not args.no_lesion_expert, eval_slices=args.eval_slices,
         seed=args.seed, progress=not args.no_progress)
     results = train_lesion_segmenter(cfg)
     print(f"model saved to {results['model_dir']}; overlay {results['overlay']}; "

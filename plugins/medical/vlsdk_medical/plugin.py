@@ -68,8 +68,11 @@ def vlsdk_register_synthesizers(register):
 
 @hookimpl
 def vlsdk_register_commands(register):
-    """Register ``vlsdk medical-lesion`` (train and evaluate the BraTS lesion segmenter)."""
+    """Register ``vlsdk medical-lesion`` (BraTS lesion segmenter) and ``vlsdk dicom-info``."""
+    from vlsdk_medical.cli import configure_dicom_info, run_dicom_info
     from vlsdk_medical.pipeline import add_arguments, run_from_args
 
     register("medical-lesion", run_from_args, configure=add_arguments,
              help="train the lesion segmenter on BraTS and report held-out Dice (--quick for CI)")
+    register("dicom-info", run_dicom_info, configure=configure_dicom_info,
+             help="print geometry (ordered along the slice normal), HU range and skipped files of DICOM input")

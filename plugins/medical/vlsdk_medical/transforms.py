@@ -50,6 +50,7 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
                        intensity: str = "none", window: str | tuple[float, float] | None = None,
                        pos: float = 1.0, neg: float = 1.0, num_samples: int = 1, flip_prob: float = 0.5,
                        affine_prob: float = 0.3, rotate_deg: float = 15.0, scale: float = 0.1,
+                       intensity_prob: float = 0.0,
                        image_key: str = "image", label_key: str = "label", seed: int | None = None) -> Compose:
     """Build the domain's MONAI pipeline for lesion segmentation.
 
@@ -68,6 +69,8 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
         affine_prob: probability of the random affine.
         rotate_deg: rotation range (+-, degrees; in-plane for 2D, about each axis for 3D).
         scale: scaling range (+-, fraction).
+        intensity_prob: probability of a random intensity scale and of a random shift (+-10 %
+            of the value range each; contrast randomisation for few training cases).
         image_key: the image's key.
         label_key: the label's key.
         seed: seed the random transforms (see :func:`seed_transforms`).
@@ -81,7 +84,15 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
     """
     import math
 
-    from monai.transforms import Compose, RandAffined, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
 
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
@@ -92,7 +103,7 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
         raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
     if window is not None and intensity != "window":
         raise ValueError(f"window={window!r} needs intensity='window' (got {intensity!r})")
-    for name, p in (("flip_prob", flip_prob), ("affine_prob", affine_prob)):
+    for name, p in (("flip_prob", flip_prob), ("affine_prob", affine_prob), ("intensity_prob", intensity_prob)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {p}")
     if pos < 0 or neg < 0 or pos + neg <= 0:
@@ -111,6 +122,9 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
             RandAffined(keys=keys, prob=affine_prob, rotate_range=(rot,) if spatial_dims == 2 else (rot,) * 3,
                         scale_range=(scale,) * spatial_dims, mode=("bilinear", "nearest"), padding_mode="zeros"),
         ]
+        if intensity_prob > 0:
+            steps += [RandScaleIntensityd(keys=image_key, factors=0.1, prob=intensity_prob),
+                      RandShiftIntensityd(keys=image_key, offsets=0.1, prob=intensity_prob)]
     compose = Compose(steps)
     if seed is not None:
         seed_transforms(compose, seed)
