@@ -19,7 +19,7 @@ from vlsdk.version import __version__
 if TYPE_CHECKING:
     from vlsdk.models.model import VLModel
 
-__all__ = ["save_pretrained", "from_pretrained", "save_head", "load_head_weights", "read_config",
+__all__ = ["save_pretrained", "from_pretrained", "save_head", "load_head_weights", "read_head_spec", "read_config",
            "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION"]
 
 CONFIG_NAME = "config.json"
@@ -135,6 +135,20 @@ def save_head(model: VLModel, name: str, directory: str | Path) -> Path:
     (directory / HEAD_CONFIG_NAME).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     save_file(_tensors(model.heads[name]), str(directory / HEAD_WEIGHTS_NAME))
     return directory
+
+
+def read_head_spec(directory: str | Path) -> dict[str, Any]:
+    """The ``head_config.json`` written by :func:`save_head` (task, options, vlsdk version)."""
+    path = Path(directory) / HEAD_CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: not a head checkpoint (write one with save_head)")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if "task" not in spec:
+        raise ValueError(f"{path}: missing field 'task'")
+    return spec
 
 
 def load_head_weights(model: VLModel, name: str, directory: str | Path) -> None:

@@ -234,14 +234,26 @@ class VLModel(nn.Module):
         Args:
             name: the head's name in this model (an adapter name too, for LoRA).
             task: registered head name (``"detection"``, ``"segmentation"``, ``"depth"`` or a
-                plugin's head).
-            checkpoint: a directory written by ``save_head`` to load the head's weights from.
-            **options: passed to the head factory (e.g. ``num_classes=6``).
+                plugin's head); with ``checkpoint`` it defaults to the saved one.
+            checkpoint: a directory written by ``save_head`` or by ``vlsdk.train.lora.save_adapter``:
+                the head's weights are loaded, and a LoRA adapter saved there is attached too.
+            **options: passed to the head factory (e.g. ``num_classes=6``); with ``checkpoint``
+                they default to the saved ones.
         """
         if not name.isidentifier():
             raise ValueError(f"head names must be identifiers, got {name!r}")
         if name in self.heads:
             raise ValueError(f"head {name!r} already exists; remove_head({name!r}) first")
+        if checkpoint is not None:
+            from vlsdk.models.checkpoint import read_head_spec
+
+            spec = read_head_spec(checkpoint)
+            task, options = task or spec["task"], options or spec.get("options", {})
+            if (Path(checkpoint) / "adapter_config.json").is_file():
+                from vlsdk.train.lora import load_adapter
+
+                load_adapter(self, name, checkpoint)  # adds the head with its weights, then the adapter
+                return self.heads[name]
         from vlsdk.plugins import get_registry
 
         task = task or name

@@ -417,7 +417,8 @@ def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize
             with _without_lora(heads[task]):
                 load_head_weights(model, task, directory)
         else:
-            model.add_head(task, spec["task"], checkpoint=directory, **spec.get("options", {}))
+            model.add_head(task, spec["task"], **spec.get("options", {}))
+            load_head_weights(model, task, directory)
         heads[task].requires_grad_(False)
 
     if quantize_base is None:
