@@ -81,6 +81,15 @@ def test_single_file_and_multiframe(testdata):
     assert dose.shape == (10, 10, 15)
     np.testing.assert_allclose(dose.spacing, (10.0, 10.0, 5.0))
     assert np.all(np.diff(dose.positions[:, 2]) == 5.0)
+    assert dose.array.dtype == np.float32 and dose.to_metatensor().meta["spacing"][2] == 5.0
+
+
+def test_multiframe_file_alone_in_folder(tmp_path, testdata):
+    (tmp_path / "dose.dcm").symlink_to(testdata("rtdose.dcm"))
+    assert load_dicom_series(tmp_path).shape == (10, 10, 15)
+    (tmp_path / "dose2.dcm").symlink_to(testdata("rtdose.dcm"))
+    with pytest.raises(DicomError, match="multi-frame file among 2 files"):
+        load_dicom_series(tmp_path)
 
 
 def test_dicom_seg_on_reference_grid(seg_dir):
@@ -90,6 +99,13 @@ def test_dicom_seg_on_reference_grid(seg_dir):
     # frames are stored top-down in the SEG; each lands on the CT slice at its own position
     counts = seg.masks.sum((1, 2))[0]
     assert (counts > 30000).all()
+    from monai.transforms import LoadImage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monai_seg = LoadImage(reader="PydicomReader", image_only=True)(str(seg_dir / "liver.dcm"))
+    np.testing.assert_allclose(monai_seg.affine.numpy(), ct.affine, atol=1e-4)  # same grid as MONAI's
+    np.testing.assert_array_equal(seg.masks[0], monai_seg.numpy()[..., 0] > 0)
     alone = load_dicom_seg(seg_dir / "liver.dcm")
     np.testing.assert_array_equal(alone.masks, seg.masks)
     np.testing.assert_allclose(alone.affine, ct.affine, atol=1e-4)

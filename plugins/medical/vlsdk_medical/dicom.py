@@ -145,7 +145,7 @@ class DicomVolume:
             "space": "RAS",
             "spatial_shape": np.asarray(self.shape),
             "filename_or_obj": self.files[0] if self.files else "",
-            "original_channel_dim": "no_channel",
+            "original_channel_dim": 0,
             "modality": self.modality,
         }
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(self.array))[None], meta=meta)
@@ -526,6 +526,11 @@ def load_dicom_series(folder: str | os.PathLike[str] | Sequence[str | os.PathLik
     for uid, other in series.items():
         if uid != series_uid:
             skipped += [(p, f"other series {uid}") for p, _ in other]
+    if len(items) == 1 and int(items[0][1].get("NumberOfFrames", 1) or 1) > 1:  # one multi-frame file
+        vol = read_dicom_file(items[0][0], space=space, rescale=rescale, require_spacing=require_spacing,
+                              tolerance=tolerance)
+        vol.skipped = skipped
+        return vol
 
     first_path, first = items[0]
     iop = _floats(first, "ImageOrientationPatient", 6, first_path, "orientation")
@@ -534,7 +539,8 @@ def load_dicom_series(folder: str | os.PathLike[str] | Sequence[str | os.PathLik
     positions = []
     for p, ds in items:
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise DicomError(f"{p}: multi-frame file inside a series folder; load it with read_dicom_file")
+            raise DicomError(f"{p}: multi-frame file among {len(items)} files of series {series_uid!r}; a "
+                             "multi-frame file is a volume of its own (load it with read_dicom_file)")
         o = _floats(ds, "ImageOrientationPatient", 6, p, "orientation")
         pos = _floats(ds, "ImagePositionPatient", 3, p, "position")
         if len(items) > 1 and (o is None or pos is None):

@@ -68,7 +68,7 @@ class LesionTrainConfig:
     modalities: Sequence[str] = ("flair", "t1c")
     model: str = "small"
     lesion_expert: bool = True
-    epochs: int = 30
+    epochs: int = 80
     max_steps: int | None = None
     batch_size: int = 16
     lr: float = 1e-3
