@@ -59,17 +59,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if name == "ffn":
             return ffn(xin)
         moe.dense = name == "all"  # the static every-expert-on-every-token path
+        moe.grouped = name == "grouped"  # one grouped GEMM per projection instead of a loop over experts
         try:
             return moe(xin)[0]
         finally:
-            moe.dense = False
+            moe.dense, moe.grouped = False, None
 
     def case(name: str, mode: str):
         if mode == "forward":
             return torch.no_grad()(lambda: run(name, x))
         return lambda: run(name, x.detach().requires_grad_(True)).float().sum().backward()
 
-    cases = ("ffn", "moe", "all")
+    cases = ("ffn", "moe", "grouped", "all")
     results: dict[str, float] = {}
     for mode in ("forward", "forward+backward"):
         runs: dict[str, list[float]] = {name: [] for name in cases}
@@ -83,9 +84,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results[f"{mode}/moe_over_ffn"] = ratio
         results[f"{mode}/ratio_to_ideal"] = ratio / args.top_k
         results[f"{mode}/all_over_moe"] = med["all"] / med["moe"]
-        print(f"{mode:17s} ffn {med['ffn'] * 1e3:8.2f} ms | moe {med['moe'] * 1e3:8.2f} ms | all-experts "
-              f"{med['all'] * 1e3:8.2f} ms | moe/ffn {ratio:.2f}x (ideal {args.top_k:.1f}x -> "
-              f"{ratio / args.top_k:.3f}x of ideal) | all/moe {med['all'] / med['moe']:.2f}x")
+        results[f"{mode}/grouped_over_ffn"] = med["grouped"] / med["ffn"]
+        print(f"{mode:17s} ffn {med['ffn'] * 1e3:8.2f} ms | moe {med['moe'] * 1e3:8.2f} ms | grouped "
+              f"{med['grouped'] * 1e3:8.2f} ms | all-experts {med['all'] * 1e3:8.2f} ms | moe/ffn {ratio:.2f}x "
+              f"(ideal {args.top_k:.1f}x -> {ratio / args.top_k:.3f}x of ideal) | grouped/ffn "
+              f"{med['grouped'] / med['ffn']:.2f}x | all/moe {med['all'] / med['moe']:.2f}x")
     print(f"setting: T={args.tokens} d={args.dim} hidden={args.hidden} E={args.experts} top-{args.top_k} "
           f"{args.dtype} on {dev} ({torch.get_num_threads()} threads), median of {args.repeats}")
     return results

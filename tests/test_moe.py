@@ -209,3 +209,23 @@ def test_bad_config_values():
         DynamicMoE(16, MoEConfig(score="relu"))
     with pytest.raises(ValueError, match="width 16"):
         make_moe()(torch.randn(1, 3, 8))
+
+
+def test_grouped_gemm_path_matches_the_expert_loop():
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no torch._grouped_mm")
+    moe = make_moe(num_shared=0)
+    x = torch.randn(2, 15, 16, requires_grad=True)
+    moe.grouped = False
+    y_loop, _ = moe(x)
+    grads_loop = torch.autograd.grad(y_loop.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
+    moe.grouped = True
+    assert moe._use_grouped(x)
+    y_grouped, _ = moe(x)
+    grads_grouped = torch.autograd.grad(y_grouped.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
+    torch.testing.assert_close(y_grouped, y_loop, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_grouped, grads_loop, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    moe.add_expert("medical.x", Doubler(16))
+    assert not moe._use_grouped(x)  # domain experts take the loop

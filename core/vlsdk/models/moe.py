@@ -62,6 +62,9 @@ class DynamicMoE(nn.Module):
         self._backbone_experts = frozenset(self.expert_names)
         self._wants_context: dict[str, bool] = {}
         self.dense = False
+        #: one grouped GEMM for the generic experts (``torch._grouped_mm``), no host sync; ``None``
+        #: = for bf16 on CUDA only. Used while the layer is dropless and holds no domain expert.
+        self.grouped: bool | None = None
 
     # -- slots -------------------------------------------------------------------------------
     def expert(self, name: str) -> nn.Module:
@@ -179,6 +182,9 @@ class DynamicMoE(nn.Module):
         gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
         xs = flat[tokens]
         routed = torch.zeros_like(flat)
+        if self._use_grouped(flat):
+            routed.index_add_(0, tokens, self._grouped_generic(xs, counts) * gates)
+            return routed, counts, flat.new_zeros(())
         modules = self._modules_in_order()
         start = 0
         for i, n in enumerate(kept.tolist()):                          # loop over experts, not tokens
@@ -189,6 +195,27 @@ class DynamicMoE(nn.Module):
             start += n
         dropped = 1.0 - kept.sum().float() / max(n_tok * k, 1)
         return routed, counts, dropped
+
+    def _use_grouped(self, flat: torch.Tensor) -> bool:
+        auto = flat.is_cuda and flat.dtype == torch.bfloat16 and self.dim % 16 == 0 and self.config.expert_hidden % 16 == 0
+        wanted = auto if self.grouped is None else self.grouped
+        return (wanted and hasattr(torch, "_grouped_mm") and self.capacity_factor is None
+                and len(self.expert_names) == len(self._backbone_experts))
+
+    def _grouped_generic(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """All generic experts in two grouped GEMMs over the expert-sorted rows ``xs``."""
+        experts = self._modules_in_order()
+        w1 = torch.stack([e.fc1.weight for e in experts]).transpose(1, 2)   # (E, d, h)
+        w2 = torch.stack([e.fc2.weight for e in experts]).transpose(1, 2)   # (E, h, d)
+        b1 = torch.stack([e.fc1.bias for e in experts])
+        b2 = torch.stack([e.fc2.bias for e in experts])
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        expert_of_row = torch.repeat_interleave(torch.arange(len(experts), device=xs.device), counts,
+                                                output_size=xs.shape[0])
+        dtype = xs.dtype
+        hidden = torch._grouped_mm(xs, w1.to(dtype), offs=offs) + b1.to(dtype)[expert_of_row]
+        hidden = torch.nn.functional.gelu(hidden)
+        return torch._grouped_mm(hidden, w2.to(dtype), offs=offs) + b2.to(dtype)[expert_of_row]
 
     def _dense(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                grid3: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
