@@ -197,7 +197,8 @@ class DynamicMoE(nn.Module):
         return routed, counts, dropped
 
     def _use_grouped(self, flat: torch.Tensor) -> bool:
-        auto = flat.is_cuda and flat.dtype == torch.bfloat16 and self.dim % 16 == 0 and self.config.expert_hidden % 16 == 0
+        aligned = self.dim % 16 == 0 and self.config.expert_hidden % 16 == 0
+        auto = flat.is_cuda and flat.dtype == torch.bfloat16 and aligned
         wanted = auto if self.grouped is None else self.grouped
         return (wanted and hasattr(torch, "_grouped_mm") and self.capacity_factor is None
                 and len(self.expert_names) == len(self._backbone_experts))

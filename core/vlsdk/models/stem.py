@@ -63,7 +63,8 @@ class ConvStem(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(3, 2, 1)
         self.layer1 = nn.Sequential(*[BasicBlock(c4, c4, norm=norm) for _ in range(blocks[0])])
-        self.layer2 = nn.Sequential(BasicBlock(c4, c8, 2, norm), *[BasicBlock(c8, c8, norm=norm) for _ in range(blocks[1] - 1)])
+        self.layer2 = nn.Sequential(BasicBlock(c4, c8, 2, norm),
+                                    *[BasicBlock(c8, c8, norm=norm) for _ in range(blocks[1] - 1)])
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
