@@ -39,6 +39,13 @@ def test_slices_are_seeded_and_lesion_balanced(slices):
     slices.set_epoch(0)
     raw = slices.raw(0)
     assert raw["image"].shape == (2, 240, 240) and raw["spacing"] == (1.0, 1.0)
+    slices.repeats = 2  # a second pass over the slices with its own augmentation stream
+    try:
+        assert len(slices) == 24
+        torch.testing.assert_close(slices.raw(12)["image"], raw["image"])
+        assert not torch.equal(slices[12]["image"], slices[0]["image"])
+    finally:
+        slices.repeats = 1
     batch = collate_samples([slices[0], slices[1]])
     assert batch["image"].shape == (2, 2, 64, 64) and len(batch["case"]) == 2
 

@@ -144,6 +144,9 @@ class LesionSliceDataset(torch.utils.data.Dataset):
         patches_per_volume: for 3D: items per case.
         max_slices_per_case: keep at most this many slices per case, evenly spaced (quick runs).
         seed: base seed of the random transforms.
+        repeats: the dataset lists every slice/patch this many times, each repeat with its own
+            augmentation stream (item ``i`` is slice ``i % n`` augmented with seed ``(seed, i)``):
+            a step-based trainer that shuffles indices then sees fresh crops on every visit.
         transform_options: extra options for the default transform (``intensity``, ``pos``...).
 
     Raises:
@@ -155,7 +158,7 @@ class LesionSliceDataset(torch.utils.data.Dataset):
                  transform: str | Callable[..., Any] | None = "default", roi_size: Sequence[int] | int = 128,
                  train: bool = True, label_mode: str = "binary", label_values: Sequence[int] | None = None,
                  slices: str = "foreground", axis: int = 2, patches_per_volume: int = 4,
-                 max_slices_per_case: int | None = None, seed: int = 0,
+                 max_slices_per_case: int | None = None, seed: int = 0, repeats: int = 1,
                  transform_options: dict[str, Any] | None = None) -> None:
         if not cases:
             raise ValueError("LesionSliceDataset needs at least one case")
@@ -173,6 +176,9 @@ class LesionSliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"max_slices_per_case must be >= 1 or None, got {max_slices_per_case}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+        self.repeats = repeats
         self.cases = list(cases)
         self.spatial_dims, self.axis, self.seed, self.epoch = spatial_dims, axis, seed, 0
         self.label_mode = label_mode
@@ -234,11 +240,11 @@ class LesionSliceDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) * self.repeats
 
     def raw(self, i: int) -> dict[str, Any]:
         """Item ``i`` before the transform."""
-        ci, k = self.index[i]
+        ci, k = self.index[i % len(self.index)]
         img, lab = self.images[ci], self.labels[ci]
         spacing = self.spacings[ci]
         if k >= 0:

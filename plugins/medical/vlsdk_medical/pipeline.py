@@ -16,19 +16,19 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["LesionTrainConfig", "add_arguments", "run_from_args", "train_lesion_segmenter", "write_overlay"]
+__all__ = ["LesionTrainConfig", "add_arguments", "lesion_loss", "run_from_args", "train_lesion_segmenter",
+           "write_overlay"]
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "brats_lesion_mri"
 
@@ -49,7 +49,7 @@ class LesionTrainConfig:
         epochs: passes over the training slices.
         max_steps: stop after this many optimiser steps (``None``: no limit).
         batch_size: slices per step.
-        lr: AdamW learning rate (cosine decay).
+        lr: peak AdamW learning rate (warm-up, then cosine decay; the core Trainer).
         roi_size: training crop size.
         max_slices_per_case: training slices per patient (``None``: every brain slice).
         eval_slices: held-out slices scored per patient (``None``: every slice of the volume).
@@ -58,6 +58,7 @@ class LesionTrainConfig:
         num_workers: DataLoader workers.
         seed: everything random derives from it.
         progress: show a tqdm progress bar.
+        resume: continue from ``out_dir/train/checkpoint`` if it exists.
     """
 
     data_root: str = str(DEFAULT_DATA)
@@ -80,7 +81,7 @@ class LesionTrainConfig:
     num_workers: int = 0
     seed: int = 0
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
 
     def resolved(self) -> LesionTrainConfig:
         """The config with the ``quick`` presets filled in and the arguments checked."""
@@ -102,10 +103,20 @@ class LesionTrainConfig:
         return cfg
 
 
-def _autocast(device: torch.device, amp: str | None) -> Any:
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+def lesion_loss(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``loss_fn(model, batch)`` for :class:`vlsdk.train.Trainer`: BCE + soft Dice of the ``lesion`` head.
+
+    The Trainer adds the MoE load-balancing and z-losses itself; logits are scored in float32.
+
+    Args:
+        model: a ``VLModel`` with the binary segmentation head ``lesion``.
+        batch: a :func:`~vlsdk_medical.dataset.collate_samples` batch on the device.
+    """
+    from vlsdk.heads.segmentation import SegmentationOutput
+
+    out = model(batch["image"], heads=["lesion"])
+    head = model.heads["lesion"]
+    return head.loss(SegmentationOutput(out["lesion"].logits.float()), batch["label"][:, 0].long())
 
 
 def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
@@ -119,9 +130,8 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         "overlay", "steps", "train_cases", "eval_cases", "seconds"}`` (also written to
         ``out_dir/results.json``).
     """
-    from tqdm.auto import tqdm
-
     import vlsdk
+    from vlsdk.train import TrainConfig, Trainer
     from vlsdk_medical.dataset import LesionSliceDataset, collate_samples, find_brats_cases
     from vlsdk_medical.inference import model_predictor, predict_slices
     from vlsdk_medical.metrics import CaseDice, CaseHD95
@@ -129,7 +139,6 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     cfg = config.resolved()
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_cases = find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
@@ -137,47 +146,26 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed,
                                    max_slices_per_case=cfg.max_slices_per_case,
                                    transform_options={"pos": 2.0, "neg": 1.0, "intensity_prob": 0.3})
+    n = len(train_set)
+    total = cfg.epochs * math.ceil(n / cfg.batch_size)
+    total = total if cfg.max_steps is None else min(cfg.max_steps, total)
+    # each repeat of a slice gets its own augmentation stream: fresh crops on every visit
+    train_set.repeats = max(1, math.ceil(total * cfg.batch_size / n))
     model = vlsdk.VLModel(cfg.model, in_chans=train_set.num_channels)
     model.add_head("lesion", task="segmentation", num_classes=1)
     if cfg.lesion_expert and model.moe_layers:
         model.add_expert("medical.lesion", init_bias=0.0)
-    model.to(device)
-    head = model.heads["lesion"]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1), pct_start=0.1)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                                         collate_fn=collate_samples, num_workers=cfg.num_workers, drop_last=False)
-    step = 0
-    bar = tqdm(total=total, desc="train lesion", disable=not cfg.progress, unit="step")
-    model.train()
-    for epoch in range(cfg.epochs):
-        train_set.set_epoch(epoch)
-        for batch in loader:
-            if step >= total:
-                break
-            images = batch["image"].to(device)
-            targets = batch["label"][:, 0].long().to(device)
-            with _autocast(device, cfg.amp):
-                out = model(images, heads=["lesion"])
-            losses = head.loss(type(out["lesion"])(out["lesion"].logits.float()), targets)
-            loss = losses["loss"] + 0.01 * out.aux_loss.float()
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", dice_loss=f"{float(losses['dice']):.3f}")
-        if step >= total:
-            break
-    bar.close()
+    train_config = TrainConfig(
+        steps=max(total, 1), batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
+        warmup_steps=max(1, total // 20), amp={None: "off"}.get(cfg.amp, cfg.amp), device=cfg.device,
+        num_workers=cfg.num_workers, seed=cfg.seed, out_dir=str(out_dir / "train"), progress=cfg.progress,
+        log_every=max(1, min(10, total // 4)), clip_grad=1.0)
+    trainer = Trainer(model, lesion_loss, train_set, train_config, collate_fn=collate_samples)
+    fitted = trainer.fit(resume=cfg.resume and (out_dir / "train" / "checkpoint").is_dir())
+    model, step = trainer.model, fitted.step
+    device = trainer.device
+    if trainer.rank != 0:  # under torchrun only rank 0 evaluates and writes
+        return {"steps": step}
 
     # -- evaluation on held-out patients: full slices, sliding window, per-patient volumes ---------
     model.eval()
@@ -283,6 +271,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-slices", type=int, default=None, help="slices per held-out patient (default all)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/train/checkpoint")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -301,7 +290,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         num_workers=args.num_workers if args.num_workers is not None else (
             0 if args.device == "cpu" or args.quick else min(8, os.cpu_count() or 1)),
         lesion_expert=not args.no_lesion_expert, eval_slices=args.eval_slices,
-        seed=args.seed, progress=not args.no_progress)
+        seed=args.seed, progress=not args.no_progress, resume=args.resume)
     results = train_lesion_segmenter(cfg)
     print(f"model saved to {results['model_dir']}; overlay {results['overlay']}; "
           f"{results['steps']} steps in {results['seconds']:.1f} s")
