@@ -206,3 +206,23 @@ def test_dicom_info_command(register_plugin, seg_dir, tmp_path, capsys, testdata
     assert "3 slices, shape (512, 512, 3)" in out and "segment 1 'Liver'" in out and "(rescaled)" in out
     assert main(["dicom-info", testdata("MR_truncated.dcm")]) == 1
     assert "MR_truncated.dcm: pixel data unusable" in capsys.readouterr().out
+
+
+def test_dicom_seg_as_lesion_label_source(seg_dir):
+    import torch
+
+    from vlsdk_medical.dataset import LesionSliceDataset, LesionVolume
+    from vlsdk_medical.nifti import VolumeError
+
+    ct = load_dicom_series(seg_dir / "ct-3slice")
+    seg = load_dicom_seg(seg_dir / "liver.dcm", ct)
+    volume = LesionVolume("ct3", torch.from_numpy(ct.array)[None], torch.from_numpy(seg.label_map())[None].long(),
+                          ct.spacing)
+    ds = LesionSliceDataset([volume], roi_size=64, seed=0, slices="lesion",
+                            transform_options={"intensity": "window", "window": "liver", "pos": 1.0, "neg": 0.0})
+    assert len(ds) == 3 and ds.raw(0)["spacing"] == pytest.approx(ct.spacing[:2])
+    sample = ds[1]
+    assert sample["image"].shape == (1, 64, 64) and 0.0 <= float(sample["image"].min())
+    assert float(sample["image"].max()) <= 1.0 and sample["label"].sum() > 0
+    with pytest.raises(VolumeError, match="shape mismatch"):
+        LesionVolume("bad", torch.zeros(1, 4, 4, 3), torch.zeros(1, 4, 4, 2), (1.0, 1.0, 1.0))

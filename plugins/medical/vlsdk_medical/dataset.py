@@ -36,6 +36,7 @@ from vlsdk_medical.transforms import default_transforms, seed_transforms
 
 __all__ = [
     "LesionCase",
+    "LesionVolume",
     "LesionSliceDataset",
     "NiftiDataset",
     "DicomDataset",
@@ -62,6 +63,39 @@ class LesionCase:
     case_id: str
     images: tuple[str, ...]
     label: str
+
+
+@dataclass(frozen=True)
+class LesionVolume:
+    """One patient already in memory (e.g. a DICOM series with its DICOM SEG labels).
+
+    Attributes:
+        case_id: a name for reports.
+        image: ``(C, X, Y, Z)`` image.
+        label: ``(1, X, Y, Z)`` label map on the same grid.
+        spacing: voxel size in mm of the three spatial axes.
+
+    Example:
+        >>> vol = load_dicom_series("ct_dir"); seg = load_dicom_seg("seg.dcm", vol)  # doctest: +SKIP
+        >>> LesionVolume("pat1", torch.from_numpy(vol.array)[None],
+        ...              torch.from_numpy(seg.label_map())[None], vol.spacing)       # doctest: +SKIP
+    """
+
+    case_id: str
+    image: torch.Tensor
+    label: torch.Tensor
+    spacing: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        image, label = torch.as_tensor(self.image), torch.as_tensor(self.label)
+        if image.ndim != 4 or label.ndim != 4 or label.shape[0] != 1:
+            raise ValueError(f"{self.case_id}: expected image (C, X, Y, Z) and label (1, X, Y, Z), got "
+                             f"{tuple(image.shape)} and {tuple(label.shape)}")
+        if image.shape[1:] != label.shape[1:]:
+            raise VolumeError(f"{self.case_id}: image/label shape mismatch {tuple(image.shape[1:])} vs "
+                              f"{tuple(label.shape[1:])}; not resampling")
+        if len(self.spacing) != 3:
+            raise ValueError(f"{self.case_id}: spacing must have 3 values, got {self.spacing!r}")
 
 
 def find_brats_cases(root: str | os.PathLike[str], split: str | Sequence[str] | None = None,
@@ -128,7 +162,8 @@ class LesionSliceDataset(torch.utils.data.Dataset):
     ``(seed, epoch, index)``, so a sample depends only on those, not on worker order.
 
     Args:
-        cases: the patients.
+        cases: the patients: files (:class:`LesionCase`, loaded with MONAI, reoriented to RAS)
+            or volumes in memory (:class:`LesionVolume`, e.g. DICOM + SEG; used as given).
         spatial_dims: 2 (slices) or 3 (patches).
         transform: ``"default"`` (:func:`~vlsdk_medical.transforms.default_transforms` with
             ``roi_size`` and ``train``), ``None`` (raw slices) or any callable on sample dicts.
@@ -154,7 +189,7 @@ class LesionSliceDataset(torch.utils.data.Dataset):
         ValueError: bad arguments.
     """
 
-    def __init__(self, cases: Sequence[LesionCase], *, spatial_dims: int = 2,
+    def __init__(self, cases: Sequence[LesionCase | LesionVolume], *, spatial_dims: int = 2,
                  transform: str | Callable[..., Any] | None = "default", roi_size: Sequence[int] | int = 128,
                  train: bool = True, label_mode: str = "binary", label_values: Sequence[int] | None = None,
                  slices: str = "foreground", axis: int = 2, patches_per_volume: int = 4,
@@ -194,15 +229,19 @@ class LesionSliceDataset(torch.utils.data.Dataset):
         self.spacings: list[tuple[float, ...]] = []
         index: list[tuple[int, int]] = []
         for ci, case in enumerate(self.cases):
-            img, lab = load_image_label(case.images, case.label)
-            self.images.append(img.as_tensor().float())
-            self.labels.append(self._labels(lab.as_tensor(), case))
-            self.spacings.append(tuple(img.meta["spacing"]))
+            if isinstance(case, LesionVolume):
+                img_t, lab_t, spacing = torch.as_tensor(case.image).float(), torch.as_tensor(case.label), case.spacing
+            else:
+                img, lab = load_image_label(case.images, case.label)
+                img_t, lab_t, spacing = img.as_tensor().float(), lab.as_tensor(), img.meta["spacing"]
+            self.images.append(img_t)
+            self.labels.append(self._labels(lab_t, case))
+            self.spacings.append(tuple(float(v) for v in spacing))
             if spatial_dims == 3:
                 index += [(ci, -1)] * int(patches_per_volume)
                 continue
             if slices == "all":
-                keep = torch.ones(img.shape[axis + 1], dtype=torch.bool)
+                keep = torch.ones(img_t.shape[axis + 1], dtype=torch.bool)
             else:
                 vol = self.labels[-1] > 0 if slices == "lesion" else self.images[-1] != 0
                 keep = vol.movedim(axis + 1, 0).flatten(1).any(1)
@@ -214,14 +253,15 @@ class LesionSliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"no slices selected (slices={slices!r}) in cases {[c.case_id for c in self.cases]}")
         self.index = index
 
-    def _labels(self, lab: torch.Tensor, case: LesionCase) -> torch.Tensor:
+    def _labels(self, lab: torch.Tensor, case: LesionCase | LesionVolume) -> torch.Tensor:
         if self.label_mode == "binary":
             return (lab > 0).float()
         values = torch.as_tensor(self.label_values if self.label_values is not None else np.unique(lab.numpy()))
         found = torch.unique(lab)
         unknown = found[~torch.isin(found, values.to(found.dtype))]
         if unknown.numel():
-            raise VolumeError(f"{case.label}: label values {unknown.tolist()} not in label_values {values.tolist()}")
+            where = case.label if isinstance(case, LesionCase) else case.case_id
+            raise VolumeError(f"{where}: label values {unknown.tolist()} not in label_values {values.tolist()}")
         return torch.searchsorted(values.to(lab.dtype).contiguous(), lab.contiguous()).float()
 
     @property
