@@ -49,7 +49,7 @@ def test_hd95_in_mm():
     assert math.isnan(m.compute()["per_case"]["miss"])
 
 
-def test_sliding_window_inference_and_registration(register_plugin, tiny_model):
+def test_sliding_window_inference_and_registration(register_plugin):
     register_plugin(medical_plugin, "medical")
     from vlsdk.plugins import get_registry
 

@@ -292,6 +292,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         lesion_expert=not args.no_lesion_expert, eval_slices=args.eval_slices,
         seed=args.seed, progress=not args.no_progress, resume=args.resume)
     results = train_lesion_segmenter(cfg)
+    if "model_dir" not in results:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     print(f"model saved to {results['model_dir']}; overlay {results['overlay']}; "
           f"{results['steps']} steps in {results['seconds']:.1f} s")
     return 0
