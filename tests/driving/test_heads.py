@@ -95,7 +95,7 @@ def test_registered_head_trains_in_vlmodel_and_round_trips(register_plugin, tmp_
     image[0, :, 4:9, 18:27] = 1.0  # a blob where the car is
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
-    for _ in range(10):
+    for _ in range(8):
         loss = model.heads["bev"].loss(model(image, heads=["bev"])["bev"], [boxes])["loss"]
         opt.zero_grad()
         loss.backward()

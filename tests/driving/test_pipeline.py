@@ -17,7 +17,7 @@ def test_quick_demo_writes_model_pictures_and_metrics(register_plugin, nuscenes_
     register_plugin(driving_plugin, "driving")
     parser = argparse.ArgumentParser()
     add_demo_arguments(parser)
-    args = parser.parse_args(["--quick", "--out", str(tmp_path), "--train-scenes", "2", "--test-scenes", "1",
+    args = parser.parse_args(["--quick", "--out", str(tmp_path), "--train-scenes", "1", "--test-scenes", "1",
                               "--epochs", "1", "--no-progress", "--nuscenes", str(nuscenes_root)])
     assert run_demo(args) == 0
     printed = capsys.readouterr().out

@@ -33,16 +33,16 @@ def test_core_depth_head_on_sparse_lidar_targets(register_plugin, real_sample):
 
     register_plugin(driving_plugin, "driving")
     cam = real_sample.cameras["CAM_FRONT"]
-    target = sparse_depth_map(real_sample.points, cam, (64, 112))[None, None]
+    target = sparse_depth_map(real_sample.points, cam, (48, 80))[None, None]
     image = torch.from_numpy(cam.load_image()).permute(2, 0, 1)[None].float() / 255
-    image = torch.nn.functional.interpolate(image, size=(64, 112), mode="bilinear", align_corners=False)
+    image = torch.nn.functional.interpolate(image, size=(48, 80), mode="bilinear", align_corners=False)
     torch.manual_seed(0)
     model = vlsdk.VLModel("tiny", in_chans=3)
     model.add_head("depth", task="depth", max_depth=100.0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     metric = DepthMetrics()
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         out = model(image, heads=["depth"])["depth"]
         loss = model.heads["depth"].loss(out, target)["loss"]
         opt.zero_grad()
@@ -51,6 +51,23 @@ def test_core_depth_head_on_sparse_lidar_targets(register_plugin, real_sample):
         losses.append(float(loss.detach()))
     metric.update(out.depth.detach(), target)
     res = metric.compute()
-    assert res["pixels"] == int((target > 0).sum()) > 300
+    assert res["pixels"] == int((target > 0).sum()) > 200
     assert res["abs_rel"] > 0 and res["rmse"] > 0
     assert losses[-1] < losses[0]
+
+
+def test_registered_synthesizer_makes_a_dataset_from_a_seed(register_plugin):
+    import shutil
+
+    from vlsdk_driving.synth import SceneRandomization
+
+    register_plugin(driving_plugin, "driving")
+    factory = get_registry("synthesizers").get("driving.scenes").obj
+    synth = factory(num_scenes=1, samples_per_scene=1, camera_channel=None,
+                    randomization=SceneRandomization(num_objects=(2, 3), azimuth_steps=(100, 120)))
+    ds = synth(seed=5)
+    try:
+        sample = ds[0]
+        assert len(sample.boxes) == len(synth.truth[sample.token]) >= 2
+    finally:
+        shutil.rmtree(ds.dataroot)

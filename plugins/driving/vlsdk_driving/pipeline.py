@@ -438,7 +438,8 @@ def run_demo(args: argparse.Namespace) -> int:
     synth_result = evaluate_detector(preds, test, grid)
     print(format_ap_table(synth_result, "held-out synthetic scenes (nuscenes-devkit center-distance AP)"))
     metrics: dict[str, Any] = {"synthetic": synth_result, "steps": len(history), "final_loss": history[-1]["loss"]}
-    render_bev(test[0], preds[0], out / "bev_synthetic.png", grid)
+    render_bev(test[0], preds[0], out / "bev_synthetic.png", grid,
+               title="held-out synthetic scene: ground truth (green), predictions (red)")
     real_root = args.nuscenes or _default_nuscenes()
     if real_root is not None:
         real_ds = NuScenesDataset(real_root, min_distance=1.0)
@@ -447,7 +448,8 @@ def run_demo(args: argparse.Namespace) -> int:
         real_result = evaluate_detector(real_preds, real, grid)
         print(format_ap_table(real_result, f"real nuScenes keyframe(s) in {real_root}"))
         metrics["nuscenes"] = real_result
-        render_bev(real[0], real_preds[0], out / "bev_nuscenes.png", grid)
+        render_bev(real[0], real_preds[0], out / "bev_nuscenes.png", grid,
+                   title=f"real nuScenes {real[0].token[:12]}: ground truth (green), predictions (red)")
         cam = "CAM_FRONT" if "CAM_FRONT" in real[0].cameras else next(iter(real[0].cameras), None)
         if cam is not None:
             render_camera_depth(real[0], cam, out / "camera_depth.png")

@@ -183,18 +183,23 @@ class NuScenesSceneSynthesizer:
         #: sample token -> the boxes placed, in that sample's LiDAR frame (filled by :meth:`write`).
         self.truth: dict[str, Boxes3D] = {}
 
-    def __call__(self, seed: int, root: str | Path):
+    def __call__(self, seed: int = 0, root: str | Path | None = None):
         """Write the dataset into ``root`` (see :meth:`write`) and open it with the nuScenes adapter.
 
         Args:
             seed: the random seed (same seed, same dataset).
-            root: the output folder (created).
+            root: the output folder (created); ``None`` makes a new temporary folder, left for
+                the caller to delete (``dataset.dataroot``).
 
         Returns:
             a :class:`vlsdk_driving.nuscenes_adapter.NuScenesDataset` over it.
         """
+        import tempfile
+
         from vlsdk_driving.nuscenes_adapter import NuScenesDataset
 
+        if root is None:
+            root = tempfile.mkdtemp(prefix=f"vlsdk-driving-scenes-{seed}-")
         root = self.write(root, seed)
         cams = () if self.camera_channel is None else (self.camera_channel,)
         return NuScenesDataset(root, self.version, lidar_channel=self.lidar_channel, camera_channels=cams)
