@@ -13,9 +13,13 @@ import torch
 from vlsdk_industrial.pipeline import HEAD, PipelineConfig, build_detector
 
 
-def test_quick_mode_through_the_vlsdk_command(shared_data: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.vlsdk_entry_points
+def test_quick_mode_through_the_vlsdk_command(shared_data: Path, tmp_path: Path, capsys, plugin_host,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from vlsdk import VLModel
     from vlsdk.cli import main
+
+    monkeypatch.setenv("VLSDK_LOAD_PLUGINS", "industrial")  # a fresh host with the real entry point, alone
 
     data = shared_data / "deeppcb"
     if not (data / "PCBData").is_dir():
@@ -25,8 +29,8 @@ def test_quick_mode_through_the_vlsdk_command(shared_data: Path, tmp_path: Path,
     printed = capsys.readouterr().out
     assert "pin-hole" in printed and "AP@.33" in printed and "F-score" in printed
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["steps"] == 4 and summary["test_samples"] == 4 and summary["train_skipped"] == []
-    assert summary["train_samples"] == 12 + 4  # 12 real pairs + 3:1 synthetic boards
+    assert summary["steps"] == 3 and summary["test_samples"] == 4 and summary["train_skipped"] == []
+    assert summary["train_samples"] == 8 + 3  # 8 real pairs + 3:1 synthetic boards
     assert np.isfinite(summary["first_loss"]) and np.isfinite(summary["last_loss"])
     per_class = summary["metrics"]["per_class"]
     from vlsdk_industrial.deeppcb import DeepPCBDataset
@@ -34,7 +38,7 @@ def test_quick_mode_through_the_vlsdk_command(shared_data: Path, tmp_path: Path,
     gt = np.concatenate([r.labels for r in DeepPCBDataset(data, "test", max_samples=4).records])
     assert [int(c["num_gt"]) for c in per_class.values()] == np.bincount(gt, minlength=6).tolist()
     png = cv2.imread(str(out / "predictions.png"))
-    assert png is not None and png.shape == (640, 640, 3)  # 2 x 2 boards at 320 px
+    assert png is not None and png.shape == (512, 512, 3)  # 2 x 2 boards at 256 px
     model = VLModel.from_pretrained(out / "model")
     assert "industrial.pcb_defect" in model.expert_specs and HEAD in model.heads
     assert model.config.in_chans == 2  # board + template
@@ -42,6 +46,29 @@ def test_quick_mode_through_the_vlsdk_command(shared_data: Path, tmp_path: Path,
     with torch.no_grad():
         dets = model.heads[HEAD].decode(model(torch.zeros(1, 2, 64, 64), heads=[HEAD])[HEAD], score_threshold=0.0)
     assert len(dets) == 1
+    # evaluate the saved model again, without training
+    again = tmp_path / "again"
+    assert main(["pcb", "--checkpoint", str(out / "model"), "--data", str(data), "--out", str(again), "--image-size",
+                 "256", "--eval-pairs", "4", "--batch-size", "4", "--workers", "0", "--no-progress"]) == 0
+    evaluated = json.loads((again / "metrics.json").read_text())
+    assert "steps" not in evaluated and evaluated["model"] == str(out / "model")
+    assert evaluated["metrics"]["per_class"] == summary["metrics"]["per_class"]  # same model, same boards
+    capsys.readouterr()
+    assert main(["pcb", "--checkpoint", str(out / "model"), "--data", str(data), "--out", str(again), "--no-template",
+                 "--image-size", "256", "--eval-pairs", "1", "--workers", "0", "--no-progress"]) == 1
+    assert "takes 2-channel boards but the data has 1 channel(s); drop --no-template" in capsys.readouterr().err
+
+
+def test_throughput_measurement(tmp_path: Path) -> None:
+    from vlsdk_industrial.throughput import measure_throughput
+
+    torch.manual_seed(0)
+    model = build_detector("tiny", in_chans=2, expert=True)
+    result = measure_throughput(model, batch_size=2, image_size=64, device="cpu", amp="none", warmup=1, batches=2)
+    assert result.boards_per_s > 0 and result.in_chans == 2 and result.batch_size == 2
+    assert not model.moe_layers[0].dense  # the dense switch is restored
+    with pytest.raises(ValueError, match="amp"):
+        measure_throughput(model, device="cpu", amp="fp8")
 
 
 def test_build_detector_and_config_validation() -> None:

@@ -13,8 +13,8 @@ __all__ = ["QUICK", "config_from_args", "configure", "run"]
 BENCHMARK_BATCH = 64
 
 #: What ``--quick`` sets (a few steps on a few DeepPCB pairs, for CI on a CPU).
-QUICK: dict[str, object] = {"config": "tiny", "image_size": 320, "train_pairs": 12, "eval_pairs": 4, "epochs": 1,
-                            "batch_size": 4, "max_steps": 4, "synthetic_ratio": 3.0, "workers": 0, "draw": 4}
+QUICK: dict[str, object] = {"config": "tiny", "image_size": 256, "train_pairs": 8, "eval_pairs": 4, "epochs": 2,
+                            "batch_size": 4, "max_steps": 3, "synthetic_ratio": 3.0, "workers": 0, "draw": 4}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="DeepPCB folder holding PCBData/ (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("runs/pcb"), help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"CI mode: tiny model, 320 px, {QUICK['train_pairs']} train / {QUICK['eval_pairs']} test "
-                        f"pairs, {QUICK['max_steps']} steps")
+                        help=f"CI mode: tiny model, {QUICK['image_size']} px, {QUICK['train_pairs']} train / "
+                        f"{QUICK['eval_pairs']} test pairs, {QUICK['max_steps']} steps")
     parser.add_argument("--config", choices=["tiny", "edge", "small", "base"], default=None,
                         help="VLModel size (default small; tiny with --quick)")
     parser.add_argument("--backbone", choices=["hybrid"], default="hybrid",
@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> object:
             values[name] = getattr(args, name)
     return PipelineConfig(data=args.data, out=args.out, lr=args.lr, device=args.device, amp=args.amp,
                           template=args.template, expert=args.expert, seed=args.seed, progress=args.progress,
-                          **values)
+                          checkpoint=args.checkpoint, **values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -320,10 +320,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         from vlsdk import VLModel
 
         model = VLModel.from_pretrained(cfg.checkpoint, map_location=device)
-        if HEAD not in model.heads or model.config.in_chans != (2 if cfg.template else 1):
-            raise ValueError(f"{cfg.checkpoint} holds no {HEAD!r} head for {2 if cfg.template else 1}-channel boards "
-                             f"(heads {sorted(model.heads)}, in_chans {model.config.in_chans}); "
-                             f"pass --no-template for a 1-channel model")
+        if HEAD not in model.heads:
+            raise ValueError(f"{cfg.checkpoint} has no {HEAD!r} detection head (heads: {sorted(model.heads)})")
+        want = 2 if cfg.template else 1
+        if model.config.in_chans != want:
+            hint = "drop --no-template" if model.config.in_chans == 2 else "pass --no-template"
+            raise ValueError(f"{cfg.checkpoint} takes {model.config.in_chans}-channel boards but the data has {want} "
+                             f"channel(s); {hint}")
     else:
         real = DeepPCBDataset(cfg.data, "trainval", template=cfg.template, transform=train_tf, on_error="skip",
                               max_samples=cfg.train_pairs)
