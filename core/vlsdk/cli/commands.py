@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from vlsdk.cli.output import format_count, format_table, qualified_name
+from vlsdk.inspect.cli import ROUTING_COMMAND
 from vlsdk.plugins.commands import Command
 from vlsdk.plugins.manager import get_host
 from vlsdk.plugins.registry import RegistryEntry
@@ -282,4 +283,5 @@ CORE_COMMANDS: tuple[Command, ...] = (
         help="versions, device, optional packages per extra, model configs",
         configure=_configure_info,
     ),
+    ROUTING_COMMAND,
 )

@@ -1,0 +1,79 @@
+"""Routing inspection: which expert each patch went to, utilisation, domain x expert shares.
+
+Names are imported lazily so ``vlsdk routing --help`` stays fast.
+
+Example:
+    >>> import torch, vlsdk
+    >>> from vlsdk import inspect as vi
+    >>> model = vlsdk.VLModel("tiny")
+    >>> image = torch.rand(1, 3, 64, 64)
+    >>> maps = vi.routing_maps(model, image)
+    >>> vi.plot_routing_map(maps, image, "routing.png")  # doctest: +SKIP
+    PosixPath('routing.png')
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "LayerRouting": "vlsdk.inspect.routing",
+    "RoutingMaps": "vlsdk.inspect.routing",
+    "DomainExpertTable": "vlsdk.inspect.routing",
+    "routing_maps": "vlsdk.inspect.routing",
+    "expert_utilisation": "vlsdk.inspect.routing",
+    "domain_expert_table": "vlsdk.inspect.routing",
+    "top_experts": "vlsdk.inspect.routing",
+    "load_image": "vlsdk.inspect.routing",
+    "expert_colors": "vlsdk.inspect.plots",
+    "plot_routing_map": "vlsdk.inspect.plots",
+    "plot_utilisation": "vlsdk.inspect.plots",
+    "plot_domain_expert_table": "vlsdk.inspect.plots",
+    "routing_report": "vlsdk.inspect.cli",
+    "ROUTING_COMMAND": "vlsdk.inspect.cli",
+}
+
+__all__ = [
+    "LayerRouting",
+    "RoutingMaps",
+    "DomainExpertTable",
+    "routing_maps",
+    "expert_utilisation",
+    "domain_expert_table",
+    "top_experts",
+    "load_image",
+    "expert_colors",
+    "plot_routing_map",
+    "plot_utilisation",
+    "plot_domain_expert_table",
+    "routing_report",
+    "ROUTING_COMMAND",
+]
+
+if TYPE_CHECKING:
+    from vlsdk.inspect.cli import ROUTING_COMMAND, routing_report
+    from vlsdk.inspect.plots import expert_colors, plot_domain_expert_table, plot_routing_map, plot_utilisation
+    from vlsdk.inspect.routing import (
+        DomainExpertTable,
+        LayerRouting,
+        RoutingMaps,
+        domain_expert_table,
+        expert_utilisation,
+        load_image,
+        routing_maps,
+        top_experts,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlsdk.inspect' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
