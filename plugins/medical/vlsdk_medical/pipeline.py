@@ -184,7 +184,9 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         # a lesion lies inside the imaged (skull-stripped) brain: nothing is predicted where every channel is 0
         inside = (images != 0).any(1)
         pred = ((probs[:, 0].cpu() > 0.5) & inside).long()
-        spacing = eval_set.spacings[ci]
+        spacing = list(eval_set.spacings[ci])
+        if len(ks) > 1:  # a subset of slices (quick mode) is about evenly spaced: scale the slice step
+            spacing[2] *= float(ks.diff().float().median())
         dice.update(pred, labels, cases=[case.case_id] * len(ks), spacing=spacing)
         hd95.update(pred, labels, cases=[case.case_id] * len(ks), spacing=spacing)
         shown[case.case_id] = (images, labels, pred, ks)
