@@ -18,15 +18,19 @@ def test_quick_demo_writes_model_pictures_and_metrics(register_plugin, nuscenes_
     parser = argparse.ArgumentParser()
     add_demo_arguments(parser)
     args = parser.parse_args(["--quick", "--out", str(tmp_path), "--train-scenes", "1", "--test-scenes", "1",
-                              "--epochs", "1", "--no-progress", "--nuscenes", str(nuscenes_root)])
+                              "--epochs", "1", "--no-progress", "--nuscenes", str(nuscenes_root),
+                              "--depth-steps", "2"])
     assert run_demo(args) == 0
     printed = capsys.readouterr().out
     assert "held-out synthetic scenes" in printed and "real nuScenes keyframe" in printed
     for name in ("bev_synthetic.png", "bev_nuscenes.png", "camera_depth.png", "metrics.json",
-                 "model/config.json", "model/model.safetensors", "model/bev_encoder.json"):
+                 "model/config.json", "model/model.safetensors", "model/bev_encoder.json",
+                 "depth_model/config.json"):
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"synthetic", "nuscenes"} <= set(metrics)
+    assert {"synthetic", "nuscenes", "depth"} <= set(metrics)
+    assert metrics["depth"]["nuscenes"]["pixels"] > 1000 and metrics["depth"]["nuscenes"]["abs_rel"] > 0
+    assert "camera depth on nuscenes CAM_FRONT: AbsRel" in printed
     detector = load_detector(tmp_path / "model")
     assert detector.encoder.grid == BEVGrid((-32, 32), (-32, 32), (-5, 3), 0.5)
     pts = np.random.default_rng(0).uniform(-20, 20, (500, 5)).astype(np.float32)

@@ -28,7 +28,8 @@ from vlsdk_driving.nuscenes_adapter import POINT_FIELDS
 from vlsdk_driving.sample import DETECTION_CLASSES, Boxes3D, DrivingSample
 
 __all__ = ["BEVDetector", "build_detector", "load_detector", "augment", "train_detector", "predict",
-           "evaluate_detector", "render_bev", "render_camera_depth", "add_demo_arguments", "run_demo"]
+           "evaluate_detector", "camera_depth_batch", "train_camera_depth", "evaluate_camera_depth", "render_bev",
+           "render_camera_depth", "add_demo_arguments", "run_demo"]
 
 HEAD = "bev"
 
@@ -277,6 +278,106 @@ def evaluate_detector(predictions: Sequence[Boxes3D], samples: Sequence[DrivingS
     return metric.compute()
 
 
+def camera_depth_batch(samples: Sequence[DrivingSample], channel: str,
+                       size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resized camera images and their sparse LiDAR depth targets.
+
+    Args:
+        samples: samples that have the camera ``channel``.
+        channel: the camera channel.
+        size: ``(H, W)`` of images and targets.
+
+    Returns:
+        ``(images (B, 3, H, W) in [0, 1], targets (B, 1, H, W), 0 = no measurement)``.
+    """
+    import torch.nn.functional as F
+
+    from vlsdk_driving.depth import sparse_depth_map
+
+    images, targets = [], []
+    for s in samples:
+        if channel not in s.cameras:
+            raise ValueError(f"sample {s.token} has no camera {channel!r}; cameras: {sorted(s.cameras)}")
+        cam = s.cameras[channel]
+        img = torch.from_numpy(cam.load_image()).permute(2, 0, 1)[None].float() / 255
+        images.append(F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True))
+        targets.append(sparse_depth_map(s.points, cam, size)[None, None])
+    return torch.cat(images), torch.cat(targets)
+
+
+def train_camera_depth(samples: Sequence[DrivingSample], channel: str, *, size: tuple[int, int] = (96, 160),
+                       backbone: str = "tiny", steps: int = 50, batch_size: int = 4, lr: float = 2e-3,
+                       max_depth: float = 80.0, device: str = "cpu", amp: str | None = None, seed: int = 0,
+                       progress: bool = True, max_seconds: float | None = None) -> Any:
+    """Train a :class:`~vlsdk.VLModel` with the core ``depth`` head on sparse LiDAR depth targets.
+
+    Args:
+        samples: training samples with the camera ``channel``.
+        channel: the camera channel.
+        size: ``(H, W)`` the images are resized to.
+        backbone: the named backbone config.
+        steps: optimisation steps.
+        batch_size: images per step.
+        lr: AdamW learning rate.
+        max_depth: the depth head's upper bound, metres.
+        device: the device.
+        amp: autocast dtype name or ``None``.
+        seed: the sampling seed.
+        progress: show a tqdm progress bar.
+        max_seconds: stop early after this much wall time.
+
+    Returns:
+        the trained model (head ``"depth"``), in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    import vlsdk
+
+    if steps < 1 or not samples:
+        raise ValueError(f"expected steps >= 1 and some samples, got {steps} steps, {len(samples)} samples")
+    dev = torch.device(device)
+    images, targets = camera_depth_batch(samples, channel, size)
+    model = vlsdk.VLModel(backbone, in_chans=3)
+    model.add_head("depth", task="depth", max_depth=max_depth)
+    model.to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    for _ in tqdm(range(steps), desc="depth", disable=not progress, unit="step"):
+        idx = torch.from_numpy(rng.choice(len(images), min(batch_size, len(images)), replace=False))
+        with _autocast(dev, amp):
+            out = model(images[idx].to(dev), heads=["depth"])["depth"]
+        loss = model.heads["depth"].loss(out, targets[idx].to(dev))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_camera_depth(model: Any, samples: Sequence[DrivingSample], channel: str,
+                          size: tuple[int, int] = (96, 160), device: str = "cpu") -> dict[str, float]:
+    """AbsRel and RMSE of a depth model against the samples' projected LiDAR (``driving.depth``).
+
+    Args:
+        model: a model with a ``"depth"`` head.
+        samples: samples with the camera ``channel``.
+        channel: the camera channel.
+        size: ``(H, W)`` of images and targets.
+        device: the device.
+    """
+    from vlsdk_driving.depth import DepthMetrics
+
+    images, targets = camera_depth_batch(samples, channel, size)
+    metric = DepthMetrics()
+    for i in range(0, len(images), 8):
+        depth = model(images[i:i + 8].to(device), heads=["depth"])["depth"].depth.float().cpu()
+        metric.update(depth, targets[i:i + 8])
+    return metric.compute()
+
+
 def _box_outline(boxes: Boxes3D) -> np.ndarray:
     corners = boxes.corners()[:, :4, :2]
     return np.concatenate([corners, corners[:, :1]], 1)
@@ -367,7 +468,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="real nuScenes dataroot to evaluate on (default: ../shared/data/nuscenes_mini if present)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 4 quick, 40 full)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 8 quick, 40 full)")
     parser.add_argument("--train-scenes", type=int, default=None, help="synthetic training scenes")
     parser.add_argument("--test-scenes", type=int, default=None, help="held-out synthetic scenes")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -377,6 +478,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--range", dest="half_range", type=float, default=None, help="half extent of the BEV grid (m)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-train-seconds", type=float, default=None, help="stop training after this long")
+    parser.add_argument("--depth-steps", type=int, default=None,
+                        help="camera-depth training steps (default: 0 = skipped with --quick, 2000 full)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 with --quick on a CPU, which is fastest on shared "
+                             "2-core runners, else torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -394,8 +500,9 @@ def run_demo(args: argparse.Namespace) -> int:
     """Train BEV detection on synthetic scenes, evaluate on held-out ones and the real keyframe.
 
     Prints the AP tables, saves the model to ``<out>/model`` and writes ``<out>/bev_synthetic.png``,
-    ``<out>/bev_nuscenes.png`` and ``<out>/camera_depth.png``; the metrics go to
-    ``<out>/metrics.json``.
+    ``<out>/bev_nuscenes.png`` and ``<out>/camera_depth.png``; then trains the core depth head on
+    synthetic camera images with projected-LiDAR targets and prints AbsRel/RMSE on held-out
+    synthetic and real images (``<out>/depth_model``). The metrics go to ``<out>/metrics.json``.
 
     Args:
         args: parsed :func:`add_demo_arguments` options.
@@ -406,7 +513,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     quick = args.quick
-    epochs = args.epochs or (4 if quick else 40)
+    epochs = args.epochs or (8 if quick else 40)
     train_scenes = args.train_scenes or (10 if quick else 200)
     test_scenes = args.test_scenes or (3 if quick else 20)
     batch_size = args.batch_size or (4 if quick else 16)
@@ -417,6 +524,9 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    threads = args.threads or (1 if quick and torch.device(args.device).type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     rand = SceneRandomization(area=min(30.0, half - 2), azimuth_steps=(500, 900) if quick else (600, 1100))
     print(f"[driving] grid {grid.shape} at {res} m, backbone {backbone!r}, device {args.device}, "
           f"{train_scenes} train / {test_scenes} test scenes, {epochs} epochs")
@@ -428,7 +538,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"[driving] wrote and loaded {len(train)} + {len(test)} synthetic samples through nuscenes-devkit "
           f"({time.perf_counter() - t0:.1f} s)")
     detector = build_detector(grid, backbone=backbone)
-    budget = args.max_train_seconds if args.max_train_seconds is not None else (30.0 if quick else None)
+    budget = args.max_train_seconds if args.max_train_seconds is not None else (25.0 if quick else None)
     history = train_detector(detector, train, epochs=epochs, batch_size=batch_size, lr=args.lr,
                              device=args.device, amp=None if args.amp == "none" else args.amp, seed=args.seed,
                              progress=not args.no_progress, max_seconds=budget)
@@ -436,7 +546,8 @@ def run_demo(args: argparse.Namespace) -> int:
     amp = None if args.amp == "none" else args.amp
     preds = predict(detector, test, device=args.device, amp=amp, batch_size=batch_size)
     synth_result = evaluate_detector(preds, test, grid)
-    print(format_ap_table(synth_result, "held-out synthetic scenes (nuscenes-devkit center-distance AP)"))
+    print(format_ap_table(synth_result, "held-out synthetic scenes (nuscenes-devkit center-distance AP, "
+                                        f"{time.perf_counter() - t0:.1f} s)"))
     metrics: dict[str, Any] = {"synthetic": synth_result, "steps": len(history), "final_loss": history[-1]["loss"]}
     render_bev(test[0], preds[0], out / "bev_synthetic.png", grid,
                title="held-out synthetic scene: ground truth (green), predictions (red)")
@@ -446,7 +557,8 @@ def run_demo(args: argparse.Namespace) -> int:
         real = [real_ds[i] for i in range(len(real_ds))]
         real_preds = predict(detector, real, device=args.device, amp=amp)
         real_result = evaluate_detector(real_preds, real, grid)
-        print(format_ap_table(real_result, f"real nuScenes keyframe(s) in {real_root}"))
+        print(format_ap_table(real_result, f"real nuScenes keyframe(s) in {real_root} "
+                                           f"({time.perf_counter() - t0:.1f} s)"))
         metrics["nuscenes"] = real_result
         render_bev(real[0], real_preds[0], out / "bev_nuscenes.png", grid,
                    title=f"real nuScenes {real[0].token[:12]}: ground truth (green), predictions (red)")
@@ -454,8 +566,25 @@ def run_demo(args: argparse.Namespace) -> int:
         if cam is not None:
             render_camera_depth(real[0], cam, out / "camera_depth.png")
     else:
+        real = []
         print("[driving] no real nuScenes data found; pass --nuscenes DATAROOT to evaluate on it")
         render_camera_depth(test[0], "CAM_FRONT", out / "camera_depth.png")
+    depth_steps = (0 if quick else 2000) if args.depth_steps is None else args.depth_steps
+    if depth_steps > 0:  # camera depth: the core depth head supervised by projected LiDAR (sparse targets)
+        depth_ds = NuScenesSceneSynthesizer(3 if quick else 50, 4, randomization=rand)(
+            args.seed + 20_000, out / "data" / "depth")
+        depth_model = train_camera_depth([depth_ds[i] for i in range(len(depth_ds))], "CAM_FRONT",
+                                         steps=depth_steps, device=args.device, amp=amp, seed=args.seed,
+                                         progress=not args.no_progress, max_seconds=6.0 if quick else None)
+        depth_result = {"synthetic": evaluate_camera_depth(depth_model, test, "CAM_FRONT", device=args.device)}
+        real_cams = [s for s in real if "CAM_FRONT" in s.cameras]
+        if real_cams:
+            depth_result["nuscenes"] = evaluate_camera_depth(depth_model, real_cams, "CAM_FRONT", device=args.device)
+        for name, r in depth_result.items():
+            print(f"[driving] camera depth on {name} CAM_FRONT: AbsRel {r['abs_rel']:.3f}, RMSE {r['rmse']:.2f} m "
+                  f"over {r['pixels']} LiDAR pixels ({time.perf_counter() - t0:.1f} s)")
+        metrics["depth"] = depth_result
+        depth_model.save_pretrained(out / "depth_model")
     detector.save(out / "model")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     car = synth_result["ap"].get("car", {}).get(2.0)
