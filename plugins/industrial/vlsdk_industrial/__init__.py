@@ -5,9 +5,3 @@ Layout: ``plugin.py`` holds the hooks only (entry point ``vlsdk.plugins: industr
 (``deeppcb``, ``voc``, ``coco``, ``folder``, ``transforms``, ``synth``, ``mixing``, ``metrics``,
 ``pipeline``, ``throughput``, ``cli``). Nothing heavy is imported here.
 """
-
-import os
-
-# albumentations asks PyPI for its latest version when imported (a network call, and a warning
-# offline); vlsdk pins the 2.0.x line, so skip that unless the user set the variable.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -6,8 +6,13 @@ the plugin as unavailable with the ``pip install "vlsdk[industrial]"`` hint.
 
 from __future__ import annotations
 
+import os
+
 from vlsdk.plugins.errors import require_extra
 
+# albumentations asks PyPI for its latest version when imported (a network call, and a warning
+# offline); vlsdk pins the 2.0.x line, so skip that unless the user set the variable.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 require_extra("industrial", "albumentations")
 
 from vlsdk.plugins import hookimpl

@@ -9,6 +9,7 @@ After every transform boxes are clipped to the image, and a box that left the im
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,7 @@ def build_transforms(train: bool = True, *, size: int | None = None, flip: float
         >>> s["image"].shape, s["boxes"].shape
         ((320, 320, 1), (1, 4))
     """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check on import (see plugin.py)
     import albumentations as A
     import cv2
 
