@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from vlsdk.cli.output import format_count, format_table, qualified_name
+from vlsdk.export.cli import EXPORT_COMMAND
 from vlsdk.inspect.cli import ROUTING_COMMAND
 from vlsdk.plugins.commands import Command
 from vlsdk.plugins.manager import get_host
@@ -284,4 +285,5 @@ CORE_COMMANDS: tuple[Command, ...] = (
         configure=_configure_info,
     ),
     ROUTING_COMMAND,
+    EXPORT_COMMAND,
 )

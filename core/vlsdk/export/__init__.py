@@ -1,0 +1,69 @@
+"""Deployment: ONNX export with the static all-experts MoE path, onnxruntime parity and INT8.
+
+``import vlsdk.export`` imports no torch and no onnx; the functions load them when called.
+
+Example:
+    >>> from vlsdk.export import to_onnx, check_parity  # doctest: +SKIP
+    >>> path = to_onnx(model, "model.onnx", image_size=(224, 224))  # doctest: +SKIP
+    >>> check_parity(model, path, torch.randn(2, 3, 224, 224))  # doctest: +SKIP
+    {'det.cls_logits': 2.1e-06, ...}
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "to_onnx": "vlsdk.export.onnx",
+    "ExportWrapper": "vlsdk.export.onnx",
+    "read_metadata": "vlsdk.export.onnx",
+    "missing_experts": "vlsdk.export.onnx",
+    "decode_onnx_outputs": "vlsdk.export.onnx",
+    "head_outputs_from_onnx": "vlsdk.export.onnx",
+    "check_parity": "vlsdk.export.parity",
+    "run_onnx": "vlsdk.export.parity",
+    "quantize_onnx": "vlsdk.export.quantize",
+    "int8_drift": "vlsdk.export.quantize",
+    "float_node_names": "vlsdk.export.quantize",
+}
+
+__all__ = [
+    "to_onnx",
+    "ExportWrapper",
+    "read_metadata",
+    "missing_experts",
+    "decode_onnx_outputs",
+    "head_outputs_from_onnx",
+    "check_parity",
+    "run_onnx",
+    "quantize_onnx",
+    "int8_drift",
+    "float_node_names",
+]
+assert set(__all__) == set(_EXPORTS)
+
+if TYPE_CHECKING:
+    from vlsdk.export.onnx import (
+        ExportWrapper,
+        decode_onnx_outputs,
+        head_outputs_from_onnx,
+        missing_experts,
+        read_metadata,
+        to_onnx,
+    )
+    from vlsdk.export.parity import check_parity, run_onnx
+    from vlsdk.export.quantize import float_node_names, int8_drift, quantize_onnx
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlsdk.export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,481 @@
+"""ONNX export of a :class:`~vlsdk.VLModel` with its heads and inserted domain experts.
+
+**Static MoE path.** The sparse MoE path (:meth:`DynamicMoE._sparse`) sorts tokens by expert,
+loops over the experts that received tokens (``kept.tolist()``) and scatters back with
+``index_add_``. None of that survives tracing: the TorchScript exporter (torch 2.13) rejects the
+stable ``argsort`` outright, and were it traced, the loop and the split sizes would become
+constants of the example input (experts it did not reach vanish from the graph) and ``index_add_``
+with repeated indices can be written as a non-summing scatter. :func:`to_onnx` therefore switches every MoE layer
+to the dense path (``VLModel.set_dense_moe(True)``) for the duration of the export: every expert
+(generic, domain, shared) runs on every token and is combined with a ``(T, E)`` weight matrix
+built by one ``ScatterElements`` of the renormalised top-k weights (the ``k`` indices of a token
+are distinct, so no reduction is needed). Routing is exported as it runs in PyTorch: fp32
+``Gemm -> Softmax (or Sigmoid and a sum-normalisation) -> TopK -> renormalise``. Domain experts
+that take an :class:`~vlsdk.models.features.ExpertContext` receive ``index = arange(T)`` and their
+grid gathers become ``Gather`` ops on the whole token matrix. After writing the file,
+:func:`missing_experts` checks that the weights of every expert of every layer are in the graph,
+and :func:`to_onnx` raises if one is not.
+
+**Exporter.** The TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) is used.
+The dense path has no data-dependent control flow, so tracing it is exact; it needs no extra
+package, and its node names keep the module path (``.../ffn/router/Gemm``,
+``.../ffn/shared/fc1/Gemm``), which is what :mod:`vlsdk.export.quantize` matches to keep the
+routers and shared experts in float. The ``torch.export``-based exporter (torch >= 2.9's default,
+which needs ``onnxscript``) fails on the model as it is: the router's ``bool(self.frozen.any())``
+and the cross-modal gate's ``is_open`` are data-dependent guards on buffers/parameters that
+``torch.export`` refuses (``GuardOnDataDependentSymNode``).
+
+**Dropless.** The graph computes every (token, expert) assignment; a layer with a
+``capacity_factor`` drops overflowing assignments on its sparse PyTorch path, so :func:`to_onnx`
+warns and parity then holds only where no expert overflows. Top-k ties resolve to the lower
+expert index in onnxruntime's ``TopK``, as in ``torch.topk`` on CPU.
+
+**Fixed image size, dynamic batch.** The position embedding, the interpolation sizes of the heads
+and the detection anchors are computed from the image size, so they are constants of the graph:
+export once per deployment resolution. The batch dimension is dynamic (``dynamic_batch=True``).
+
+**Outputs** (named ``"<head>.<field>"``; see :data:`TASK_OUTPUTS`):
+
+- detection: ``cls_logits (B, A, C)``, ``obj_logits (B, A)``, ``ltrb (B, A, 4)``,
+  ``boxes (B, A, 4)`` (xyxy pixels, unclipped), ``anchors (A, 2)`` and ``strides (A,)`` (no batch
+  axis). Score threshold, top-k and class-wise NMS stay outside the graph:
+  :func:`decode_onnx_outputs` does them in torch, exactly as ``DetectionHead.decode``.
+- segmentation: ``logits (B, C, H, W)``; depth: ``depth (B, 1, H, W)``.
+- any other head: every tensor field of its output dataclass (or the tensor itself).
+- no head: ``features.s<stride>`` for each map of the encoder's pyramid.
+
+The head layout (tasks, classes, level sizes, image size), the experts of each MoE layer and the
+vlsdk version are stored as JSON in the model's ``metadata_props["vlsdk"]`` (:func:`read_metadata`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from vlsdk.models.model import VLModel
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "TASK_OUTPUTS",
+    "ExportWrapper",
+    "to_onnx",
+    "read_metadata",
+    "missing_experts",
+    "head_outputs_from_onnx",
+    "decode_onnx_outputs",
+]
+
+#: Opset written by default (onnxruntime >= 1.14 runs it; LayerNormalization is a single op).
+DEFAULT_OPSET = 17
+
+#: Output fields written for the core tasks, in order, and which of them have no batch axis.
+TASK_OUTPUTS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
+    "detection": (("cls_logits", "obj_logits", "ltrb", "boxes", "anchors", "strides"),
+                  frozenset({"anchors", "strides"})),
+    "segmentation": (("logits",), frozenset()),
+    "depth": (("depth",), frozenset()),
+}
+
+METADATA_KEY = "vlsdk"
+
+
+def _task_of(model: VLModel, head: str) -> str:
+    spec = getattr(model, "head_specs", {}).get(head)
+    return spec.task if spec is not None else getattr(model.heads[head], "task", "") or head
+
+
+class ExportWrapper(nn.Module):
+    """``images -> tuple of tensors``: :class:`~vlsdk.ModelOutput` flattened into named outputs.
+
+    Args:
+        model: the model to wrap (not copied).
+        heads: head names to export, in order (default: every attached head; ``[]``: only the
+            encoder's feature pyramid).
+
+    Attributes:
+        output_names: ``"<head>.<field>"`` of each output, in order (filled by :meth:`describe`).
+        batch_free: the output names without a batch axis (detection anchors and strides).
+
+    Example:
+        >>> wrapper = ExportWrapper(model, heads=["det"])  # doctest: +SKIP
+        >>> wrapper.describe(torch.zeros(2, 3, 64, 64))["det"]["outputs"]  # doctest: +SKIP
+        ['det.cls_logits', 'det.obj_logits', 'det.ltrb', 'det.boxes', 'det.anchors', 'det.strides']
+    """
+
+    def __init__(self, model: VLModel, heads: Sequence[str] | None = None) -> None:
+        super().__init__()
+        if isinstance(heads, str):
+            raise ValueError(f"heads must be a sequence of head names, got the string {heads!r}")
+        names = list(model.heads) if heads is None else list(heads)
+        missing = [h for h in names if h not in model.heads]
+        if missing:
+            raise ValueError(f"unknown head(s) {missing}; attached heads: {sorted(model.heads)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"heads must be distinct, got {names}")
+        self.model = model
+        self.head_names = names
+        self.output_names: list[str] = []
+        self.batch_free: set[str] = set()
+
+    def _flatten(self, head: str, output: Any) -> list[tuple[str, torch.Tensor]]:
+        task = _task_of(self.model, head)
+        if task in TASK_OUTPUTS:
+            fields, _ = TASK_OUTPUTS[task]
+            return [(f"{head}.{f}", getattr(output, f)) for f in fields]
+        if isinstance(output, torch.Tensor):
+            return [(head, output)]
+        if dataclasses.is_dataclass(output):
+            items = [(f.name, getattr(output, f.name)) for f in dataclasses.fields(output)]
+        elif isinstance(output, Mapping):
+            items = list(output.items())
+        elif isinstance(output, (tuple, list)):
+            items = [(str(i), v) for i, v in enumerate(output)]
+        else:
+            raise ValueError(f"head {head!r} returned {type(output).__name__}; export needs a tensor, a dataclass, "
+                             f"a mapping or a tuple of tensors")
+        tensors = [(f"{head}.{k}", v) for k, v in items if isinstance(v, torch.Tensor)]
+        if not tensors:
+            raise ValueError(f"head {head!r} returned no tensor to export ({type(output).__name__})")
+        return tensors
+
+    def _named(self, images: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], Any]:
+        out = self.model(images, heads=self.head_names)
+        if not self.head_names:
+            return [(f"features.s{s}", f) for s, f in sorted(out.features.pyramid.items())], out
+        named = []
+        for head in self.head_names:
+            named += self._flatten(head, out.heads[head])
+        return named, out
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named, _ = self._named(images)
+        return tuple(t for _, t in named)
+
+    @torch.no_grad()
+    def describe(self, images: torch.Tensor) -> dict[str, Any]:
+        """Run once on ``images``; fill :attr:`output_names` / :attr:`batch_free`; the head layout."""
+        named, out = self._named(images)
+        self.output_names = [n for n, _ in named]
+        self.batch_free = set()
+        layout: dict[str, Any] = {}
+        for head in self.head_names:
+            task = _task_of(self.model, head)
+            prefix = f"{head}."
+            entry: dict[str, Any] = {"task": task,
+                                     "outputs": [n for n in self.output_names if n == head or n.startswith(prefix)]}
+            if task in TASK_OUTPUTS:
+                self.batch_free |= {f"{head}.{f}" for f in TASK_OUTPUTS[task][1]}
+            result = out.heads[head]
+            for key in ("level_sizes", "image_size"):
+                if hasattr(result, key):
+                    entry[key] = [list(v) if isinstance(v, tuple) else v for v in getattr(result, key)]
+            module = self.model.heads[head]
+            for key in ("num_classes", "strides", "max_depth", "activation"):
+                value = getattr(module, key, None)
+                if isinstance(value, (int, float, str, tuple)):
+                    entry[key] = list(value) if isinstance(value, tuple) else value
+            layout[head] = entry
+        return layout
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and the dense MoE path for the duration; every module's previous state restored.
+
+    (The TorchScript exporter restores ``train()`` of the *top* module recursively, which would
+    flip a model whose submodules were in mixed modes; this restores each module's own flag.)
+    """
+    from vlsdk.models.moe import DynamicMoE
+
+    modes = {m: m.training for m in model.modules()}
+    dense = {m: m.dense for m in model.modules() if isinstance(m, DynamicMoE)}
+    try:
+        model.eval()
+        for m in dense:
+            m.dense = True
+        yield
+    finally:
+        for m, flag in modes.items():
+            m.training = flag
+        for m, flag in dense.items():
+            m.dense = flag
+
+
+def _check_args(model: Any, image_size: Any, in_chans: int | None, opset: int) -> tuple[tuple[int, int], int]:
+    from vlsdk.models.model import VLModel
+
+    if not isinstance(model, VLModel):
+        raise ValueError(f"to_onnx expects a vlsdk.VLModel, got {type(model).__name__}")
+    try:
+        height, width = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be a pair (H, W) of ints, got {image_size!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    expected = model.config.in_chans
+    if in_chans is not None and in_chans != expected:
+        raise ValueError(f"the model takes images with in_chans={expected} channels, got in_chans={in_chans}; "
+                         f"build the model with in_chans={in_chans} (e.g. VLModel(name, in_chans={in_chans}))")
+    if not isinstance(opset, int) or not 13 <= opset <= 20:
+        raise ValueError(f"opset must be an int in [13, 20] (17 recommended), got {opset!r}")
+    return (height, width), expected
+
+
+def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = None,
+            image_size: Sequence[int] = (224, 224), in_chans: int | None = None, opset: int = DEFAULT_OPSET,
+            dynamic_batch: bool = True, batch_size: int = 2, example: torch.Tensor | None = None,
+            check_experts: bool = True) -> Path:
+    """Export ``model`` (encoder, MoE routing, every expert, the chosen heads) to an ONNX file.
+
+    The model is left as it was (training flags, sparse/dense MoE flags, weights). See the
+    module docstring for the static MoE path, the exporter choice and the output names.
+
+    Args:
+        model: a :class:`~vlsdk.VLModel`.
+        path: the ``.onnx`` file to write (parent folders are created).
+        heads: head names to export (default: every attached head; ``[]``: the feature pyramid).
+        image_size: ``(H, W)`` of the input images; fixed in the graph.
+        in_chans: input channels; only checked against ``model.config.in_chans``.
+        opset: ONNX opset, in ``[13, 20]``.
+        dynamic_batch: make the batch axis of the input and outputs dynamic.
+        batch_size: batch of the example input used for tracing (2 avoids size-1 specialisation).
+        example: the tracing input ``(B, C, H, W)``; default ``randn`` (seeded) of ``batch_size``.
+        check_experts: raise when an expert's weights are missing from the written graph.
+
+    Returns:
+        the path written.
+
+    Raises:
+        ValueError: bad arguments (unknown head, wrong ``in_chans``, bad ``image_size`` or opset).
+        RuntimeError: an expert is missing from the graph (:func:`missing_experts`).
+
+    Example:
+        >>> model = VLModel("tiny"); model.add_head("seg", task="segmentation", num_classes=3)  # doctest: +SKIP
+        >>> to_onnx(model, "seg.onnx", image_size=(64, 64))  # doctest: +SKIP
+        PosixPath('seg.onnx')
+    """
+    import onnx
+
+    size, channels = _check_args(model, image_size, in_chans, opset)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    wrapper = ExportWrapper(model, heads)
+    capped = [i for i, layer in enumerate(model.moe_layers) if layer.capacity_factor is not None]
+    if capped:
+        warnings.warn(f"MoE layers {capped} have a capacity_factor: the exported graph is dropless (every "
+                      f"assignment counts), so it differs from the PyTorch sparse path wherever an expert "
+                      f"overflows its capacity", UserWarning, stacklevel=2)
+    param = next(model.parameters())
+    if example is None:
+        gen = torch.Generator().manual_seed(0)
+        example = torch.randn(batch_size, channels, *size, generator=gen).to(device=param.device, dtype=param.dtype)
+    elif tuple(example.shape[1:]) != (channels, *size):
+        raise ValueError(f"example must have shape (B, {channels}, {size[0]}, {size[1]}), got {tuple(example.shape)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with export_mode(model), torch.no_grad():
+        layout = wrapper.describe(example)
+        names = wrapper.output_names
+        axes = None
+        if dynamic_batch:
+            axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names if n not in wrapper.batch_free}}
+        with warnings.catch_warnings():
+            # the tracer warns about every shape check it turns into a constant; the dense path has
+            # no data-dependent branch, and parity tests cover the rest
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript.*")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message="The feature will be removed")
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=names, dynamic_axes=axes,
+                              do_constant_folding=True)
+    from vlsdk.version import __version__
+
+    proto = onnx.load(str(path))
+    meta = {
+        "vlsdk_version": __version__,
+        "config": model.config.name,
+        "image_size": list(size),
+        "in_chans": channels,
+        "opset": opset,
+        "exporter": "torchscript",
+        "dynamic_batch": dynamic_batch,
+        "inputs": ["images"],
+        "outputs": names,
+        "heads": layout,
+        "experts": [list(layer.expert_names) for layer in model.moe_layers],
+        "domain_experts": sorted(model.expert_specs),
+    }
+    del proto.metadata_props[:]
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    proto.producer_name = "vlsdk"
+    onnx.save(proto, str(path))
+    if check_experts:
+        missing = missing_experts(model, proto)
+        if missing:
+            raise RuntimeError(f"the exported graph {path} lacks the weights of expert(s) {missing}; "
+                               f"the MoE layers were not exported on their static path")
+    return path
+
+
+def read_metadata(onnx_model: str | Path | Any) -> dict[str, Any]:
+    """The ``vlsdk`` metadata :func:`to_onnx` wrote (a path, an ``onnx.ModelProto`` or an ORT session)."""
+    if hasattr(onnx_model, "get_modelmeta"):  # onnxruntime.InferenceSession
+        props = onnx_model.get_modelmeta().custom_metadata_map
+    else:
+        if not hasattr(onnx_model, "metadata_props"):
+            import onnx
+
+            onnx_model = onnx.load(str(onnx_model), load_external_data=False)
+        props = {p.key: p.value for p in onnx_model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ValueError("this ONNX model has no vlsdk metadata; export it with vlsdk.export.to_onnx")
+    return json.loads(props[METADATA_KEY])
+
+
+def _digests(array: Any) -> set[str]:
+    import numpy as np
+
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    out = {hashlib.sha1(a.tobytes()).hexdigest()}
+    if a.ndim == 2:
+        out.add(hashlib.sha1(np.ascontiguousarray(a.T).tobytes()).hexdigest())
+    return out
+
+
+def missing_experts(model: VLModel, onnx_model: str | Path | Any) -> list[str]:
+    """``"layer<i>/<expert>"`` for each expert whose weights are not initializers of the graph.
+
+    An expert counts as present when one of its weight matrices (parameters with two or more
+    dimensions) is an initializer, as is or transposed (constant folding transposes ``Linear``
+    weights for ``MatMul``). Experts without such a parameter are not checked. This is what
+    catches a graph traced through the sparse path, where experts the example did not reach
+    are simply absent.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    if not hasattr(onnx_model, "graph"):
+        import onnx
+
+        onnx_model = onnx.load(str(onnx_model))
+    present: set[str] = set()
+    for init in onnx_model.graph.initializer:
+        if init.data_type in (1, 10) and len(init.dims) >= 2:  # float32 / float16 tensors
+            present |= _digests(numpy_helper.to_array(init))
+    missing = []
+    for i, layer in enumerate(model.moe_layers):
+        modules = list(zip(layer.expert_names, layer._modules_in_order(), strict=True))
+        if layer.shared is not None:
+            modules.append(("shared", layer.shared))
+        for name, module in modules:
+            weights = [p.detach().float().cpu().numpy() for p in module.parameters() if p.dim() >= 2]
+            weights = [w.reshape(w.shape[0], -1) if w.ndim > 2 else w for w in weights]
+            if weights and not any(_digests(w) & present for w in weights):
+                # a conv weight may have been reshaped by folding: compare the flat bytes as well
+                flat = {hashlib.sha1(np.ascontiguousarray(w, np.float32).tobytes()).hexdigest() for w in weights}
+                if not flat & present:
+                    missing.append(f"layer{i}/{name}")
+    return missing
+
+
+def head_outputs_from_onnx(outputs: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuild each head's typed output (``DetectionOutput`` ...) from named onnxruntime arrays.
+
+    Args:
+        outputs: output name -> array (``dict(zip(names, session.run(None, feeds)))``).
+        metadata: :func:`read_metadata` of the exported file.
+
+    Returns:
+        head name -> ``DetectionOutput`` / ``SegmentationOutput`` / ``DepthOutput`` for the core
+        tasks, else a dict field -> tensor.
+    """
+    from vlsdk.heads import DepthOutput, DetectionOutput, SegmentationOutput
+
+    result: dict[str, Any] = {}
+    for head, info in metadata["heads"].items():
+        tensors = {}
+        for name in info["outputs"]:
+            if name not in outputs:
+                raise ValueError(f"output {name!r} of head {head!r} is missing; got {sorted(outputs)}")
+            tensors[name[len(head) + 1:] if name != head else head] = torch.as_tensor(outputs[name])
+        task = info["task"]
+        if task == "detection":
+            result[head] = DetectionOutput(
+                tensors["cls_logits"], tensors["obj_logits"], tensors["ltrb"], tensors["anchors"],
+                tensors["strides"], [tuple(s) for s in info["level_sizes"]], tuple(info["image_size"]))
+        elif task == "segmentation":
+            result[head] = SegmentationOutput(tensors["logits"])
+        elif task == "depth":
+            result[head] = DepthOutput(tensors["depth"])
+        else:
+            result[head] = tensors
+    return result
+
+
+@torch.no_grad()
+def decode_onnx_outputs(outputs: Mapping[str, Any], metadata: Mapping[str, Any], *, score_threshold: float = 0.05,
+                        iou_threshold: float = 0.5, max_detections: int = 100, pre_nms_topk: int = 1000,
+                        seg_threshold: float = 0.5) -> dict[str, Any]:
+    """The documented post-processing of an exported model: what ``head.decode`` gives in PyTorch.
+
+    - detection: ``sigmoid(obj) * sigmoid(cls)`` scores, boxes clipped to the image, per image top
+      ``pre_nms_topk`` above ``score_threshold``, class-wise NMS, at most ``max_detections``:
+      a list of :class:`~vlsdk.heads.Detections` (one per image).
+    - segmentation: :class:`~vlsdk.heads.SegmentationPrediction` (softmax / sigmoid, labels).
+    - depth: ``(B, H, W)`` tensor. Other tasks: their raw tensors.
+
+    Args:
+        outputs: output name -> array from onnxruntime.
+        metadata: :func:`read_metadata` of the exported file.
+        score_threshold, iou_threshold, max_detections, pre_nms_topk: as ``DetectionHead.decode``.
+        seg_threshold: foreground threshold of a binary segmentation head.
+
+    Example:
+        >>> sess = onnxruntime.InferenceSession("model.onnx")  # doctest: +SKIP
+        >>> arrays = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x})))  # doctest: +SKIP
+        >>> decode_onnx_outputs(arrays, read_metadata(sess))["det"][0].boxes  # doctest: +SKIP
+    """
+    from vlsdk.heads import DetectionOutput, Detections, SegmentationPrediction
+    from vlsdk.ops.boxes import batched_nms, clip_boxes
+
+    decoded: dict[str, Any] = {}
+    for head, out in head_outputs_from_onnx(outputs, metadata).items():
+        task = metadata["heads"][head]["task"]
+        if task == "detection":
+            assert isinstance(out, DetectionOutput)
+            scores = torch.sigmoid(out.obj_logits)[..., None] * torch.sigmoid(out.cls_logits)
+            boxes = clip_boxes(out.boxes, out.image_size)
+            c = scores.shape[-1]
+            per_image = []
+            for img_scores, img_boxes in zip(scores.flatten(1), boxes, strict=True):
+                top = img_scores.topk(min(pre_nms_topk, img_scores.numel()))
+                keep = top.values > score_threshold
+                flat, sc = top.indices[keep], top.values[keep]
+                bx, lb = img_boxes[flat // c], flat % c
+                kept = batched_nms(bx, sc, lb, iou_threshold)[:max_detections]
+                per_image.append(Detections(bx[kept], sc[kept], lb[kept]))
+            decoded[head] = per_image
+        elif task == "segmentation":
+            logits = out.logits
+            if logits.shape[1] == 1:
+                probs = torch.sigmoid(logits)
+                decoded[head] = SegmentationPrediction((probs[:, 0] > seg_threshold).long(), probs)
+            else:
+                probs = logits.softmax(1)
+                decoded[head] = SegmentationPrediction(probs.argmax(1), probs)
+        elif task == "depth":
+            decoded[head] = out.depth[:, 0]
+        else:
+            decoded[head] = out
+    return decoded
