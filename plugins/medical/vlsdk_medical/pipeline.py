@@ -46,6 +46,8 @@ class LesionTrainConfig:
         modalities: channels (``"flair"``, ``"t1c"``).
         model: backbone config name (``"tiny"``, ``"edge"``, ``"small"``, ``"base"``).
         lesion_expert: insert the ``medical.lesion`` MoE expert.
+        classes: ``"whole"`` (binary whole tumour, label > 0) or ``"brats"`` (a 5-class head over
+            the BraTS labels 0-4; whole-tumour Dice is still the headline, per-class Dice is added).
         epochs: passes over the training slices.
         max_steps: stop after this many optimiser steps (``None``: no limit).
         batch_size: slices per step.
@@ -69,6 +71,7 @@ class LesionTrainConfig:
     modalities: Sequence[str] = ("flair", "t1c")
     model: str = "small"
     lesion_expert: bool = True
+    classes: str = "whole"
     epochs: int = 80
     max_steps: int | None = None
     batch_size: int = 16
@@ -98,6 +101,8 @@ class LesionTrainConfig:
             raise ValueError(f"need epochs >= 1, batch_size >= 1, roi_size >= 16, lr > 0; got {cfg}")
         if cfg.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
+        if cfg.classes not in ("whole", "brats"):
+            raise ValueError(f"classes must be 'whole' or 'brats', got {cfg.classes!r}")
         if set(cfg.train_splits) & set(cfg.eval_splits):
             raise ValueError(f"train_splits {cfg.train_splits} and eval_splits {cfg.eval_splits} overlap")
         return cfg
@@ -143,7 +148,9 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     train_cases = find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
     eval_cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
-    train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed,
+    labels_opts: dict[str, Any] = ({"label_mode": "binary"} if cfg.classes == "whole" else
+                                   {"label_mode": "multiclass", "label_values": (0, 1, 2, 3, 4)})
+    train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed, **labels_opts,
                                    max_slices_per_case=cfg.max_slices_per_case,
                                    transform_options={"pos": 2.0, "neg": 1.0, "intensity_prob": 0.3})
     n = len(train_set)
@@ -152,7 +159,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     # each repeat of a slice gets its own augmentation stream: fresh crops on every visit
     train_set.repeats = max(1, math.ceil(total * cfg.batch_size / n))
     model = vlsdk.VLModel(cfg.model, in_chans=train_set.num_channels)
-    model.add_head("lesion", task="segmentation", num_classes=1)
+    model.add_head("lesion", task="segmentation", num_classes=1 if cfg.classes == "whole" else 5)
     if cfg.lesion_expert and model.moe_layers:
         model.add_expert("medical.lesion", init_bias=0.0)
     train_config = TrainConfig(
@@ -171,8 +178,9 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     model.eval()
     # full mode scores every slice of the volume; quick mode a few brain slices
     eval_set = LesionSliceDataset(eval_cases, transform=None, slices="all" if cfg.eval_slices is None else "foreground",
-                                  max_slices_per_case=cfg.eval_slices, seed=cfg.seed)
-    dice, hd95 = CaseDice(2), CaseHD95(2)
+                                  max_slices_per_case=cfg.eval_slices, seed=cfg.seed, **labels_opts)
+    dice, hd95 = CaseDice(2), CaseHD95(2)  # whole tumour: label > 0
+    class_dice = CaseDice(5) if cfg.classes == "brats" else None
     predictor = model_predictor(model, "lesion")
     shown: dict[str, Any] = {}
     for ci, case in enumerate(eval_cases):
@@ -183,16 +191,21 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         probs = predict_slices(predictor, images, cfg.roi_size, sw_batch_size=32, device=device, amp=cfg.amp)
         # a lesion lies inside the imaged (skull-stripped) brain: nothing is predicted where every channel is 0
         inside = (images != 0).any(1)
-        pred = ((probs[:, 0].cpu() > 0.5) & inside).long()
+        classes = (probs[:, 0] > 0.5).long() if probs.shape[1] == 1 else probs.argmax(1)
+        classes = classes.cpu() * inside
+        pred = (classes > 0).long()
         spacing = list(eval_set.spacings[ci])
         if len(ks) > 1:  # a subset of slices (quick mode) is about evenly spaced: scale the slice step
             spacing[2] *= float(ks.diff().float().median())
-        dice.update(pred, labels, cases=[case.case_id] * len(ks), spacing=spacing)
-        hd95.update(pred, labels, cases=[case.case_id] * len(ks), spacing=spacing)
-        shown[case.case_id] = (images, labels, pred, ks)
+        if class_dice is not None:
+            class_dice.update(classes, labels, cases=[case.case_id] * len(ks))
+        whole = (labels > 0).long()
+        dice.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
+        hd95.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
+        shown[case.case_id] = (images, whole, pred, ks)
     d, h = dice.compute(), hd95.compute()
     for case in eval_cases:
-        print(f"held-out patient {case.case_id}: Dice {d['per_case'][case.case_id]:.4f}  "
+        print(f"held-out patient {case.case_id}: whole-tumour Dice {d['per_case'][case.case_id]:.4f}  "
               f"HD95 {h['per_case'][case.case_id]:.2f} mm  ({len(shown[case.case_id][3])} slices)")
     print(f"mean Dice over {len(eval_cases)} held-out patient(s): {d['mean']:.4f}")
     model_dir = model.save_pretrained(out_dir / "model")
@@ -203,6 +216,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         "dice": d["per_case"], "dice_mean": d["mean"], "hd95": h["per_case"], "hd95_mean": h["mean"],
         "model_dir": str(model_dir), "overlay": str(overlay), "steps": step,
         "train_cases": [c.case_id for c in train_cases], "eval_cases": [c.case_id for c in eval_cases],
+        "dice_per_class": None if class_dice is None else class_dice.compute()["per_class"],
         "seconds": time.perf_counter() - start, "config": {k: (list(v) if isinstance(v, tuple) else v)
                                                            for k, v in asdict(cfg).items()},
     }
@@ -270,6 +284,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers (default: 0 on CPU, up to 8 on a GPU)")
     parser.add_argument("--no-lesion-expert", action="store_true", help="leave out the medical.lesion expert")
+    parser.add_argument("--classes", choices=["whole", "brats"], default=d.classes,
+                        help="binary whole tumour, or a 5-class head over the BraTS labels")
     parser.add_argument("--eval-slices", type=int, default=None, help="slices per held-out patient (default all)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--no-progress", action="store_true")
@@ -291,7 +307,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         roi_size=args.roi_size, model=args.model, modalities=tuple(args.modalities.split(",")),
         num_workers=args.num_workers if args.num_workers is not None else (
             0 if args.device == "cpu" or args.quick else min(8, os.cpu_count() or 1)),
-        lesion_expert=not args.no_lesion_expert, eval_slices=args.eval_slices,
+        lesion_expert=not args.no_lesion_expert, classes=args.classes, eval_slices=args.eval_slices,
         seed=args.seed, progress=not args.no_progress, resume=args.resume)
     results = train_lesion_segmenter(cfg)
     if "model_dir" not in results:  # a non-zero torchrun rank: rank 0 reports
