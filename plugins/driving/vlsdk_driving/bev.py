@@ -1,9 +1,10 @@
 """Point cloud to bird's-eye-view pseudo-image: pillar and height-slice (voxel) encoding in torch.
 
 Each point is binned into a ``(row, col)`` cell of a :class:`BEVGrid` (``col`` along ``x``, ``row``
-along ``y``) and, for the voxel channels, into a height slice. Per-cell statistics are computed
-with ``bincount`` / ``scatter_reduce`` over the flat cell index of the whole batch at once: no
-Python loop over points or over samples.
+along ``y``) and, for the voxel channels, into a height slice. The occupied cells of the whole
+batch are found with one ``unique`` over the flat cell index; per-cell statistics are computed with
+``bincount`` / ``scatter_reduce`` over those cells only and written into the grid with one scatter:
+no Python loop over points or over samples, and no pass over the empty cells.
 """
 
 from __future__ import annotations
@@ -165,34 +166,34 @@ class PillarEncoder(nn.Module):
         keep = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (z >= z0) & (z < z1) & torch.isfinite(z)
         pts, batch, col, row = pts[keep], batch[keep], col[keep].long(), row[keep].long()
         zn = (pts[:, 2] - z0) / (z1 - z0)  # [0, 1)
-        ncell = len(clouds) * h * w
+        hw = h * w
         cell = (batch * h + row) * w + col
-        count = torch.bincount(cell, minlength=ncell).to(torch.float32)
-        occupied = count > 0
-        denom = count.clamp(min=1)
+        # statistics over the occupied cells only (a few thousand), then one scatter into the grid
+        occupied, inv = torch.unique(cell, sorted=True, return_inverse=True)
+        n = len(occupied)
+        count = torch.bincount(inv, minlength=n).to(torch.float32)
         channels: list[torch.Tensor] = []
         for feat in self.features:
             if feat == "occupancy":
                 channels.append((torch.log1p(count) / math.log1p(self.max_count)).clamp(max=1.0))
             elif feat == "mean_z":
-                channels.append(torch.bincount(cell, zn, minlength=ncell) / denom)
+                channels.append(torch.bincount(inv, zn, minlength=n) / count)
             elif feat in ("max_z", "min_z"):
-                init = torch.zeros(ncell, device=device)
                 red = "amax" if feat == "max_z" else "amin"
-                channels.append(init.scatter_reduce(0, cell, zn, reduce=red, include_self=False))
+                channels.append(zn.new_zeros(n).scatter_reduce(0, inv, zn, reduce=red, include_self=False))
             elif feat == "mean_intensity":
                 vals = pts[:, self.point_fields.index("intensity")] / self.intensity_scale
-                channels.append(torch.bincount(cell, vals, minlength=ncell) / denom)
+                channels.append(torch.bincount(inv, vals, minlength=n) / count)
             else:  # mean_time_lag
                 vals = pts[:, self.point_fields.index("time_lag")]
-                channels.append(torch.bincount(cell, vals, minlength=ncell) / denom)
-        out = torch.stack(channels, 0) * occupied if channels else count.new_zeros(0, ncell)
+                channels.append(torch.bincount(inv, vals, minlength=n) / count)
+        out = torch.zeros(len(clouds), self.out_channels, hw, device=device)
+        if channels:
+            out[occupied // hw, :len(channels), occupied % hw] = torch.stack(channels, 1)
         if self.z_bins:
             zb = (zn * self.z_bins).long().clamp_(max=self.z_bins - 1)
-            vox = torch.zeros(self.z_bins * ncell, device=device)
-            vox[zb * ncell + cell] = 1.0
-            out = torch.cat([out, vox.view(self.z_bins, ncell)], 0)
-        return out.view(self.out_channels, len(clouds), h, w).transpose(0, 1).contiguous()
+            out[batch, len(channels) + zb, cell % hw] = 1.0
+        return out.view(len(clouds), self.out_channels, h, w)
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, features={self.features}, z_bins={self.z_bins}"
