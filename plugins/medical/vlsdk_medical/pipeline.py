@@ -142,6 +142,10 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     from vlsdk_medical.metrics import CaseDice, CaseHD95
 
     cfg = config.resolved()
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # fail before training, not after
+        raise ImportError('the overlay PNG needs matplotlib: pip install "vlsdk[plot]"')
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
