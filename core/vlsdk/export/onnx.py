@@ -446,26 +446,15 @@ def decode_onnx_outputs(outputs: Mapping[str, Any], metadata: Mapping[str, Any],
         >>> arrays = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x})))  # doctest: +SKIP
         >>> decode_onnx_outputs(arrays, read_metadata(sess))["det"][0].boxes  # doctest: +SKIP
     """
-    from vlsdk.heads import DetectionOutput, Detections, SegmentationPrediction
-    from vlsdk.ops.boxes import batched_nms, clip_boxes
+    from vlsdk.heads import DetectionOutput, SegmentationPrediction
+    from vlsdk.heads.detection import decode_detections
 
     decoded: dict[str, Any] = {}
     for head, out in head_outputs_from_onnx(outputs, metadata).items():
         task = metadata["heads"][head]["task"]
         if task == "detection":
             assert isinstance(out, DetectionOutput)
-            scores = torch.sigmoid(out.obj_logits)[..., None] * torch.sigmoid(out.cls_logits)
-            boxes = clip_boxes(out.boxes, out.image_size)
-            c = scores.shape[-1]
-            per_image = []
-            for img_scores, img_boxes in zip(scores.flatten(1), boxes, strict=True):
-                top = img_scores.topk(min(pre_nms_topk, img_scores.numel()))
-                keep = top.values > score_threshold
-                flat, sc = top.indices[keep], top.values[keep]
-                bx, lb = img_boxes[flat // c], flat % c
-                kept = batched_nms(bx, sc, lb, iou_threshold)[:max_detections]
-                per_image.append(Detections(bx[kept], sc[kept], lb[kept]))
-            decoded[head] = per_image
+            decoded[head] = decode_detections(out, score_threshold, iou_threshold, max_detections, pre_nms_topk)
         elif task == "segmentation":
             logits = out.logits
             if logits.shape[1] == 1:

@@ -14,7 +14,8 @@ from vlsdk.heads.base import ConvNormAct, Head, resolve_strides
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.ops.boxes import batched_nms, clip_boxes, generalized_box_iou
 
-__all__ = ["DetectionHead", "DetectionOutput", "Detections", "assign_targets", "pad_targets"]
+__all__ = [
+    "decode_detections", "DetectionHead", "DetectionOutput", "Detections", "assign_targets", "pad_targets"]
 
 
 @dataclass
@@ -309,35 +310,41 @@ class DetectionHead(Head):
         return {"loss": total, "obj": obj.detach(), "cls": cls.detach(), "box": box.detach(),
                 "num_pos": num_pos.detach().to(total.dtype)}
 
-    @torch.no_grad()
     def decode(self, output: DetectionOutput, score_threshold: float = 0.05, iou_threshold: float = 0.5,
                max_detections: int = 100, pre_nms_topk: int = 1000) -> list[Detections]:
-        """Per-image detections: score threshold, top-k, class-wise NMS, at most ``max_detections``.
+        """Per-image detections; see :func:`decode_detections`."""
+        return decode_detections(output, score_threshold, iou_threshold, max_detections, pre_nms_topk)
 
-        Scores are ``sigmoid(objectness) * sigmoid(class)``; a location may yield several classes.
 
-        Args:
-            output: this head's output.
-            score_threshold: drop candidates scoring at most this.
-            iou_threshold: class-wise NMS threshold (see :func:`vlsdk.ops.boxes.batched_nms`).
-            max_detections: detections kept per image.
-            pre_nms_topk: candidates per image entering NMS (bounds its ``O(k^2)`` memory).
-        """
-        if not 0 <= score_threshold < 1 or not 0 <= iou_threshold <= 1:
-            raise ValueError(f"expected score_threshold in [0, 1) and iou_threshold in [0, 1], got "
-                             f"{score_threshold}, {iou_threshold}")
-        if max_detections < 1 or pre_nms_topk < 1:
-            raise ValueError(f"expected max_detections >= 1 and pre_nms_topk >= 1, got "
-                             f"{max_detections}, {pre_nms_topk}")
-        scores = torch.sigmoid(output.obj_logits)[..., None] * torch.sigmoid(output.cls_logits)  # (B, A, C)
-        boxes = clip_boxes(output.boxes, output.image_size)
-        c = scores.shape[-1]
-        results = []
-        for img_scores, img_boxes in zip(scores.flatten(1), boxes, strict=True):
-            top = img_scores.topk(min(pre_nms_topk, img_scores.numel()))
-            keep = top.values > score_threshold
-            flat, sc = top.indices[keep], top.values[keep]
-            bx, lb = img_boxes[flat // c], flat % c
-            kept = batched_nms(bx, sc, lb, iou_threshold)[:max_detections]
-            results.append(Detections(bx[kept], sc[kept], lb[kept]))
-        return results
+@torch.no_grad()
+def decode_detections(output: DetectionOutput, score_threshold: float = 0.05, iou_threshold: float = 0.5,
+                      max_detections: int = 100, pre_nms_topk: int = 1000) -> list[Detections]:
+    """Per-image detections: score threshold, top-k, class-wise NMS, at most ``max_detections``.
+
+    Scores are ``sigmoid(objectness) * sigmoid(class)``; a location may yield several classes.
+
+    Args:
+        output: this head's output.
+        score_threshold: drop candidates scoring at most this.
+        iou_threshold: class-wise NMS threshold (see :func:`vlsdk.ops.boxes.batched_nms`).
+        max_detections: detections kept per image.
+        pre_nms_topk: candidates per image entering NMS (bounds its ``O(k^2)`` memory).
+    """
+    if not 0 <= score_threshold < 1 or not 0 <= iou_threshold <= 1:
+        raise ValueError(f"expected score_threshold in [0, 1) and iou_threshold in [0, 1], got "
+                         f"{score_threshold}, {iou_threshold}")
+    if max_detections < 1 or pre_nms_topk < 1:
+        raise ValueError(f"expected max_detections >= 1 and pre_nms_topk >= 1, got "
+                         f"{max_detections}, {pre_nms_topk}")
+    scores = torch.sigmoid(output.obj_logits)[..., None] * torch.sigmoid(output.cls_logits)  # (B, A, C)
+    boxes = clip_boxes(output.boxes, output.image_size)
+    c = scores.shape[-1]
+    results = []
+    for img_scores, img_boxes in zip(scores.flatten(1), boxes, strict=True):
+        top = img_scores.topk(min(pre_nms_topk, img_scores.numel()))
+        keep = top.values > score_threshold
+        flat, sc = top.indices[keep], top.values[keep]
+        bx, lb = img_boxes[flat // c], flat % c
+        kept = batched_nms(bx, sc, lb, iou_threshold)[:max_detections]
+        results.append(Detections(bx[kept], sc[kept], lb[kept]))
+    return results
