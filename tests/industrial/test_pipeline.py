@@ -53,6 +53,17 @@ def test_quick_mode_through_the_vlsdk_command(shared_data: Path, tmp_path: Path,
     evaluated = json.loads((again / "metrics.json").read_text())
     assert "steps" not in evaluated and evaluated["model"] == str(out / "model")
     assert evaluated["metrics"]["per_class"] == summary["metrics"]["per_class"]  # same model, same boards
+    # inference on a folder of boards (links to two real pairs, read in place)
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    for r in DeepPCBDataset(data, "test", max_samples=2).records:
+        for f in (r.image, r.template):
+            (boards / f.name).symlink_to(f)
+    assert main(["pcb", "--checkpoint", str(out / "model"), "--predict", str(boards), "--out", str(tmp_path / "pred"),
+                 "--image-size", "256", "--device", "cpu"]) == 0
+    predicted = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert sorted(Path(p["path"]).name for p in predicted) == sorted(f.name for f in boards.glob("*_test.jpg"))
+    assert cv2.imread(str(tmp_path / "pred" / "predictions.png")) is not None
     capsys.readouterr()
     assert main(["pcb", "--checkpoint", str(out / "model"), "--data", str(data), "--out", str(again), "--no-template",
                  "--image-size", "256", "--eval-pairs", "1", "--workers", "0", "--no-progress"]) == 1

@@ -145,3 +145,22 @@ def test_image_folder(tmp_path: Path, boards: list[dict]) -> None:
     with pytest.raises(DataError, match=r"broken\.png: cannot decode"):
         strict = ImageFolder(tmp_path)
         [strict[i] for i in range(len(strict))]
+
+
+def test_image_folder_with_templates(tmp_path: Path, boards: list[dict]) -> None:
+    for i, s in enumerate(boards[:2]):
+        cv2.imwrite(str(tmp_path / f"{i}_test.png"), s["image"][..., 0])
+        cv2.imwrite(str(tmp_path / f"{i}_temp.png"), 255 - s["image"][..., 0])
+    cv2.imwrite(str(tmp_path / "2_test.png"), boards[2]["image"][..., 0])  # no template
+    ds = ImageFolder(tmp_path, template=("_test", "_temp"))
+    assert [Path(f).name for f in ds.files] == ["0_test.png", "1_test.png", "2_test.png"]
+    sample = ds[1]
+    assert sample["image"].shape == (128, 128, 2) and sample["size"] == (128, 128)
+    np.testing.assert_array_equal(sample["image"][..., 1], 255 - boards[1]["image"][..., 0])
+    with pytest.raises(DataError, match=r"2_temp\.png: image file does not exist"):
+        ds[2]
+    cv2.imwrite(str(tmp_path / "2_temp.png"), np.zeros((64, 128), np.uint8))
+    with pytest.raises(DataError, match=r"2_temp\.png: template is 128x64"):
+        ds[2]
+    with pytest.raises(ValueError, match="template"):
+        ImageFolder(tmp_path, template=("_test", "_temp"), channels=3)

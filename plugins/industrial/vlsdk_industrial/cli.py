@@ -55,6 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", action="store_true",
                         help="only measure inference boards/s on random boards (--batch-size default 64, "
                              "--image-size default 640); writes OUT/throughput.json")
+    parser.add_argument("--predict", type=Path, default=None, metavar="FOLDER",
+                        help="with --checkpoint: detect on every board image of FOLDER (<n>_test.* with its "
+                             "<n>_temp.* for a template model); writes OUT/predictions.json and .png")
     parser.add_argument("--compile", action="store_true", help="with --benchmark: torch.compile the model")
     parser.add_argument("--dense-moe", action="store_true", help="with --benchmark: static all-experts MoE path")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
@@ -88,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.benchmark:
         return _benchmark(args)
+    if args.predict is not None:
+        from vlsdk_industrial.pipeline import predict_folder
+
+        if args.checkpoint is None:
+            raise SystemExit("vlsdk pcb: --predict needs --checkpoint MODEL_DIR")
+        predict_folder(args.checkpoint, args.predict, args.out, image_size=args.image_size or 640,
+                       batch_size=args.batch_size or 16, device=args.device, amp=args.amp)
+        return 0
     if not Path(args.data).is_dir():
         raise SystemExit(f"vlsdk pcb: DeepPCB folder {args.data} not found; pass --data PATH/TO/deeppcb")
     run_pipeline(config_from_args(args))

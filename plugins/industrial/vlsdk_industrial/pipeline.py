@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from vlsdk_industrial.metrics import MAPResult
 
 __all__ = ["PipelineConfig", "build_detector", "detection_loss", "draw_predictions", "evaluate", "float_output",
-           "run_pipeline", "train"]
+           "predict_folder", "run_pipeline", "train"]
 
 #: Name of the detection head in the model.
 HEAD = "pcb"
@@ -360,3 +360,69 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     (cfg.out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     print(f"saved {model_dir}, {png} and {cfg.out / 'metrics.json'} ({summary['seconds']:.1f} s)")
     return summary
+
+
+def predict_folder(checkpoint: str | Path, folder: str | Path, out: str | Path, *, image_size: int = 640,
+                   batch_size: int = 16, device: str = "auto", amp: str = "none", score_threshold: float = 0.3,
+                   template: tuple[str, str] = ("_test", "_temp"), draw: int = 4) -> dict[str, Any]:
+    """Detect defects on every board image of a folder with a saved model.
+
+    A 2-channel model reads each ``<n>_test.*`` with its ``<n>_temp.*`` template; a 1-channel
+    model reads every image but the ``*_temp.*`` ones. Boxes are reported in the original pixels.
+
+    Args:
+        checkpoint: a ``save_pretrained`` folder with the ``pcb`` head.
+        folder: the images (searched recursively).
+        out: writes ``predictions.json`` and ``predictions.png`` here.
+        image_size: the model's input side (boards are resized to it).
+        batch_size: boards per forward pass.
+        device: torch device or ``"auto"``.
+        amp: ``"none"`` or ``"bf16"``.
+        score_threshold: detections kept from this score up.
+        template: ``(board_suffix, template_suffix)`` for 2-channel models.
+        draw: boards drawn into the PNG.
+
+    Returns:
+        ``{"images", "detections", "json", "png"}``.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vlsdk import VLModel
+    from vlsdk_industrial.folder import ImageFolder
+    from vlsdk_industrial.transforms import build_transforms
+
+    dev = _device(device)
+    model = VLModel.from_pretrained(checkpoint, map_location=dev).eval()
+    if HEAD not in model.heads:
+        raise ValueError(f"{checkpoint} has no {HEAD!r} detection head (heads: {sorted(model.heads)})")
+    two = model.config.in_chans == 2
+    images = ImageFolder(folder, template=template if two else None, exclude=() if two else (template[1],),
+                         transform=build_transforms(train=False, size=image_size))
+    if len(images) == 0:
+        raise ValueError(f"no board images in {folder}" + (f" named *{template[0]}.*" if two else ""))
+    loader = DataLoader(images, batch_size=batch_size, collate_fn=collate)
+    head = model.heads[HEAD]
+    results, drawn = [], []
+    with torch.no_grad():
+        for batch, _, samples in loader:
+            with _autocast(dev, amp):
+                out_ = model(batch.to(dev), heads=[HEAD])
+            for d, s in zip(head.decode(float_output(out_[HEAD]), score_threshold=score_threshold), samples,
+                            strict=True):
+                h, w = s["size"]
+                scale = np.array([w / image_size, h / image_size] * 2)
+                results.append({"path": s["path"], "boxes": (d.boxes.cpu().numpy() * scale).round(1).tolist(),
+                                "scores": d.scores.cpu().numpy().round(4).tolist(),
+                                "labels": [DEEPPCB_CLASSES[int(k)] for k in d.labels.cpu()]})
+                if len(drawn) < max(1, draw):
+                    drawn.append({"boxes": d.boxes.cpu().numpy(), "scores": d.scores.cpu().numpy(),
+                                  "labels": d.labels.cpu().numpy(), "sample": s})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.json").write_text(json.dumps(results, indent=1))
+    png = draw_predictions(drawn, out / "predictions.png", score_threshold=score_threshold)
+    print(f"{len(results)} boards, {sum(len(r['scores']) for r in results)} detections -> "
+          f"{out / 'predictions.json'}, {png}")
+    return {"images": len(results), "detections": sum(len(r["scores"]) for r in results),
+            "json": str(out / "predictions.json"), "png": str(png)}
