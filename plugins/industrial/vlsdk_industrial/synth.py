@@ -1,7 +1,8 @@
 """Procedurally drawn PCB boards with the six DeepPCB defect classes at known boxes.
 
 A board is a grid of blocks; each block is a bundle of parallel traces (horizontal or vertical)
-ending in pads with drill holes, a field of ring vias, or a copper pour. The defect-free drawing is
+ending in pads with drill holes, a field of ring vias, a copper pour or empty, and 45-degree traces
+run wherever they clear the other copper. The defect-free drawing is
 the template; defects are then drawn on a copy:
 
 - ``open``: a gap cut across a trace;           - ``short``: a copper bridge between two traces;
@@ -108,7 +109,9 @@ class BoardSynthesizer:
             for bx in range(grid):
                 x0, y0 = bx * cell + pad, by * cell + pad
                 x1, y1 = (bx + 1) * cell - pad, (by + 1) * cell - pad
-                kind = rng.choice(3, p=(0.7, 0.15, 0.15))
+                kind = rng.choice(4, p=(0.6, 0.13, 0.12, 0.15))
+                if kind == 3:  # left empty: room for 45-degree traces and spurious copper
+                    continue
                 if kind == 1:  # ring vias
                     r = pad // 2 + 1
                     step = 2 * r + gap
@@ -147,7 +150,36 @@ class BoardSynthesizer:
                             cv2.circle(mask, p, max(1, pad // 5), 0, -1)
                     traces.append(t)
                 bundle += 1
+        self._diagonals(mask, rng, w, gap, pad)
         return mask, traces
+
+    def _diagonals(self, mask: np.ndarray, rng: np.random.Generator, w: int, gap: int, pad: int) -> None:
+        """Add 45-degree traces with pads where they clear existing copper by ``gap`` (DeepPCB has many)."""
+        import cv2
+
+        n = self.size
+        kernel = np.ones((2 * gap + 1, 2 * gap + 1), np.uint8)
+        for _ in range(int(rng.integers(0, 8))):
+            free = cv2.erode((mask == 0).astype(np.uint8), np.ones((2 * (gap + pad) + 1,) * 2, np.uint8), borderValue=0)
+            ys, xs = np.nonzero(free[pad:n - pad, pad:n - pad])
+            if ys.size == 0:
+                return
+            i = int(rng.integers(ys.size))
+            x0, y0 = int(xs[i]) + pad, int(ys[i]) + pad
+            dx, dy = (1 if rng.random() < 0.5 else -1), (1 if rng.random() < 0.5 else -1)
+            for length in (n // 4, n // 8, n // 16):  # the longest run that clears the other copper
+                x1, y1 = x0 + dx * length, y0 + dy * length
+                if not (pad <= x1 < n - pad and pad <= y1 < n - pad):
+                    continue
+                trial = np.zeros_like(mask)
+                cv2.line(trial, (x0, y0), (x1, y1), 255, w)
+                for p in ((x0, y0), (x1, y1)):
+                    cv2.circle(trial, p, pad // 2, 255, -1)
+                if (cv2.dilate(trial, kernel) & mask).any():
+                    continue  # would touch other copper: a short nobody annotated
+                cv2.circle(trial, (x0, y0), max(1, pad // 5), 0, -1)
+                mask |= trial
+                break
 
     @staticmethod
     def _corners(r: tuple[int, int, int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
