@@ -122,7 +122,7 @@ def from_pretrained(cls: type[VLModel], directory: str | Path, *,
     if missing or unexpected:
         raise ValueError(f"{weights} does not match {directory / CONFIG_NAME}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    return model.to(map_location)
+    return model.to(map_location).eval()  # like Hugging Face: ready for inference; call .train() to fine-tune
 
 
 def save_head(model: VLModel, name: str, directory: str | Path) -> Path:

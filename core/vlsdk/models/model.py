@@ -328,7 +328,7 @@ class VLModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, experts: Mapping[str, Callable[..., nn.Module]] | None = None,
                         map_location: str | torch.device = "cpu") -> VLModel:
-        """Rebuild a model saved by :meth:`save_pretrained`.
+        """Rebuild a model saved by :meth:`save_pretrained`, in eval mode.
 
         Args:
             directory: the checkpoint directory.
