@@ -53,6 +53,23 @@ def make_distribution(
         sys.modules.pop(module, None)
 
 
+@pytest.fixture(autouse=True)
+def _single_thread_torch() -> Iterator[None]:
+    """Run each test with one torch thread (restored after).
+
+    The suite's tensors are small; on a 2-core runner two OpenMP threads mostly wait on each other
+    (measured: the driving suite went from 86 s to 16 s under load). Benchmarks choose their own.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 #: The real data sets (see ../shared/data/README.md); never copied into the project.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

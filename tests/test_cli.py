@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from torch import nn
+
 from vlsdk.cli import main
 from vlsdk.plugins import hookimpl
 from vlsdk.version import __version__

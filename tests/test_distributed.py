@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
 import vlsdk
-from vlsdk.train import Trainer, TrainConfig
+from vlsdk.train import TrainConfig, Trainer
 
 
 def data() -> TensorDataset:

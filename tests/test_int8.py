@@ -10,15 +10,6 @@ import vlsdk
 from vlsdk.quant import Int8Linear, quantize_linear_layers, quantize_weight, weight_bytes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model():
     torch.manual_seed(0)
     model = vlsdk.VLModel("tiny", in_chans=1)

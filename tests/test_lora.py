@@ -27,15 +27,6 @@ EXPERTS = r".*experts\.(generic\.\d|medical\.lesion)\.fc[12]"
 HEAD_CONVS = [r"heads\.seg\.decoder\.stem\.0", "classifier"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed=0, head=True):
     torch.manual_seed(seed)
     model = vlsdk.VLModel("tiny", in_chans=1)

@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+
 from vlsdk.plugins import (
     DuplicateNameError,
     PluginHost,

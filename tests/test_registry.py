@@ -7,6 +7,7 @@ import sys
 from dataclasses import FrozenInstanceError
 
 import pytest
+
 from vlsdk.plugins import (
     DuplicateNameError,
     MissingExtraError,

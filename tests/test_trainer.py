@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import vlsdk
-from vlsdk.train import Trainer, TrainConfig, load_train_config, warmup_cosine
+from vlsdk.train import TrainConfig, Trainer, load_train_config, warmup_cosine
 
 
 def make_data(n=24, size=32, seed=0):

@@ -30,20 +30,3 @@ def nuscenes_ds(nuscenes_root: Path):
 def real_sample(nuscenes_ds):
     """The real keyframe as a :class:`DrivingSample`."""
     return nuscenes_ds[0]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread_torch():
-    """Run each driving test with one torch thread (restored after).
-
-    The tensors here are small; on a shared 2-core runner two OpenMP threads mostly wait on each
-    other (measured: the head-training test takes 2x longer with 2 threads under load).
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
