@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 import vlsdk
 from vlsdk.models.experts import ExpertMLP
 from vlsdk.quant import Int8Linear
+from vlsdk.testing import segmentation_loss, square_lesions
 from vlsdk.train import TrainConfig, Trainer
 from vlsdk.train.lora import (
     LoraInt8Linear,
@@ -36,21 +36,8 @@ def make_model(seed=0, head=True):
     return model
 
 
-def make_data(n=24, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, size, size, generator=g)
-    masks = torch.zeros(n, size, size, dtype=torch.long)
-    for i in range(n):  # a bright square per image is the "lesion"
-        y, x = torch.randint(0, size - 10, (2,), generator=g).tolist()
-        images[i, 0, y:y + 10, x:x + 10] += 1.5
-        masks[i, y:y + 10, x:x + 10] = 1
-    return TensorDataset(images, masks)
-
-
-def seg_loss(model, batch):
-    images, masks = batch
-    out = model(images, heads=["seg"])
-    return model.heads["seg"].loss(out["seg"], masks)
+make_data = square_lesions
+seg_loss = segmentation_loss("seg")
 
 
 def logits(model, images):

@@ -6,27 +6,13 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 import vlsdk
+from vlsdk.testing import segmentation_loss, square_lesions
 from vlsdk.train import TrainConfig, Trainer, load_train_config, warmup_cosine
 
-
-def make_data(n=24, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, size, size, generator=g)
-    masks = torch.zeros(n, size, size, dtype=torch.long)
-    for i in range(n):  # a bright square per image is the "lesion"
-        y, x = torch.randint(0, size - 10, (2,), generator=g).tolist()
-        images[i, 0, y:y + 10, x:x + 10] += 1.5
-        masks[i, y:y + 10, x:x + 10] = 1
-    return TensorDataset(images, masks)
-
-
-def seg_loss(model, batch):
-    images, masks = batch
-    out = model(images, heads=["seg"])
-    return model.heads["seg"].loss(out["seg"], masks)
+make_data = square_lesions
+seg_loss = segmentation_loss("seg")
 
 
 def make_model():

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["check_expert", "plugin_host", "register_plugin", "tiny_model"]
+__all__ = ["check_expert", "plugin_host", "register_plugin", "tiny_model", "square_lesions", "segmentation_loss"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -202,3 +202,33 @@ def _accepts_context(module: Any) -> bool:
         return "context" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def square_lesions(n: int = 24, size: int = 32, seed: int = 0) -> Any:
+    """A tiny segmentation set: ``TensorDataset(images (n,1,size,size), masks (n,size,size))``.
+
+    Each image is uniform noise with one bright 10x10 square, and the mask marks the square: a
+    model learns it in a few dozen steps, which makes it a good smoke test for training code.
+    """
+    import torch
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, size, size, generator=g)
+    corners = torch.randint(0, size - 10, (n, 2), generator=g)
+    rows = torch.arange(size)
+    inside_y = (rows[None] >= corners[:, :1]) & (rows[None] < corners[:, :1] + 10)   # (n, size)
+    inside_x = (rows[None] >= corners[:, 1:]) & (rows[None] < corners[:, 1:] + 10)
+    masks = (inside_y[:, :, None] & inside_x[:, None, :]).long()
+    images[:, 0] += 1.5 * masks
+    return TensorDataset(images, masks)
+
+
+def segmentation_loss(head: str = "seg") -> Callable[[Any, Any], Any]:
+    """A ``loss_fn(model, (images, masks))`` for :class:`vlsdk.train.Trainer` using head ``head``."""
+
+    def loss_fn(model: Any, batch: Any) -> Any:
+        images, masks = batch
+        return model.heads[head].loss(model(images, heads=[head])[head], masks)
+
+    return loss_fn
