@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment for vlsdk and run the demo or the tests.
 #
-#   bash scripts/bootstrap.sh demo            # vlsdk demo (for now: vlsdk info + vlsdk plugins)
+#   bash scripts/bootstrap.sh demo            # vlsdk demo (for now: info, plugins, the driving pipeline)
 #   bash scripts/bootstrap.sh test [ARGS...]  # python -m pytest ARGS...
 #
 # Creates the venv if missing, installs torch first when it does not import there, then
@@ -90,7 +90,10 @@ main() {
                 exec "$VENV/bin/vlsdk" demo "$@"
             fi
             "$VENV/bin/vlsdk" info
-            exec "$VENV/bin/vlsdk" plugins
+            "$VENV/bin/vlsdk" plugins
+            # Until `vlsdk demo` lands: the driving pipeline on scenes it synthesises itself
+            # (nuScenes-format, read back through nuscenes-devkit), about 30 s on 2 cores.
+            exec "$VENV/bin/vlsdk" driving-detect --quick --out "${VLSDK_DEMO_OUT:-$ROOT/vlsdk-demo/driving}" "$@"
             ;;
         test)
             exec "$PY" -m pytest "$@"
