@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from vlsdk.cli.output import format_count, format_table, qualified_name
+from vlsdk.demo import DEMO_COMMAND
 from vlsdk.export.cli import EXPORT_COMMAND
 from vlsdk.inspect.cli import ROUTING_COMMAND
 from vlsdk.plugins.commands import Command
@@ -286,4 +287,5 @@ CORE_COMMANDS: tuple[Command, ...] = (
     ),
     ROUTING_COMMAND,
     EXPORT_COMMAND,
+    DEMO_COMMAND,
 )

@@ -86,6 +86,7 @@ KINDS: tuple[str, ...] = (
     "transforms",
     "metrics",
     "synthesizers",
+    "demos",
     "commands",
 )
 
@@ -97,6 +98,7 @@ CONTRACTS: dict[str, str] = {
     "transforms": "factory(**options) -> callable transform(sample) -> sample",
     "metrics": "factory(**options) -> metric with update(...), compute(), reset()",
     "synthesizers": "factory(**options) -> callable making synthetic samples from a seed",
+    "demos": "run(out_dir: Path, *, quick: bool, device: str, seed: int) -> vlsdk.demo.DemoResult",
     "commands": "Command(name, run(args) -> int | None, help, configure(parser))",
 }
 
