@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment for vlsdk and run the demo or the tests.
 #
-#   bash scripts/bootstrap.sh demo            # vlsdk demo (for now: info, plugins, the driving pipeline)
+#   bash scripts/bootstrap.sh demo [ARGS...]  # vlsdk demo ARGS... (report in ./vlsdk-demo)
 #   bash scripts/bootstrap.sh test [ARGS...]  # python -m pytest ARGS...
 #
 # Creates the venv if missing, installs torch first when it does not import there, then
@@ -20,7 +20,6 @@ PYTHON="${VLSDK_PYTHON:-python3}"
 TORCH_SPEC="${VLSDK_TORCH_SPEC:-torch==2.13.0}"
 PY="$VENV/bin/python"
 STAMP="$VENV/.vlsdk-bootstrap"
-HAS_DEMO='import sys; from vlsdk.plugins import PluginHost; sys.exit("demo" not in PluginHost(discover=False).registry("commands"))'
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
@@ -84,16 +83,7 @@ main() {
     cd "$ROOT"
     case "$command" in
         demo)
-            # Runs the real demo as soon as the core registers a `demo` command (a cheap check:
-            # core plugin only, no domain plugin imported).
-            if "$PY" -c "$HAS_DEMO" >/dev/null 2>&1; then
-                exec "$VENV/bin/vlsdk" demo "$@"
-            fi
-            "$VENV/bin/vlsdk" info
-            "$VENV/bin/vlsdk" plugins
-            # Until `vlsdk demo` lands: the driving pipeline on scenes it synthesises itself
-            # (nuScenes-format, read back through nuscenes-devkit), about 30 s on 2 cores.
-            exec "$VENV/bin/vlsdk" driving-detect --quick --out "${VLSDK_DEMO_OUT:-$ROOT/vlsdk-demo/driving}" "$@"
+            exec "$VENV/bin/vlsdk" demo "$@"
             ;;
         test)
             exec "$PY" -m pytest "$@"
