@@ -21,6 +21,7 @@ from vlsdk.cli.output import format_count, format_table, qualified_name
 from vlsdk.demo import DEMO_COMMAND
 from vlsdk.export.cli import EXPORT_COMMAND
 from vlsdk.inspect.cli import ROUTING_COMMAND
+from vlsdk.predict import PREDICT_COMMAND
 from vlsdk.plugins.commands import Command
 from vlsdk.plugins.manager import get_host
 from vlsdk.plugins.registry import RegistryEntry
@@ -288,4 +289,5 @@ CORE_COMMANDS: tuple[Command, ...] = (
     ROUTING_COMMAND,
     EXPORT_COMMAND,
     DEMO_COMMAND,
+    PREDICT_COMMAND,
 )
