@@ -15,10 +15,12 @@ def test_registrations(register_plugin):
         "experts": ("driving.lidar",), "heads": ("driving.bev_detection",),
         "datasets": ("driving.kitti", "driving.nuscenes"), "synthesizers": ("driving.scenes",),
         "metrics": ("driving.depth", "driving.nuscenes_ap"), "commands": ("driving-detect",),
+        "demos": ("driving",),
     } or {k: set(v) for k, v in info.registered.items()} == {
         "experts": {"driving.lidar"}, "heads": {"driving.bev_detection"},
         "datasets": {"driving.kitti", "driving.nuscenes"}, "synthesizers": {"driving.scenes"},
-        "metrics": {"driving.depth", "driving.nuscenes_ap"}, "commands": {"driving-detect"}}
+        "metrics": {"driving.depth", "driving.nuscenes_ap"}, "commands": {"driving-detect"},
+        "demos": {"driving"}}
     head = build_head("driving.bev_detection", {4: 16, 8: 32}, num_classes=3)
     assert head.num_classes == 3
     assert get_registry("datasets").get("driving.nuscenes").plugin == "driving"

@@ -66,6 +66,16 @@ def vlsdk_register_metrics(register):
 
 
 @hookimpl
+def vlsdk_register_demos(register):
+    """Register the ``driving`` part of ``vlsdk demo``."""
+    from vlsdk_driving.demo import run_demo as run_driving_demo
+
+    register("driving", run_driving_demo,
+             description="BEV detector with the driving.lidar expert trained on synthetic nuScenes-format "
+                         "scenes; devkit car AP@2m and mAP on held-out scenes")
+
+
+@hookimpl
 def vlsdk_register_commands(register):
     """Register ``vlsdk driving-detect``."""
 
