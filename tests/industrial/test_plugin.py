@@ -5,6 +5,7 @@ from __future__ import annotations
 import vlsdk_industrial.plugin as industrial_plugin
 from vlsdk_industrial.coco import COCODataset
 from vlsdk_industrial.deeppcb import DeepPCBDataset
+from vlsdk_industrial.demo import run_demo
 from vlsdk_industrial.experts import PcbDefectExpert
 from vlsdk_industrial.folder import ImageFolder
 from vlsdk_industrial.metrics import DetectionMAP
@@ -19,6 +20,7 @@ EXPECTED = {
     "transforms": {"industrial.default": build_transforms},
     "metrics": {"industrial.map": DetectionMAP},
     "synthesizers": {"industrial.boards": BoardSynthesizer},
+    "demos": {"industrial": run_demo},
 }
 
 

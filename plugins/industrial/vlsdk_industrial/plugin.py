@@ -80,3 +80,13 @@ def vlsdk_register_commands(register):
     register("pcb", run, configure=configure, help="train + evaluate PCB defect detection on DeepPCB",
              description="Train on DeepPCB trainval (optionally mixed with synthetic boards), evaluate on test "
                          "(mAP@0.5, mAP@0.5:0.95, DeepPCB IoU > 0.33), save the model and a PNG of predictions.")
+
+
+@hookimpl
+def vlsdk_register_demos(register):
+    """Register the industrial part of ``vlsdk demo`` (synthetic boards only)."""
+    from vlsdk_industrial.demo import run_demo
+
+    register("industrial", run_demo,
+             description="tiny detector + industrial.pcb_defect expert trained on synthetic boards; mAP@0.5, "
+                         "DeepPCB criterion, predictions PNG")
