@@ -229,7 +229,8 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
 
 
 def write_overlay(path: str | Path, images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor, *,
-                  num: int = 4, title: str = "", slice_ids: Sequence[int] | None = None) -> Path:
+                  num: int = 4, title: str = "", slice_ids: Sequence[int] | None = None,
+                  panel: str = "slice") -> Path:
     """PNG of the ``num`` slices with most lesion: image, ground truth (green), prediction (red).
 
     Args:
@@ -240,6 +241,7 @@ def write_overlay(path: str | Path, images: torch.Tensor, labels: torch.Tensor, 
         num: slices to show.
         title: figure title.
         slice_ids: the volume slice index of each slice, for the panel titles.
+        panel: the panel title's word (``"slice 12"``; ``"image"`` for 2D images).
     """
     import matplotlib
 
@@ -257,7 +259,7 @@ def write_overlay(path: str | Path, images: torch.Tensor, labels: torch.Tensor, 
             m = mask.T.flip(0).float().numpy()
             if m.any():
                 ax.contour(m, levels=[0.5], colors=colour, linewidths=1.0)
-        ax.set_title(f"slice {slice_ids[i] if slice_ids is not None else i}", fontsize=8)
+        ax.set_title(f"{panel} {slice_ids[i] if slice_ids is not None else i}", fontsize=8)
         ax.axis("off")
     fig.suptitle(f"{title}  green: ground truth, red: prediction", fontsize=9)
     path = Path(path)

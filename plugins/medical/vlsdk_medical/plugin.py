@@ -76,3 +76,13 @@ def vlsdk_register_commands(register):
              help="train the lesion segmenter on BraTS and report held-out Dice (--quick for CI)")
     register("dicom-info", run_dicom_info, configure=configure_dicom_info,
              help="print geometry (ordered along the slice normal), HU range and skipped files of DICOM input")
+
+
+@hookimpl
+def vlsdk_register_demos(register):
+    """Register the ``medical`` part of ``vlsdk demo`` (lesion segmentation on synthetic images)."""
+    from vlsdk_medical.demo import run_demo
+
+    register("medical", run_demo,
+             description="tiny model + medical.lesion expert trained on synthetic lesions; MONAI Dice on held-out "
+                         "images")
