@@ -61,10 +61,12 @@ def _display(image: Any) -> tuple[np.ndarray, str | None]:
     arr = image.detach().float().cpu().numpy() if hasattr(image, "detach") else np.asarray(image, dtype=float)
     if arr.ndim == 4:
         arr = arr[0]
-    if arr.ndim == 3 and arr.shape[0] <= 4 and arr.shape[-1] > 4:
+    if arr.ndim == 3 and arr.shape[0] < min(arr.shape[1:]):  # (C, H, W) -> (H, W, C)
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3:
-        arr = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., 0]
+        c = arr.shape[-1]
+        # RGB(A) as colour; one, two or many channels (a template pair, a BEV stack) as the grey max
+        arr = arr[..., :3] if c in (3, 4) else arr.max(-1)
     lo, hi = np.nanmin(arr), np.nanmax(arr)
     arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     return arr, ("gray" if arr.ndim == 2 else None)
