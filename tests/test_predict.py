@@ -60,3 +60,22 @@ def test_predict_errors_name_the_problem(saved, tmp_path):
         predict_files(model_dir, images, tmp_path / "o", heads=["lesion"])
     with pytest.raises(FileNotFoundError, match="config.json"):
         predict_files(tmp_path, images, tmp_path / "o")
+
+
+def test_predictions_match_the_models_own_output(saved, tmp_path):
+    model_dir, images = saved
+    from vlsdk.inspect.routing import load_image
+    from vlsdk.predict import predict_files
+
+    index = predict_files(model_dir, images[:1], tmp_path / "o", score_threshold=0.0)
+    model = vlsdk.VLModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        out = model(load_image(images[0], 1))
+    det = model.heads["det"].decode(out["det"], score_threshold=0.0)[0]
+    entry = index["inputs"][0]
+    np.testing.assert_allclose(np.array(entry["det"]["boxes"]).reshape(-1, 4), det.boxes.numpy(), rtol=1e-6)
+    assert entry["det"]["labels"] == det.labels.tolist()
+    labels = np.array(Image.open(entry["seg"]["labels"]))
+    assert (labels == out["seg"].logits.argmax(1)[0].numpy()).all()
+    depth = np.load(entry["depth"]["array"])
+    np.testing.assert_allclose(depth, out["depth"].depth[0, 0].numpy(), rtol=1e-6)
