@@ -8,7 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ExpertMLP", "accepts_context", "check_expert"]
+__all__ = ["ExpertMLP", "accepts_context", "check_expert", "resolve_hidden"]
+
+
+def resolve_hidden(dim: int, hidden: int | None, default: int) -> int:
+    """Check an expert's ``dim`` and ``hidden`` widths (``ValueError`` naming the bad one); ``hidden``
+    defaults to ``default``. Shared by the core's and the domain plugins' experts."""
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+    hidden = default if hidden is None else hidden
+    if not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"hidden must be an int >= 1, got {hidden!r}")
+    return hidden
 
 
 class ExpertMLP(nn.Module):
@@ -25,9 +36,7 @@ class ExpertMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int | None = None) -> None:
         super().__init__()
-        hidden = 4 * dim if hidden is None else hidden
-        if dim < 1 or hidden < 1:
-            raise ValueError(f"ExpertMLP needs dim >= 1 and hidden >= 1, got dim={dim}, hidden={hidden}")
+        hidden = resolve_hidden(dim, hidden, 4 * dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlsdk.models.experts import resolve_hidden
 from vlsdk.models.features import ExpertContext
 from vlsdk.models.grid import (
     GridDepthwiseConv,
@@ -41,11 +42,7 @@ class LidarExpert(nn.Module):
 
     def __init__(self, dim: int, hidden: int | None = None, dilation: int = 2) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
-        hidden = (8 * dim // 3 + 7) // 8 * 8 if hidden is None else hidden
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"hidden must be an int >= 1, got {hidden!r}")
+        hidden = resolve_hidden(dim, hidden, (8 * dim // 3 + 7) // 8 * 8)
         if not isinstance(dilation, int) or dilation < 1:
             raise ValueError(f"dilation must be an int >= 1, got {dilation!r}")
         self.dim, self.hidden, self.dilation = dim, hidden, dilation

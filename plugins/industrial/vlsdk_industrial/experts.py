@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlsdk.models.experts import resolve_hidden
 from vlsdk.models.features import ExpertContext
 from vlsdk.models.grid import GridDepthwiseConv, isolated_context
 
@@ -35,11 +36,7 @@ class PcbDefectExpert(nn.Module):
 
     def __init__(self, dim: int, hidden: int | None = None, length: int = 7) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
-        hidden = 4 * dim if hidden is None else hidden
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"hidden must be an int >= 1, got {hidden!r}")
+        hidden = resolve_hidden(dim, hidden, 4 * dim)
         if not isinstance(length, int) or length < 3 or length % 2 == 0:
             raise ValueError(f"length must be an odd int >= 3, got {length!r}")
         self.dim, self.hidden, self.length = dim, hidden, length

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlsdk.models.experts import resolve_hidden
 from vlsdk.models.features import ExpertContext
 from vlsdk.models.grid import (
     GridDepthwiseConv,
@@ -42,11 +43,7 @@ class LesionExpert(nn.Module):
 
     def __init__(self, dim: int, hidden: int | None = None, kernel_size: int = 3) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
-        hidden = 4 * dim if hidden is None else hidden
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"hidden must be an int >= 1, got {hidden!r}")
+        hidden = resolve_hidden(dim, hidden, 4 * dim)
         if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd int >= 3, got {kernel_size!r}")
         self.dim, self.hidden, self.kernel_size = dim, hidden, kernel_size
