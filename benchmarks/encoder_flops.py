@@ -1,5 +1,9 @@
 """Encoder FLOPs of every named config beside plain ViTs of the same width and depth, in one run.
 
+Each named config appears twice: as built (hybrid CNN stem) and as ``NAME-patch``, the same config
+with ``stem="patch"`` (the plain-ViT ablation: 16x16 pixel patches, strides 4 and 8 upsampled
+from the tokens), so hybrid vs plain ViT compares like for like.
+
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2),
 forward only, batch 1. The plain ViT-B/16 and ViT-S/16 are built here from the same blocks
 (patch-16 embedding, 12 dense pre-norm blocks, MLP ratio 4).
@@ -52,22 +56,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(0)
     refs = {"vit_s16": PlainViT(384, 12, 6), "vit_b16": PlainViT(768, 12, 12)}
     results: dict[str, float] = {}
-    print(f"{'model':10s} {'size':>5s} {'GFLOPs':>8s} {'vs ViT':>14s} {'params total/active':>22s}")
+    print(f"{'model':12s} {'size':>5s} {'GFLOPs':>8s} {'vs ViT':>14s} {'params total/active':>22s}")
     for size in sizes:
         ref_flops = {k: flops(m, size) for k, m in refs.items()}
         for k, f in ref_flops.items():
             params = sum(q.numel() for q in refs[k].parameters()) / 1e6
-            print(f"{k:10s} {size:5d} {f / 1e9:8.2f} {'1.00':>14s} {f'{params:.1f}M':>22s}")
-        for name in CONFIGS:
-            if name == "tiny":
-                continue
-            cfg = get_config(name)
+            print(f"{k:12s} {size:5d} {f / 1e9:8.2f} {'1.00':>14s} {f'{params:.1f}M':>22s}")
+        variants = [(n, get_config(n)) for n in CONFIGS if n != "tiny"]
+        variants = [v for n, cfg in variants for v in ((n, cfg), (f"{n}-patch", cfg.replace(stem="patch")))]
+        for name, cfg in variants:
             f = flops(HybridEncoder(cfg), size)
             ref = "vit_b16" if cfg.embed_dim == 768 else "vit_s16" if cfg.embed_dim == 384 else None
             ratio = f / ref_flops[ref] if ref else float("nan")
             counts = count_parameters(cfg)
             vs = f"{ratio:.3f}x {ref}" if ref else "-"
-            print(f"{name:10s} {size:5d} {f / 1e9:8.2f} {vs:>14s} "
+            print(f"{name:12s} {size:5d} {f / 1e9:8.2f} {vs:>14s} "
                   f"{f'{counts.total / 1e6:.1f}M/{counts.active / 1e6:.1f}M':>22s}")
             results[f"{name}@{size}"] = ratio
     return results

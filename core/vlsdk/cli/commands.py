@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from vlsdk.cli.output import format_count, format_table, qualified_name
+from vlsdk.cli.train import TRAIN_COMMAND
 from vlsdk.demo import DEMO_COMMAND
 from vlsdk.export.cli import EXPORT_COMMAND
 from vlsdk.inspect.cli import ROUTING_COMMAND
@@ -178,11 +179,12 @@ def _configs() -> dict[str, Any]:
         return {"available": False, "error": f"{type(exc).__name__}: {exc}"}
     rows: dict[str, Any] = {}
     for name, config in CONFIGS.items():
-        try:
-            counts = count_parameters(config)
-            rows[name] = {"total": int(counts.total), "active": int(counts.active)}
-        except Exception as exc:  # noqa: BLE001
-            rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        for label, stem in ((name, "cnn"), (f"{name}-patch", "patch")):  # NAME-patch: the plain-ViT stem
+            try:
+                counts = count_parameters(config.replace(stem=stem))
+                rows[label] = {"total": int(counts.total), "active": int(counts.active)}
+            except Exception as exc:  # noqa: BLE001
+                rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
     return {"available": True, "configs": rows}
 
 
@@ -290,4 +292,5 @@ CORE_COMMANDS: tuple[Command, ...] = (
     EXPORT_COMMAND,
     DEMO_COMMAND,
     PREDICT_COMMAND,
+    TRAIN_COMMAND,
 )

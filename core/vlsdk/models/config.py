@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["MoEConfig", "TextConfig", "BackboneConfig", "CONFIGS", "get_config"]
+__all__ = ["MoEConfig", "TextConfig", "BackboneConfig", "CONFIGS", "STEMS", "get_config"]
+
+#: Values of :attr:`BackboneConfig.stem`.
+STEMS: tuple[str, ...] = ("cnn", "patch")
 
 
 @dataclass
@@ -61,16 +64,24 @@ class TextConfig:
 
 @dataclass
 class BackboneConfig:
-    """Hybrid encoder configuration: CNN stem, ViT stages, MoE, text.
+    """Encoder configuration: stem (CNN or plain patch embedding), ViT stages, MoE, text.
 
     Args:
         name: config name recorded in checkpoints.
         in_chans: image channels (1 for CT or binarised PCB, 3 for RGB, more for BEV pseudo-images).
-        stem_widths: channels of the CNN stem at stride 4 and stride 8.
-        stem_blocks: ResNet basic blocks per stem stage.
+        stem: ``"cnn"`` (default, the hybrid: ResNet stem at strides 4 and 8, then patch embedding)
+            or ``"patch"`` (plain ViT, for ablations: ``8 * patch_size`` pixel patches straight from
+            the image, and strides 4 and 8 upsampled from the first stage's stride-16 tokens by
+            transposed convolutions, ViTDet's simple feature pyramid). Both give the same pyramid
+            strides and channels, so every head fits either.
+        stem_widths: channels of the pyramid at stride 4 and stride 8 (the CNN stem's stages, or
+            the outputs of the patch stem's upsampling).
+        stem_blocks: ResNet basic blocks per CNN stem stage (unused by the patch stem).
         stem_norm: ``"batch"`` (default; fuses for export) or ``"group"`` (independent of the
-            batch: small batches, and data-parallel runs that must match one process exactly).
-        patch_size: patch size over the stride-8 stem map (2 gives stride-16 tokens).
+            batch: small batches, and data-parallel runs that must match one process exactly);
+            also the norm of the patch stem's upsampling.
+        patch_size: patch size over the stride-8 stem map (2 gives stride-16 tokens); the patch
+            stem embeds ``8 * patch_size`` pixel patches, so the token stride is the same.
         embed_dim: ViT width, the same in every stage.
         depths: blocks per ViT stage; each stage after the first starts with a 2x2 token merge.
         num_heads: attention heads.
@@ -82,6 +93,7 @@ class BackboneConfig:
 
     name: str = "custom"
     in_chans: int = 3
+    stem: Literal["cnn", "patch"] = "cnn"
     stem_widths: tuple[int, int] = (64, 128)
     stem_blocks: tuple[int, int] = (2, 2)
     stem_norm: str = "batch"
@@ -108,6 +120,9 @@ class BackboneConfig:
         """Raise ``ValueError`` naming the field when a value is out of range."""
         if self.in_chans < 1:
             raise ValueError(f"in_chans must be >= 1, got {self.in_chans}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS} ('cnn': hybrid CNN stem, 'patch': plain ViT "
+                             f"patch embedding), got {self.stem!r}")
         if len(self.stem_widths) != 2 or min(self.stem_widths) < 1:
             raise ValueError(f"stem_widths must be two positive ints (stride 4, 8), got {self.stem_widths}")
         if self.stem_norm not in ("batch", "group"):
@@ -131,7 +146,7 @@ class BackboneConfig:
 
     @property
     def strides(self) -> tuple[int, ...]:
-        """Output stride of every pyramid level (stem 4 and 8, then one per ViT stage)."""
+        """Output stride of every pyramid level (4 and 8 from the stem, then one per ViT stage)."""
         first = 8 * self.patch_size
         return (4, 8) + tuple(first * 2**i for i in range(len(self.depths)))
 

@@ -1,4 +1,4 @@
-"""The hybrid hierarchical encoder: CNN stem -> patch embedding -> ViT stages with sparse MoE."""
+"""The hierarchical encoder: CNN stem (or plain patch embedding) -> ViT stages with sparse MoE."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from vlsdk.models.config import BackboneConfig
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.models.gate import CrossModalGate
 from vlsdk.models.moe import DynamicMoE
+from vlsdk.models.patch_stem import SimpleFeaturePyramid
 from vlsdk.models.stem import ConvStem
 from vlsdk.models.text import TextFeatures
 from vlsdk.models.vit import Block, PatchEmbed, PatchMerge, sincos_pos_embed, tokens_to_map
@@ -35,6 +36,12 @@ class Stage(nn.Module):
 class HybridEncoder(nn.Module):
     """ResNet-style stem (strides 4, 8) -> patch embedding -> ViT stages (strides 16, 32, ...).
 
+    With ``config.stem == "patch"`` it is a plain ViT for ablations: no CNN stem (:attr:`stem` is
+    ``None``), ``8 * patch_size`` pixel patches embedded straight from the image, the same stages,
+    and the stride-4 and stride-8 levels upsampled from the first stage's output by
+    :class:`~vlsdk.models.patch_stem.SimpleFeaturePyramid` (:attr:`pyramid_up`). The pyramid has
+    the same strides, channels and sizes either way.
+
     Every ``config.moe.every``-th block has a :class:`DynamicMoE` feed-forward; each stage
     starts with a :class:`CrossModalGate` that lets text tokens reach the visual tokens.
 
@@ -53,8 +60,14 @@ class HybridEncoder(nn.Module):
         config.validate()
         self.config = config
         dim = config.embed_dim
-        self.stem = ConvStem(config.in_chans, config.stem_widths, config.stem_blocks, config.stem_norm)
-        self.patch_embed = PatchEmbed(config.stem_widths[1], dim, config.patch_size)
+        self.stem: ConvStem | None = None
+        self.pyramid_up: SimpleFeaturePyramid | None = None
+        if config.stem == "cnn":
+            self.stem = ConvStem(config.in_chans, config.stem_widths, config.stem_blocks, config.stem_norm)
+            self.patch_embed = PatchEmbed(config.stem_widths[1], dim, config.patch_size)
+        else:
+            self.patch_embed = PatchEmbed(config.in_chans, dim, 8 * config.patch_size)
+            self.pyramid_up = SimpleFeaturePyramid(dim, config.stem_widths, config.stem_norm, 8 * config.patch_size)
         total = sum(config.depths)
         dpr = [config.drop_path * i / max(total - 1, 1) for i in range(total)]
         stages, first = [], 0
@@ -88,9 +101,13 @@ class HybridEncoder(nn.Module):
         """Encode ``(B, C, H, W)`` images (and optionally text) into tokens and a feature pyramid."""
         if images.dim() != 4 or images.shape[1] != self.config.in_chans:
             raise ValueError(f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(images.shape)}")
-        f4, f8 = self.stem(images)
-        pyramid = {4: f4, 8: f8}
-        x, grid = self.patch_embed(f8)
+        size = (images.shape[-2], images.shape[-1])
+        pyramid: dict[int, torch.Tensor] = {}
+        if self.stem is not None:
+            pyramid[4], pyramid[8] = self.stem(images)
+            x, grid = self.patch_embed(pyramid[8])
+        else:
+            x, grid = self.patch_embed(images)
         x = x + sincos_pos_embed(x.shape[-1], grid, x.device, x.dtype)
         stats = []
         strides = self.strides[2:]
@@ -106,8 +123,10 @@ class HybridEncoder(nn.Module):
             if i == len(self.stages) - 1:
                 x = self.norm(x)
             pyramid[strides[i]] = tokens_to_map(x, grid)
-        return EncoderFeatures(tokens=x, grid=grid, pyramid=pyramid,
-                               image_size=(images.shape[-2], images.shape[-1]), router_stats=stats)
+            if i == 0 and self.pyramid_up is not None:
+                pyramid[4], pyramid[8] = self.pyramid_up(pyramid[strides[0]], size)
+        pyramid = {s: pyramid[s] for s in sorted(pyramid)}
+        return EncoderFeatures(tokens=x, grid=grid, pyramid=pyramid, image_size=size, router_stats=stats)
 
     def forward(self, images: torch.Tensor, text: TextFeatures | None = None) -> EncoderFeatures:
         return self.forward_features(images, text)

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["QUICK", "config_from_args", "configure", "run"]
+__all__ = ["BACKBONES", "QUICK", "config_from_args", "configure", "run"]
 
 BENCHMARK_BATCH = 64
+
+#: ``--backbone`` choice -> ``BackboneConfig.stem``: the hybrid CNN stem, or a plain ViT (16x16 patches
+#: from pixels, strides 4 and 8 upsampled from the tokens) for the hybrid-vs-plain-ViT ablation.
+BACKBONES: dict[str, str] = {"hybrid": "cnn", "vit": "patch"}
 
 #: What ``--quick`` sets (a few steps on a few DeepPCB pairs, for CI on a CPU).
 QUICK: dict[str, object] = {"config": "tiny", "image_size": 256, "train_pairs": 8, "eval_pairs": 4, "epochs": 2,
@@ -31,8 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         f"{QUICK['eval_pairs']} test pairs, {QUICK['max_steps']} steps")
     parser.add_argument("--config", choices=["tiny", "edge", "small", "base"], default=None,
                         help="VLModel size (default small; tiny with --quick)")
-    parser.add_argument("--backbone", choices=["hybrid"], default="hybrid",
-                        help="encoder; a plain-ViT ablation needs a core option that does not exist yet")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="hybrid",
+                        help="encoder: hybrid (CNN stem + ViT) or vit (plain ViT: 16x16 patches from pixels, "
+                             "for ablations) (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help="default 24")
     parser.add_argument("--batch-size", type=int, default=None, help="default 16")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -76,9 +81,9 @@ def config_from_args(args: argparse.Namespace) -> object:
                  "max_steps", "workers"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    return PipelineConfig(data=args.data, out=args.out, lr=args.lr, device=args.device, amp=args.amp,
-                          template=args.template, expert=args.expert, seed=args.seed, progress=args.progress,
-                          checkpoint=args.checkpoint, **values)
+    return PipelineConfig(data=args.data, out=args.out, stem=BACKBONES[args.backbone], lr=args.lr,
+                          device=args.device, amp=args.amp, template=args.template, expert=args.expert,
+                          seed=args.seed, progress=args.progress, checkpoint=args.checkpoint, **values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,7 +122,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
         model = VLModel.from_pretrained(cfg.checkpoint)
     else:
-        model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert)
+        model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert, stem=cfg.stem)
     device = cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu")
     result = measure_throughput(model, head=HEAD, batch_size=args.batch_size or BENCHMARK_BATCH,
                                 image_size=args.image_size or 640, device=device, amp=cfg.amp,

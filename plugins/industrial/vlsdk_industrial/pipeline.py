@@ -41,6 +41,7 @@ class PipelineConfig:
         data: the DeepPCB folder (holding ``PCBData/``).
         out: output folder for ``model/``, ``metrics.json`` and ``predictions.png``.
         config: VLModel named config (``tiny``, ``edge``, ``small``, ``base``).
+        stem: the backbone's ``BackboneConfig.stem``: ``"cnn"`` (hybrid) or ``"patch"`` (plain ViT).
         epochs: passes over the training set.
         batch_size: boards per step.
         lr: peak AdamW learning rate (linear warm-up, cosine decay).
@@ -64,6 +65,7 @@ class PipelineConfig:
     data: Path = Path("../shared/data/deeppcb")
     out: Path = Path("runs/pcb")
     config: str = "small"
+    stem: str = "cnn"
     epochs: int = 24
     batch_size: int = 16
     lr: float = 1e-3
@@ -104,7 +106,7 @@ class PipelineConfig:
 
 
 def build_detector(config: str = "small", *, in_chans: int = 2, num_classes: int = len(DEEPPCB_CLASSES),
-                   expert: bool = True) -> VLModel:
+                   expert: bool = True, stem: str = "cnn") -> VLModel:
     """A VLModel for board images with the ``pcb`` detection head.
 
     Args:
@@ -112,12 +114,13 @@ def build_detector(config: str = "small", *, in_chans: int = 2, num_classes: int
         in_chans: 1 (board) or 2 (board + template).
         num_classes: defect classes.
         expert: insert the registered ``industrial.pcb_defect`` expert into every MoE layer.
+        stem: ``"cnn"`` (hybrid) or ``"patch"`` (plain ViT), see ``BackboneConfig``.
     """
     from vlsdk import VLModel
 
     if in_chans < 1 or num_classes < 1:
         raise ValueError(f"in_chans and num_classes must be >= 1, got {in_chans}, {num_classes}")
-    model = VLModel(config, in_chans=in_chans, text=None)
+    model = VLModel(config, in_chans=in_chans, text=None, stem=stem)
     if expert and model.moe_layers:
         model.add_expert("industrial.pcb_defect", init_bias=0.0)
     model.add_head(HEAD, task="detection", num_classes=num_classes)
@@ -335,7 +338,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             synth = BoardSynthesizer(size=640, template=cfg.template)
             train_set = MixedDataset(real, synth.dataset(len(real), seed=cfg.seed, transform=train_tf),
                                      cfg.synthetic_ratio)
-        model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert).to(device)
+        model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert,
+                               stem=cfg.stem).to(device)
         steps = cfg.epochs * max(1, len(train_set) // cfg.batch_size)
         steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
         fit = train(model, train_set, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
