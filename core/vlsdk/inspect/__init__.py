@@ -31,6 +31,9 @@ _EXPORTS = {
     "plot_routing_map": "vlsdk.inspect.plots",
     "plot_utilisation": "vlsdk.inspect.plots",
     "plot_domain_expert_table": "vlsdk.inspect.plots",
+    "plot_routing_history": "vlsdk.inspect.plots",
+    "CrossDomainRouting": "vlsdk.inspect.cross_domain",
+    "cross_domain_routing": "vlsdk.inspect.cross_domain",
     "routing_report": "vlsdk.inspect.cli",
     "ROUTING_COMMAND": "vlsdk.inspect.cli",
 }
@@ -48,13 +51,23 @@ __all__ = [
     "plot_routing_map",
     "plot_utilisation",
     "plot_domain_expert_table",
+    "plot_routing_history",
+    "CrossDomainRouting",
+    "cross_domain_routing",
     "routing_report",
     "ROUTING_COMMAND",
 ]
 
 if TYPE_CHECKING:
     from vlsdk.inspect.cli import ROUTING_COMMAND, routing_report
-    from vlsdk.inspect.plots import expert_colors, plot_domain_expert_table, plot_routing_map, plot_utilisation
+    from vlsdk.inspect.cross_domain import CrossDomainRouting, cross_domain_routing
+    from vlsdk.inspect.plots import (
+        expert_colors,
+        plot_domain_expert_table,
+        plot_routing_history,
+        plot_routing_map,
+        plot_utilisation,
+    )
     from vlsdk.inspect.routing import (
         DomainExpertTable,
         LayerRouting,

@@ -1,4 +1,4 @@
-"""Routing plots as PNG files: routing maps over the image, utilisation bars, domain x expert heatmap.
+"""Routing plots as PNG files: routing maps, utilisation bars, domain x expert heatmap, shares over training.
 
 The figures are built with :class:`matplotlib.figure.Figure` and saved through the Agg
 canvas, so nothing touches pyplot's global state or the user's backend (safe in notebooks,
@@ -7,7 +7,7 @@ threads and headless servers). Every function returns the path of the PNG it wro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import torch
     from matplotlib.figure import Figure
 
-__all__ = ["expert_colors", "plot_routing_map", "plot_utilisation", "plot_domain_expert_table"]
+__all__ = ["expert_colors", "plot_routing_map", "plot_utilisation", "plot_domain_expert_table",
+           "plot_routing_history"]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -219,4 +220,55 @@ def plot_domain_expert_table(table: DomainExpertTable, path: str | Path, *, titl
     ax.set_ylabel("domain of the images")
     fig.colorbar(im, ax=ax, label=f"share of tokens ({table.by})")
     fig.suptitle(title or "Which experts each domain's tokens reach (all MoE layers)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_routing_history(rows: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
+    """Expert token shares over training, one stacked panel per MoE layer.
+
+    Args:
+        rows: ``{"step", "layer", "experts", "share"}`` rows, as
+            :class:`vlsdk.train.routing_log.RoutingLog` writes them to ``routing.jsonl``: the
+            share of each expert in the interval ending at ``step``.
+        path: the PNG to write.
+        title: figure title.
+    """
+    if not rows:
+        raise ValueError("no routing rows to plot (the model has no MoE layers, or nothing was logged)")
+    layers: dict[str, list[Mapping[str, Any]]] = {}
+    names: list[str] = []
+    for r in rows:
+        layers.setdefault(str(r["layer"]), []).append(r)
+        names += [n for n in r["experts"] if n not in names]
+    colors = expert_colors(names)
+    n = len(layers)
+    cols = min(n, 3)
+    fig = _figure(4.2 * cols + 1.8, 3.0 * -(-n // cols))
+    axes = np.atleast_1d(fig.subplots(-(-n // cols), cols, squeeze=False)).ravel()
+    for ax, (layer, layer_rows) in zip(axes, layers.items(), strict=False):
+        layer_rows = sorted({r["step"]: r for r in layer_rows}.values(), key=lambda r: r["step"])  # last per step
+        steps = [r["step"] for r in layer_rows]
+        present = [e for e in names if any(e in r["experts"] for r in layer_rows)]
+        share = np.array([[dict(zip(r["experts"], r["share"], strict=True)).get(e, 0.0) for r in layer_rows]
+                          for e in present])
+        if len(steps) > 1:
+            ax.stackplot(steps, share, colors=[colors[e] for e in present], labels=present)
+            ax.set_xlim(steps[0], steps[-1])
+        else:
+            bottom = 0.0
+            for e, v in zip(present, share[:, 0], strict=True):
+                ax.bar([steps[0]], [v], bottom=bottom, color=colors[e], label=e, width=0.8)
+                bottom += v
+        ax.set_ylim(0, 1)
+        ax.set_title(f"MoE layer {layer}", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel("share of assignments")
+    for ax in axes[n:]:
+        ax.axis("off")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colors[e], label=e) for e in names]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    fig.suptitle(title or "Expert utilisation over training (share of token-expert assignments per interval)",
+                 fontsize=11)
     return _save(fig, path)

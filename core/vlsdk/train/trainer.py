@@ -22,6 +22,7 @@ from vlsdk.models.features import EncoderFeatures
 from vlsdk.train.config import TrainConfig
 from vlsdk.train.distributed import allreduce_gradients, allreduce_mean, barrier, broadcast_model, init_from_env
 from vlsdk.train.log import MetricsLog
+from vlsdk.train.routing_log import RoutingLog
 
 __all__ = ["Trainer", "TrainResult", "warmup_cosine", "to_device"]
 
@@ -252,6 +253,7 @@ class Trainer:
         if lead:
             (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         router = _RouterLosses(self.model)
+        routing = RoutingLog(self.model, self.out_dir, resume=self.step if resume else None) if lead else None
         result = TrainResult(self.step)
         batches = self._batches()
         bar = _progress(cfg, self.step) if lead else None
@@ -269,6 +271,8 @@ class Trainer:
                     result.train.append({"step": self.step, **row})
                     if log is not None:
                         log.write("train", self.step, row)
+                    if routing is not None:
+                        routing.snapshot(self.step)  # expert token shares since the last logged step
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != cfg.steps:
                     metrics = self.evaluate()
                     if log is not None:
@@ -279,6 +283,8 @@ class Trainer:
                     break
         finally:
             router.close()
+            if routing is not None:
+                routing.close()
             if bar is not None:
                 bar.close()
         result.step = self.step
@@ -286,7 +292,8 @@ class Trainer:
             result.eval = self.evaluate()
             if result.eval and log is not None:
                 log.write("eval", self.step, result.eval)
-            result.files = {"checkpoint": self.save_checkpoint(), **(log.finish() if log is not None else {})}
+            result.files = {"checkpoint": self.save_checkpoint(), **(log.finish() if log is not None else {}),
+                            **(routing.finish() if routing is not None else {})}
         return result
 
     def _optimizer_step(self, batches, router: _RouterLosses) -> dict[str, float]:

@@ -32,7 +32,8 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int):
 
     Returns:
         a :class:`vlsdk.demo.DemoResult` with ``car_ap_2m`` and ``map`` (devkit center-distance
-        AP on the held-out scenes), the BEV PNG, the model and the held-out BEV pseudo-images.
+        AP on the held-out scenes), the BEV PNG, the model, the held-out BEV pseudo-images and 16
+        training ones (for the cross-domain routing table).
     """
     from vlsdk.demo import DemoResult
     from vlsdk_driving.bev import BEVGrid
@@ -68,6 +69,7 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int):
                          title="held-out synthetic scene: ground truth (green), predictions (red)")
         with torch.no_grad():
             samples = detector.encoder([torch.from_numpy(s.points) for s in test]).cpu()
+            train_samples = detector.encoder([torch.from_numpy(s.points) for s in train[:16]]).cpu()
     finally:
         torch.set_num_threads(threads)
     car = float(result["ap"].get("car", {}).get(2.0, 0.0))
@@ -83,4 +85,4 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int):
                f"{seconds:.0f} s ({t_data:.0f} s synthesising).")
     return DemoResult(domain="driving", title="LiDAR BEV 3D detection on synthetic nuScenes-format scenes",
                       metrics=metrics, images=[png], model=detector.model.eval(), samples=samples,
-                      expert="driving.lidar", summary=summary)
+                      expert="driving.lidar", summary=summary, train_samples=train_samples)

@@ -91,6 +91,7 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int) -> DemoResul
         result, preds, _ = evaluate(model, loader, device=device, progress=False)
         png = draw_predictions([_upscaled(p, 3) for p in preds[:4]], out_dir / "predictions.png", score_threshold=0.3)
         samples = collate(held_out.samples[:4])[0].to(device)  # the routing views run the model on them
+        train_samples = collate(train_set.samples[:16])[0]  # the cross-domain routing lesson
     finally:
         torch.set_num_threads(threads)
     metrics = {k: float(np.nan_to_num(v)) for k, v in (("map50", result.map50), ("deeppcb", result.map_deeppcb))}
@@ -103,4 +104,4 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int) -> DemoResul
                f"Real boards: vlsdk pcb --data <DeepPCB folder>.")
     return DemoResult(domain="industrial", title="PCB defect detection on synthetic boards", metrics=metrics,
                       images=[png], model=model.eval(), samples=samples, expert="industrial.pcb_defect",
-                      summary=summary)
+                      summary=summary, train_samples=train_samples)

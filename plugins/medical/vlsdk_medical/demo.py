@@ -122,5 +122,6 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int) -> DemoResul
                f"seeds): mean Dice {d:.3f} (an all-background prediction scores {e:.1f}), HD95 {h:.1f} px. "
                f"Green: ground truth, red: prediction. Real MRI: vlsdk medical-lesion --data <BraTS folder>.")
     return DemoResult(domain="medical", title="Lesion segmentation on synthetic images", metrics=metrics,
-                      images=[png], model=model.eval(), samples=images, expert="medical.lesion", summary=summary)
+                      images=[png], model=model.eval(), samples=images, expert="medical.lesion", summary=summary,
+                      train_samples=torch.stack([s["image"] for s in train_set.samples[:16]]))
 
