@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["LesionTrainConfig", "add_arguments", "lesion_loss", "run_from_args", "train_lesion_segmenter",
-           "write_overlay"]
+__all__ = ["LesionTrainConfig", "add_arguments", "evaluate_held_out", "lesion_loss", "lesion_train_set",
+           "run_from_args", "train_lesion_segmenter", "write_overlay"]
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "brats_lesion_mri"
 
@@ -137,9 +137,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     """
     import vlsdk
     from vlsdk.train import TrainConfig, Trainer
-    from vlsdk_medical.dataset import LesionSliceDataset, collate_samples, find_brats_cases
-    from vlsdk_medical.inference import model_predictor, predict_slices
-    from vlsdk_medical.metrics import CaseDice, CaseHD95
+    from vlsdk_medical.dataset import collate_samples
 
     cfg = config.resolved()
     import importlib.util
@@ -150,18 +148,8 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_cases = find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
-    eval_cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
-    labels_opts: dict[str, Any] = ({"label_mode": "binary"} if cfg.classes == "whole" else
-                                   {"label_mode": "multiclass", "label_values": (0, 1, 2, 3, 4)})
-    train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed, **labels_opts,
-                                   max_slices_per_case=cfg.max_slices_per_case,
-                                   transform_options={"pos": 2.0, "neg": 1.0, "intensity_prob": 0.3})
-    n = len(train_set)
-    total = cfg.epochs * math.ceil(n / cfg.batch_size)
-    total = total if cfg.max_steps is None else min(cfg.max_steps, total)
-    # each repeat of a slice gets its own augmentation stream: fresh crops on every visit
-    train_set.repeats = max(1, math.ceil(total * cfg.batch_size / n))
+    train_set, total = lesion_train_set(cfg)
+    train_cases = train_set.cases
     model = vlsdk.VLModel(cfg.model, in_chans=train_set.num_channels)
     model.add_head("lesion", task="segmentation", num_classes=1 if cfg.classes == "whole" else 5)
     if cfg.lesion_expert and model.moe_layers:
@@ -178,14 +166,86 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     if trainer.rank != 0:  # under torchrun only rank 0 evaluates and writes
         return {"steps": step}
 
-    # -- evaluation on held-out patients: full slices, sliding window, per-patient volumes ---------
+    evaluated = evaluate_held_out(model, cfg, device)
+    eval_cases, shown = evaluated["eval_cases"], evaluated["shown"]
+    for case in eval_cases:
+        print(f"held-out patient {case.case_id}: whole-tumour Dice {evaluated['dice'][case.case_id]:.4f}  "
+              f"HD95 {evaluated['hd95'][case.case_id]:.2f} mm  ({len(shown[case.case_id][3])} slices)")
+    print(f"mean Dice over {len(eval_cases)} held-out patient(s): {evaluated['dice_mean']:.4f}")
+    model_dir = model.save_pretrained(out_dir / "model")
+    first = eval_cases[0].case_id
+    overlay = write_overlay(out_dir / "overlay.png", *shown[first][:3], title=first,
+                            slice_ids=shown[first][3].tolist())
+    results = {
+        **{k: evaluated[k] for k in ("dice", "dice_mean", "hd95", "hd95_mean", "dice_per_class")},
+        "model_dir": str(model_dir), "overlay": str(overlay), "steps": step,
+        "train_cases": [c.case_id for c in train_cases], "eval_cases": [c.case_id for c in eval_cases],
+        "seconds": time.perf_counter() - start, "config": {k: (list(v) if isinstance(v, tuple) else v)
+                                                           for k, v in asdict(cfg).items()},
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def _label_options(cfg: LesionTrainConfig) -> dict[str, Any]:
+    return ({"label_mode": "binary"} if cfg.classes == "whole" else
+            {"label_mode": "multiclass", "label_values": (0, 1, 2, 3, 4)})
+
+
+def lesion_train_set(cfg: LesionTrainConfig) -> tuple[Any, int]:
+    """The augmented training slices of ``cfg.train_splits`` and the number of optimiser steps.
+
+    Args:
+        cfg: a :meth:`LesionTrainConfig.resolved` config.
+
+    Returns:
+        ``(train_set, steps)``: a :class:`~vlsdk_medical.dataset.LesionSliceDataset` whose
+        ``repeats`` cover ``steps`` batches with fresh crops, and ``epochs`` passes capped by
+        ``max_steps``.
+    """
+    from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
+
+    train_cases = find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
+    train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed, **_label_options(cfg),
+                                   max_slices_per_case=cfg.max_slices_per_case,
+                                   transform_options={"pos": 2.0, "neg": 1.0, "intensity_prob": 0.3})
+    n = len(train_set)
+    total = cfg.epochs * math.ceil(n / cfg.batch_size)
+    total = total if cfg.max_steps is None else min(cfg.max_steps, total)
+    # each repeat of a slice gets its own augmentation stream: fresh crops on every visit
+    train_set.repeats = max(1, math.ceil(total * cfg.batch_size / n))
+    return train_set, total
+
+
+@torch.no_grad()
+def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: str | torch.device,
+                      head: str = "lesion") -> dict[str, Any]:
+    """Whole-tumour Dice and HD95 of ``model`` on the held-out patients ``cfg.eval_splits``.
+
+    Full slices, sliding-window inference, per-patient volumes (see the module doc).
+
+    Args:
+        model: a ``VLModel`` with the segmentation head ``head`` (put in eval mode here).
+        cfg: a :meth:`LesionTrainConfig.resolved` config (``eval_slices``, ``roi_size``, ``amp``...).
+        device: where to run the model.
+        head: the segmentation head.
+
+    Returns:
+        ``{"dice": {patient: value}, "dice_mean", "hd95", "hd95_mean", "dice_per_class",
+        "eval_cases", "shown": {patient: (images, whole, pred, slice_ids)}}``.
+    """
+    from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
+    from vlsdk_medical.inference import model_predictor, predict_slices
+    from vlsdk_medical.metrics import CaseDice, CaseHD95
+
+    eval_cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
     model.eval()
     # full mode scores every slice of the volume; quick mode a few brain slices
     eval_set = LesionSliceDataset(eval_cases, transform=None, slices="all" if cfg.eval_slices is None else "foreground",
-                                  max_slices_per_case=cfg.eval_slices, seed=cfg.seed, **labels_opts)
+                                  max_slices_per_case=cfg.eval_slices, seed=cfg.seed, **_label_options(cfg))
     dice, hd95 = CaseDice(2), CaseHD95(2)  # whole tumour: label > 0
     class_dice = CaseDice(5) if cfg.classes == "brats" else None
-    predictor = model_predictor(model, "lesion")
+    predictor = model_predictor(model, head)
     shown: dict[str, Any] = {}
     for ci, case in enumerate(eval_cases):
         idx = [i for i, (c, _) in enumerate(eval_set.index) if c == ci]
@@ -208,24 +268,9 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         hd95.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
         shown[case.case_id] = (images, whole, pred, ks)
     d, h = dice.compute(), hd95.compute()
-    for case in eval_cases:
-        print(f"held-out patient {case.case_id}: whole-tumour Dice {d['per_case'][case.case_id]:.4f}  "
-              f"HD95 {h['per_case'][case.case_id]:.2f} mm  ({len(shown[case.case_id][3])} slices)")
-    print(f"mean Dice over {len(eval_cases)} held-out patient(s): {d['mean']:.4f}")
-    model_dir = model.save_pretrained(out_dir / "model")
-    first = eval_cases[0].case_id
-    overlay = write_overlay(out_dir / "overlay.png", *shown[first][:3], title=first,
-                            slice_ids=shown[first][3].tolist())
-    results = {
-        "dice": d["per_case"], "dice_mean": d["mean"], "hd95": h["per_case"], "hd95_mean": h["mean"],
-        "model_dir": str(model_dir), "overlay": str(overlay), "steps": step,
-        "train_cases": [c.case_id for c in train_cases], "eval_cases": [c.case_id for c in eval_cases],
-        "dice_per_class": None if class_dice is None else class_dice.compute()["per_class"],
-        "seconds": time.perf_counter() - start, "config": {k: (list(v) if isinstance(v, tuple) else v)
-                                                           for k, v in asdict(cfg).items()},
-    }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    return results
+    return {"dice": d["per_case"], "dice_mean": d["mean"], "hd95": h["per_case"], "hd95_mean": h["mean"],
+            "dice_per_class": None if class_dice is None else class_dice.compute()["per_class"],
+            "eval_cases": eval_cases, "shown": shown}
 
 
 def write_overlay(path: str | Path, images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor, *,
