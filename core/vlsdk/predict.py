@@ -2,71 +2,150 @@
 
 For every input and every head: detection boxes drawn on the image and listed in JSON,
 segmentation label maps (PNG, the label value in each pixel) and an overlay, depth as a colour
-map and a ``.npy`` array. ``predictions.json`` indexes it all.
+map and a ``.npy`` array. ``predictions.json`` indexes it all. Plugins add file types and head
+writers through :mod:`vlsdk.predict_io` (NIfTI volumes in, NIfTI masks out; LiDAR sweeps in, 3D
+boxes over the BEV picture out).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlsdk.plugins.commands import Command
+from vlsdk.predict_io import IMAGE_KIND
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["predict_files", "PREDICT_COMMAND"]
+    from vlsdk.predict_io import HeadPrediction, PredictInput
+
+__all__ = ["predict_files", "read_input", "writer_for", "overlay_labels", "PREDICT_COMMAND"]
 
 
 def predict_files(model_dir: str | Path, inputs: list[str | Path], out: str | Path, *, heads: list[str] | None = None,
                   score_threshold: float = 0.3, device: str = "cpu") -> dict[str, Any]:
-    """Predict every input with every head (or ``heads``); returns what ``predictions.json`` holds."""
+    """Predict every input with every head (or ``heads``); returns what ``predictions.json`` holds.
+
+    Each file is read by the first plugin :class:`~vlsdk.predict_io.InputReader` that takes it
+    (NIfTI volumes, LiDAR sweeps, ...) or else as an image; each head's predictions are written
+    by the first plugin :class:`~vlsdk.predict_io.OutputWriter` for its task and the input's kind,
+    or else by the core's writers (detection, segmentation, depth on images).
+
+    Raises:
+        FileNotFoundError: a missing input or model directory.
+        ValueError: a head not in the model, a file no reader takes, or a model directory
+            written by a vlsdk format this version cannot read (naming that version).
+    """
     import torch
 
-    from vlsdk.inspect.routing import load_image
     from vlsdk.models.model import VLModel
+    from vlsdk.predict_io import HeadPrediction
 
-    model = VLModel.from_pretrained(model_dir, map_location=device)
+    model_dir = Path(model_dir)
+    model = VLModel.from_pretrained(model_dir, map_location=device).eval()
     names = list(model.heads) if heads is None else heads
     unknown = [h for h in names if h not in model.heads]
     if unknown or not names:
         raise ValueError(f"{model_dir}: heads {unknown or names} not in the model; it has {sorted(model.heads)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    options = {"score_threshold": score_threshold, "device": device}
     index: dict[str, Any] = {"model": str(model_dir), "inputs": []}
     for path in map(Path, inputs):
-        image = load_image(path, model.config.in_chans).to(device)
-        with torch.no_grad():
-            output = model(image, heads=names)
-        entry: dict[str, Any] = {"input": str(path), "size": list(image.shape[-2:])}
+        item = read_input(path, model, model_dir)
+        item.images = item.images.to(device)
+        cache: dict[str, Any] = {}
+
+        def run(item=item, cache=cache) -> Any:
+            if "output" not in cache:
+                with torch.no_grad():
+                    cache["output"] = model(item.images, heads=names)
+            return cache["output"]
+
+        entry: dict[str, Any] = {"input": str(path), "reader": item.kind, "size": list(item.images.shape[-2:])}
         for name in names:
             task = model.head_specs[name].task
-            head = model.heads[name]
-            stem = f"{path.stem}.{name}"
-            if task == "detection":
-                det = head.decode(output[name], score_threshold=score_threshold)[0]
-                entry[name] = {"task": task, "boxes": det.boxes.tolist(), "scores": det.scores.tolist(),
-                               "labels": det.labels.tolist(),
-                               "picture": _draw_boxes(image[0], det, out / f"{stem}.png")}
-            elif task == "segmentation":
-                labels = head.decode(output[name]).labels[0]
-                entry[name] = {"task": task, "labels": _save_labels(labels, out / f"{stem}.labels.png"),
-                               "picture": _overlay(image[0], labels, out / f"{stem}.png"),
-                               "pixels_per_label": torch.bincount(labels.flatten()).tolist()}
-            elif task == "depth":
-                depth = head.decode(output[name])[0].float().cpu()
-                import numpy as np
-
-                np.save(out / f"{stem}.npy", depth.numpy())
-                entry[name] = {"task": task, "array": str(out / f"{stem}.npy"), "min": float(depth.min()),
-                               "max": float(depth.max()), "picture": _colour(depth, out / f"{stem}.png")}
-            else:
-                entry[name] = {"task": task, "note": "no file writer for this task; use the Python API"}
+            prediction = HeadPrediction(name, task, model, item, out, f"{_stem(path)}.{name}", options, run)
+            entry[name] = writer_for(task, item.kind)(prediction)
         index["inputs"].append(entry)
     (out / "predictions.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return index
+
+
+def read_input(path: Path, model: Any, model_dir: Path) -> PredictInput:
+    """Read ``path`` with the first registered reader that takes it, else as an image."""
+    from vlsdk.inspect.routing import IMAGE_SUFFIXES, load_image
+    from vlsdk.plugins import get_registry
+    from vlsdk.predict_io import PredictInput
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {path}" if path.suffix.lower() in IMAGE_SUFFIXES
+                                else f"no input file at {path}")
+    readers = get_registry("input_readers")
+    for entry in readers.entries():
+        if entry.obj.matches(path, model_dir):
+            item = entry.obj.read(path, model, model_dir)
+            item.kind = entry.name
+            return item
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        plugin = ", ".join(f"{e.name} ({' '.join(e.obj.suffixes)})" for e in readers.entries()) or "none installed"
+        raise ValueError(f"{path}: no reader for this file type; images: {' '.join(IMAGE_SUFFIXES)}; plugin "
+                         f"readers: {plugin}")
+    return PredictInput(path, load_image(path, model.config.in_chans))
+
+
+def writer_for(task: str, kind: str) -> Callable[[HeadPrediction], dict[str, Any]]:
+    """The ``write`` of the first registered writer for ``task`` on ``kind`` inputs, else the core's."""
+    from vlsdk.plugins import get_registry
+
+    for entry in get_registry("output_writers").entries():
+        if entry.obj.handles(task, kind):
+            return entry.obj.write
+    if kind == IMAGE_KIND and task in _CORE_WRITERS:
+        return _CORE_WRITERS[task]
+    return lambda p: {"task": task, "note": f"no file writer for {task} heads on {kind} inputs; use the Python API"}
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for double in (".nii.gz", ".pcd.bin"):
+        if name.lower().endswith(double):
+            return name[: -len(double)]
+    return path.stem
+
+
+def _write_detection(p: HeadPrediction) -> dict[str, Any]:
+    det = p.head.decode(p.output(), score_threshold=p.options["score_threshold"])[0]
+    return {"task": p.task, "boxes": det.boxes.tolist(), "scores": det.scores.tolist(), "labels": det.labels.tolist(),
+            "picture": _draw_boxes(p.input.images[0], det, p.out_dir / f"{p.stem}.png")}
+
+
+def _write_segmentation(p: HeadPrediction) -> dict[str, Any]:
+    import torch
+
+    labels = p.head.decode(p.output()).labels[0]
+    return {"task": p.task, "labels": _save_labels(labels, p.out_dir / f"{p.stem}.labels.png"),
+            "picture": overlay_labels(p.input.images[0], labels, p.out_dir / f"{p.stem}.png"),
+            "pixels_per_label": torch.bincount(labels.flatten()).tolist()}
+
+
+def _write_depth(p: HeadPrediction) -> dict[str, Any]:
+    import numpy as np
+
+    depth = p.head.decode(p.output())[0].float().cpu()
+    np.save(p.out_dir / f"{p.stem}.npy", depth.numpy())
+    return {"task": p.task, "array": str(p.out_dir / f"{p.stem}.npy"), "min": float(depth.min()),
+            "max": float(depth.max()), "picture": _colour(depth, p.out_dir / f"{p.stem}.png")}
+
+
+#: The core's writers for image inputs, by head task.
+_CORE_WRITERS: dict[str, Callable[[HeadPrediction], dict[str, Any]]] = {
+    "detection": _write_detection, "segmentation": _write_segmentation, "depth": _write_depth,
+}
 
 
 def _grey(image: torch.Tensor) -> Any:
@@ -98,7 +177,8 @@ def _draw_boxes(image: torch.Tensor, det: Any, path: Path) -> str:
     return str(path)
 
 
-def _overlay(image: torch.Tensor, labels: torch.Tensor, path: Path) -> str:
+def overlay_labels(image: torch.Tensor, labels: torch.Tensor, path: Path) -> str:
+    """Draw a label map (0 = background, transparent) over a ``(C, H, W)`` image; returns the PNG path."""
     import numpy as np
 
     fig, ax = _figure(image)
@@ -128,7 +208,7 @@ def _colour(depth: torch.Tensor, path: Path) -> str:
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="PNG/JPEG/.npy images")
+    parser.add_argument("inputs", nargs="+", help="PNG/JPEG/.npy images, or files a plugin reads (.nii.gz, .pcd.bin)")
     parser.add_argument("--model", required=True, help="a directory written by save_pretrained")
     parser.add_argument("--out", default="vlsdk-predictions", help="output folder (default: ./vlsdk-predictions)")
     parser.add_argument("--heads", nargs="*", help="heads to run (default: all)")

@@ -40,7 +40,9 @@ __all__ = [
     "vlsdk_register_demos",
     "vlsdk_register_experts",
     "vlsdk_register_heads",
+    "vlsdk_register_input_readers",
     "vlsdk_register_metrics",
+    "vlsdk_register_output_writers",
     "vlsdk_register_synthesizers",
     "vlsdk_register_transforms",
 ]
@@ -169,4 +171,50 @@ def vlsdk_register_commands(register: CommandRegistrar) -> None:
                 print(convert(args.path))
 
             register("dicom2nii", run, help="convert a DICOM series", configure=configure)
+    """
+
+
+@_hookspec
+def vlsdk_register_input_readers(register: Registrar) -> None:
+    """Register file types that ``vlsdk predict`` reads into model inputs.
+
+    Contract: a :class:`vlsdk.predict_io.InputReader` whose ``read(path, model, model_dir)``
+    returns a :class:`vlsdk.predict_io.PredictInput` (``(B, C, H, W)`` model inputs plus what
+    the domain's writers need, e.g. the volume's affine). Names look like
+    ``<domain>.<format>``: ``"medical.nifti"``; the name is the inputs' ``kind``.
+
+    Args:
+        register: ``register(name, reader, *, replace=False, **metadata)``.
+
+    Example::
+
+        @hookimpl
+        def vlsdk_register_input_readers(register):
+            from vlsdk.predict_io import InputReader
+            from acme.io import read_raw
+
+            register("acme.raw", InputReader(suffixes=(".raw",), read=read_raw))
+    """
+
+
+@_hookspec
+def vlsdk_register_output_writers(register: Registrar) -> None:
+    """Register how ``vlsdk predict`` writes the predictions of a head task.
+
+    Contract: a :class:`vlsdk.predict_io.OutputWriter` for one head ``task`` (and, optionally,
+    only some input kinds) whose ``write(prediction: HeadPrediction) -> dict`` writes files into
+    ``prediction.out_dir`` and returns the JSON-ready ``predictions.json`` entry. A plugin
+    writer wins over the core's writer for the same task.
+
+    Args:
+        register: ``register(name, writer, *, replace=False, **metadata)``.
+
+    Example::
+
+        @hookimpl
+        def vlsdk_register_output_writers(register):
+            from vlsdk.predict_io import OutputWriter
+            from acme.io import write_mask
+
+            register("acme.mask", OutputWriter(task="segmentation", write=write_mask, inputs=("acme.raw",)))
     """

@@ -88,6 +88,8 @@ KINDS: tuple[str, ...] = (
     "synthesizers",
     "demos",
     "commands",
+    "input_readers",
+    "output_writers",
 )
 
 #: The call contract of each registry's factories.
@@ -100,6 +102,8 @@ CONTRACTS: dict[str, str] = {
     "synthesizers": "factory(**options) -> callable making synthetic samples from a seed",
     "demos": "run(out_dir: Path, *, quick: bool, device: str, seed: int) -> vlsdk.demo.DemoResult",
     "commands": "Command(name, run(args) -> int | None, help, configure(parser))",
+    "input_readers": "vlsdk.predict_io.InputReader(suffixes, read(path, model, model_dir) -> PredictInput)",
+    "output_writers": "vlsdk.predict_io.OutputWriter(task, write(prediction: HeadPrediction) -> dict)",
 }
 
 _EXPERT_NAME = r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*"
@@ -118,6 +122,18 @@ def _command(obj: Any) -> str | None:
     if isinstance(obj, Command):
         return None
     return f"expected a vlsdk.plugins.commands.Command, got {type(obj).__name__} {_short(obj)}"
+
+
+#: registry kind -> the class its entries must be (in :mod:`vlsdk.predict_io`).
+_PREDICT_IO = {"input_readers": "InputReader", "output_writers": "OutputWriter"}
+
+
+def _instance_of(cls_name: str, obj: Any) -> str | None:
+    from vlsdk import predict_io
+
+    if isinstance(obj, getattr(predict_io, cls_name)):
+        return None
+    return f"expected a vlsdk.predict_io.{cls_name}, got {type(obj).__name__} {_short(obj)}"
 
 
 def _short(obj: Any, limit: int = 60) -> str:
@@ -215,6 +231,8 @@ class PluginHost:
                 "Expert names look like '<group>.<name>' made of Python identifiers, "
                 "e.g. 'medical.lesion'."
             )
+        elif kind in _PREDICT_IO:
+            options = {"validate": functools.partial(_instance_of, _PREDICT_IO[kind])}
         elif kind == "commands":
             options = {
                 "validate": _command,

@@ -35,6 +35,22 @@ def vlsdk_register_heads(register):
 
 
 @hookimpl
+def vlsdk_register_input_readers(register):
+    """Register ``driving.point_cloud``: LiDAR sweeps for ``vlsdk predict`` (models saved with a BEV encoder)."""
+    from vlsdk_driving.predict import POINT_CLOUD_KIND, POINT_CLOUD_READER
+
+    register(POINT_CLOUD_KIND, POINT_CLOUD_READER, description=POINT_CLOUD_READER.description)
+
+
+@hookimpl
+def vlsdk_register_output_writers(register):
+    """Register ``driving.bev_boxes``: the BEV detection head's 3D boxes in JSON and over the BEV picture."""
+    from vlsdk_driving.predict import BEV_BOXES_WRITER
+
+    register("driving.bev_boxes", BEV_BOXES_WRITER, description=BEV_BOXES_WRITER.description)
+
+
+@hookimpl
 def vlsdk_register_datasets(register):
     """Register ``driving.nuscenes`` and ``driving.kitti``."""
     from vlsdk_driving.kitti import KittiDataset

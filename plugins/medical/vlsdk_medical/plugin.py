@@ -26,6 +26,22 @@ def vlsdk_register_experts(register):
 
 
 @hookimpl
+def vlsdk_register_input_readers(register):
+    """Register ``medical.nifti``: NIfTI volumes for ``vlsdk predict``."""
+    from vlsdk_medical.predict import NIFTI_KIND, NIFTI_READER
+
+    register(NIFTI_KIND, NIFTI_READER, description=NIFTI_READER.description)
+
+
+@hookimpl
+def vlsdk_register_output_writers(register):
+    """Register ``medical.nifti_mask``: segmentation of a NIfTI input written as NIfTI with its affine."""
+    from vlsdk_medical.predict import NIFTI_MASK_WRITER
+
+    register("medical.nifti_mask", NIFTI_MASK_WRITER, description=NIFTI_MASK_WRITER.description)
+
+
+@hookimpl
 def vlsdk_register_datasets(register):
     """Register ``medical.dicom``, ``medical.nifti`` and ``medical.lesion_slices``."""
     from vlsdk_medical.dataset import DicomDataset, NiftiDataset, lesion_slices

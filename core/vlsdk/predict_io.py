@@ -1,0 +1,158 @@
+"""What plugins give ``vlsdk predict``: input readers for their file types, output writers for their heads.
+
+A plugin registers an :class:`InputReader` (hook ``vlsdk_register_input_readers``) to turn a file
+the core cannot read (a NIfTI volume, a LiDAR sweep) into model inputs, and an
+:class:`OutputWriter` (hook ``vlsdk_register_output_writers``) to write one head's predictions
+(a mask as NIfTI with the input's affine, 3D boxes over the BEV picture). ``vlsdk predict`` picks,
+per file, the first registered reader (by name) whose suffix and ``applies`` match, else reads
+it as an image; per head, the first writer for the head's task and the input's kind, else the
+core's picture/JSON writers. Importing this module imports no torch.
+
+Example::
+
+    from vlsdk.plugins import hookimpl
+    from vlsdk.predict_io import InputReader, OutputWriter, PredictInput
+
+    @hookimpl
+    def vlsdk_register_input_readers(register):
+        register("acme.raw", InputReader(suffixes=(".raw",), read=read_raw, description="ACME sensor dumps"))
+
+    @hookimpl
+    def vlsdk_register_output_writers(register):
+        register("acme.mask", OutputWriter(task="segmentation", write=write_mask, inputs=("acme.raw",)))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["PredictInput", "HeadPrediction", "InputReader", "OutputWriter", "IMAGE_KIND"]
+
+#: :attr:`PredictInput.kind` of inputs read by the core (PNG/JPEG/``.npy`` images).
+IMAGE_KIND = "image"
+
+
+@dataclass
+class PredictInput:
+    """One input file, made ready for the model by a reader.
+
+    Attributes:
+        path: the file.
+        images: ``(B, C, H, W)`` what the model takes (``B`` > 1 for a volume cut into slices).
+        kind: the reader's name (``"image"`` for the core reader), matched by writers' ``inputs``.
+        meta: what the reader learned that writers need (an affine, the raw points, ...).
+    """
+
+    path: Path
+    images: torch.Tensor
+    kind: str = IMAGE_KIND
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HeadPrediction:
+    """What an :class:`OutputWriter` receives for one head and one input.
+
+    Attributes:
+        name: the head's name in the model.
+        task: the head's task (``"segmentation"``, ``"driving.bev_detection"``, ...).
+        model: the loaded :class:`~vlsdk.VLModel` (eval mode, on the chosen device).
+        input: the :class:`PredictInput`.
+        out_dir: the output folder.
+        stem: file-name stem for this input and head (``"scan.lesion"``); write ``out_dir / (stem + ext)``.
+        options: the command's options (``score_threshold``, ``device``).
+        run: ``run()`` returns the model's output on ``input.images`` for every requested head
+            (computed once per input, shared by the heads); a writer may predict its own way instead.
+    """
+
+    name: str
+    task: str
+    model: nn.Module
+    input: PredictInput
+    out_dir: Path
+    stem: str
+    options: Mapping[str, Any]
+    run: Callable[[], Any]
+
+    @property
+    def head(self) -> nn.Module:
+        """The head module."""
+        return self.model.heads[self.name]
+
+    def output(self) -> Any:
+        """This head's raw output on the input (see :attr:`run`)."""
+        return self.run()[self.name]
+
+
+@dataclass(frozen=True)
+class InputReader:
+    """A file type ``vlsdk predict`` can read.
+
+    Attributes:
+        suffixes: file endings it reads, lower case (``(".nii", ".nii.gz")``).
+        read: ``read(path: Path, model: VLModel, model_dir: Path) -> PredictInput``; raise
+            ``ValueError`` naming the file for content it cannot use.
+        applies: ``applies(path, model_dir) -> bool``, for a suffix shared with another reader
+            (a LiDAR reader takes ``.npy`` only for models saved with a BEV encoder); ``None``: always.
+        description: one line for ``vlsdk plugins``.
+    """
+
+    suffixes: tuple[str, ...]
+    read: Callable[..., PredictInput]
+    applies: Callable[[Path, Path], bool] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.suffixes, str) or not self.suffixes or not all(
+                isinstance(s, str) and s.startswith(".") for s in self.suffixes):
+            raise ValueError(f"suffixes must be a non-empty tuple of endings like '.nii.gz', got {self.suffixes!r}")
+        if not callable(self.read) or (self.applies is not None and not callable(self.applies)):
+            raise TypeError("read (and applies, when given) must be callable")
+        object.__setattr__(self, "suffixes", tuple(s.lower() for s in self.suffixes))
+
+    def matches(self, path: Path, model_dir: Path) -> bool:
+        """Whether this reader takes ``path`` for the model in ``model_dir``."""
+        if not path.name.lower().endswith(self.suffixes):
+            return False
+        return self.applies is None or bool(self.applies(path, model_dir))
+
+
+@dataclass(frozen=True)
+class OutputWriter:
+    """Writes the predictions of heads of one task to files.
+
+    Attributes:
+        task: the head task it writes (a registered head name: ``"segmentation"``).
+        write: ``write(prediction: HeadPrediction) -> dict`` writes the files and returns the
+            JSON-ready entry for ``predictions.json`` (include ``"task"`` and, for people, a
+            ``"picture"`` path).
+        inputs: the :attr:`PredictInput.kind` values it handles (``("medical.nifti",)``);
+            ``None``: any input.
+        description: one line for ``vlsdk plugins``.
+    """
+
+    task: str
+    write: Callable[[HeadPrediction], dict[str, Any]]
+    inputs: tuple[str, ...] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or not self.task:
+            raise ValueError(f"task must be a head task name, got {self.task!r}")
+        if not callable(self.write):
+            raise TypeError("write must be callable")
+        if self.inputs is not None:
+            if isinstance(self.inputs, str):
+                raise ValueError(f"inputs must be a tuple of input kinds, got the string {self.inputs!r}")
+            object.__setattr__(self, "inputs", tuple(self.inputs))
+
+    def handles(self, task: str, kind: str) -> bool:
+        """Whether it writes heads of ``task`` on inputs of ``kind``."""
+        return task == self.task and (self.inputs is None or kind in self.inputs)
