@@ -67,3 +67,46 @@ def pytest_approx(x):
     import pytest
 
     return pytest.approx(x, rel=1e-4, abs=1e-5)
+
+
+def _nan_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from datetime import timedelta
+
+    # a hang guard, not a measurement: without agreement rank 0 would wait forever in the gradient all-reduce
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    try:
+        torch.set_num_threads(1)
+
+        def loss_on_rank1_explodes(m, batch):
+            loss = seg_loss(m, batch)["loss"]
+            return loss * float("nan") if rank == 1 and trainer.step >= 2 else loss
+
+        cfg = config(out_dir, batch_size=2)
+        cfg.save_every = 1
+        trainer = Trainer(model(), loss_on_rank1_explodes, data(), cfg)
+        message = ""
+        try:
+            trainer.fit()
+        except FloatingPointError as err:
+            message = str(err)
+        torch.save({"message": message, "step": trainer.step, "indices": trainer.batch_indices},
+                   f"{out_dir}/nan_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    out = tmp_path / "ddp"
+    mp.spawn(_nan_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    ranks = [torch.load(out / f"nan_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for r, seen in enumerate(ranks):
+        assert seen["step"] == 2, seen  # both stopped before taking step 3
+        assert "non-finite loss on rank(s) [1] of 2 at step 3, micro-batch 0" in seen["message"]
+        assert f"rank {r}'s batch: dataset indices {seen['indices']}" in seen["message"]
+        assert "the last good checkpoint (step 2)" in seen["message"]
+    assert "(loss nan;" in ranks[1]["message"] and "this rank's loss" in ranks[0]["message"]
+    assert len(ranks[0]["indices"]) == len(ranks[1]["indices"]) == 2
+    assert not set(ranks[0]["indices"]) & set(ranks[1]["indices"])  # each rank's own slice of the global batch
+    state = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 2  # rank 0 kept the last good checkpoint

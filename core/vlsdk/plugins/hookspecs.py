@@ -44,6 +44,7 @@ __all__ = [
     "vlsdk_register_metrics",
     "vlsdk_register_output_writers",
     "vlsdk_register_synthesizers",
+    "vlsdk_register_tasks",
     "vlsdk_register_transforms",
 ]
 
@@ -145,6 +146,32 @@ def vlsdk_register_demos(register: Registrar) -> None:
 
     Args:
         register: ``register(name, run, *, replace=False, **metadata)``; name = the domain.
+    """
+
+
+@_hookspec
+def vlsdk_register_tasks(register: Registrar) -> None:
+    """Register training recipes for ``vlsdk train --config FILE``.
+
+    Contract: a :class:`vlsdk.train.recipes.TrainRecipe` wrapping the domain's existing pipeline
+    function (``TrainRecipe.from_dataclass(SettingsDataclass, run)`` or
+    ``TrainRecipe.from_argparse(configure, run)``); it lists the options a task config may set
+    and maps the common keys (``data``, ``out``, ``model``, ...) onto them. Names look like
+    ``<domain>.<task>``: ``"medical.lesion"``.
+
+    Args:
+        register: ``register(name, recipe, *, replace=False, **metadata)``; ``extra="medical"``
+            names the extra the recipe needs.
+
+    Example::
+
+        @hookimpl
+        def vlsdk_register_tasks(register):
+            from vlsdk.train.recipes import TrainRecipe
+            from acme.pipeline import Settings, run_pipeline
+
+            register("acme.texture", TrainRecipe.from_dataclass(Settings, run_pipeline,
+                     aliases={"data": "root"}, metrics_file="metrics.json", headline=("map",)))
     """
 
 

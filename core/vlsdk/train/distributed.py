@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["dist_info", "init_from_env", "broadcast_model", "allreduce_gradients", "allreduce_mean", "barrier"]
+__all__ = ["dist_info", "init_from_env", "broadcast_model", "allreduce_gradients", "allreduce_mean", "barrier",
+           "flagged_ranks"]
 
 
 def dist_info() -> tuple[int, int]:
@@ -83,6 +84,26 @@ def allreduce_mean(values: dict[str, float], device: torch.device) -> dict[str, 
     dist.all_reduce(t)
     t /= dist_info()[1]
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def flagged_ranks(flag: bool, device: torch.device) -> list[int]:
+    """The ranks that raised ``flag`` (e.g. "my loss is not finite"), agreed on by every rank.
+
+    One small all-reduce: each rank sets its own slot, so every rank learns the same list and can
+    take the same decision at the same step (stop together instead of leaving the others waiting
+    in the next gradient all-reduce). Outside a process group: ``[0]`` if ``flag`` else ``[]``.
+
+    Args:
+        flag: this rank's flag.
+        device: where the reduction runs (the rank's CUDA device under NCCL).
+    """
+    rank, world = dist_info()
+    if world == 1:
+        return [0] if flag else []
+    slots = torch.zeros(world, dtype=torch.int32, device=device)
+    slots[rank] = int(flag)
+    dist.all_reduce(slots)
+    return [r for r, v in enumerate(slots.tolist()) if v]
 
 
 def barrier() -> None:

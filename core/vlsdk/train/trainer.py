@@ -20,7 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 from vlsdk.models.encoder import HybridEncoder
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.train.config import TrainConfig
-from vlsdk.train.distributed import allreduce_gradients, allreduce_mean, barrier, broadcast_model, init_from_env
+from vlsdk.train.distributed import (
+    allreduce_gradients,
+    allreduce_mean,
+    barrier,
+    broadcast_model,
+    flagged_ranks,
+    init_from_env,
+)
 from vlsdk.train.log import MetricsLog
 from vlsdk.train.routing_log import RoutingLog
 
@@ -138,6 +145,8 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0  # global batches drawn x global batch size: the data position for resume
         self.stop_after: int | None = None  # for tests and callers: stop (as if killed) after this step
+        self.batch_indices: list[int] = []  # dataset indices of this rank's current micro-batch
+        self.saved_step: int | None = None  # the step of the last checkpoint written or loaded
 
     # -- data ---------------------------------------------------------------------------------
     def _batches(self):
@@ -150,14 +159,16 @@ class Trainer:
             mine = order.view(per_epoch, self.world, per_rank)[offset:, self.rank].reshape(-1).tolist()
             loader = DataLoader(self.train_set, batch_size=per_rank, sampler=mine,
                                 collate_fn=self.collate_fn, num_workers=self.config.num_workers, drop_last=True)
-            for batch in loader:
+            for i, batch in enumerate(loader):
                 self.samples_seen += size
+                self.batch_indices = mine[i * per_rank:(i + 1) * per_rank]
                 yield batch
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Write model weights and the full training state to ``out_dir/checkpoint`` (atomically, rank 0)."""
         final = self.out_dir / CHECKPOINT
+        self.saved_step = self.step
         if self.rank != 0:
             barrier()
             return final
@@ -214,6 +225,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        self.saved_step = self.step
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -312,11 +324,10 @@ class Trainer:
             if aux is not None:
                 total = total + cfg.aux_loss_weight * aux + cfg.z_loss_weight * z
                 losses |= {"aux_loss": aux, "z_loss": z}
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"non-finite loss {float(total.detach())} at step {self.step + 1}, micro-batch {micro} "
-                    f"(samples {self.samples_seen - cfg.batch_size}..{self.samples_seen - 1} of this run's order); "
-                    f"the last good checkpoint in {self.out_dir / CHECKPOINT} is kept")
+            # every rank learns which ranks saw a non-finite loss, so all stop at this same step
+            bad = flagged_ranks(not bool(torch.isfinite(total)), self.device)
+            if bad:
+                raise FloatingPointError(self._nonfinite_message(float(total.detach()), micro, bad))
             self.scaler.scale(total / cfg.grad_accum).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / cfg.grad_accum
@@ -330,6 +341,16 @@ class Trainer:
         sums["lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         return sums
+
+    def _nonfinite_message(self, loss: float, micro: int, ranks: list[int]) -> str:
+        where = "" if self.world == 1 else f" on rank(s) {ranks} of {self.world}"
+        mine = f"loss {loss}" if self.rank in ranks else f"this rank's loss {loss} was finite"
+        if self.saved_step is None:
+            kept = "no checkpoint was written yet"
+        else:
+            kept = f"the last good checkpoint (step {self.saved_step}) in {self.out_dir / CHECKPOINT} is kept"
+        return (f"non-finite loss{where} at step {self.step + 1}, micro-batch {micro} ({mine}; rank {self.rank}'s "
+                f"batch: dataset indices {self.batch_indices}); every rank stopped at this step and {kept}")
 
 
 def _resolve_device(device: str, world: int = 1) -> torch.device:

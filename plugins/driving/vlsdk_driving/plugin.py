@@ -109,3 +109,18 @@ def vlsdk_register_commands(register):
              help="train LiDAR BEV detection on synthetic nuScenes scenes; evaluate (devkit AP) and draw",
              description="Train a CenterPoint-style BEV detector on synthetic nuScenes-format scenes, evaluate it "
                          "on held-out scenes and on a real nuScenes keyframe, save it and write pictures.")
+
+
+@hookimpl
+def vlsdk_register_tasks(register):
+    """Register the ``driving.bev`` training recipe (``vlsdk train``) over the BEV detection pipeline."""
+    from vlsdk.train.recipes import TrainRecipe
+    from vlsdk_driving.pipeline import add_demo_arguments, run_demo
+
+    register("driving.bev", TrainRecipe.from_argparse(
+        add_demo_arguments, run_demo, aliases={"data": "nuscenes", "model": "backbone", "progress": "!no_progress"},
+        quick={"quick": True, "epochs": 8, "train_scenes": 10, "test_scenes": 3, "batch_size": 4, "backbone": "tiny",
+               "resolution": 0.5, "half_range": 32.0},
+        metrics_file="metrics.json", headline=("synthetic.mAP", "final_loss"),
+        description="LiDAR BEV detection on synthetic nuScenes-format scenes (+ real keyframe), devkit AP; "
+                    "own training loop, one process"), extra="driving")

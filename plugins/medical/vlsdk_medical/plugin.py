@@ -102,3 +102,15 @@ def vlsdk_register_demos(register):
     register("medical", run_demo,
              description="tiny model + medical.lesion expert trained on synthetic lesions; MONAI Dice on held-out "
                          "images")
+
+
+@hookimpl
+def vlsdk_register_tasks(register):
+    """Register the ``medical.lesion`` training recipe (``vlsdk train``) over the BraTS lesion pipeline."""
+    from vlsdk.train.recipes import TrainRecipe
+    from vlsdk_medical.pipeline import LesionTrainConfig, train_lesion_segmenter
+
+    register("medical.lesion", TrainRecipe.from_dataclass(
+        LesionTrainConfig, train_lesion_segmenter, aliases={"data": "data_root", "out": "out_dir"},
+        quick={"quick": True}, metrics_file="results.json", headline=("dice_mean", "hd95_mean"), distributed=True,
+        description="lesion segmentation on BraTS (whole tumour), held-out Dice/HD95"), extra="medical")

@@ -1,0 +1,166 @@
+"""``vlsdk train``: each domain recipe through the real CLI entry, task registration, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vlsdk.cli.main import main
+from vlsdk.plugins import PluginHost, VlsdkPluginWarning, hookimpl, use_host
+from vlsdk.train.recipes import TrainRecipe
+from vlsdk.train.task_config import prepare_task
+from vlsdk.train.tasks import task_registry
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+
+#: task -> (example config, data folder under ../shared/data, extra overrides, files the run must write)
+DOMAINS = {
+    "medical.lesion": ("medical_lesion.yaml", "brats_lesion_mri", ["max_steps=3"],
+                       ["results.json", "overlay.png", "model/config.json", "train/checkpoint/trainer_state.pt"]),
+    "industrial.pcb": ("industrial_pcb.yaml", "deeppcb", ["max_steps=2", "train_pairs=4", "eval_pairs=2"],
+                       ["metrics.json", "predictions.png", "model/config.json", "train/checkpoint/trainer_state.pt"]),
+    "driving.bev": ("driving_bev.yaml", "nuscenes_mini", ["epochs=1", "train_scenes=4", "test_scenes=2"],
+                    ["metrics.json", "bev_synthetic.png", "bev_nuscenes.png", "model"]),
+}
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+@pytest.mark.parametrize("task", sorted(DOMAINS))
+def test_recipe_trains_through_the_cli(task, tmp_path, shared_data, capsys):
+    config, data, overrides, files = DOMAINS[task]
+    out = tmp_path / "run"
+    status = main(["train", "--config", str(CONFIGS / config), "--quick", f"out={out}", f"data={shared_data / data}",
+                   "progress=false", "device=cpu", *overrides])
+    assert status == 0, capsys.readouterr().err
+    for name in files:
+        assert (out / name).exists(), f"{task} did not write {name}"
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["task"] == task
+    assert set(result["metrics"]) == set(task_registry().get(task).obj.headline)
+    assert all(_finite(v) for v in result["metrics"].values()), result["metrics"]
+    recorded = json.loads((out / "task_config.json").read_text())
+    assert recorded["task"] == task and recorded["config_file"] == str(CONFIGS / config)
+    assert f"[train] {task} done:" in capsys.readouterr().out
+
+
+def test_quick_uses_the_pipeline_setting_and_overrides_win(tmp_path, shared_data):
+    run = prepare_task(CONFIGS / "industrial_pcb.yaml", [f"out={tmp_path}", "epochs=5", "model=edge"], quick=True)
+    assert run.options["config"] == "edge" and run.options["epochs"] == 5  # the command line over --quick
+    assert run.options["image_size"] == 256 and run.options["workers"] == 0  # --quick over the file
+    full = prepare_task(CONFIGS / "industrial_pcb.yaml", [f"out={tmp_path}"])
+    assert full.options["image_size"] == 640 and full.options["config"] == "small"  # the file as written
+    medical = prepare_task(CONFIGS / "medical_lesion.yaml", ["quick=true", "amp=off", f"data={shared_data}"])
+    assert medical.options["quick"] is True and medical.options["amp"] is None  # the pipeline's own "off"
+    assert medical.options["modalities"] == ("flair", "t1c") and medical.out == Path("runs/medical_lesion")
+
+
+def test_list_names_every_recipe_and_plugin(capsys):
+    assert main(["train", "--list"]) == 0
+    out = capsys.readouterr().out
+    for task, plugin in (("medical.lesion", "medical"), ("industrial.pcb", "industrial"), ("driving.bev", "driving")):
+        assert any(line.split()[:2] == [task, plugin] for line in out.splitlines()), out
+    assert main(["train", "--list", "--json"]) == 0
+    listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tasks"]}
+    assert listed["medical.lesion"]["extra"] == "medical" and "epochs" in listed["medical.lesion"]["keys"]
+    assert listed["driving.bev"]["distributed"] is False and listed["industrial.pcb"]["distributed"] is True
+
+
+def _write(tmp_path: Path, text: str, name: str = "task.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), [
+    ("task: medical.lesio\n", [], ["task 'medical.lesio' is not installed", "Did you mean 'medical.lesion'?"]),
+    ("task: medical.lesion\nepoch: 3\n", [], ["task.yaml: unknown option 'epoch'; did you mean 'epochs'?"]),
+    ("task: industrial.pcb\n", ["btach_size=2"], ["command line: unknown option 'btach_size'; did you mean "
+                                                  "'batch_size'?"]),
+    ("task: industrial.pcb\nbatch_size: many\n", [], ["task.yaml: batch_size expects an integer, got 'many'"]),
+    ("task: driving.bev\namp: fp8\n", [], ["task.yaml: amp must be one of ['none', 'bf16', 'fp16'], got 'fp8'"]),
+    ("epochs: 3\n", [], ["task.yaml: needs a 'task' key", "medical.lesion"]),
+    ("task: medical.lesion\nout: a\nout_dir: b\n", [], ["'out_dir' and 'out' both set 'out_dir'"]),
+    ("task: medical.lesion\n", ["epochs"], ["override 'epochs' must look like key=value"]),
+    ("task: industrial.pcb\ndata: /no/such/deeppcb\n", [], ["task.yaml: data (data) /no/such/deeppcb does not exist"]),
+    ("- task\n- medical.lesion\n", [], ["task.yaml must hold a mapping of options", "got list"]),
+    ("task: [medical\n", [], ["task.yaml cannot be read"]),
+])
+def test_bad_configs_say_which_file_key_and_what_was_expected(tmp_path, capsys, text, overrides, expected):
+    status = main(["train", "--config", _write(tmp_path, text), *overrides])
+    err = capsys.readouterr().err
+    assert status == 2
+    for part in expected:
+        assert part in err
+
+
+def test_json_config_and_missing_file(tmp_path, capsys):
+    path = _write(tmp_path, json.dumps({"task": "industrial.pcb", "epochs": 1, "out": str(tmp_path / "o")}), "t.json")
+    assert prepare_task(path).options["epochs"] == 1
+    assert main(["train", "--config", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml does not exist" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "pass --config FILE" in capsys.readouterr().err
+
+
+def test_own_loop_recipe_refuses_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="driving.bev.*cannot run under torchrun"):
+        prepare_task(CONFIGS / "driving_bev.yaml", [f"out={tmp_path}", "data=null"])
+
+
+def test_missing_extra_names_the_pip_install(tmp_path, monkeypatch, capsys):
+    # a really missing dependency: importing monai fails, so the medical plugin reports its extra
+    monkeypatch.setitem(sys.modules, "monai", None)
+    monkeypatch.delitem(sys.modules, "vlsdk_medical.plugin", raising=False)
+    monkeypatch.setenv("VLSDK_LOAD_PLUGINS", "medical")
+    with use_host(PluginHost()):
+        status = main(["train", "--config", str(CONFIGS / "medical_lesion.yaml"), f"out={tmp_path}"])
+        err = capsys.readouterr().err
+        assert status == 2
+        assert "medical.lesion" in err and 'pip install "vlsdk[medical]"' in err
+        assert main(["train", "--list"]) == 0
+        assert 'pip install "vlsdk[medical]"' in capsys.readouterr().out
+
+
+@dataclass
+class ToySettings:
+    out: str = "runs/toy"
+    epochs: int = 2
+
+
+def _toy_run(settings: ToySettings) -> None:
+    Path(settings.out).mkdir(parents=True, exist_ok=True)
+    Path(settings.out, "metrics.json").write_text(json.dumps({"score": settings.epochs / 10}))
+
+
+class ToyPlugin:
+    @hookimpl
+    def vlsdk_register_tasks(self, register):
+        register("toy.fit", TrainRecipe.from_dataclass(ToySettings, _toy_run, headline=("score",)), extra="toy")
+
+
+class ClashingPlugin:
+    @hookimpl
+    def vlsdk_register_tasks(self, register):
+        register("toy.other", TrainRecipe.from_dataclass(ToySettings, _toy_run))
+        register("toy.fit", TrainRecipe.from_dataclass(ToySettings, print))
+
+
+def test_plugin_recipes_are_attributed_and_clashes_roll_back(register_plugin, plugin_host, tmp_path, capsys):
+    register_plugin(ToyPlugin(), "toy", distribution="toy-dist", version="1.2")
+    entry = task_registry(plugin_host).get("toy.fit")
+    assert (entry.plugin, entry.distribution, entry.version, entry.metadata["extra"]) == ("toy", "toy-dist", "1.2", "toy")
+    assert main(["train", "--config", _write(tmp_path, "task: toy.fit\nepochs: 7\n"), f"out={tmp_path / 'o'}"]) == 0
+    assert json.loads((tmp_path / "o" / "train_result.json").read_text())["metrics"] == {"score": 0.7}
+    register_plugin(ClashingPlugin(), "clash")
+    with pytest.warns(VlsdkPluginWarning, match="'toy.fit' is already registered by plugin 'toy'"):
+        registry = task_registry(plugin_host)
+    assert "toy.other" not in registry and registry.get("toy.fit").plugin == "toy"  # the clash rolled back
