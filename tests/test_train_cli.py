@@ -164,3 +164,23 @@ def test_plugin_recipes_are_attributed_and_clashes_roll_back(register_plugin, pl
     with pytest.warns(VlsdkPluginWarning, match="'toy.fit' is already registered by plugin 'toy'"):
         registry = task_registry(plugin_host)
     assert "toy.other" not in registry and registry.get("toy.fit").plugin == "toy"  # the clash rolled back
+
+
+def test_recipe_runs_data_parallel_under_torchrun(tmp_path, shared_data):
+    import os
+    import subprocess
+
+    import torch
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vlsdk",
+           "train", "--config", str(CONFIGS / "medical_lesion.yaml"), "--quick", f"out={out}", "device=cpu",
+           f"data={shared_data / 'brats_lesion_mri'}", "progress=false", "max_steps=2", "batch_size=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("[train] medical.lesion done:") == 1  # rank 0 reports
+    state = torch.load(out / "train" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 2 and state["samples_seen"] == 2 * 2 * 2  # steps x batch_size x 2 ranks
+    result = json.loads((out / "train_result.json").read_text())
+    assert all(_finite(v) for v in result["metrics"].values())
