@@ -58,10 +58,16 @@ class CrossDomainRouting:
     model: nn.Module | None = None
 
     def rows(self) -> list[dict[str, Any]]:
-        """Per domain: the own-expert share before and after, and the tokens counted."""
-        return [{"domain": d, "expert": self.experts[d], "own share before": self.before.own_share(d),
-                 "own share after": self.table.own_share(d), "held-out tokens": self.table.tokens[d]}
-                for d in self.table.domains]
+        """Per domain: the own-expert share before and after (overall and per MoE layer), and the tokens counted."""
+        rows = []
+        for i, d in enumerate(self.table.domains):
+            own = self.table.experts.index(self.experts[d])
+            row: dict[str, Any] = {"domain": d, "expert": self.experts[d], "own share before": self.before.own_share(d),
+                                   "own share after": self.table.own_share(d)}
+            row.update({f"after, layer {j}": float(layer[i, own]) for j, layer in enumerate(self.table.per_layer)})
+            row["held-out tokens"] = self.table.tokens[d]
+            rows.append(row)
+        return rows
 
 
 def pad_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
