@@ -20,7 +20,8 @@ def test_quick_demo_trains_scores_and_draws(tmp_path: Path) -> None:
     assert result.domain == "industrial" and result.expert == "industrial.pcb_defect" and result.summary
     assert set(result.metrics) == {"map50", "deeppcb"}
     assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in result.metrics.values()), result.metrics
-    [png] = result.images
+    [png, routing] = result.images
+    assert routing.name == "routing.png" and routing.is_file()  # expert shares over training, by the Trainer
     image = cv2.imread(str(png))
     assert png.parent == tmp_path and image is not None and image.shape[0] >= 256 and image.std() > 10
     assert not result.model.training and "industrial.pcb_defect" in result.model.expert_specs

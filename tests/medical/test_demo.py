@@ -40,7 +40,8 @@ def test_quick_demo_through_vlsdk_demo(register_plugin, monkeypatch, tmp_path):
     assert math.isfinite(dice) and 0.3 < dice <= 1.0
     assert math.isfinite(result.metrics["hd95"]) and result.metrics["hd95"] >= 0.0
 
-    (png,) = result.images
+    png, routing = result.images
+    assert routing.name == "routing.png" and routing.parent == tmp_path / "medical" / "train"  # the Trainer's
     assert png.is_file() and png.parent == tmp_path / "medical" and png.stat().st_size > 20_000
     pixels = np.asarray(Image.open(png).convert("RGB"), dtype=np.float32)
     assert min(pixels.shape[:2]) > 150 and pixels.std() > 10  # drawn images, not a blank canvas

@@ -102,6 +102,8 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int) -> DemoResul
                f"{n_eval} held-out boards: mAP@0.5 {metrics['map50']:.3f}, DeepPCB criterion (IoU > 0.33) "
                f"{metrics['deeppcb']:.3f}. Green: ground truth, red: predictions (score >= 0.3). "
                f"Real boards: vlsdk pcb --data <DeepPCB folder>.")
+    pictures = [fit.files["routing_png"]] if "routing_png" in fit.files else []  # expert shares over training
     return DemoResult(domain="industrial", title="PCB defect detection on synthetic boards", metrics=metrics,
-                      images=[png], model=model.eval(), samples=samples, expert="industrial.pcb_defect",
+                      images=[png, *pictures], model=model.eval(),
+                      samples=samples, expert="industrial.pcb_defect",
                       summary=summary, train_samples=train_samples)

@@ -121,7 +121,9 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int) -> DemoResul
                f"{losses[0]:.2f} -> {losses[-1]:.2f}), scored with MONAI on {n_eval} held-out images (other "
                f"seeds): mean Dice {d:.3f} (an all-background prediction scores {e:.1f}), HD95 {h:.1f} px. "
                f"Green: ground truth, red: prediction. Real MRI: vlsdk medical-lesion --data <BraTS folder>.")
+    pictures = [fit.files["routing_png"]] if "routing_png" in fit.files else []  # expert shares over training
     return DemoResult(domain="medical", title="Lesion segmentation on synthetic images", metrics=metrics,
-                      images=[png], model=model.eval(), samples=images, expert="medical.lesion", summary=summary,
+                      images=[png, *pictures], model=model.eval(),
+                      samples=images, expert="medical.lesion", summary=summary,
                       train_samples=torch.stack([s["image"] for s in train_set.samples[:16]]))
 
