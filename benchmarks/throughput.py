@@ -1,0 +1,180 @@
+"""Encoder throughput of every named config beside plain ViT-B/16 and ViT-L/16, measured in one run.
+
+Forward only (inference), weights and inputs in ``--dtype``, one batch shape per image size. Each
+case is warmed up, then timed over ``--repeats`` blocks of ``--iters`` forwards (the median block
+counts); on CUDA, timings are synchronised and peak memory is read per case. ``--compile`` adds a
+``torch.compile``-d twin of each case. ``--scaling CONFIG`` also times that config over image and
+batch sizes and draws ``scaling.png`` (time and memory against pixels per batch).
+
+    python benchmarks/throughput.py                                            # CPU, small shapes
+    python benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 --compile \\
+        --scaling base --out runs/throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encoder_flops import PlainViT  # noqa: E402
+
+from vlsdk.models.config import get_config  # noqa: E402
+from vlsdk.models.encoder import HybridEncoder  # noqa: E402
+
+REFERENCES: dict[str, Callable[[], nn.Module]] = {
+    "vit_b16": lambda: PlainViT(768, 12, 12),
+    "vit_l16": lambda: PlainViT(1024, 24, 16),
+}
+
+
+def build(name: str) -> nn.Module:
+    """A named vlsdk config (``base``, ``small-patch`` for the plain-stem variant) or a reference ViT."""
+    if name in REFERENCES:
+        return REFERENCES[name]()
+    config, _, variant = name.partition("-")
+    cfg = get_config(config)
+    return HybridEncoder(cfg.replace(stem=variant) if variant else cfg)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_forward(model: nn.Module, x: torch.Tensor, iters: int, repeats: int, warmup: int = 3) -> float:
+    """Median seconds per forward over ``repeats`` blocks of ``iters`` forwards."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        _sync(x.device)
+        blocks = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                model(x)
+            _sync(x.device)
+            blocks.append((time.perf_counter() - t0) / iters)
+    return statistics.median(blocks)
+
+
+def measure(name: str, size: int, batch: int, args: argparse.Namespace, compiled: bool = False) -> dict[str, float]:
+    """Images/s and peak memory of one case."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    model = build(name).to(device, dtype).eval()
+    if compiled:
+        model = torch.compile(model)
+    x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = time_forward(model, x, args.iters, args.repeats)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
+
+
+def scaling(config: str, args: argparse.Namespace, out: Path) -> list[dict[str, float]]:
+    """Time and memory of ``config`` over image sizes and batch sizes; writes ``scaling.png``."""
+    rows = []
+    for size in args.scaling_sizes:
+        for batch in args.scaling_batches:
+            try:
+                r = measure(config, size, batch, args)
+            except torch.OutOfMemoryError:
+                break
+            rows.append({"size": size, "batch": batch, **r})
+            print(f"scaling {config:8s} {size:5d}px batch {batch:4d}: {r['ms_per_batch']:9.2f} ms "
+                  f"{r['images_per_s']:9.1f} img/s peak {r['peak_mib']:8.0f} MiB")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no scaling.png (pip install 'vlsdk[plot]')")
+        return rows
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for size in args.scaling_sizes:
+        sel = [r for r in rows if r["size"] == size]
+        b = [r["batch"] for r in sel]
+        axes[0].plot(b, [r["ms_per_batch"] for r in sel], marker="o", label=f"{size}px")
+        axes[1].plot(b, [r["peak_mib"] for r in sel], marker="o", label=f"{size}px")
+    for ax, label in zip(axes, ("ms per batch", "peak memory (MiB)"), strict=True):
+        ax.set_xscale("log", base=2)
+        if any(line.get_ydata().size and (line.get_ydata() > 0).all() for line in ax.get_lines()):
+            ax.set_yscale("log")  # peak memory is read on CUDA only (NaN on the CPU)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{config} encoder, {args.dtype}, {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+    print(f"wrote {out / 'scaling.png'}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--size", type=int, action="append", help="image size (repeatable); default 224")
+    p.add_argument("--batch", type=int, default=None, help="batch at 224 px (default 128 on CUDA, 4 on CPU); "
+                   "scaled by (224/size)^2 for larger sizes")
+    p.add_argument("--models", nargs="+", default=["edge", "small", "base", "vit_b16", "vit_l16"])
+    p.add_argument("--compile", action="store_true", help="also time torch.compile-d models")
+    p.add_argument("--iters", type=int, default=None, help="forwards per timed block (default 10 CUDA, 1 CPU)")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks (median counts)")
+    p.add_argument("--scaling", default=None, metavar="CONFIG", help="also sweep image and batch size for CONFIG")
+    p.add_argument("--scaling-sizes", type=int, nargs="+", default=[224, 384, 512, 768])
+    p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--out", type=Path, default=Path("runs/throughput"))
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.iters = args.iters or (10 if cuda else 1)
+    base_batch = args.batch or (128 if cuda else 4)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"setting": vars(args) | {"out": str(args.out)}, "cases": []}
+    for size in args.size or [224]:
+        batch = max(1, round(base_batch * (224 / size) ** 2))
+        by_name: dict[str, dict[str, float]] = {}
+        for name in args.models:
+            for compiled in (False, True) if args.compile else (False,):
+                key = name + (" +compile" if compiled else "")
+                try:
+                    r = measure(name, size, batch, args, compiled)
+                except Exception as err:  # report the case and go on with the others
+                    print(f"{key:18s} {size:5d}px batch {batch:4d}: failed: {type(err).__name__}: {err}"[:300])
+                    continue
+                by_name[key] = r
+                results["cases"].append({"model": key, "size": size, "batch": batch, **r})
+                print(f"{key:18s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
+                      f"{r['ms_per_batch']:9.2f} ms/batch peak {r['peak_mib']:8.0f} MiB", flush=True)
+        for suffix in ("", " +compile"):
+            for ours, ref in (("base", "vit_b16"), ("small", "vit_b16")):
+                if ours + suffix in by_name and ref + suffix in by_name:
+                    ratio = by_name[ours + suffix]["images_per_s"] / by_name[ref + suffix]["images_per_s"]
+                    print(f"ratio {size}px{suffix}: {ours} / {ref} images/s = {ratio:.2f}x")
+                    results[f"{ours}_over_{ref}@{size}{suffix.replace(' +', '_')}"] = ratio
+    if args.scaling:
+        results["scaling"] = scaling(args.scaling, args, args.out)
+    dev = torch.cuda.get_device_name() if cuda else "cpu"
+    print(f"setting: {dev}, torch {torch.__version__}, {args.dtype}, median of {args.repeats} blocks x {args.iters}")
+    (args.out / "throughput.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
