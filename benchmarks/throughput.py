@@ -18,8 +18,8 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
