@@ -25,7 +25,8 @@ DOMAINS = {
     "industrial.pcb": ("industrial_pcb.yaml", "deeppcb", ["max_steps=2", "train_pairs=4", "eval_pairs=2"],
                        ["metrics.json", "predictions.png", "model/config.json", "train/checkpoint/trainer_state.pt"]),
     "driving.bev": ("driving_bev.yaml", "nuscenes_mini", ["epochs=1", "train_scenes=4", "test_scenes=2"],
-                    ["metrics.json", "bev_synthetic.png", "bev_nuscenes.png", "model"]),
+                    ["metrics.json", "bev_synthetic.png", "bev_nuscenes.png", "model",
+                     "train/checkpoint/trainer_state.pt", "train/curves.png", "train/routing.png"]),
 }
 
 
@@ -70,7 +71,7 @@ def test_list_names_every_recipe_and_plugin(capsys):
     assert main(["train", "--list", "--json"]) == 0
     listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tasks"]}
     assert listed["medical.lesion"]["extra"] == "medical" and "epochs" in listed["medical.lesion"]["keys"]
-    assert listed["driving.bev"]["distributed"] is False and listed["industrial.pcb"]["distributed"] is True
+    assert listed["driving.bev"]["distributed"] is True and listed["industrial.pcb"]["distributed"] is True
 
 
 def _write(tmp_path: Path, text: str, name: str = "task.yaml") -> str:
@@ -110,10 +111,16 @@ def test_json_config_and_missing_file(tmp_path, capsys):
     assert "pass --config FILE" in capsys.readouterr().err
 
 
-def test_own_loop_recipe_refuses_torchrun(tmp_path, monkeypatch):
+def test_own_loop_recipe_refuses_torchrun(register_plugin, plugin_host, tmp_path, monkeypatch):
+    import vlsdk_driving.plugin as driving_plugin
+
+    register_plugin(ToyPlugin(), "toy")  # a recipe without distributed=True: its own loop, one process
+    register_plugin(driving_plugin, "driving")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="driving.bev.*cannot run under torchrun"):
-        prepare_task(CONFIGS / "driving_bev.yaml", [f"out={tmp_path}", "data=null"])
+    with pytest.raises(ValueError, match="toy.fit.*cannot run under torchrun"):
+        prepare_task(_write(tmp_path, "task: toy.fit\n"), [f"out={tmp_path}"], host=plugin_host)
+    run = prepare_task(CONFIGS / "driving_bev.yaml", [f"out={tmp_path}", "data=null"], host=plugin_host)
+    assert run.recipe.distributed  # driving.bev trains with the core Trainer
 
 
 def test_missing_extra_names_the_pip_install(tmp_path, monkeypatch, capsys):
@@ -160,10 +167,12 @@ def test_plugin_recipes_are_attributed_and_clashes_roll_back(register_plugin, pl
     assert (entry.plugin, entry.distribution, entry.version, entry.metadata["extra"]) == ("toy", "toy-dist", "1.2", "toy")
     assert main(["train", "--config", _write(tmp_path, "task: toy.fit\nepochs: 7\n"), f"out={tmp_path / 'o'}"]) == 0
     assert json.loads((tmp_path / "o" / "train_result.json").read_text())["metrics"] == {"score": 0.7}
-    register_plugin(ClashingPlugin(), "clash")
     with pytest.warns(VlsdkPluginWarning, match="'toy.fit' is already registered by plugin 'toy'"):
-        registry = task_registry(plugin_host)
+        info = register_plugin(ClashingPlugin(), "clash", strict=False)
+    assert info.status == "error"
+    registry = task_registry(plugin_host)
     assert "toy.other" not in registry and registry.get("toy.fit").plugin == "toy"  # the clash rolled back
+    assert "toy.fit" in dict(plugin_host.plugin_info("toy").registered).get("tasks", ())
 
 
 def test_recipe_runs_data_parallel_under_torchrun(tmp_path, shared_data):
@@ -184,3 +193,26 @@ def test_recipe_runs_data_parallel_under_torchrun(tmp_path, shared_data):
     assert state["step"] == 2 and state["samples_seen"] == 2 * 2 * 2  # steps x batch_size x 2 ranks
     result = json.loads((out / "train_result.json").read_text())
     assert all(_finite(v) for v in result["metrics"].values())
+
+
+def test_driving_recipe_runs_data_parallel_under_torchrun(tmp_path):
+    import os
+    import subprocess
+
+    import torch
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vlsdk",
+           "train", "--config", str(CONFIGS / "driving_bev.yaml"), "--quick", f"out={out}", "device=cpu", "data=null",
+           "progress=false", "epochs=1", "train_scenes=2", "test_scenes=1", "batch_size=2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("[train] driving.bev done:") == 1  # rank 0 evaluates and reports
+    assert done.stdout.count("held-out synthetic scenes") == 1
+    state = torch.load(out / "train" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    # 2 scenes x 4 keyframes = 8 samples, 2 per rank and step: an epoch is 2 steps of 4 samples
+    assert state["step"] == 2 and state["samples_seen"] == 2 * 2 * 2
+    result = json.loads((out / "train_result.json").read_text())
+    assert all(_finite(v) for v in result["metrics"].values())
+    assert (out / "model" / "bev_encoder.json").is_file()

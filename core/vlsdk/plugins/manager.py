@@ -90,6 +90,7 @@ KINDS: tuple[str, ...] = (
     "commands",
     "input_readers",
     "output_writers",
+    "tasks",
 )
 
 #: The call contract of each registry's factories.
@@ -104,6 +105,7 @@ CONTRACTS: dict[str, str] = {
     "commands": "Command(name, run(args) -> int | None, help, configure(parser))",
     "input_readers": "vlsdk.predict_io.InputReader(suffixes, read(path, model, model_dir) -> PredictInput)",
     "output_writers": "vlsdk.predict_io.OutputWriter(task, write(prediction: HeadPrediction) -> dict)",
+    "tasks": "vlsdk.train.recipes.TrainRecipe (TrainRecipe.from_dataclass(...) or .from_argparse(...))",
 }
 
 _EXPERT_NAME = r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*"
@@ -116,6 +118,14 @@ def _callable_factory(obj: Any) -> str | None:
     if callable(obj):
         return None
     return f"expected a callable factory, got {type(obj).__name__} {_short(obj)}"
+
+
+def _recipe(obj: Any) -> str | None:
+    from vlsdk.train.recipes import TrainRecipe  # imported on first registration only
+
+    if isinstance(obj, TrainRecipe):
+        return None
+    return f"expected a vlsdk.train.recipes.TrainRecipe, got {type(obj).__name__} {_short(obj)}"
 
 
 def _command(obj: Any) -> str | None:
@@ -233,6 +243,12 @@ class PluginHost:
             )
         elif kind in _PREDICT_IO:
             options = {"validate": functools.partial(_instance_of, _PREDICT_IO[kind])}
+        elif kind == "tasks":
+            options = {
+                "validate": _recipe,
+                "name_pattern": _EXPERT_NAME,
+                "name_help": "Task names look like '<domain>.<task>', e.g. 'medical.lesion'.",
+            }
         elif kind == "commands":
             options = {
                 "validate": _command,
