@@ -30,7 +30,8 @@ class DetectionTransform:
 
     In a DataLoader worker the random state is reseeded from the worker's torch seed (which
     differs per worker and per epoch, and follows ``torch.manual_seed``): otherwise every worker
-    would replay the same copy of the augmentation stream.
+    would replay the same copy of the augmentation stream. OpenCV's own thread pool is switched
+    off there too (``cv2.setNumThreads(0)``): the workers are the parallelism.
     """
 
     def __init__(self, compose: Any) -> None:
@@ -42,6 +43,12 @@ class DetectionTransform:
         from torch.utils.data import get_worker_info
 
         info = get_worker_info()
+        if info is not None and self._worker_seed is None:
+            import cv2
+
+            # one OpenCV thread per worker: N workers x all-core thread pools oversubscribe the CPU
+            # (torch already runs one thread in a DataLoader worker)
+            cv2.setNumThreads(0)
         if info is not None and info.seed != self._worker_seed:
             self._worker_seed = info.seed
             base = self.compose.seed if self.compose.seed is not None else 0
