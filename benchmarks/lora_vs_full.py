@@ -40,7 +40,6 @@ Writes ``<out>/lora_vs_full.json`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os

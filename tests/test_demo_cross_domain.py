@@ -88,7 +88,9 @@ def _toy_demo(domain, channels, scale):
 
     def run(out_dir, *, quick, device, seed):
         g = torch.Generator().manual_seed(seed)
-        make = (lambda n: torch.rand(n, channels, 32, 32, generator=g) * scale)
+        def make(n):
+            return torch.rand(n, channels, 32, 32, generator=g) * scale
+
         return DemoResult(domain, f"the {domain} toy", {"score": 1.0}, samples=make(4), train_samples=make(8),
                           expert=f"{domain}.lin")
 

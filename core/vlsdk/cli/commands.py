@@ -22,10 +22,10 @@ from vlsdk.cli.train import TRAIN_COMMAND
 from vlsdk.demo import DEMO_COMMAND
 from vlsdk.export.cli import EXPORT_COMMAND
 from vlsdk.inspect.cli import ROUTING_COMMAND
-from vlsdk.predict import PREDICT_COMMAND
 from vlsdk.plugins.commands import Command
 from vlsdk.plugins.manager import get_host
 from vlsdk.plugins.registry import RegistryEntry
+from vlsdk.predict import PREDICT_COMMAND
 
 __all__ = ["CORE_COMMANDS", "collect_info", "listing_command"]
 

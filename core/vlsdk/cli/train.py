@@ -55,7 +55,8 @@ def _list(as_json: bool) -> int:
     from vlsdk.cli.output import format_table
 
     rows = [(e.name, e.plugin or "-", "yes" if e.obj.distributed else "no", e.obj.description) for e in entries]
-    print(format_table(("TASK", "PLUGIN", "TORCHRUN", "DESCRIPTION"), rows) if rows else "no training recipes installed")
+    headers = ("TASK", "PLUGIN", "TORCHRUN", "DESCRIPTION")
+    print(format_table(headers, rows) if rows else "no training recipes installed")
     for info in missing:
         print(f"plugin {info.name!r} is {info.status}: {info.hint or info.error}")
     return 0

@@ -11,7 +11,8 @@ from torch import nn
 __all__ = ["Distiller", "segmentation_kd", "detection_kd"]
 
 
-def segmentation_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def segmentation_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    temperature: float = 2.0) -> torch.Tensor:
     """Pixel-wise KL(teacher || student) on softened class maps (sigmoid BCE for one class)."""
     t = temperature
     if student_logits.shape[1] == 1:
@@ -94,6 +95,7 @@ class Distiller(nn.Module):
             elif task == "detection":
                 losses[h] = detection_kd(s_out[h], t_out[h])
             elif task == "depth":
-                losses[h] = F.l1_loss(torch.log(s_out[h].depth.clamp_min(1e-6)), torch.log(t_out[h].depth.clamp_min(1e-6)))
+                log_s, log_t = (torch.log(o[h].depth.clamp_min(1e-6)) for o in (s_out, t_out))
+                losses[h] = F.l1_loss(log_s, log_t)
         losses["loss"] = self.feature_weight * losses["feature"] + sum(losses[h] for h in self.heads)
         return losses

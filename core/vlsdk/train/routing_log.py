@@ -98,7 +98,7 @@ class RoutingLog:
             return
         counts = torch.cat([s.to(items[0][2].device) for _, _, s in items]).cpu().tolist()  # one host copy
         rows, at = [], 0
-        for key, names, s in items:
+        for key, names, _ in items:
             tokens = counts[at:at + len(names)]
             at += len(names)
             total = sum(tokens)
