@@ -37,6 +37,10 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         out_dir: where checkpoints, ``metrics.csv``/``metrics.jsonl`` and ``curves.png`` go.
         progress: show a progress bar.
+        max_seconds: wall-time budget of :meth:`~vlsdk.train.Trainer.fit`: training stops cleanly
+            at the first step boundary after it (the final evaluation, log row and checkpoint
+            are written as at ``steps``; the schedule still spans ``steps``; ``fit(resume=True)``
+            continues). Under ``torchrun`` the ranks agree on the step. ``None``: no budget.
     """
 
     steps: int = 1000
@@ -58,6 +62,7 @@ class TrainConfig:
     num_workers: int = 0
     out_dir: str = "runs/vlsdk"
     progress: bool = True
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
@@ -68,6 +73,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be one of 'auto', 'off', 'bf16', 'fp16', got {self.amp!r}")
+        if self.max_seconds is not None and not self.max_seconds >= 0:
+            raise ValueError(f"max_seconds must be >= 0 or None, got {self.max_seconds}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

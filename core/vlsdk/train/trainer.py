@@ -47,6 +47,7 @@ class TrainResult:
     train: list[dict[str, float]] = field(default_factory=list)
     eval: dict[str, float] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    out_of_time: bool = False  # stopped by ``TrainConfig.max_seconds`` before ``steps``
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int,
@@ -252,7 +253,7 @@ class Trainer:
                               enabled=self.amp_dtype is not None)
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
-        """Train to ``config.steps``; ``resume=True`` continues from ``out_dir/checkpoint``."""
+        """Train to ``config.steps`` (or ``config.max_seconds``); ``resume=True`` continues from the checkpoint."""
         cfg = self.config
         if resume:
             self.load_checkpoint(None if resume is True else resume)
@@ -270,6 +271,7 @@ class Trainer:
         batches = self._batches()
         bar = _progress(cfg, self.step) if lead else None
         self.model.train()
+        started, out_of_time = time.perf_counter(), False
         try:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
@@ -279,12 +281,16 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['samples_per_s']:.1f}")
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if cfg.max_seconds is not None and self.step < cfg.steps:  # every rank stops at the same step
+                    out_of_time = bool(flagged_ranks(time.perf_counter() - started >= cfg.max_seconds, self.device))
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time:
                     result.train.append({"step": self.step, **row})
                     if log is not None:
                         log.write("train", self.step, row)
                     if routing is not None:
                         routing.snapshot(self.step)  # expert token shares since the last logged step
+                if out_of_time:
+                    break
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step != cfg.steps:
                     metrics = self.evaluate()
                     if log is not None:
@@ -300,7 +306,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
         result.step = self.step
-        if self.step >= cfg.steps:
+        result.out_of_time = out_of_time
+        if self.step >= cfg.steps or out_of_time:
             result.eval = self.evaluate()
             if result.eval and log is not None:
                 log.write("eval", self.step, result.eval)

@@ -25,7 +25,7 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int):
     """Train and evaluate BEV detection on synthetic scenes; the ``vlsdk demo`` contract.
 
     Args:
-        out_dir: where the BEV picture goes.
+        out_dir: where the BEV picture and the Trainer's files (``train/``: checkpoint, curves) go.
         quick: the test setting (fewer scenes and epochs; about 12 s on a 2-core CPU, 40 s without).
         device: ``"cpu"``, ``"cuda"``, ...
         seed: data, initialisation and shuffling seed.
@@ -61,8 +61,8 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int):
         t_data = time.perf_counter() - t0
         torch.manual_seed(seed)
         detector = build_detector(grid, backbone="tiny")
-        history = train_detector(detector, train, epochs=epochs, batch_size=4, lr=3e-3, device=device, seed=seed,
-                                 progress=False)
+        trained = train_detector(detector, train, epochs=epochs, batch_size=4, lr=3e-3, device=device, seed=seed,
+                                 progress=False, out_dir=out_dir / "train")
         preds = predict(detector, test, device=device)
         result = evaluate_detector(preds, test, grid)
         png = render_bev(test[0], preds[0], out_dir / "bev_detection.png", grid,
@@ -76,12 +76,12 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int):
     metrics = {"car_ap_2m": car, "map": float(result["mAP"])}
     seconds = time.perf_counter() - t0
     summary = (f"A CenterPoint-style BEV detector (tiny backbone with the driving.lidar expert in its MoE layers) "
-               f"trained for {len(history)} steps ({epochs} epochs) on {len(train)} LiDAR sweeps of {train_scenes} "
+               f"trained for {trained.step} steps ({epochs} epochs) on {len(train)} LiDAR sweeps of {train_scenes} "
                f"synthetic scenes, written in nuScenes format and read back through nuscenes-devkit, and evaluated "
                f"with the devkit's center-distance AP on {len(test)} sweeps of {test_scenes} held-out scenes "
                f"({sum(result['num_gt'].values())} boxes; mAP over the classes present). Input: a "
                f"{grid.shape[0]}x{grid.shape[1]} BEV pseudo-image at {grid.resolution} m with "
-               f"{detector.encoder.out_channels} channels. Final training loss {history[-1]['loss']:.3f}; "
+               f"{detector.encoder.out_channels} channels. Final training loss {trained.train[-1]['loss']:.3f}; "
                f"{seconds:.0f} s ({t_data:.0f} s synthesising).")
     return DemoResult(domain="driving", title="LiDAR BEV 3D detection on synthetic nuScenes-format scenes",
                       metrics=metrics, images=[png], model=detector.model.eval(), samples=samples,

@@ -182,7 +182,7 @@ class NuScenesDataset:
                 pts = pts[np.hypot(pts[:, 0], pts[:, 1]) >= self.min_distance]
             if sd is not ref:
                 t = reduce(np.dot, [ref_from_global, self._pose(sd)])
-                pts[:, :3] = pts[:, :3] @ t[:3, :3].T.astype(np.float32) + t[:3, 3].astype(np.float32)
+                pts[:, :3] = pts[:, :3].astype(np.float64) @ t[:3, :3].T + t[:3, 3]  # float64, as the devkit
             lag = 1e-6 * (ref["timestamp"] - sd["timestamp"])
             chunks.append(np.concatenate([pts, np.full((len(pts), 1), lag, np.float32)], 1))
             if not sd["prev"]:

@@ -3,7 +3,8 @@
 :func:`build_detector` makes a :class:`~vlsdk.VLModel` whose input is the :class:`PillarEncoder`
 pseudo-image, with the ``driving.lidar`` expert in its MoE layers and a ``driving.bev_detection``
 head; :func:`train_detector` and :func:`predict` run it over :class:`DrivingSample` lists;
-:func:`evaluate_detector` scores it with the devkit's center-distance AP. :func:`run_demo` is the
+:func:`evaluate_detector` scores it with the devkit's center-distance AP (training itself is the core
+:class:`~vlsdk.train.Trainer`, set up in :mod:`vlsdk_driving.training`). :func:`run_demo` is the
 ``vlsdk driving-detect`` command and ``examples/driving_lidar_detection.py``.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,12 +26,11 @@ from vlsdk_driving.bev import BEVGrid, PillarEncoder
 from vlsdk_driving.metrics import NuScenesDetectionAP
 from vlsdk_driving.nuscenes_adapter import POINT_FIELDS
 from vlsdk_driving.sample import DETECTION_CLASSES, Boxes3D, DrivingSample
+from vlsdk_driving.training import HEAD, augment, train_detector
 
 __all__ = ["BEVDetector", "build_detector", "load_detector", "augment", "train_detector", "predict",
            "evaluate_detector", "camera_depth_batch", "train_camera_depth", "evaluate_camera_depth", "render_bev",
            "render_camera_depth", "add_demo_arguments", "run_demo"]
-
-HEAD = "bev"
 
 
 @dataclass
@@ -110,44 +109,6 @@ def load_detector(directory: str | Path, map_location: str = "cpu") -> BEVDetect
     return BEVDetector(encoder, vlsdk.VLModel.from_pretrained(directory, map_location=map_location).eval())
 
 
-def augment(sample: DrivingSample, rng: np.random.Generator, rotate: float = math.pi / 4,
-            scale: tuple[float, float] = (0.95, 1.05)) -> tuple[np.ndarray, Boxes3D]:
-    """Global flip, rotation about ``z`` and scaling of points and boxes together.
-
-    Args:
-        sample: the sample (not modified).
-        rng: the random generator.
-        rotate: rotation drawn from ``U(-rotate, rotate)``, radians.
-        scale: scale factor range.
-
-    Returns:
-        the augmented ``(points, boxes)``.
-    """
-    pts = sample.points.copy()
-    b = sample.boxes
-    boxes = b.boxes.copy()
-    vel = None if b.velocity is None else b.velocity.copy()
-    if rng.random() < 0.5:  # flip y
-        pts[:, 1] *= -1
-        boxes[:, 1] *= -1
-        boxes[:, 6] *= -1
-        if vel is not None:
-            vel[:, 1] *= -1
-    angle, s = rng.uniform(-rotate, rotate), rng.uniform(*scale)
-    c, si = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, -si], [si, c]])
-    pts[:, :2] = pts[:, :2] @ rot.T.astype(np.float32)
-    boxes[:, :2] = boxes[:, :2] @ rot.T
-    boxes[:, 6] += angle
-    if vel is not None:
-        vel = vel @ rot.T
-    pts[:, :3] *= s
-    boxes[:, :6] *= s
-    if vel is not None:
-        vel = vel * s
-    return pts, Boxes3D(boxes, b.labels, None, vel, list(b.tokens))
-
-
 def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
     if amp in (None, "none", "off"):
         return contextlib.nullcontext()
@@ -161,71 +122,6 @@ def _batches(n: int, size: int, rng: np.random.Generator | None) -> Iterator[np.
     order = rng.permutation(n) if rng is not None else np.arange(n)
     for i in range(0, n, size):
         yield order[i:i + size]
-
-
-def train_detector(detector: BEVDetector, samples: Sequence[DrivingSample], *, epochs: int = 10,
-                   batch_size: int = 4, lr: float = 2e-3, weight_decay: float = 1e-2, device: str = "cpu",
-                   amp: str | None = None, seed: int = 0, augmentation: bool = True, progress: bool = True,
-                   max_seconds: float | None = None) -> list[dict[str, float]]:
-    """Train the detector with AdamW and a one-cycle schedule; return per-step losses.
-
-    Args:
-        detector: the detector.
-        samples: training samples.
-        epochs: passes over ``samples``.
-        batch_size: samples per step.
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay.
-        device: ``"cpu"``, ``"cuda"``...
-        amp: ``"bf16"``/``"fp16"`` autocast, or ``None``.
-        seed: shuffling and augmentation seed.
-        augmentation: flip/rotate/scale each sample.
-        progress: show a tqdm progress bar.
-        max_seconds: stop early after this much wall time (the schedule still spans ``epochs``).
-    """
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"expected epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
-    if not samples:
-        raise ValueError("no training samples")
-    from tqdm.auto import tqdm
-
-    dev = torch.device(device)
-    model, encoder = detector.model.to(dev), detector.encoder
-    head = detector.head
-    rng = np.random.default_rng(seed)
-    steps = epochs * math.ceil(len(samples) / batch_size)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(total=steps, desc="train", disable=not progress, unit="step")
-    try:
-        for _ in range(epochs):
-            for idx in _batches(len(samples), batch_size, rng):
-                if augmentation:
-                    pairs = [augment(samples[i], rng) for i in idx]
-                else:
-                    pairs = [(samples[i].points, samples[i].boxes) for i in idx]
-                bev = encoder([torch.from_numpy(p).to(dev) for p, _ in pairs])
-                with _autocast(dev, amp):
-                    out = model(bev, heads=[HEAD])
-                losses = head.loss(out[HEAD], [b for _, b in pairs])
-                loss = losses["loss"] + 0.01 * out.aux_loss.float()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                opt.step()
-                sched.step()
-                history.append({k: float(v.detach()) for k, v in losses.items()})
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", hm=f"{history[-1]['heatmap']:.3f}")
-                if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                    return history
-    finally:
-        bar.close()
-        model.eval()
-    return history
 
 
 @torch.no_grad()
@@ -507,6 +403,7 @@ def run_demo(args: argparse.Namespace) -> int:
     Args:
         args: parsed :func:`add_demo_arguments` options.
     """
+    from vlsdk.train.distributed import barrier, init_from_env
     from vlsdk_driving.metrics import format_ap_table
     from vlsdk_driving.nuscenes_adapter import NuScenesDataset
     from vlsdk_driving.synth import NuScenesSceneSynthesizer, SceneRandomization
@@ -528,27 +425,41 @@ def run_demo(args: argparse.Namespace) -> int:
     if threads:
         torch.set_num_threads(threads)
     rand = SceneRandomization(area=min(30.0, half - 2), azimuth_steps=(500, 900) if quick else (600, 1100))
-    print(f"[driving] grid {grid.shape} at {res} m, backbone {backbone!r}, device {args.device}, "
-          f"{train_scenes} train / {test_scenes} test scenes, {epochs} epochs")
-    train_ds = NuScenesSceneSynthesizer(train_scenes, 4, camera_channel=None, randomization=rand)(
-        args.seed, out / "data" / "train")
-    test_ds = NuScenesSceneSynthesizer(test_scenes, 3, randomization=rand)(args.seed + 10_000, out / "data" / "test")
+    rank, world = init_from_env(args.device)  # joins torchrun's process group (a no-op in one process)
+    lead = rank == 0
+    if lead:
+        print(f"[driving] grid {grid.shape} at {res} m, backbone {backbone!r}, device {args.device}, "
+              f"{train_scenes} train / {test_scenes} test scenes, {epochs} epochs"
+              + (f", {world} ranks" if world > 1 else ""))
+        NuScenesSceneSynthesizer(train_scenes, 4, camera_channel=None, randomization=rand).write(
+            out / "data" / "train", args.seed)
+        test_ds = NuScenesSceneSynthesizer(test_scenes, 3, randomization=rand)(
+            args.seed + 10_000, out / "data" / "test")
+        test = [test_ds[i] for i in range(len(test_ds))]
+    barrier()  # the other ranks read the training scenes rank 0 wrote
+    train_ds = NuScenesDataset(out / "data" / "train", camera_channels=())
     train = [train_ds[i] for i in range(len(train_ds))]
-    test = [test_ds[i] for i in range(len(test_ds))]
-    print(f"[driving] wrote and loaded {len(train)} + {len(test)} synthetic samples through nuscenes-devkit "
-          f"({time.perf_counter() - t0:.1f} s)")
+    if lead:
+        print(f"[driving] wrote and loaded {len(train)} + {len(test)} synthetic samples through nuscenes-devkit "
+              f"({time.perf_counter() - t0:.1f} s)")
     detector = build_detector(grid, backbone=backbone)
     budget = args.max_train_seconds if args.max_train_seconds is not None else (25.0 if quick else None)
-    history = train_detector(detector, train, epochs=epochs, batch_size=batch_size, lr=args.lr,
+    trained = train_detector(detector, train, epochs=epochs, batch_size=batch_size, lr=args.lr,
                              device=args.device, amp=None if args.amp == "none" else args.amp, seed=args.seed,
-                             progress=not args.no_progress, max_seconds=budget)
-    print(f"[driving] {len(history)} steps, final loss {history[-1]['loss']:.3f} ({time.perf_counter() - t0:.1f} s)")
+                             progress=not args.no_progress and lead, max_seconds=budget, out_dir=out / "train")
+    if not lead:
+        return 0  # rank 0 evaluates, draws and saves
+    final_loss = trained.train[-1]["loss"]
+    stopped = " (time budget reached)" if trained.out_of_time else ""
+    print(f"[driving] {trained.step} steps{stopped}, final loss {final_loss:.3f}; training curves in "
+          f"{out / 'train'} ({time.perf_counter() - t0:.1f} s)")
     amp = None if args.amp == "none" else args.amp
     preds = predict(detector, test, device=args.device, amp=amp, batch_size=batch_size)
     synth_result = evaluate_detector(preds, test, grid)
     print(format_ap_table(synth_result, "held-out synthetic scenes (nuscenes-devkit center-distance AP, "
                                         f"{time.perf_counter() - t0:.1f} s)"))
-    metrics: dict[str, Any] = {"synthetic": synth_result, "steps": len(history), "final_loss": history[-1]["loss"]}
+    metrics: dict[str, Any] = {"synthetic": synth_result, "steps": trained.step, "final_loss": final_loss,
+                               "out_of_time": trained.out_of_time}
     render_bev(test[0], preds[0], out / "bev_synthetic.png", grid,
                title="held-out synthetic scene: ground truth (green), predictions (red)")
     real_root = args.nuscenes or _default_nuscenes()

@@ -121,6 +121,6 @@ def vlsdk_register_tasks(register):
         add_demo_arguments, run_demo, aliases={"data": "nuscenes", "model": "backbone", "progress": "!no_progress"},
         quick={"quick": True, "epochs": 8, "train_scenes": 10, "test_scenes": 3, "batch_size": 4, "backbone": "tiny",
                "resolution": 0.5, "half_range": 32.0},
-        metrics_file="metrics.json", headline=("synthetic.mAP", "final_loss"),
+        metrics_file="metrics.json", headline=("synthetic.mAP", "final_loss"), distributed=True,
         description="LiDAR BEV detection on synthetic nuScenes-format scenes (+ real keyframe), devkit AP; "
-                    "own training loop, one process"), extra="driving")
+                    "core Trainer, data-parallel under torchrun"), extra="driving")

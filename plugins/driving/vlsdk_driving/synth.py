@@ -8,8 +8,13 @@ classes, sizes (around nuScenes class means), poses, speeds, azimuth resolution 
 range noise, point dropout, the LiDAR's mounting yaw and a few unannotated background buildings.
 
 The output has the devkit's 13 tables in ``<root>/<version>/``, ``samples/LIDAR_TOP/*.pcd.bin``
-(5 float32 per point: x, y, z, intensity, ring), ``samples/CAM_FRONT/*.jpg`` and a placeholder
-map PNG; annotation ``prev``/``next`` links make ``NuScenes.box_velocity`` work.
+(5 float32 per point: x, y, z, intensity, ring), ``samples/CAM_*/*.jpg`` (one front camera or the
+six nuScenes cameras with their calibrations) and a placeholder map PNG; annotation ``prev``/``next``
+links make ``NuScenes.box_velocity`` work. With ``sweeps > 0`` non-keyframe LiDAR sweeps at 20 Hz go
+to ``sweeps/LIDAR_TOP/`` (``is_key_frame`` false, each with its own ego pose along the trajectory,
+linked ``prev``/``next`` with the keyframes), so multi-sweep merging (``NuScenesDataset(nsweeps=10)``,
+the devkit's ``LidarPointCloud.from_file_multisweep``) has real history to merge. The sensor rig
+itself is :mod:`vlsdk_driving.synth_sensors`.
 """
 
 from __future__ import annotations
@@ -22,9 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from vlsdk_driving.sample import DETECTION_CLASSES, Boxes3D
+from vlsdk_driving.synth_sensors import (
+    LIDAR_ORIGIN,
+    NUSCENES_CAMERAS,
+    CameraMount,
+    raycast_boxes,
+    render_camera,
+    rot_z,
+    scan_lidar,
+)
 
 __all__ = ["CLASS_SIZES", "CLASS_SPEEDS", "FINE_CATEGORY", "SceneRandomization", "NuScenesSceneSynthesizer",
-           "raycast_boxes"]
+           "raycast_boxes", "NUSCENES_CAMERAS", "SWEEP_INTERVAL"]
 
 #: Mean ``(length, width, height)`` per class, metres (about the nuScenes means).
 CLASS_SIZES: dict[str, tuple[float, float, float]] = {
@@ -44,13 +58,11 @@ FINE_CATEGORY: dict[str, str] = {
     "motorcycle": "vehicle.motorcycle", "pedestrian": "human.pedestrian.adult",
     "traffic_cone": "movable_object.trafficcone", "barrier": "movable_object.barrier",
 }
+#: Seconds between LiDAR sweeps (20 Hz); keyframes are 10 sweeps (0.5 s) apart.
+SWEEP_INTERVAL = 0.05
+_KEYFRAME_INTERVAL = 0.5
 _CLASS_COLOURS = np.array([[200, 40, 40], [40, 120, 200], [150, 90, 40], [220, 180, 30], [230, 120, 20],
                            [30, 180, 90], [160, 40, 160], [240, 240, 240], [255, 110, 0], [120, 120, 140]], float)
-_LIDAR_HEIGHT = 1.84
-_LIDAR_XY = (0.94, 0.0)
-_CAMERA_POS = (1.70, 0.0, 1.51)
-_CAMERA_ROT = (0.5, -0.5, 0.5, -0.5)  # camera x right, y down, z forward -> ego
-_ELEVATIONS = np.deg2rad(np.linspace(-30.67, 10.67, 32))
 
 
 @dataclass
@@ -101,51 +113,6 @@ class SceneRandomization:
             raise ValueError(f"size_jitter must be in [0, 1) and area > 5 m, got {self.size_jitter}, {self.area}")
 
 
-def _rot_z(yaw: np.ndarray | float) -> np.ndarray:
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def raycast_boxes(origin: np.ndarray, dirs: np.ndarray, boxes: np.ndarray,
-                  max_range: float = 80.0) -> tuple[np.ndarray, np.ndarray]:
-    """Cast rays against the ground plane ``z = 0`` and yaw-rotated boxes (all rays at once).
-
-    Args:
-        origin: ``(3,)`` ray origin.
-        dirs: ``(R, 3)`` unit directions.
-        boxes: ``(M, 7)`` ``x, y, z, l, w, h, yaw`` boxes in the same frame.
-        max_range: hits farther than this are misses.
-
-    Returns:
-        ``(t, hit)``: ``(R,)`` distance to the nearest hit (``inf`` for none) and ``(R,)`` what was
-        hit: the box index, ``-1`` for the ground, ``-2`` for nothing.
-    """
-    t = np.full(len(dirs), np.inf)
-    hit = np.full(len(dirs), -2, dtype=np.int64)
-    down = dirs[:, 2] < -1e-9
-    tg = np.where(down, -origin[2] / np.where(down, dirs[:, 2], -1.0), np.inf)
-    ground = (tg > 0) & (tg <= max_range)
-    t[ground], hit[ground] = tg[ground], -1
-    if len(boxes):
-        c, s = np.cos(boxes[:, 6])[:, None], np.sin(boxes[:, 6])[:, None]
-        o = origin[None, :] - boxes[:, :3]  # (M, 3)
-        ol = np.stack([o[:, 0:1] * c + o[:, 1:2] * s, -o[:, 0:1] * s + o[:, 1:2] * c, o[:, 2:3]], -1)  # (M,1,3)
-        dl = np.stack([dirs[None, :, 0] * c + dirs[None, :, 1] * s, -dirs[None, :, 0] * s + dirs[None, :, 1] * c,
-                       np.broadcast_to(dirs[None, :, 2], (len(boxes), len(dirs)))], -1)  # (M, R, 3)
-        half = boxes[:, None, 3:6] / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / np.where(np.abs(dl) < 1e-12, 1e-12, dl)
-            t1, t2 = (-half - ol) * inv, (half - ol) * inv
-        tmin = np.minimum(t1, t2).max(-1)
-        tmax = np.maximum(t1, t2).min(-1)
-        tb = np.where((tmax >= tmin) & (tmin > 0), tmin, np.inf)  # (M, R)
-        best = tb.argmin(0)
-        tbest = tb[best, np.arange(len(dirs))]
-        closer = (tbest < t) & (tbest <= max_range)
-        t[closer], hit[closer] = tbest[closer], best[closer]
-    return t, hit
-
-
 class NuScenesSceneSynthesizer:
     """Writes randomised synthetic scenes as a nuScenes-format dataset (registered ``driving.scenes``).
 
@@ -154,18 +121,30 @@ class NuScenesSceneSynthesizer:
         samples_per_scene: keyframes per scene, 0.5 s apart.
         version: the table folder name.
         lidar_channel: the LiDAR's channel name (a different rig can use another).
-        camera_channel: a front camera's channel name, or ``None`` for no images.
+        camera_channel: one camera's channel name, or ``None`` for no images; mounted like the
+            nuScenes camera of that name when it is one of :data:`NUSCENES_CAMERAS`, else like
+            ``CAM_FRONT``.
+        camera_channels: several cameras instead (names from :data:`NUSCENES_CAMERAS`, e.g.
+            ``tuple(NUSCENES_CAMERAS)`` for all six), each with its nuScenes-like calibration;
+            overrides ``camera_channel``. Cameras are written at the keyframes.
+        sweeps: non-keyframe LiDAR sweeps written before each keyframe, ``0.05 s`` apart (20 Hz;
+            nuScenes has 9, filling the 0.5 s between keyframes), 0 to 9.
         image_size: ``(width, height)`` of the camera images.
         randomization: the randomisation ranges.
 
+    The keyframes, their boxes and the first camera's images do not depend on ``sweeps`` or on
+    the other cameras: those draw from their own generator.
+
     Example:
-        >>> synth = NuScenesSceneSynthesizer(num_scenes=2, samples_per_scene=3)
+        >>> synth = NuScenesSceneSynthesizer(num_scenes=2, samples_per_scene=3, sweeps=9,
+        ...                                  camera_channels=tuple(NUSCENES_CAMERAS))
         >>> dataset = synth(seed=0, root=tmp_path)  # doctest: +SKIP
         >>> len(dataset), synth.truth  # doctest: +SKIP
     """
 
     def __init__(self, num_scenes: int = 2, samples_per_scene: int = 3, *, version: str = "v1.0-mini",
                  lidar_channel: str = "LIDAR_TOP", camera_channel: str | None = "CAM_FRONT",
+                 camera_channels: Sequence[str] | None = None, sweeps: int = 0,
                  image_size: Sequence[int] = (320, 180), randomization: SceneRandomization | None = None) -> None:
         if not isinstance(num_scenes, int) or num_scenes < 1:
             raise ValueError(f"num_scenes must be an int >= 1, got {num_scenes!r}")
@@ -173,23 +152,42 @@ class NuScenesSceneSynthesizer:
             raise ValueError(f"samples_per_scene must be an int >= 1, got {samples_per_scene!r}")
         if len(image_size) != 2 or min(image_size) < 8:
             raise ValueError(f"image_size must be (width, height) >= 8 pixels, got {image_size!r}")
+        between = round(_KEYFRAME_INTERVAL / SWEEP_INTERVAL) - 1
+        if not isinstance(sweeps, int) or not 0 <= sweeps <= between:
+            raise ValueError(f"sweeps must be an int from 0 to {between} (20 Hz sweeps between 2 Hz keyframes), "
+                             f"got {sweeps!r}")
+        if camera_channels is not None:
+            unknown = [c for c in camera_channels if c not in NUSCENES_CAMERAS]
+            if unknown or len(set(camera_channels)) != len(camera_channels):
+                raise ValueError(f"camera_channels must be distinct names from {list(NUSCENES_CAMERAS)}, "
+                                 f"got {list(camera_channels)}")
+            cameras = {c: NUSCENES_CAMERAS[c] for c in camera_channels}
+        elif camera_channel is not None:
+            cameras = {camera_channel: NUSCENES_CAMERAS.get(camera_channel, NUSCENES_CAMERAS["CAM_FRONT"])}
+        else:
+            cameras = {}
         self.num_scenes = num_scenes
         self.samples_per_scene = samples_per_scene
         self.version = version
         self.lidar_channel = lidar_channel
-        self.camera_channel = camera_channel
+        #: camera channel -> its mount, in writing order.
+        self.cameras: dict[str, CameraMount] = cameras
+        self.camera_channel = next(iter(cameras), None)
+        self.sweeps = sweeps
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.randomization = randomization or SceneRandomization()
         #: sample token -> the boxes placed, in that sample's LiDAR frame (filled by :meth:`write`).
         self.truth: dict[str, Boxes3D] = {}
 
-    def __call__(self, seed: int = 0, root: str | Path | None = None):
+    def __call__(self, seed: int = 0, root: str | Path | None = None, nsweeps: int = 1):
         """Write the dataset into ``root`` (see :meth:`write`) and open it with the nuScenes adapter.
 
         Args:
             seed: the random seed (same seed, same dataset).
             root: the output folder (created); ``None`` makes a new temporary folder, left for
                 the caller to delete (``dataset.dataroot``).
+            nsweeps: sweeps the adapter merges per sample (``sweeps + 1`` takes every one written
+                since the previous keyframe).
 
         Returns:
             a :class:`vlsdk_driving.nuscenes_adapter.NuScenesDataset` over it.
@@ -201,8 +199,8 @@ class NuScenesSceneSynthesizer:
         if root is None:
             root = tempfile.mkdtemp(prefix=f"vlsdk-driving-scenes-{seed}-")
         root = self.write(root, seed)
-        cams = () if self.camera_channel is None else (self.camera_channel,)
-        return NuScenesDataset(root, self.version, lidar_channel=self.lidar_channel, camera_channels=cams)
+        return NuScenesDataset(root, self.version, lidar_channel=self.lidar_channel,
+                               camera_channels=tuple(self.cameras), nsweeps=nsweeps)
 
     # -- generation ------------------------------------------------------------------------
     def _objects(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,153 +246,35 @@ class NuScenesSceneSynthesizer:
         Returns:
             ``root`` as a :class:`Path`.
         """
-        from pyquaternion import Quaternion
+        from PIL import Image
 
         rng = np.random.default_rng(seed)
+        extra = np.random.default_rng([seed, 1])  # sweeps and further cameras: keyframes stay the same
         root = Path(root)
-        token = lambda: rng.bytes(16).hex()  # noqa: E731 - deterministic tokens
-        r = self.randomization
         tables: dict[str, list[dict]] = {k: [] for k in (
             "category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log",
             "scene", "sample", "sample_data", "sample_annotation", "map")}
-        cat_tokens = {}
-        for name in DETECTION_CLASSES:
-            cat_tokens[name] = token()
-            tables["category"].append({"token": cat_tokens[name], "name": FINE_CATEGORY[name],
-                                       "description": f"synthetic {name}"})
+        cat_tokens = {name: _token(rng) for name in DETECTION_CLASSES}
+        tables["category"] = [{"token": cat_tokens[n], "name": FINE_CATEGORY[n], "description": f"synthetic {n}"}
+                              for n in DETECTION_CLASSES]
         for i, level in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"), 1):
             tables["visibility"].append({"token": str(i), "level": level, "description": f"visibility {level}"})
-        lidar_sensor, cam_sensor = token(), token()
+        lidar_sensor, first_cam = _token(rng), _token(rng)
         tables["sensor"].append({"token": lidar_sensor, "channel": self.lidar_channel, "modality": "lidar"})
-        if self.camera_channel is not None:
-            tables["sensor"].append({"token": cam_sensor, "channel": self.camera_channel, "modality": "camera"})
-        w_img, h_img = self.image_size
-        focal = w_img / 2 / np.tan(np.deg2rad(35))
-        intrinsic = [[focal, 0.0, w_img / 2], [0.0, focal, h_img / 2], [0.0, 0.0, 1.0]]
+        cam_sensors = {c: first_cam if i == 0 else _token(extra) for i, c in enumerate(self.cameras)}
+        tables["sensor"] += [{"token": t, "channel": c, "modality": "camera"} for c, t in cam_sensors.items()]
         (root / "maps").mkdir(parents=True, exist_ok=True)
-        from PIL import Image
-
         Image.new("L", (1, 1)).save(root / "maps" / "synthetic_placeholder.png")
-        lidar_dir = root / "samples" / self.lidar_channel
-        lidar_dir.mkdir(parents=True, exist_ok=True)
-        if self.camera_channel is not None:
-            (root / "samples" / self.camera_channel).mkdir(parents=True, exist_ok=True)
+        for folder in [f"samples/{self.lidar_channel}", *(f"samples/{c}" for c in self.cameras)] + (
+                [f"sweeps/{self.lidar_channel}"] if self.sweeps else []):
+            (root / folder).mkdir(parents=True, exist_ok=True)
         timestamp = 1_600_000_000_000_000 + int(rng.integers(0, 10**9))
         self.truth = {}
         for scene_i in range(self.num_scenes):
-            log_token, scene_token = token(), token()
-            tables["log"].append({"token": log_token, "logfile": f"synthetic-{seed}-{scene_i}", "vehicle": "synth",
-                                  "date_captured": "2026-01-01", "location": "singapore-onenorth"})
-            lidar_yaw = rng.uniform(*r.lidar_yaw)
-            cs_lidar = {"token": token(), "sensor_token": lidar_sensor,
-                        "translation": [_LIDAR_XY[0], _LIDAR_XY[1], _LIDAR_HEIGHT],
-                        "rotation": list(Quaternion(axis=[0, 0, 1], angle=lidar_yaw).elements), "camera_intrinsic": []}
-            tables["calibrated_sensor"].append(cs_lidar)
-            cs_cam = {"token": token(), "sensor_token": cam_sensor, "translation": list(_CAMERA_POS),
-                      "rotation": list(_CAMERA_ROT), "camera_intrinsic": intrinsic}
-            if self.camera_channel is not None:
-                tables["calibrated_sensor"].append(cs_cam)
-            objects, labels, speeds = self._objects(rng)
-            buildings = self._buildings(rng)
-            ego_xy, ego_yaw = rng.uniform(-500, 500, 2), rng.uniform(-np.pi, np.pi)
-            ego_speed = rng.uniform(*r.ego_speed)
-            # objects in the global frame: relative to the first ego pose
-            rot0 = _rot_z(ego_yaw)
-            g_obj = objects.copy()
-            g_obj[:, :2] = objects[:, :2] @ rot0[:2, :2].T + ego_xy
-            g_obj[:, 6] = objects[:, 6] + ego_yaw
-            g_bld = buildings.copy()
-            g_bld[:, :2] = buildings[:, :2] @ rot0[:2, :2].T + ego_xy
-            g_bld[:, 6] = buildings[:, 6] + ego_yaw
-            vel = speeds[:, None] * np.stack([np.cos(g_obj[:, 6]), np.sin(g_obj[:, 6])], -1)
-            instances = [token() for _ in range(len(objects))]
-            ann_tokens = [[token() for _ in range(len(objects))] for _ in range(self.samples_per_scene)]
-            sample_tokens = [token() for _ in range(self.samples_per_scene)]
-            lidar_sd = [token() for _ in range(self.samples_per_scene)]
-            cam_sd = [token() for _ in range(self.samples_per_scene)]
-            for k in range(self.samples_per_scene):
-                dt = 0.5 * k
-                ts = timestamp + int(dt * 1e6)
-                e_yaw = ego_yaw
-                e_xy = ego_xy + ego_speed * dt * np.array([np.cos(e_yaw), np.sin(e_yaw)])
-                pose = {"token": token(), "timestamp": ts, "translation": [float(e_xy[0]), float(e_xy[1]), 0.0],
-                        "rotation": list(Quaternion(axis=[0, 0, 1], angle=e_yaw).elements)}
-                tables["ego_pose"].append(pose)
-                # boxes at this time, in the ego frame
-                g_now = g_obj.copy()
-                g_now[:, :2] += vel * dt
-                inv = _rot_z(-e_yaw)
-                ego_boxes = g_now.copy()
-                ego_boxes[:, :2] = (g_now[:, :2] - e_xy) @ inv[:2, :2].T
-                ego_boxes[:, 6] = g_now[:, 6] - e_yaw
-                ego_bld = g_bld.copy()
-                ego_bld[:, :2] = (g_bld[:, :2] - e_xy) @ inv[:2, :2].T
-                ego_bld[:, 6] = g_bld[:, 6] - e_yaw
-                all_boxes = np.concatenate([ego_boxes, ego_bld])
-                # the LiDAR sweep
-                n_az = int(rng.integers(r.azimuth_steps[0], r.azimuth_steps[1] + 1))
-                az = np.linspace(-np.pi, np.pi, n_az, endpoint=False) + rng.uniform(0, 2 * np.pi / n_az)
-                el, azg = np.meshgrid(_ELEVATIONS, az, indexing="ij")
-                d_lidar = np.stack([np.cos(el) * np.cos(azg), np.cos(el) * np.sin(azg), np.sin(el)], -1).reshape(-1, 3)
-                ring = np.repeat(np.arange(len(_ELEVATIONS)), n_az).astype(np.float32)
-                rot_l = _rot_z(lidar_yaw)
-                origin = np.array([_LIDAR_XY[0], _LIDAR_XY[1], _LIDAR_HEIGHT])
-                t, hit = raycast_boxes(origin, d_lidar @ rot_l.T, all_boxes)
-                keep = (hit > -2) & (rng.random(len(t)) >= rng.uniform(*r.dropout))
-                t = t + rng.normal(0, rng.uniform(*r.range_noise), len(t))
-                pts = d_lidar[keep] * t[keep, None]
-                hit = hit[keep]
-                obj_int = rng.uniform(20, 120, len(all_boxes))
-                intensity = np.where(hit >= 0, obj_int[np.maximum(hit, 0)], rng.uniform(2, 15, len(hit)))
-                cloud = np.concatenate([pts, intensity[:, None], ring[keep, None]], 1).astype(np.float32)
-                fname = f"samples/{self.lidar_channel}/synthetic-{seed}-{scene_i}__{self.lidar_channel}__{ts}.pcd.bin"
-                cloud.tofile(root / fname)
-                num_pts = np.bincount(hit[hit >= 0], minlength=len(all_boxes))[: len(objects)]
-                tables["sample"].append({"token": sample_tokens[k], "timestamp": ts,
-                                         "prev": sample_tokens[k - 1] if k else "",
-                                         "next": sample_tokens[k + 1] if k + 1 < self.samples_per_scene else "",
-                                         "scene_token": scene_token})
-                tables["sample_data"].append({
-                    "token": lidar_sd[k], "sample_token": sample_tokens[k], "ego_pose_token": pose["token"],
-                    "calibrated_sensor_token": cs_lidar["token"], "timestamp": ts, "fileformat": "pcd",
-                    "is_key_frame": True, "height": 0, "width": 0, "filename": fname,
-                    "prev": lidar_sd[k - 1] if k else "",
-                    "next": lidar_sd[k + 1] if k + 1 < self.samples_per_scene else ""})
-                if self.camera_channel is not None:
-                    cname = f"samples/{self.camera_channel}/synthetic-{seed}-{scene_i}__{self.camera_channel}__{ts}.jpg"
-                    self._render_camera(root / cname, all_boxes, labels, intrinsic, rng)
-                    tables["sample_data"].append({
-                        "token": cam_sd[k], "sample_token": sample_tokens[k], "ego_pose_token": pose["token"],
-                        "calibrated_sensor_token": cs_cam["token"], "timestamp": ts, "fileformat": "jpg",
-                        "is_key_frame": True, "height": h_img, "width": w_img, "filename": cname,
-                        "prev": cam_sd[k - 1] if k else "",
-                        "next": cam_sd[k + 1] if k + 1 < self.samples_per_scene else ""})
-                for j in range(len(objects)):
-                    w, length, h = g_now[j, 4], g_now[j, 3], g_now[j, 5]
-                    tables["sample_annotation"].append({
-                        "token": ann_tokens[k][j], "sample_token": sample_tokens[k], "instance_token": instances[j],
-                        "visibility_token": "4", "attribute_tokens": [],
-                        "translation": [float(g_now[j, 0]), float(g_now[j, 1]), float(g_now[j, 2])],
-                        "size": [float(w), float(length), float(h)],
-                        "rotation": list(Quaternion(axis=[0, 0, 1], angle=g_now[j, 6]).elements),
-                        "prev": ann_tokens[k - 1][j] if k else "",
-                        "next": ann_tokens[k + 1][j] if k + 1 < self.samples_per_scene else "",
-                        "num_lidar_pts": int(num_pts[j]), "num_radar_pts": 0})
-                # the known boxes in this sample's LiDAR frame
-                lid = ego_boxes.copy()
-                lid[:, :3] = (ego_boxes[:, :3] - origin) @ rot_l  # R^T (p - t)
-                lid[:, 6] = np.arctan2(np.sin(ego_boxes[:, 6] - lidar_yaw), np.cos(ego_boxes[:, 6] - lidar_yaw))
-                v_lidar = vel @ (_rot_z(e_yaw) @ rot_l)[:2, :2]
-                self.truth[sample_tokens[k]] = Boxes3D(lid, labels, velocity=v_lidar, tokens=ann_tokens[k])
-            for j in range(len(objects)):
-                tables["instance"].append({"token": instances[j], "category_token": cat_tokens[
-                    DETECTION_CLASSES[labels[j]]], "nbr_annotations": self.samples_per_scene,
-                    "first_annotation_token": ann_tokens[0][j], "last_annotation_token": ann_tokens[-1][j]})
-            tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": self.samples_per_scene,
-                                    "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
-                                    "name": f"synthetic-{seed}-{scene_i}", "description": "vlsdk synthetic scene"})
-            timestamp += int(self.samples_per_scene * 0.5e6) + 10_000_000
-        tables["map"].append({"token": token(), "log_tokens": [log["token"] for log in tables["log"]],
+            self._write_scene(root, tables, f"synthetic-{seed}-{scene_i}", timestamp, rng, extra,
+                              lidar_sensor, cam_sensors, cat_tokens)
+            timestamp += int(self.samples_per_scene * _KEYFRAME_INTERVAL * 1e6) + 10_000_000
+        tables["map"].append({"token": _token(rng), "log_tokens": [log["token"] for log in tables["log"]],
                               "category": "semantic_prior", "filename": "maps/synthetic_placeholder.png"})
         table_dir = root / self.version
         table_dir.mkdir(parents=True, exist_ok=True)
@@ -402,31 +282,127 @@ class NuScenesSceneSynthesizer:
             (table_dir / f"{name}.json").write_text(json.dumps(rows, indent=0))
         return root
 
-    def _render_camera(self, path: Path, boxes: np.ndarray, labels: np.ndarray, intrinsic: list[list[float]],
-                       rng: np.random.Generator) -> None:
-        """Ray-cast the front camera: shaded ground, class-coloured boxes, grey buildings, sky."""
-        from PIL import Image
-
-        w, h = self.image_size
-        k = np.array(intrinsic)
-        u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-        d_cam = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
-        d_cam /= np.linalg.norm(d_cam, axis=1, keepdims=True)
+    def _write_scene(self, root: Path, tables: dict[str, list[dict]], name: str, timestamp: int,
+                     rng: np.random.Generator, extra: np.random.Generator, lidar_sensor: str,
+                     cam_sensors: dict[str, str], cat_tokens: dict[str, str]) -> None:
+        """One scene: its calibrations, objects, keyframes (+ sweeps), camera images and annotations."""
         from pyquaternion import Quaternion
 
-        d_ego = d_cam @ Quaternion(_CAMERA_ROT).rotation_matrix.T
-        origin = np.array(_CAMERA_POS)
-        colours = np.concatenate([_CLASS_COLOURS[labels], np.full((len(boxes) - len(labels), 3), 150.0)])
-        ahead = boxes[:, 0] + np.hypot(boxes[:, 3], boxes[:, 4]) / 2 > origin[0]  # only boxes the camera can see
-        t, hit = raycast_boxes(origin, d_ego, boxes[ahead], max_range=120.0)
-        hit = np.where(hit >= 0, np.flatnonzero(ahead)[np.maximum(hit, 0)], hit)
-        p = origin + d_ego * np.where(np.isfinite(t), t, 0)[:, None]
-        checker = ((np.floor(p[:, 0] / 2) + np.floor(p[:, 1] / 2)) % 2)[:, None]
-        img = np.tile([[150.0, 190.0, 235.0]], (len(t), 1))  # sky
-        ground = hit == -1
-        img[ground] = (70 + 25 * checker[ground]) * np.ones(3)
-        obj = hit >= 0
-        shade = 1.0 - 0.6 * np.clip(t[obj] / 80.0, 0, 1)
-        img[obj] = colours[hit[obj]] * shade[:, None]
-        img += rng.normal(0, 3, img.shape)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8).reshape(h, w, 3)).save(path, quality=90)
+        r, n_key = self.randomization, self.samples_per_scene
+        log_token, scene_token = _token(rng), _token(rng)
+        tables["log"].append({"token": log_token, "logfile": name, "vehicle": "synth",
+                              "date_captured": "2026-01-01", "location": "singapore-onenorth"})
+        lidar_yaw = rng.uniform(*r.lidar_yaw)
+        cs_lidar = {"token": _token(rng), "sensor_token": lidar_sensor, "translation": LIDAR_ORIGIN.tolist(),
+                    "rotation": list(Quaternion(axis=[0, 0, 1], angle=lidar_yaw).elements), "camera_intrinsic": []}
+        tables["calibrated_sensor"].append(cs_lidar)
+        first_cs = _token(rng)
+        cs_cams = {}
+        for i, (channel, mount) in enumerate(self.cameras.items()):
+            cs_cams[channel] = {"token": first_cs if i == 0 else _token(extra), "sensor_token": cam_sensors[channel],
+                                "translation": list(mount.translation), "rotation": mount.rotation(),
+                                "camera_intrinsic": mount.intrinsic(self.image_size)}
+        tables["calibrated_sensor"] += list(cs_cams.values())
+        objects, labels, speeds = self._objects(rng)
+        buildings = self._buildings(rng)
+        ego_xy, ego_yaw = rng.uniform(-500, 500, 2), rng.uniform(-np.pi, np.pi)
+        ego_speed = rng.uniform(*r.ego_speed)
+        # objects and buildings in the global frame: relative to the first ego pose
+        rot0 = rot_z(ego_yaw)
+        g_obj, g_bld = objects.copy(), buildings.copy()
+        for g, local in ((g_obj, objects), (g_bld, buildings)):
+            g[:, :2] = local[:, :2] @ rot0[:2, :2].T + ego_xy
+            g[:, 6] = local[:, 6] + ego_yaw
+        vel = speeds[:, None] * np.stack([np.cos(g_obj[:, 6]), np.sin(g_obj[:, 6])], -1)
+        heading = np.array([np.cos(ego_yaw), np.sin(ego_yaw)])
+        colours = np.concatenate([_CLASS_COLOURS[labels], np.full((len(buildings), 3), 150.0)])
+        instances = [_token(rng) for _ in range(len(objects))]
+        ann_tokens = [[_token(rng) for _ in range(len(objects))] for _ in range(n_key)]
+        sample_tokens = [_token(rng) for _ in range(n_key)]
+        lidar_sd = [_token(rng) for _ in range(n_key)]
+        first_cam_sd = [_token(rng) for _ in range(n_key)]
+        lidar_rows: list[dict] = []
+        cam_rows: dict[str, list[dict]] = {c: [] for c in self.cameras}
+
+        def frame(dt: float, key: bool, gen: np.random.Generator, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
+            """Ego pose, the LiDAR file and its sample_data row at ``dt`` s; returns (pose, boxes, hit)."""
+            ts = timestamp + int(round(dt * 1e6))
+            e_xy = ego_xy + ego_speed * dt * heading
+            pose = {"token": _token(gen), "timestamp": ts, "translation": [float(e_xy[0]), float(e_xy[1]), 0.0],
+                    "rotation": list(Quaternion(axis=[0, 0, 1], angle=ego_yaw).elements)}
+            tables["ego_pose"].append(pose)
+            g_now = g_obj.copy()
+            g_now[:, :2] += vel * dt
+            ego_boxes = np.concatenate([g_now, g_bld])  # -> the ego frame at this time
+            ego_boxes[:, :2] = (ego_boxes[:, :2] - e_xy) @ rot0[:2, :2]
+            ego_boxes[:, 6] -= ego_yaw
+            cloud, hit = scan_lidar(gen, ego_boxes, lidar_yaw, r.azimuth_steps, r.dropout, r.range_noise)
+            folder = "samples" if key else "sweeps"
+            fname = f"{folder}/{self.lidar_channel}/{name}__{self.lidar_channel}__{ts}.pcd.bin"
+            cloud.tofile(root / fname)
+            lidar_rows.append({
+                "token": lidar_sd[k] if key else _token(gen), "sample_token": sample_tokens[k],
+                "ego_pose_token": pose["token"], "calibrated_sensor_token": cs_lidar["token"], "timestamp": ts,
+                "fileformat": "pcd", "is_key_frame": key, "height": 0, "width": 0, "filename": fname})
+            return pose, ego_boxes, hit
+
+        for k in range(n_key):
+            for j in range(self.sweeps, 0, -1):  # the sweeps since the previous keyframe, oldest first
+                frame(_KEYFRAME_INTERVAL * k - SWEEP_INTERVAL * j, False, extra, k)
+            dt = _KEYFRAME_INTERVAL * k
+            pose, all_boxes, hit = frame(dt, True, rng, k)
+            ts = pose["timestamp"]
+            tables["sample"].append({"token": sample_tokens[k], "timestamp": ts,
+                                     "prev": sample_tokens[k - 1] if k else "",
+                                     "next": sample_tokens[k + 1] if k + 1 < n_key else "",
+                                     "scene_token": scene_token})
+            for i, (channel, mount) in enumerate(self.cameras.items()):
+                cname = f"samples/{channel}/{name}__{channel}__{ts}.jpg"
+                render_camera(root / cname, mount, self.image_size, all_boxes, colours, rng if i == 0 else extra)
+                cam_rows[channel].append({
+                    "token": first_cam_sd[k] if i == 0 else _token(extra), "sample_token": sample_tokens[k],
+                    "ego_pose_token": pose["token"], "calibrated_sensor_token": cs_cams[channel]["token"],
+                    "timestamp": ts, "fileformat": "jpg", "is_key_frame": True, "height": self.image_size[1],
+                    "width": self.image_size[0], "filename": cname})
+            num_pts = np.bincount(hit[hit >= 0], minlength=len(all_boxes))[: len(objects)]
+            for j in range(len(objects)):
+                tables["sample_annotation"].append({
+                    "token": ann_tokens[k][j], "sample_token": sample_tokens[k], "instance_token": instances[j],
+                    "visibility_token": "4", "attribute_tokens": [],
+                    "translation": [float(v) for v in g_obj[j, :3] + np.r_[vel[j] * dt, 0.0]],
+                    "size": [float(g_obj[j, 4]), float(g_obj[j, 3]), float(g_obj[j, 5])],
+                    "rotation": list(Quaternion(axis=[0, 0, 1], angle=g_obj[j, 6]).elements),
+                    "prev": ann_tokens[k - 1][j] if k else "",
+                    "next": ann_tokens[k + 1][j] if k + 1 < n_key else "",
+                    "num_lidar_pts": int(num_pts[j]), "num_radar_pts": 0})
+            # the known boxes in this sample's LiDAR frame
+            ego_boxes = all_boxes[: len(objects)]
+            rot_l = rot_z(lidar_yaw)
+            lid = ego_boxes.copy()
+            lid[:, :3] = (ego_boxes[:, :3] - LIDAR_ORIGIN) @ rot_l  # R^T (p - t)
+            lid[:, 6] = np.arctan2(np.sin(ego_boxes[:, 6] - lidar_yaw), np.cos(ego_boxes[:, 6] - lidar_yaw))
+            v_lidar = vel @ (rot_z(ego_yaw) @ rot_l)[:2, :2]
+            self.truth[sample_tokens[k]] = Boxes3D(lid, labels, velocity=v_lidar, tokens=ann_tokens[k])
+        for rows in (lidar_rows, *cam_rows.values()):
+            _link(rows)
+            tables["sample_data"] += rows
+        for j in range(len(objects)):
+            tables["instance"].append({
+                "token": instances[j], "category_token": cat_tokens[DETECTION_CLASSES[labels[j]]],
+                "nbr_annotations": n_key, "first_annotation_token": ann_tokens[0][j],
+                "last_annotation_token": ann_tokens[-1][j]})
+        tables["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": n_key,
+                                "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
+                                "name": name, "description": "vlsdk synthetic scene"})
+
+
+def _token(rng: np.random.Generator) -> str:
+    """A deterministic 32-hex-digit token."""
+    return rng.bytes(16).hex()
+
+
+def _link(rows: list[dict]) -> None:
+    """Set ``prev``/``next`` of time-ordered sample_data rows of one sensor."""
+    tokens = [""] + [row["token"] for row in rows] + [""]
+    for i, row in enumerate(rows):
+        row["prev"], row["next"] = tokens[i], tokens[i + 2]
