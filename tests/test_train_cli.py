@@ -209,7 +209,7 @@ def test_driving_recipe_runs_data_parallel_under_torchrun(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[train] driving.bev done:") == 1  # rank 0 evaluates and reports
-    assert done.stdout.count("held-out synthetic scenes") == 1
+    assert done.stdout.count("[driving] car AP@2m on held-out synthetic scenes") == 1
     state = torch.load(out / "train" / "checkpoint" / "trainer_state.pt", weights_only=True)
     # 2 scenes x 4 keyframes = 8 samples, 2 per rank and step: an epoch is 2 steps of 4 samples
     assert state["step"] == 2 and state["samples_seen"] == 2 * 2 * 2
