@@ -231,7 +231,8 @@ def test_require_extra_fails_for_a_broken_install(tmp_path, monkeypatch):
     try:
         with pytest.raises(MissingExtraError) as info:
             require_extra(
-                "industrial", "vlsdk_broken_dep", requester="vlsdk_industrial", distribution="acme"
+                "industrial", "vlsdk_broken_dep", requester="vlsdk_industrial", distribution="acme",
+                import_now=True,
             )
     finally:
         sys.modules.pop("vlsdk_broken_dep", None)
@@ -240,6 +241,15 @@ def test_require_extra_fails_for_a_broken_install(tmp_path, monkeypatch):
         'vlsdk_industrial needs vlsdk_broken_dep: pip install "acme[industrial]"'
     )
     assert "AttributeError: half-installed" in message
+
+
+def test_require_extra_finds_without_importing(tmp_path, monkeypatch):
+    (tmp_path / "vlsdk_heavy_dep.py").write_text("raise AttributeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert require_extra("industrial", "vlsdk_heavy_dep") is None  # found, not imported
+    assert "vlsdk_heavy_dep" not in sys.modules
+    with pytest.raises(MissingExtraError, match="vlsdk_gone_dep"):
+        require_extra("industrial", "vlsdk_heavy_dep", "vlsdk_gone_dep")
 
 
 def test_require_extra_needs_modules():

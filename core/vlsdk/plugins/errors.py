@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -81,18 +82,23 @@ def require_extra(
     *modules: str,
     requester: str | None = None,
     distribution: str = "vlsdk",
+    import_now: bool = False,
 ) -> None:
-    """Import ``modules`` or raise :class:`MissingExtraError` naming the extra that installs them.
+    """Check ``modules`` are installed or raise :class:`MissingExtraError` naming the extra.
 
-    Each module is really imported (``find_spec`` is not enough: a broken install must fail here,
-    not later in the middle of a training run). Domain plugins call it at the top of their plugin
-    module so that a missing extra is reported as ``missing-extra`` with an install hint.
+    By default each module is only *found* (``importlib.util.find_spec``: no import, so loading
+    the plugins for ``vlsdk --help`` does not pay for monai or nuscenes); the real import happens
+    where the plugin uses the module, at the start of a run. ``import_now=True`` imports them here
+    as well, so a broken install (a module that is present but fails to import) is reported as a
+    missing extra at plugin load. Domain plugins call it at the top of their plugin module so that
+    a missing extra is reported as ``missing-extra`` with an install hint.
 
     Args:
         extra: the extra of ``distribution`` that provides the modules.
         *modules: importable module names.
         requester: who needs them, for the message; defaults to the caller's top-level package.
         distribution: the distribution whose extra to install.
+        import_now: import the modules rather than only finding them.
 
     Raises:
         MissingExtraError: listing every module that failed, e.g.
@@ -111,7 +117,10 @@ def require_extra(
     first: BaseException | None = None
     for module in modules:
         try:
-            importlib.import_module(module)
+            if import_now or "." in module or module in sys.modules:
+                importlib.import_module(module)  # a submodule's spec needs its parents imported anyway
+            elif importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"No module named {module!r}", name=module)
         except Exception as exc:  # noqa: BLE001 - a broken install may raise anything
             missing.append(module)
             if not isinstance(exc, ModuleNotFoundError) or exc.name not in _parents(module):
