@@ -18,6 +18,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +28,8 @@ from vlsdk_driving.nuscenes_adapter import NuScenesDataset
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuscenes_mini"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; prints and returns the figures (``sweeps_per_s`` ...)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA, help="nuScenes dataroot (default: %(default)s)")
     parser.add_argument("--device", default="cpu")
@@ -37,7 +39,7 @@ def main() -> None:
     parser.add_argument("--range", type=float, default=51.2, help="half extent of the square grid in metres")
     parser.add_argument("--z-bins", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sample = NuScenesDataset(args.data, camera_channels=())[0]
@@ -57,12 +59,14 @@ def main() -> None:
         sync()
         blocks.append((time.perf_counter() - start) / per_block)
     median = statistics.median(blocks)
-    print(json.dumps({
+    results = {
         "benchmark": "driving_bev", "device": str(points.device), "threads": torch.get_num_threads(),
         "points": int(points.shape[0]), "grid": list(grid.shape), "channels": int(out.shape[1]),
         "sweeps_per_s": round(1 / median, 1), "ms_per_sweep": round(1000 * median, 3),
         "best_sweeps_per_s": round(1 / min(blocks), 1), "blocks": args.blocks, "sweeps_per_block": per_block,
-    }))
+    }
+    print(json.dumps(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def flops(model: nn.Module, size: int) -> int:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, action="append", help="image size (repeatable); default 224")
+    p.add_argument("--configs", nargs="+", default=None, help="named configs to count (default: all but tiny)")
     args = p.parse_args(argv)
     sizes = args.size or [224]
     torch.manual_seed(0)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for k, f in ref_flops.items():
             params = sum(q.numel() for q in refs[k].parameters()) / 1e6
             print(f"{k:12s} {size:5d} {f / 1e9:8.2f} {'1.00':>14s} {f'{params:.1f}M':>22s}")
-        variants = [(n, get_config(n)) for n in CONFIGS if n != "tiny"]
+        variants = [(n, get_config(n)) for n in (args.configs or [c for c in CONFIGS if c != "tiny"])]
         variants = [v for n, cfg in variants for v in ((n, cfg), (f"{n}-patch", cfg.replace(stem="patch")))]
         for name, cfg in variants:
             f = flops(HybridEncoder(cfg), size)

@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from vlsdk.export import check_parity, int8_drift, quantize_onnx, to_onnx
 from vlsdk.export.parity import session
 
 
-def latency_ms(sess, images: np.ndarray, repeats: int) -> float:
+def latency_ms(sess: Any, images: np.ndarray, repeats: int) -> float:
+    """Median ms of ``repeats`` runs of an onnxruntime session on ``images`` (after one warm-up)."""
     sess.run(None, {"images": images})  # warm-up
     times = []
     for _ in range(repeats):
@@ -40,7 +42,8 @@ def latency_ms(sess, images: np.ndarray, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the comparison; returns the figures (per variant: MiB, ms per image, drift)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="edge")
     p.add_argument("--size", type=int, default=224)
@@ -91,17 +94,27 @@ def main(argv: list[str] | None = None) -> None:
              f"{'det rel_rms':>11s} {'depth rel_rms':>13s}"
     print(header)
     print(f"{'pytorch eager (sparse MoE)':40s} {'':>6s} {1000 * statistics.median(t):7.1f}")
+    results: dict[str, Any] = {"config": args.config, "size": args.size, "batch": 1, "threads": args.threads,
+                               "load_average": load, "export_seconds": export_s,
+                               "parity_max_abs": max(parity.values(), default=0.0),
+                               "pytorch_ms": 1000 * statistics.median(t), "variants": {}}
     rows = {"onnx fp32 (dense MoE)": fp32, **variants}
     for name, path in rows.items():
         ms = latency_ms(session(path, args.threads), one, args.repeats)
         size = path.stat().st_size / 2**20
+        results["variants"][name] = {"mib": size, "ms_per_image": ms}
         if path == fp32:
             print(f"{name:40s} {size:6.1f} {ms:7.1f}")
             continue
         d = int8_drift(fp32, path, held_out)
+        results["variants"][name].update({f"{k.split('.')[0]}_rel_rms": v["rel_rms"] for k, v in d.items()
+                                          if k in ("seg.logits", "det.cls_logits", "depth.depth")})
+        results["variants"][name]["seg_label_agreement"] = d["seg.logits"]["label_agreement"]
         print(f"{name:40s} {size:6.1f} {ms:7.1f} {d['seg.logits']['rel_rms']:11.2e} "
               f"{d['seg.logits']['label_agreement']:9.4f} {d['det.cls_logits']['rel_rms']:11.2e} "
               f"{d['depth.depth']['rel_rms']:13.2e}")
+    results["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return results
 
 
 if __name__ == "__main__":

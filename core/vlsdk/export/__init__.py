@@ -27,6 +27,7 @@ _EXPORTS = {
     "quantize_onnx": "vlsdk.export.quantize",
     "int8_drift": "vlsdk.export.quantize",
     "float_node_names": "vlsdk.export.quantize",
+    "OnnxModel": "vlsdk.export.runtime",
 }
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "quantize_onnx",
     "int8_drift",
     "float_node_names",
+    "OnnxModel",
 ]
 assert set(__all__) == set(_EXPORTS)
 
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     )
     from vlsdk.export.parity import check_parity, run_onnx
     from vlsdk.export.quantize import float_node_names, int8_drift, quantize_onnx
+    from vlsdk.export.runtime import OnnxModel
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
