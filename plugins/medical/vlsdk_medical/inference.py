@@ -2,7 +2,9 @@
 
 A :class:`vlsdk.VLModel` is a 2D network; a volume ``(C, X, Y, Z)`` is segmented slice by slice
 along ``axis``: all its slices form one batch (a reshape, no Python loop over slices) that MONAI's
-``sliding_window_inference`` tiles with ``roi_size`` windows, Gaussian-blended.
+``sliding_window_inference`` tiles with ``roi_size`` windows, Gaussian-blended. Optional flip
+test-time augmentation (:func:`flip_tta`) averages the probabilities of each window and its
+mirror images in the slice plane.
 
 Example:
     >>> probs = predict_volume(model, volume, head="lesion", roi_size=(128, 128))  # doctest: +SKIP
@@ -17,10 +19,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["model_predictor", "predict_slices", "predict_volume", "probs_to_labels"]
+__all__ = ["TTA_MODES", "flip_tta", "model_predictor", "predict_slices", "predict_volume", "probs_to_labels"]
+
+#: Test-time augmentation choices: ``"none"``, ``"flip"`` (mean over the 4 flips of the slice plane).
+TTA_MODES = ("none", "flip")
 
 
-def model_predictor(model: torch.nn.Module, head: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def model_predictor(model: torch.nn.Module, head: str, tta: str = "none") -> Callable[[torch.Tensor], torch.Tensor]:
     """``f(images (B, C, H, W)) -> probabilities (B, K, H, W)`` for a segmentation head of a VLModel.
 
     A binary head (one logit) gives ``K = 1`` foreground probability; a multi-class head softmax.
@@ -28,13 +33,42 @@ def model_predictor(model: torch.nn.Module, head: str) -> Callable[[torch.Tensor
     Args:
         model: a ``VLModel`` with the segmentation head ``head``.
         head: the head's name.
+        tta: ``"none"`` or ``"flip"`` (:func:`flip_tta`: 4 forward passes per window).
     """
     if head not in getattr(model, "heads", {}):
         raise ValueError(f"model has no head {head!r}; heads: {sorted(getattr(model, 'heads', {}))}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         logits = model(x, heads=[head])[head].logits.float()
         return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
+
+    return flip_tta(predict) if tta == "flip" else predict
+
+
+def flip_tta(predictor: Callable[[torch.Tensor], torch.Tensor],
+             dims: Sequence[Sequence[int]] = ((), (-1,), (-2,), (-2, -1))) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Flip test-time augmentation: the mean of ``flip(predictor(flip(x)))`` over ``dims``.
+
+    The flips are exact inverses of themselves, so no resampling is involved; the batch of all
+    flipped copies goes through ``predictor`` in one call. (MONAI's ``TestTimeAugmentation``
+    targets random, invertible dictionary transforms; for fixed flips this is the whole job.)
+
+    Args:
+        predictor: ``f((n, C, h, w)) -> (n, K, h, w)`` probabilities.
+        dims: the flips (``()`` = identity); default: identity, left-right, up-down, both.
+    """
+    flips = [tuple(int(d) for d in f) for f in dims]
+    if not flips:
+        raise ValueError("flip_tta needs at least one flip (() is the identity)")
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        batch = torch.cat([x.flip(f) if f else x for f in flips])
+        out = predictor(batch)
+        return torch.stack([out[i * n:(i + 1) * n].flip(f) if f else out[i * n:(i + 1) * n]
+                            for i, f in enumerate(flips)]).mean(0)
 
     return predict
 
@@ -84,7 +118,7 @@ def predict_slices(predictor: Callable[[torch.Tensor], torch.Tensor], images: to
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, volume: torch.Tensor, *, head: str = "lesion",
                    roi_size: Sequence[int] | int = 128, axis: int = 2, batch_slices: int = 64,
-                   **options: Any) -> torch.Tensor:
+                   tta: str = "none", **options: Any) -> torch.Tensor:
     """Segment a ``(C, X, Y, Z)`` volume slice by slice along ``axis``; returns ``(K, X, Y, Z)``.
 
     Args:
@@ -94,6 +128,7 @@ def predict_volume(model: torch.nn.Module, volume: torch.Tensor, *, head: str = 
         roi_size: sliding-window size in the slice plane.
         axis: slice axis of the spatial dims (2 = Z).
         batch_slices: slices per sliding-window call (bounds memory).
+        tta: ``"none"`` or ``"flip"`` (see :func:`flip_tta`).
         **options: :func:`predict_slices` options (``overlap``, ``sw_batch_size``, ``device``, ``amp``).
     """
     if volume.ndim != 4:
@@ -102,7 +137,7 @@ def predict_volume(model: torch.nn.Module, volume: torch.Tensor, *, head: str = 
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
     vol = torch.as_tensor(volume).float()
     slices = vol.movedim(axis + 1, 0)  # (S, C, a, b)
-    predictor = model_predictor(model, head)
+    predictor = model_predictor(model, head, tta)
     was_training = model.training
     model.eval()
     try:

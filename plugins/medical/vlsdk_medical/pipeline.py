@@ -3,9 +3,13 @@
 Used by ``examples/medical_lesion_segmentation.py`` and the ``vlsdk medical-lesion`` subcommand.
 Whole tumour = label > 0; channels FLAIR (+ T1c). Training samples are 2D slices with MONAI
 augmentation (balanced lesion/background crops, flips, affine); evaluation segments full slices
-of the held-out patient with sliding-window inference and scores the stacked volume per patient
-(Dice, HD95 in mm). The model is saved with ``save_pretrained`` and a PNG overlays prediction
-(red) and ground truth (green) on a few slices.
+of the held-out patient with sliding-window inference (optionally flip test-time augmentation),
+post-processes each volume (brain mask, largest 3D connected component:
+:mod:`vlsdk_medical.postprocess`) and scores the stacked volume per patient (Dice, HD95 in mm)
+both before and after post-processing, on the same predictions. The model is saved with
+``save_pretrained`` and a PNG overlays prediction (red) and ground truth (green) on a few slices.
+A saved model can be evaluated again with other inference options (:func:`evaluate_saved_model`,
+``--eval-model DIR``) without training.
 
 Example:
     >>> results = train_lesion_segmenter(LesionTrainConfig(data_root="../shared/data/brats_lesion_mri",
@@ -27,8 +31,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["LesionTrainConfig", "add_arguments", "evaluate_held_out", "lesion_loss", "lesion_train_set",
-           "run_from_args", "train_lesion_segmenter", "write_overlay"]
+__all__ = ["LesionTrainConfig", "add_arguments", "evaluate_held_out", "evaluate_saved_model", "lesion_loss",
+           "lesion_train_set", "run_from_args", "train_lesion_segmenter", "write_overlay"]
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "brats_lesion_mri"
 
@@ -61,6 +65,14 @@ class LesionTrainConfig:
         seed: everything random derives from it.
         progress: show a tqdm progress bar.
         resume: continue from ``out_dir/train/checkpoint`` if it exists.
+        threshold: foreground probability threshold of the binary head.
+        sw_overlap: sliding-window overlap fraction in [0, 1).
+        sw_mode: sliding-window blending, ``"gaussian"`` or ``"constant"``.
+        tta: test-time augmentation, ``"none"`` or ``"flip"`` (mean over the 4 in-plane flips).
+        postprocess: ``"none"``, ``"mask"`` (brain mask), ``"lcc"`` (largest 3D connected
+            component) or ``"mask+lcc"``; metrics are reported before and after.
+        min_component_mm3: with ``lcc``: drop components smaller than this (mm³) instead of
+            keeping only the largest (``None``: largest only).
     """
 
     data_root: str = str(DEFAULT_DATA)
@@ -85,6 +97,12 @@ class LesionTrainConfig:
     seed: int = 0
     progress: bool = True
     resume: bool = False
+    threshold: float = 0.5
+    sw_overlap: float = 0.25
+    sw_mode: str = "gaussian"
+    tta: str = "none"
+    postprocess: str = "mask+lcc"
+    min_component_mm3: float | None = None
 
     def resolved(self) -> LesionTrainConfig:
         """The config with the ``quick`` presets filled in and the arguments checked."""
@@ -103,6 +121,16 @@ class LesionTrainConfig:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
         if cfg.classes not in ("whole", "brats"):
             raise ValueError(f"classes must be 'whole' or 'brats', got {cfg.classes!r}")
+        if not 0.0 < cfg.threshold < 1.0 or not 0.0 <= cfg.sw_overlap < 1.0:
+            raise ValueError(f"need 0 < threshold < 1 and 0 <= sw_overlap < 1, got {cfg.threshold}, {cfg.sw_overlap}")
+        if cfg.sw_mode not in ("gaussian", "constant") or cfg.tta not in ("none", "flip"):
+            raise ValueError(f"sw_mode must be 'gaussian'/'constant' and tta 'none'/'flip', got {cfg.sw_mode!r}, "
+                             f"{cfg.tta!r}")
+        from vlsdk_medical.postprocess import parse_postprocess
+
+        parse_postprocess(cfg.postprocess)
+        if cfg.min_component_mm3 is not None and not cfg.min_component_mm3 > 0:
+            raise ValueError(f"min_component_mm3 must be > 0 or None, got {cfg.min_component_mm3}")
         if set(cfg.train_splits) & set(cfg.eval_splits):
             raise ValueError(f"train_splits {cfg.train_splits} and eval_splits {cfg.eval_splits} overlap")
         return cfg
@@ -131,9 +159,10 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         config: the settings.
 
     Returns:
-        ``{"dice": {patient: value}, "dice_mean", "hd95": {...}, "hd95_mean", "model_dir",
-        "overlay", "steps", "train_cases", "eval_cases", "seconds"}`` (also written to
-        ``out_dir/results.json``).
+        ``{"dice": {patient: value}, "dice_mean", "hd95": {...}, "hd95_mean"`` (after
+        post-processing), ``"before": {the same before post-processing}, "postprocess",
+        "inference", "model_dir", "overlay", "steps", "train_cases", "eval_cases", "seconds"}``
+        (also written to ``out_dir/results.json``).
     """
     import vlsdk
     from vlsdk.train import TrainConfig, Trainer
@@ -166,25 +195,63 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     if trainer.rank != 0:  # under torchrun only rank 0 evaluates and writes
         return {"steps": step}
 
-    evaluated = evaluate_held_out(model, cfg, device)
-    eval_cases, shown = evaluated["eval_cases"], evaluated["shown"]
-    for case in eval_cases:
-        print(f"held-out patient {case.case_id}: whole-tumour Dice {evaluated['dice'][case.case_id]:.4f}  "
-              f"HD95 {evaluated['hd95'][case.case_id]:.2f} mm  ({len(shown[case.case_id][3])} slices)")
-    print(f"mean Dice over {len(eval_cases)} held-out patient(s): {evaluated['dice_mean']:.4f}")
     model_dir = model.save_pretrained(out_dir / "model")
+    results = _report(model, cfg, device, out_dir)
+    results.update({"model_dir": str(model_dir), "steps": step,
+                    "train_cases": [c.case_id for c in train_cases], "seconds": time.perf_counter() - start})
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def evaluate_saved_model(model_dir: str | Path, config: LesionTrainConfig) -> dict[str, Any]:
+    """Evaluate a ``save_pretrained`` model on the held-out patients with ``config``'s inference options.
+
+    No training: the way to compare thresholds, sliding-window settings, flip TTA and
+    post-processing on one trained model. Writes ``out_dir/results.json`` and the overlay.
+
+    Args:
+        model_dir: a :func:`train_lesion_segmenter` ``<out>/model`` folder.
+        config: the settings (data, eval splits, ``roi_size`` and the inference options).
+
+    Returns:
+        The :func:`train_lesion_segmenter` results without the training entries.
+    """
+    import vlsdk
+
+    cfg = config.resolved()
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"no saved model folder {model_dir}")
+    start = time.perf_counter()
+    model = vlsdk.VLModel.from_pretrained(model_dir).to(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = _report(model, cfg, torch.device(cfg.device), out_dir)
+    results.update({"model_dir": str(model_dir), "seconds": time.perf_counter() - start})
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def _report(model: torch.nn.Module, cfg: LesionTrainConfig, device: str | torch.device, out_dir: Path
+            ) -> dict[str, Any]:
+    """Evaluate, print before/after per patient, write the overlay; the results' evaluation entries."""
+    evaluated = evaluate_held_out(model, cfg, device)
+    eval_cases, shown, before = evaluated["eval_cases"], evaluated["shown"], evaluated["before"]
+    for case in eval_cases:
+        cid = case.case_id
+        print(f"held-out patient {cid}: whole-tumour Dice {evaluated['dice'][cid]:.4f}  HD95 "
+              f"{evaluated['hd95'][cid]:.2f} mm  ({len(shown[cid][3])} slices; postprocess "
+              f"{cfg.postprocess}; before: Dice {before['dice'][cid]:.4f}  HD95 {before['hd95'][cid]:.2f} mm)")
+    print(f"mean Dice over {len(eval_cases)} held-out patient(s): {evaluated['dice_mean']:.4f} "
+          f"(before postprocess {before['dice_mean']:.4f})")
     first = eval_cases[0].case_id
     overlay = write_overlay(out_dir / "overlay.png", *shown[first][:3], title=first,
                             slice_ids=shown[first][3].tolist())
-    results = {
-        **{k: evaluated[k] for k in ("dice", "dice_mean", "hd95", "hd95_mean", "dice_per_class")},
-        "model_dir": str(model_dir), "overlay": str(overlay), "steps": step,
-        "train_cases": [c.case_id for c in train_cases], "eval_cases": [c.case_id for c in eval_cases],
-        "seconds": time.perf_counter() - start, "config": {k: (list(v) if isinstance(v, tuple) else v)
-                                                           for k, v in asdict(cfg).items()},
+    return {
+        **{k: evaluated[k] for k in ("dice", "dice_mean", "hd95", "hd95_mean", "dice_per_class", "before",
+                                     "postprocess", "inference", "brain_mask")},
+        "overlay": str(overlay), "eval_cases": [c.case_id for c in eval_cases],
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    return results
 
 
 def _label_options(cfg: LesionTrainConfig) -> dict[str, Any]:
@@ -222,7 +289,9 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
                       head: str = "lesion") -> dict[str, Any]:
     """Whole-tumour Dice and HD95 of ``model`` on the held-out patients ``cfg.eval_splits``.
 
-    Full slices, sliding-window inference, per-patient volumes (see the module doc).
+    Full slices, sliding-window inference (``cfg.sw_overlap``, ``cfg.sw_mode``, ``cfg.tta``),
+    ``cfg.threshold`` (binary head) or argmax, then ``cfg.postprocess`` per patient volume (see
+    the module doc). The same predictions are scored before and after post-processing.
 
     Args:
         model: a ``VLModel`` with the segmentation head ``head`` (put in eval mode here).
@@ -231,46 +300,58 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
         head: the segmentation head.
 
     Returns:
-        ``{"dice": {patient: value}, "dice_mean", "hd95", "hd95_mean", "dice_per_class",
-        "eval_cases", "shown": {patient: (images, whole, pred, slice_ids)}}``.
+        ``{"dice": {patient: value}, "dice_mean", "hd95", "hd95_mean", "dice_per_class"`` (after
+        post-processing), ``"before": {"dice", "dice_mean", "hd95", "hd95_mean"}, "postprocess",
+        "inference", "brain_mask": {patient: source}, "eval_cases", "shown": {patient: (images,
+        whole, pred, slice_ids)}}``.
     """
     from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
     from vlsdk_medical.inference import model_predictor, predict_slices
     from vlsdk_medical.metrics import CaseDice, CaseHD95
+    from vlsdk_medical.postprocess import case_brain_mask, postprocess_labels
 
     eval_cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
     model.eval()
     # full mode scores every slice of the volume; quick mode a few brain slices
     eval_set = LesionSliceDataset(eval_cases, transform=None, slices="all" if cfg.eval_slices is None else "foreground",
                                   max_slices_per_case=cfg.eval_slices, seed=cfg.seed, **_label_options(cfg))
-    dice, hd95 = CaseDice(2), CaseHD95(2)  # whole tumour: label > 0
+    after, before = (CaseDice(2), CaseHD95(2)), (CaseDice(2), CaseHD95(2))  # whole tumour: label > 0
     class_dice = CaseDice(5) if cfg.classes == "brats" else None
-    predictor = model_predictor(model, head)
+    predictor = model_predictor(model, head, cfg.tta)
     shown: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for ci, case in enumerate(eval_cases):
         idx = [i for i, (c, _) in enumerate(eval_set.index) if c == ci]
         ks = torch.tensor([eval_set.index[i][1] for i in idx])
         images = eval_set.images[ci].index_select(3, ks).movedim(3, 0)  # (S, C, X, Y)
         labels = eval_set.labels[ci].index_select(3, ks)[0].movedim(2, 0).long()  # (S, X, Y)
-        probs = predict_slices(predictor, images, cfg.roi_size, sw_batch_size=32, device=device, amp=cfg.amp)
-        # a lesion lies inside the imaged (skull-stripped) brain: nothing is predicted where every channel is 0
-        inside = (images != 0).any(1)
-        classes = (probs[:, 0] > 0.5).long() if probs.shape[1] == 1 else probs.argmax(1)
-        classes = classes.cpu() * inside
-        pred = (classes > 0).long()
+        probs = predict_slices(predictor, images, cfg.roi_size, sw_batch_size=32, overlap=cfg.sw_overlap,
+                               mode=cfg.sw_mode, device=device, amp=cfg.amp).cpu()
+        raw = (probs[:, 0] > cfg.threshold).long() if probs.shape[1] == 1 else probs.argmax(1)
         spacing = list(eval_set.spacings[ci])
         if len(ks) > 1:  # a subset of slices (quick mode) is about evenly spaced: scale the slice step
             spacing[2] *= float(ks.diff().float().median())
+        brain, sources[case.case_id] = case_brain_mask(case, eval_set.images[ci])
+        # post-process the (X, Y, S) volume: components are 3D
+        classes = postprocess_labels(raw.movedim(0, -1), cfg.postprocess, brain=brain.index_select(2, ks),
+                                     min_size=cfg.min_component_mm3, spacing=spacing).movedim(-1, 0)
         if class_dice is not None:
             class_dice.update(classes, labels, cases=[case.case_id] * len(ks))
         whole = (labels > 0).long()
-        dice.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
-        hd95.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
-        shown[case.case_id] = (images, whole, pred, ks)
-    d, h = dice.compute(), hd95.compute()
+        for (dice, hd95), pred in ((before, (raw > 0).long()), (after, (classes > 0).long())):
+            dice.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
+            hd95.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
+        shown[case.case_id] = (images, whole, (classes > 0).long(), ks)
+    (d, h), (d0, h0) = (m.compute() for m in after), (m.compute() for m in before)
     return {"dice": d["per_case"], "dice_mean": d["mean"], "hd95": h["per_case"], "hd95_mean": h["mean"],
             "dice_per_class": None if class_dice is None else class_dice.compute()["per_class"],
-            "eval_cases": eval_cases, "shown": shown}
+            "before": {"dice": d0["per_case"], "dice_mean": d0["mean"], "hd95": h0["per_case"],
+                       "hd95_mean": h0["mean"]},
+            "postprocess": cfg.postprocess if cfg.min_component_mm3 is None
+            else f"{cfg.postprocess} (components >= {cfg.min_component_mm3} mm3)",
+            "inference": {"threshold": cfg.threshold, "sw_overlap": cfg.sw_overlap, "sw_mode": cfg.sw_mode,
+                          "tta": cfg.tta},
+            "brain_mask": sources, "eval_cases": eval_cases, "shown": shown}
 
 
 def write_overlay(path: str | Path, images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor, *,
@@ -341,6 +422,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/train/checkpoint")
+    from vlsdk_medical.postprocess import POSTPROCESS_MODES
+
+    parser.add_argument("--postprocess", choices=POSTPROCESS_MODES, default=d.postprocess,
+                        help="per held-out volume: restrict to the brain mask, keep the largest 3D connected "
+                             "component (Dice/HD95 reported before and after)")
+    parser.add_argument("--min-component-mm3", type=float, default=None,
+                        help="with lcc: drop components smaller than this (mm3) instead of keeping the largest")
+    parser.add_argument("--threshold", type=float, default=d.threshold, help="foreground probability threshold")
+    parser.add_argument("--sw-overlap", type=float, default=d.sw_overlap, help="sliding-window overlap in [0, 1)")
+    parser.add_argument("--sw-mode", choices=["gaussian", "constant"], default=d.sw_mode,
+                        help="sliding-window blending")
+    parser.add_argument("--tta", choices=["none", "flip"], default=d.tta,
+                        help="test-time augmentation: mean over the 4 in-plane flips")
+    parser.add_argument("--eval-model", default=None,
+                        help="skip training: evaluate this saved model folder (<out>/model) with the options")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -359,7 +455,14 @@ def run_from_args(args: argparse.Namespace) -> int:
         num_workers=args.num_workers if args.num_workers is not None else (
             0 if args.device == "cpu" or args.quick else min(8, os.cpu_count() or 1)),
         lesion_expert=not args.no_lesion_expert, classes=args.classes, eval_slices=args.eval_slices,
-        seed=args.seed, progress=not args.no_progress, resume=args.resume)
+        seed=args.seed, progress=not args.no_progress, resume=args.resume, postprocess=args.postprocess,
+        min_component_mm3=args.min_component_mm3, threshold=args.threshold, sw_overlap=args.sw_overlap,
+        sw_mode=args.sw_mode, tta=args.tta)
+    if args.eval_model is not None:
+        results = evaluate_saved_model(args.eval_model, cfg)
+        print(f"results in {Path(cfg.out_dir) / 'results.json'}; overlay {results['overlay']}; "
+              f"{results['seconds']:.1f} s")
+        return 0
     results = train_lesion_segmenter(cfg)
     if "model_dir" not in results:  # a non-zero torchrun rank: rank 0 reports
         return 0
