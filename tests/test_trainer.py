@@ -115,3 +115,30 @@ def test_warmup_cosine_shape():
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=0.01)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    """Sample i is the number i: what a batch holds says which indices the loader served."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([float(i)])
+
+
+def test_worker_loader_serves_the_recorded_indices_across_epochs(tmp_path):
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append((batch[:, 0].long().tolist(), list(trainer.batch_indices)))
+        return {"loss": model(batch).pow(2).mean()}
+
+    config = TrainConfig(steps=7, batch_size=3, num_workers=2, device="cpu", out_dir=str(tmp_path),
+                         progress=False, warmup_steps=1)
+    trainer = Trainer(torch.nn.Linear(1, 1), loss_fn, _IndexDataset(), config)
+    trainer.fit()
+    assert len(seen) == 7  # 3 batches an epoch: the stream crosses two epoch boundaries
+    assert all(served == recorded for served, recorded in seen)
+    epochs = [sorted(sum((s for s, _ in seen[e * 3:(e + 1) * 3]), [])) for e in range(2)]
+    assert all(len(set(e)) == 9 for e in epochs)  # each epoch a permutation (the 10th sample dropped)

@@ -150,20 +150,33 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the last checkpoint written or loaded
 
     # -- data ---------------------------------------------------------------------------------
-    def _batches(self):
+    def _indices(self, samples_seen: int):
+        """This rank's dataset indices from data position ``samples_seen`` on, epoch after epoch.
+
+        Each epoch is a seeded permutation cut into global batches, each rank taking its slice, so
+        the order depends only on ``(seed, samples_seen)``: what makes resume exact.
+        """
         per_rank, size = self.config.batch_size, self.global_batch
         per_epoch = len(self.train_set) // size  # type: ignore[arg-type]
+        epoch, offset = divmod(samples_seen // size, per_epoch)
         while True:
-            epoch, offset = divmod(self.samples_seen // size, per_epoch)
             g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
             order = torch.randperm(len(self.train_set), generator=g)[: per_epoch * size]  # type: ignore[arg-type]
-            mine = order.view(per_epoch, self.world, per_rank)[offset:, self.rank].reshape(-1).tolist()
-            loader = DataLoader(self.train_set, batch_size=per_rank, sampler=mine,
-                                collate_fn=self.collate_fn, num_workers=self.config.num_workers, drop_last=True)
-            for i, batch in enumerate(loader):
-                self.samples_seen += size
-                self.batch_indices = mine[i * per_rank:(i + 1) * per_rank]
-                yield batch
+            yield from order.view(per_epoch, self.world, per_rank)[offset:, self.rank].reshape(-1).tolist()
+            epoch, offset = epoch + 1, 0
+
+    def _batches(self):
+        # One DataLoader over an endless index stream: workers start once and keep prefetching
+        # across epoch boundaries (a loader per epoch restarted them every epoch).
+        per_rank, start = self.config.batch_size, self.samples_seen
+        loader = DataLoader(self.train_set, batch_size=per_rank, sampler=_Stream(self._indices, start),
+                            collate_fn=self.collate_fn, num_workers=self.config.num_workers, drop_last=True,
+                            pin_memory=self.device.type == "cuda")
+        mirror = self._indices(start)  # the same stream in this process: the indices of each batch
+        for batch in loader:
+            self.samples_seen += self.global_batch
+            self.batch_indices = [next(mirror) for _ in range(per_rank)]
+            yield batch
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -390,3 +403,13 @@ def _progress(cfg: TrainConfig, start: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+class _Stream:
+    """An endless sampler: iterating it starts ``make(start)`` (a generator of indices) afresh."""
+
+    def __init__(self, make: Any, start: int) -> None:
+        self.make, self.start = make, start
+
+    def __iter__(self):
+        return self.make(self.start)
