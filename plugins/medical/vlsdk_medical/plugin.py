@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vlsdk.plugins.errors import require_extra
 
-require_extra("medical", "monai", "pydicom", "nibabel")
+require_extra("medical", "monai", "pydicom", "nibabel", "skimage")
 
 from vlsdk.plugins import hookimpl
 
