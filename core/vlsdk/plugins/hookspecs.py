@@ -144,6 +144,16 @@ def vlsdk_register_demos(register: Registrar) -> None:
     vlsdk.demo.DemoResult``, on data the plugin synthesises itself (no downloads, no data folder),
     in about a minute on a 2-core CPU (``quick``: well under half a minute, for tests).
 
+    Two optional keyword-only arguments may be added; ``vlsdk demo`` passes each only when the
+    user gave it and ``run``'s signature accepts it (inspected once; otherwise the report says the
+    domain ignored the option):
+
+    * ``steps: int | None = None``: training steps (``--steps N``), overriding the demo's default;
+      report what was trained in ``DemoResult.train_steps``.
+    * ``data: pathlib.Path | None = None``: a real folder of the domain's dataset
+      (``--data DOMAIN=PATH``, checked to exist) to run on instead of synthetic data; raise a
+      ``ValueError`` naming the folder when it does not hold the expected layout.
+
     Args:
         register: ``register(name, run, *, replace=False, **metadata)``; name = the domain.
     """

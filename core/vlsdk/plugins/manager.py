@@ -101,7 +101,9 @@ CONTRACTS: dict[str, str] = {
     "transforms": "factory(**options) -> callable transform(sample) -> sample",
     "metrics": "factory(**options) -> metric with update(...), compute(), reset()",
     "synthesizers": "factory(**options) -> callable making synthetic samples from a seed",
-    "demos": "run(out_dir: Path, *, quick: bool, device: str, seed: int) -> vlsdk.demo.DemoResult",
+    "demos": "run(out_dir: Path, *, quick: bool, device: str, seed: int[, steps: int | None = None]"
+             "[, data: Path | None = None]) -> vlsdk.demo.DemoResult (steps, data: optional keyword-only, passed "
+             "only when given and accepted)",
     "commands": "Command(name, run(args) -> int | None, help, configure(parser))",
     "input_readers": "vlsdk.predict_io.InputReader(suffixes, read(path, model, model_dir) -> PredictInput)",
     "output_writers": "vlsdk.predict_io.OutputWriter(task, write(prediction: HeadPrediction) -> dict)",

@@ -1,10 +1,16 @@
-"""The industrial part of ``vlsdk demo``: PCB defect detection on synthetic boards only.
+"""The industrial part of ``vlsdk demo``: PCB defect detection on synthetic boards (or a DeepPCB folder).
 
 A ``tiny`` detector with the ``industrial.pcb_defect`` expert inserted (its router row opened so
 it receives tokens from the start) is trained briefly with the core Trainer on procedurally drawn
 boards (board + defect-free template as two channels, box-aware augmentations), then scored on
 held-out boards (other seeds) with mAP@0.5 and DeepPCB's IoU > 0.33 criterion. No data folder
 and no downloads; about a minute on a 2-core CPU (``quick``: a few seconds).
+
+``vlsdk demo --data industrial=<DeepPCB folder>`` (``data=``) trains the same detector on the first
+``trainval`` pairs of the folder instead, read through
+:class:`~vlsdk_industrial.deeppcb.DeepPCBDataset` with the template as the second channel (as
+:func:`~vlsdk_industrial.pipeline.run_pipeline` does), resized to 256 x 256, and scores it on the
+first ``test`` pairs. The full real-data recipe is ``vlsdk pcb --data <DeepPCB folder>``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ __all__ = ["run_demo"]
 _SETTINGS = {True: (128, 48, 50, 8, 8), False: (128, 192, 300, 8, 32)}
 #: Held-out boards use seeds from here on (training boards use ``seed, seed + 1, ...``).
 _HELD_OUT_SEED = 1_000_000
+#: With ``data=``: DeepPCB boards (640 x 640) are resized to this (defects stay a few pixels wide).
+_REAL_SIZE = 256
 
 
 class _Cached:
@@ -49,17 +57,45 @@ def _upscaled(pred: dict[str, Any], factor: int) -> dict[str, Any]:
     return {**pred, "boxes": pred["boxes"] * factor, "sample": sample}
 
 
-def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int) -> DemoResult:
-    """Train and evaluate a small PCB defect detector on synthetic boards (``vlsdk demo``).
+def _boards(data: Path | None, *, size: int, n_train: int, n_eval: int, seed: int) -> tuple[Any, Any]:
+    """``(training boards, held-out boards)``: synthetic, or the first pairs of a DeepPCB folder (resized once)."""
+    from vlsdk_industrial.synth import BoardSynthesizer
+    from vlsdk_industrial.transforms import build_transforms
+
+    augment = build_transforms(train=True, affine=0.0, photometric=0.3, seed=seed)
+    if data is None:
+        synth = BoardSynthesizer(size=size, template=True, min_defects=1, max_defects=4)
+        return (_Cached(synth.dataset(n_train, seed=seed), augment),
+                _Cached(synth.dataset(n_eval, seed=_HELD_OUT_SEED + seed)))
+    from vlsdk_industrial.deeppcb import DeepPCBDataset
+
+    resize = build_transforms(train=False, size=size)
+    train = DeepPCBDataset(data, "trainval", template=True, transform=resize, on_error="skip", max_samples=n_train)
+    test = DeepPCBDataset(data, "test", template=True, transform=resize, on_error="skip", max_samples=n_eval)
+    for part in (train, test):
+        if not len(part):
+            raise ValueError(f"{data}: no readable DeepPCB pairs listed in {part.list_file}")
+    return _Cached(train, augment), _Cached(test)
+
+
+def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int, steps: int | None = None,
+             data: Path | None = None) -> DemoResult:
+    """Train and evaluate a small PCB defect detector on synthetic boards or DeepPCB (``vlsdk demo``).
 
     Args:
         out_dir: where ``predictions.png`` and the Trainer's files go.
         quick: the fastest setting (tests).
         device: torch device.
         seed: seed of the boards, initialisation and data order.
+        steps: training steps (``None``: 50 quick, 300 full).
+        data: a DeepPCB folder (holding ``PCBData/``) to train and score on instead of synthetic
+            boards; ``None``: synthetic.
 
     Returns:
         The :class:`~vlsdk.demo.DemoResult` with ``map50`` and ``deeppcb`` (mAP at IoU > 0.33).
+
+    Raises:
+        ValueError: ``steps < 1``, or a ``data`` folder that is not in the DeepPCB layout.
     """
     import numpy as np
     import torch
@@ -68,42 +104,55 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int) -> DemoResul
     from vlsdk.demo import DemoResult
     from vlsdk_industrial.pipeline import build_detector, draw_predictions, evaluate, train
     from vlsdk_industrial.samples import collate
-    from vlsdk_industrial.synth import BoardSynthesizer
-    from vlsdk_industrial.transforms import build_transforms
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    size, n_train, steps, batch, n_eval = _SETTINGS[bool(quick)]
+    size, n_train, default_steps, batch, n_eval = _SETTINGS[bool(quick)]
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be an int >= 1 or None, got {steps!r}")
+    steps = default_steps if steps is None else steps
+    size = size if data is None else _REAL_SIZE
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread beats two contending ones on a shared 2-core CPU
     try:
         started = time.perf_counter()
         torch.manual_seed(seed)
-        synth = BoardSynthesizer(size=size, template=True, min_defects=1, max_defects=4)
-        train_set = _Cached(synth.dataset(n_train, seed=seed),
-                            build_transforms(train=True, affine=0.0, photometric=0.3, seed=seed))
-        held_out = _Cached(synth.dataset(n_eval, seed=_HELD_OUT_SEED + seed))
+        train_set, held_out = _boards(None if data is None else Path(data), size=size, n_train=n_train,
+                                      n_eval=n_eval, seed=seed)
         model = build_detector("tiny", in_chans=2, expert=True).to(device)  # expert inserted, router row open
         fit = train(model, train_set, steps=steps, batch_size=batch, lr=2e-3, device=device, seed=seed,
                     out_dir=out_dir / "train", progress=False)
         trained = time.perf_counter() - started
         loader = DataLoader(held_out, batch_size=batch, shuffle=False, collate_fn=collate)
         result, preds, _ = evaluate(model, loader, device=device, progress=False)
-        png = draw_predictions([_upscaled(p, 3) for p in preds[:4]], out_dir / "predictions.png", score_threshold=0.3)
+        png = draw_predictions([_upscaled(p, max(1, 384 // size)) for p in preds[:4]], out_dir / "predictions.png",
+                               score_threshold=0.3)
         samples = collate(held_out.samples[:4])[0].to(device)  # the routing views run the model on them
         train_samples = collate(train_set.samples[:16])[0]  # the cross-domain routing lesson
     finally:
         torch.set_num_threads(threads)
     metrics = {k: float(np.nan_to_num(v)) for k, v in (("map50", result.map50), ("deeppcb", result.map_deeppcb))}
     losses = [row["loss"] for row in fit.train]
+    pictures = [fit.files["routing_png"]] if "routing_png" in fit.files else []  # expert shares over training
+    if data is not None:
+        return DemoResult(
+            domain="industrial", title=f"PCB defect detection on DeepPCB ({Path(data).name})", metrics=metrics,
+            images=[png, *pictures], model=model.eval(), samples=samples, expert="industrial.pcb_defect",
+            train_samples=train_samples, train_steps=fit.step,
+            summary=(f"Real data from {data}: the same tiny detector with the industrial.pcb_defect expert, trained "
+                     f"for {fit.step} steps ({trained:.0f} s on {device} with loading) on the first "
+                     f"{len(train_set)} DeepPCB trainval pairs (defective board + defect-free template as two "
+                     f"channels, resized from 640 to {size} x {size}; loss {losses[0]:.2f} -> {losses[-1]:.2f}), "
+                     f"scored on the first {len(held_out)} test pairs: mAP@0.5 {metrics['map50']:.3f}, DeepPCB "
+                     f"criterion (IoU > 0.33) {metrics['deeppcb']:.3f}. Green: ground truth, red: predictions "
+                     f"(score >= 0.3). The full recipe (640 x 640, every pair, more steps): vlsdk pcb --data {data}."))
     summary = (f"A tiny VLModel with the industrial.pcb_defect expert and a detection head, trained for {fit.step} "
                f"steps ({trained:.0f} s on {device}) on {n_train} synthetic {size} x {size} boards (board + "
                f"defect-free template as two channels; loss {losses[0]:.2f} -> {losses[-1]:.2f}), scored on "
                f"{n_eval} held-out boards: mAP@0.5 {metrics['map50']:.3f}, DeepPCB criterion (IoU > 0.33) "
                f"{metrics['deeppcb']:.3f}. Green: ground truth, red: predictions (score >= 0.3). "
-               f"Real boards: vlsdk pcb --data <DeepPCB folder>.")
-    pictures = [fit.files["routing_png"]] if "routing_png" in fit.files else []  # expert shares over training
+               f"Real boards: vlsdk demo --data industrial=<DeepPCB folder>, or vlsdk pcb --data <DeepPCB folder>.")
     return DemoResult(domain="industrial", title="PCB defect detection on synthetic boards", metrics=metrics,
                       images=[png, *pictures], model=model.eval(),
                       samples=samples, expert="industrial.pcb_defect",
-                      summary=summary, train_samples=train_samples)
+                      summary=summary, train_samples=train_samples, train_steps=fit.step)
