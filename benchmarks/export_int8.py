@@ -4,7 +4,9 @@ Builds a model (random weights, seeded) with detection + segmentation + depth he
 with :func:`vlsdk.export.to_onnx` (static all-experts MoE path), then quantises it three ways:
 dynamic INT8 with the routers and shared experts kept float (the default), dynamic INT8 of every
 MatMul/Gemm, and static QDQ INT8 calibrated on a few batches. Drift is measured against the FP32
-graph on held-out batches; latency is batch 1, median of ``--repeats`` runs.
+graph on held-out batches; latency is batch 1, median of ``--repeats`` runs, as wall time and as
+process CPU time (the latter barely moves with the load of a shared machine; at ``--threads 1``
+it is the single-core cost).
 
     python benchmarks/export_int8.py                         # edge config, 224x224
     python benchmarks/export_int8.py --config tiny --size 64 --repeats 5
@@ -31,15 +33,21 @@ from vlsdk.export import check_parity, int8_drift, quantize_onnx, to_onnx
 from vlsdk.export.parity import session
 
 
-def latency_ms(sess: Any, images: np.ndarray, repeats: int) -> float:
-    """Median ms of ``repeats`` runs of an onnxruntime session on ``images`` (after one warm-up)."""
+def latency_ms(sess: Any, images: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Median wall ms and median process CPU ms of ``repeats`` runs of a session (after one warm-up).
+
+    The CPU time counts every thread of this process, so on a machine shared with other work it
+    stays near the unloaded cost where the wall time does not (with more than one onnxruntime
+    thread it also counts the workers' spin-waiting).
+    """
     sess.run(None, {"images": images})  # warm-up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sess.run(None, {"images": images})
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t0 = time.perf_counter()
             model(x)
             t.append(time.perf_counter() - t0)
-    header = f"{'model':40s} {'MiB':>6s} {'ms/img':>7s} {'seg rel_rms':>11s} {'seg agree':>9s} " \
+    header = f"{'model':40s} {'MiB':>6s} {'ms/img':>7s} {'cpu ms':>7s} {'seg rel_rms':>11s} {'seg agree':>9s} " \
              f"{'det rel_rms':>11s} {'depth rel_rms':>13s}"
     print(header)
     print(f"{'pytorch eager (sparse MoE)':40s} {'':>6s} {1000 * statistics.median(t):7.1f}")
@@ -100,17 +108,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "pytorch_ms": 1000 * statistics.median(t), "variants": {}}
     rows = {"onnx fp32 (dense MoE)": fp32, **variants}
     for name, path in rows.items():
-        ms = latency_ms(session(path, args.threads), one, args.repeats)
+        ms, cpu_ms = latency_ms(session(path, args.threads), one, args.repeats)
         size = path.stat().st_size / 2**20
-        results["variants"][name] = {"mib": size, "ms_per_image": ms}
+        results["variants"][name] = {"mib": size, "ms_per_image": ms, "cpu_ms_per_image": cpu_ms}
         if path == fp32:
-            print(f"{name:40s} {size:6.1f} {ms:7.1f}")
+            print(f"{name:40s} {size:6.1f} {ms:7.1f} {cpu_ms:7.1f}")
             continue
         d = int8_drift(fp32, path, held_out)
         results["variants"][name].update({f"{k.split('.')[0]}_rel_rms": v["rel_rms"] for k, v in d.items()
                                           if k in ("seg.logits", "det.cls_logits", "depth.depth")})
         results["variants"][name]["seg_label_agreement"] = d["seg.logits"]["label_agreement"]
-        print(f"{name:40s} {size:6.1f} {ms:7.1f} {d['seg.logits']['rel_rms']:11.2e} "
+        print(f"{name:40s} {size:6.1f} {ms:7.1f} {cpu_ms:7.1f} {d['seg.logits']['rel_rms']:11.2e} "
               f"{d['seg.logits']['label_agreement']:9.4f} {d['det.cls_logits']['rel_rms']:11.2e} "
               f"{d['depth.depth']['rel_rms']:13.2e}")
     results["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

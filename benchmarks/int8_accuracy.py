@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_s = 0.0
     if args.model is not None:
         model = vlsdk.VLModel.from_pretrained(args.model)
+        if "lesion" not in model.heads or model.config.in_chans != train_set.num_channels:
+            raise SystemExit(f"error: {args.model} needs a 'lesion' segmentation head and {train_set.num_channels} "
+                             f"input channels (FLAIR + T1c); it has heads {sorted(model.heads)} and "
+                             f"{model.config.in_chans} channels")
         args.config = f"{model.config.name} (loaded from {args.model})"
     else:
         trainer, train_s = train_arm(build_model(args.config, train_set.num_channels, args.seed), lesion_loss,

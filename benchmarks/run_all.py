@@ -109,7 +109,8 @@ def export_rows(r: dict[str, Any], mode: str) -> list[Row]:
         ms = v["ms_per_image"]
         rows.append(Row("export_int8", f"{setting} {name} ms", ms, "ms", "<= 15" if target else "-",
                         _check(ms, "<=", 15.0) if target else None,
-                        note=f"load {r['load_average']:.1f}-{r['load_average_end']:.1f}; {v['mib']:.1f} MiB"))
+                        note=f"load {r['load_average']:.1f}-{r['load_average_end']:.1f}; "
+                             f"cpu {v['cpu_ms_per_image']:.1f} ms; {v['mib']:.1f} MiB"))
     return rows
 
 
@@ -175,9 +176,10 @@ SUITE: dict[str, Benchmark] = {
         "quick": ["--config", "tiny", "--size", "64", "--repeats", "3", "--threads", "1", "--expert", "",
                   "--out", "{out}"]}),
     "driving_bev": Benchmark("driving_bev", bev_rows, {
-        "cpu": [], "cuda": ["--device", "cuda", "--repeats", "2000"], "quick": ["--repeats", "10", "--blocks", "2"]}),
+        "cpu": ["--threads", "1"], "cuda": ["--device", "cuda", "--repeats", "2000"],
+        "quick": ["--repeats", "10", "--blocks", "2"]}),
     "int8_accuracy": Benchmark("int8_accuracy", int8_accuracy_rows, {
-        "cpu": ["--no-progress", "--out", "{out}"], "cuda": ["--no-progress", "--out", "{out}"],
+        "cpu": ["--no-progress", "--out", "{out}"], "cuda": ["--device", "cuda", "--no-progress", "--out", "{out}"],
         "quick": ["--quick", "--no-progress", "--threads", "1", "--steps", "4", "--eval-slices", "3",
                   "--repeats", "1", "--out", "{out}"]}),
     "throughput": Benchmark("throughput", throughput_rows, {
