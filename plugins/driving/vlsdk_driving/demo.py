@@ -87,12 +87,10 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int, steps: int |
         with tempfile.TemporaryDirectory(prefix="vlsdk-driving-demo-") as tmp:
             train_ds = NuScenesSceneSynthesizer(train_scenes, per_scene, camera_channel=None, randomization=rand)(
                 seed, Path(tmp) / "train")
+            test_ds = None if real is not None else NuScenesSceneSynthesizer(
+                test_scenes, per_scene, camera_channel=None, randomization=rand)(seed + 10_000, Path(tmp) / "test")
             train = [train_ds[i] for i in range(len(train_ds))]
-            if real is None:
-                test_ds = NuScenesSceneSynthesizer(test_scenes, per_scene, camera_channel=None, randomization=rand)(
-                    seed + 10_000, Path(tmp) / "test")
-                test = [test_ds[i] for i in range(len(test_ds))]
-        test = test if real is None else real
+            test = real if test_ds is None else [test_ds[i] for i in range(len(test_ds))]
         t_data = time.perf_counter() - t0
         torch.manual_seed(seed)
         detector = build_detector(grid, backbone="tiny")
