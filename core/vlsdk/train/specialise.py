@@ -10,15 +10,23 @@ from torch import nn
 __all__ = ["prepare_specialisation", "routing_share", "mixed_indices"]
 
 
-def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bias: float | None = 0.0,
+def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bias: float | str | None = 0.0,
                            train_heads: bool | Sequence[str] = True) -> list[str]:
     """Freeze everything but the named domain experts, their router rows and (optionally) heads.
 
     Args:
         model: a :class:`~vlsdk.VLModel` with the experts already inserted.
         experts: domain expert names, e.g. ``["medical.lesion"]``.
-        open_bias: raise each expert's router bias to at least this value so it starts receiving
-            tokens (inserted experts start closed, at -30); ``None`` leaves the bias alone.
+        open_bias: how to open each expert's router row so it starts receiving tokens (inserted
+            experts start closed: zero weights, bias -30). A float (default ``0.0``) raises the
+            bias to at least that value, weights left as they are: right for a fresh router,
+            whose logits are centred on 0, but a *trained* router's logits sit below 0 (the
+            z-loss pulls their log-sum-exp towards 0), so there bias 0 beats every generic
+            expert and the new, untrained experts take over every token's top-k (measured on a
+            pre-trained ``tiny``: 0.92 of all assignments). ``"parity"`` gives a row that was
+            never trained (all-zero weights) the mean weights and bias of the backbone's own
+            rows, so on every token its logit is the mean generic logit: it competes with the
+            generic experts instead of replacing them. ``None`` leaves the row alone.
         train_heads: ``True`` for every head, or the names of the heads to train.
 
     Returns:
@@ -27,6 +35,8 @@ def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bia
     missing = [e for e in experts if e not in getattr(model, "expert_specs", {})]
     if missing:
         raise ValueError(f"experts {missing} are not in the model; inserted: {sorted(model.expert_specs)}")
+    if isinstance(open_bias, str) and open_bias != "parity":
+        raise ValueError(f"open_bias must be 'parity', a float or None, got {open_bias!r}")
     for p in model.parameters():
         p.requires_grad_(False)
     for layer in model.moe_layers:
@@ -42,14 +52,29 @@ def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bia
             router.frozen[row] = False
             for p in layer.expert(name).parameters():
                 p.requires_grad_(True)
-            if open_bias is not None:
+            if open_bias == "parity":
+                _open_at_parity(layer, row)
+            elif open_bias is not None:
                 with torch.no_grad():
-                    router.bias[row] = max(float(router.bias[row]), open_bias)
+                    router.bias[row] = max(float(router.bias[row]), float(open_bias))
     heads = list(model.heads) if train_heads is True else list(train_heads or [])
     for name in heads:
         for p in model.heads[name].parameters():
             p.requires_grad_(True)
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def _open_at_parity(layer: nn.Module, row: int) -> None:
+    """Give an untrained row (all-zero weights) the mean weights and bias of the backbone's rows."""
+    router = layer.router
+    if bool(router.weight[row].any()):
+        return  # trained (or set) already: leave it
+    own = [i for i, name in enumerate(layer.expert_names) if name.startswith("generic.")]
+    if not own:
+        raise ValueError(f"no generic expert rows to open at parity with; experts: {layer.expert_names}")
+    router.weight[row] = router.weight[own].mean(0)
+    router.bias[row] = router.bias[own].mean()
 
 
 @torch.no_grad()

@@ -1,0 +1,114 @@
+"""Stage 2 (expert specialisation) on real data: BraTS slices route to ``medical.lesion``; frozen stays frozen."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vlsdk
+from vlsdk.train import TrainConfig, Trainer, prepare_specialisation, routing_share
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "specialise_routing.py"
+
+
+def _brats(shared_data: Path):
+    from vlsdk_medical.pipeline import LesionTrainConfig, lesion_train_set
+
+    cfg = LesionTrainConfig(data_root=str(shared_data / "brats_lesion_mri"), train_splits=("train",), roi_size=64,
+                            max_slices_per_case=8, batch_size=4, epochs=1, progress=False).resolved()
+    return lesion_train_set(cfg)[0]
+
+
+def test_stage2_on_brats_routes_medical_tokens_to_the_lesion_expert(shared_data: Path, tmp_path: Path) -> None:
+    from vlsdk_medical.dataset import collate_samples
+    from vlsdk_medical.pipeline import lesion_loss
+
+    train_set = _brats(shared_data)
+    torch.manual_seed(0)
+    model = vlsdk.VLModel("tiny", in_chans=train_set.num_channels, text=None)
+    model.add_head("lesion", task="segmentation", num_classes=1)
+    model.add_expert("medical.lesion")  # inserted closed
+    slices = collate_samples([train_set[i] for i in range(4)])["image"]
+    assert routing_share(model, slices, "medical.lesion") == 0.0
+    trainable = prepare_specialisation(model, ["medical.lesion"], train_heads=["lesion"])
+    assert all("medical" in n or "router" in n or n.startswith("heads.lesion.") for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n not in trainable}
+    rows = {i: [j for j, e in enumerate(layer.expert_names) if e != "medical.lesion"]
+            for i, layer in enumerate(model.moe_layers)}
+    generic = {i: (layer.router.weight.detach()[rows[i]].clone(), layer.router.bias.detach()[rows[i]].clone())
+               for i, layer in enumerate(model.moe_layers)}
+    config = TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup_steps=1, amp="off", device="cpu",
+                         out_dir=str(tmp_path / "stage2"), progress=False, log_every=3)
+    Trainer(model, lesion_loss, train_set, config, collate_fn=collate_samples).fit()
+
+    assert routing_share(model, slices, "medical.lesion") > 0.0
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    for i, layer in enumerate(model.moe_layers):  # the generic router rows did not move either
+        assert torch.equal(layer.router.weight[rows[i]], generic[i][0])
+        assert torch.equal(layer.router.bias[rows[i]], generic[i][1])
+
+
+def test_parity_opening_competes_with_a_trained_router_instead_of_taking_it_over() -> None:
+    # A trained router's logits sit below zero (the z-loss pulls their log-sum-exp towards 0), here
+    # emulated by generic biases of -3: opening new rows at bias 0 handed the inserted experts
+    # every token's top-k; "parity" starts them at the mean generic logit of each token.
+    torch.manual_seed(0)
+    model = vlsdk.VLModel("tiny", in_chans=2, text=None)
+    with torch.no_grad():
+        for layer in model.moe_layers:
+            layer.router.bias.fill_(-3.0)
+    experts = ["medical.lesion", "industrial.pcb_defect"]
+    for name in experts:
+        model.add_expert(name)
+    images = torch.rand(4, 2, 64, 64)
+    at_zero = copy.deepcopy(model)
+    prepare_specialisation(at_zero, experts, train_heads=False)  # the default, open_bias=0.0
+    assert sum(routing_share(at_zero, images, e) for e in experts) > 0.95  # a take-over
+    prepare_specialisation(model, experts, open_bias="parity", train_heads=False)
+    shares = [routing_share(model, images, e) for e in experts]
+    assert 0.0 < sum(shares) < 0.5
+    for layer in model.moe_layers:
+        generic = [i for i, e in enumerate(layer.expert_names) if e.startswith("generic.")]
+        for e in experts:
+            row = layer.expert_names.index(e)
+            assert torch.allclose(layer.router.weight[row], layer.router.weight[generic].mean(0))
+            assert torch.allclose(layer.router.bias[row], layer.router.bias[generic].mean())
+    trained = {i: layer.router.weight.detach().clone() for i, layer in enumerate(model.moe_layers)}
+    with torch.no_grad():
+        for layer in model.moe_layers:
+            layer.router.weight[-1].add_(0.5)
+    prepare_specialisation(model, experts, open_bias="parity", train_heads=False)  # set rows are left alone
+    for i, layer in enumerate(model.moe_layers):
+        assert torch.equal(layer.router.weight[-1], trained[i][-1] + 0.5)
+    with pytest.raises(ValueError, match="open_bias"):
+        prepare_specialisation(model, experts, open_bias="wide")
+
+
+@pytest.mark.slow
+def test_specialise_routing_quick_writes_finite_numbers(shared_data: Path, tmp_path: Path) -> None:
+    args = ["--quick", "--data", str(shared_data), "--out", str(tmp_path), "--pretrain-steps", "2", "--steps", "2",
+            "--batch-size", "2", "--roi-size", "32", "--slices-per-case", "4", "--eval-slices", "3",
+            "--image-size", "128", "--train-boards", "4", "--test-boards", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "specialise_routing.json").read_text())
+    numbers = [row[k] for row in r["routing"] for k in ("before", "after")]
+    numbers += [v for m in r["metrics"].values() for v in m.values()]
+    assert numbers and all(math.isfinite(v) for v in numbers)
+    assert all(0.0 <= row[k] <= 1.0 for row in r["routing"] for k in ("before", "after"))
+    assert {row["layer"] for row in r["routing"]} == {"layer 0", "layer 1", "all"}  # tiny: two MoE layers
+    assert r["closed_own_share"] == {"medical": 0.0, "industrial": 0.0}
+    assert r["frozen_changed"] == [] and r["frozen_checked"] > 0
+    assert (tmp_path / "routing_before.png").stat().st_size > 0 and (tmp_path / "routing_after.png").is_file()
