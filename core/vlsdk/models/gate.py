@@ -17,6 +17,12 @@ class CrossModalGate(nn.Module):
     entirely (no attention is computed), so a model whose gates never opened costs nothing
     extra when given text. In training the path always runs, so the gate can learn to open.
 
+    Eager calls read ``alpha`` every time. Code traced by ``torch.compile`` cannot read a tensor's
+    value without a host sync and a graph break, so it uses :attr:`open_at_eval`, a plain bool
+    that ``torch.compile`` guards on (a change recompiles): it is refreshed by every eager call,
+    by ``eval()``/``train()``, by ``load_state_dict`` and by :meth:`refresh`. After editing
+    ``alpha`` in place between compiled calls, call :meth:`refresh` (or run the model once eagerly).
+
     Args:
         dim: visual token width.
         text_dim: text token width.
@@ -39,6 +45,8 @@ class CrossModalGate(nn.Module):
         self.attn = Attention(dim, num_heads, kv_dim=text_dim)
         self.alpha = nn.Parameter(torch.zeros(1))
         self.threshold = threshold
+        #: whether the text path runs at inference, as last read from ``alpha`` (see the class doc)
+        self.open_at_eval = False
 
     @property
     def value(self) -> float:
@@ -50,8 +58,26 @@ class CrossModalGate(nn.Module):
         """Whether the text path runs at inference."""
         return abs(self.value) >= self.threshold
 
+    def refresh(self) -> bool:
+        """Re-read ``alpha`` into :attr:`open_at_eval` (a host read); returns it."""
+        self.open_at_eval = self.is_open
+        return self.open_at_eval
+
+    def train(self, mode: bool = True) -> CrossModalGate:
+        super().train(mode)
+        self.refresh()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh()
+
     def forward(self, x: torch.Tensor, text: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if text is None or (not self.training and not self.is_open):
+        if text is None:
             return x
+        if not self.training:
+            is_open = self.open_at_eval if torch.compiler.is_compiling() else self.refresh()
+            if not is_open:
+                return x
         y = self.attn(self.norm(x), self.text_norm(text), mask)
         return x + torch.tanh(self.alpha).to(x.dtype) * y

@@ -10,6 +10,7 @@ from torch import nn
 from vlsdk.models.config import MoEConfig
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
 from vlsdk.models.features import ExpertContext, RouterStats
+from vlsdk.models.grouped_mm import StackedWeights, grouped_mm
 from vlsdk.models.router import Router, load_balancing_loss, z_loss
 
 __all__ = ["DynamicMoE", "split_expert_name"]
@@ -62,9 +63,12 @@ class DynamicMoE(nn.Module):
         self._backbone_experts = frozenset(self.expert_names)
         self._wants_context: dict[str, bool] = {}
         self.dense = False
-        #: one grouped GEMM for the generic experts (``torch._grouped_mm``), no host sync; ``None``
-        #: = for bf16 on CUDA only. Used while the layer is dropless and holds no domain expert.
+        #: one grouped GEMM per projection for the generic experts (``torch._grouped_mm``), no host
+        #: sync; ``None`` = automatic: bf16 on CUDA with 16-aligned widths, and any CPU dtype while
+        #: ``torch.compile`` traces the layer. Used only while the layer is dropless and holds no
+        #: domain expert (the loop path, with its host read of the split sizes, serves the rest).
         self.grouped: bool | None = None
+        self._stacked = StackedWeights(_stack_generic)
 
     # -- slots -------------------------------------------------------------------------------
     def expert(self, name: str) -> nn.Module:
@@ -98,6 +102,7 @@ class DynamicMoE(nn.Module):
         self.expert_names.append(name)
         self._wants_context[name] = accepts_context(module)
         self.router.grow(1, init_bias)
+        self._stacked.clear()
 
     def remove_expert(self, name: str) -> nn.Module:
         """Remove a domain expert and its router row; returns the module."""
@@ -114,6 +119,7 @@ class DynamicMoE(nn.Module):
         del self.experts[group][leaf]
         if len(self.experts[group]) == 0:
             del self.experts[group]
+        self._stacked.clear()
         return module
 
     def set_router_bias(self, name: str, value: float) -> None:
@@ -170,7 +176,7 @@ class DynamicMoE(nn.Module):
         num_experts = len(self.expert_names)
         assignment = idx.reshape(-1)                                   # (T*k,) expert of each slot
         order = torch.argsort(assignment, stable=True)                 # slots grouped by expert
-        counts = torch.bincount(assignment, minlength=num_experts)
+        counts = _count(assignment, num_experts)                        # no host sync (bincount has one)
         kept = counts
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * n_tok * k / num_experts)
@@ -180,11 +186,14 @@ class DynamicMoE(nn.Module):
             kept = counts.clamp(max=capacity)
         tokens = order // k                                            # token of each sorted slot
         gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
-        xs = flat[tokens]
         routed = torch.zeros_like(flat)
         if self._use_grouped(flat):
-            routed.index_add_(0, tokens, self._grouped_generic(xs, counts) * gates)
-            return routed, counts, flat.new_zeros(())
+            routed.index_add_(0, tokens, self._grouped_generic(flat, tokens, counts) * gates)
+            # the experts' fc2 biases: sum_j w_tj * b2[i_tj] as one small (T, E) x (E, d) product
+            combine = torch.zeros(n_tok, num_experts, dtype=weight.dtype, device=flat.device)
+            b2 = self._grouped_weights(flat.dtype)[2]
+            return routed.addmm_(combine.scatter_(1, idx, weight), b2), counts, flat.new_zeros(())
+        xs = flat[tokens]
         modules = self._modules_in_order()
         start = 0
         for i, n in enumerate(kept.tolist()):                          # loop over experts, not tokens
@@ -198,25 +207,35 @@ class DynamicMoE(nn.Module):
 
     def _use_grouped(self, flat: torch.Tensor) -> bool:
         aligned = self.dim % 16 == 0 and self.config.expert_hidden % 16 == 0
-        auto = flat.is_cuda and flat.dtype == torch.bfloat16 and aligned
+        fast = flat.is_cuda and flat.dtype == torch.bfloat16 and aligned
+        auto = fast or (flat.device.type == "cpu" and torch.compiler.is_compiling())
         wanted = auto if self.grouped is None else self.grouped
-        return (wanted and hasattr(torch, "_grouped_mm") and self.capacity_factor is None
-                and len(self.expert_names) == len(self._backbone_experts))
+        return (wanted and hasattr(torch, "_grouped_mm") and flat.dtype in _GROUPED_DTYPES
+                and self.capacity_factor is None and len(self.expert_names) == len(self._backbone_experts))
 
-    def _grouped_generic(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """All generic experts in two grouped GEMMs over the expert-sorted rows ``xs``."""
-        experts = self._modules_in_order()
-        w1 = torch.stack([e.fc1.weight for e in experts]).transpose(1, 2)   # (E, d, h)
-        w2 = torch.stack([e.fc2.weight for e in experts]).transpose(1, 2)   # (E, h, d)
-        b1 = torch.stack([e.fc1.bias for e in experts])
-        b2 = torch.stack([e.fc2.bias for e in experts])
+    def _grouped_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(w1, w2, b2)`` stacked for :func:`grouped_mm`; cached while gradients are off."""
+        params = [p for e in self._modules_in_order() for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (inductor freezing folds the stack)
+            w1, w2, b2 = _stack_generic(params)
+        else:
+            w1, w2, b2 = self._stacked.get(params)
+        return w1.to(dtype), w2.to(dtype), b2.to(dtype)
+
+    def _grouped_generic(self, flat: torch.Tensor, tokens: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """All generic experts on the expert-sorted rows ``flat[tokens]``, without their fc2 bias.
+
+        The fc1 bias rides in the first GEMM: each row gets a constant 1 (padded to 16 columns for
+        the GEMM's alignment) that meets the bias row of the stacked ``w1``, so no ``(T*k, hidden)``
+        bias tensor is gathered.
+        """
+        w1, w2, _ = self._grouped_weights(flat.dtype)
+        ones = torch.zeros(flat.shape[0], _PAD, dtype=flat.dtype, device=flat.device)
+        ones[:, 0] = 1.0
+        xs = torch.cat([flat, ones], dim=1)[tokens]
         offs = torch.cumsum(counts, 0).to(torch.int32)
-        expert_of_row = torch.repeat_interleave(torch.arange(len(experts), device=xs.device), counts,
-                                                output_size=xs.shape[0])
-        dtype = xs.dtype
-        hidden = torch._grouped_mm(xs, w1.to(dtype), offs=offs) + b1.to(dtype)[expert_of_row]
-        hidden = torch.nn.functional.gelu(hidden)
-        return torch._grouped_mm(hidden, w2.to(dtype), offs=offs) + b2.to(dtype)[expert_of_row]
+        hidden = torch.nn.functional.gelu(grouped_mm(xs, w1, offs))
+        return grouped_mm(hidden, w2, offs)
 
     def _dense(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                grid3: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,3 +252,23 @@ class DynamicMoE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, experts={self.expert_names}, top_k={self.top_k}, dense={self.dense}"
+
+
+_GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what torch._grouped_mm takes
+_PAD = 16  # the bias column plus zeros: keeps the folded GEMM's K a multiple of 16
+
+
+def _count(assignment: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``bincount(assignment, minlength=num_experts)`` with a static shape and no host sync."""
+    counts = torch.zeros(num_experts, dtype=torch.long, device=assignment.device)
+    return counts.scatter_add_(0, assignment, torch.ones_like(assignment))
+
+
+def _stack_generic(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(fc1.w, fc1.b, fc2.w, fc2.b)`` per expert -> ``w1`` ``(E, d + _PAD, h)`` with the fc1 bias as
+    row ``d``, ``w2`` ``(E, h, d)`` (both column-major views, the layout ``_grouped_mm`` prefers) and
+    ``b2`` ``(E, d)``."""
+    fc1_w, fc1_b, fc2_w, fc2_b = (torch.stack(params[i::4]) for i in range(4))
+    pad = fc1_w.new_zeros(fc1_w.shape[0], fc1_w.shape[1], _PAD - 1)
+    w1 = torch.cat([fc1_w, fc1_b[:, :, None], pad], dim=2).transpose(1, 2)
+    return w1, fc2_w.transpose(1, 2), fc2_b

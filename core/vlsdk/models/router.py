@@ -84,7 +84,7 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> Routing:
         """Route ``(T, d)`` tokens."""
         w, b = self.weight, self.bias
-        if bool(self.frozen.any()):
+        if torch.is_grad_enabled():  # a tensor select, not a host read of `frozen`: no sync, no graph break
             w = torch.where(self.frozen[:, None], w.detach(), w)
             b = torch.where(self.frozen, b.detach(), b)
         x = x.float()
