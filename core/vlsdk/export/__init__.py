@@ -7,6 +7,10 @@ Example:
     >>> path = to_onnx(model, "model.onnx", image_size=(224, 224))  # doctest: +SKIP
     >>> check_parity(model, path, torch.randn(2, 3, 224, 224))  # doctest: +SKIP
     {'det.cls_logits': 2.1e-06, ...}
+    >>> OnnxModel("model.int8.onnx")(images, heads=["seg"])["seg"].logits  # doctest: +SKIP
+
+:class:`OnnxModel` runs an exported file behind the ``VLModel`` call, so evaluation code written
+for a model (a sliding-window predictor, a held-out Dice loop) scores the FP32 or INT8 graph as is.
 """
 
 from __future__ import annotations
