@@ -12,30 +12,42 @@ starting point so stage 2 changes only what it is meant to change.
 
 **Stage 2.** ``medical.lesion`` and ``industrial.pcb_defect`` (the registered experts) are
 inserted closed (router bias -30: share 0), then opened by
-:func:`~vlsdk.train.prepare_specialisation` at ``open_bias="parity"`` (each new row = the mean of
-the generic rows; ``--open-bias 0`` shows the old default, under which the two untrained experts
-take over most of every token's top-k on a pre-trained router). Each domain in turn: its
-expert, its router rows and its head train on its own data with its task loss (the medical and
-industrial pipelines' ``lesion_loss`` / ``detection_loss``; the Trainer adds the MoE
-load-balancing loss at ``--aux-loss-weight``), everything else frozen.
+:func:`~vlsdk.train.prepare_specialisation` at ``open_bias="parity"`` (its default: each new row =
+the mean of the generic rows; ``--open-bias 0`` shows the old default, under which the two
+untrained experts take over most of every token's top-k on a pre-trained router). From that one
+state, two arms train side by side, each on its own copy: the two experts, their router rows and
+both heads, everything else frozen, every step holding one batch of each domain
+(:class:`~vlsdk.train.specialise.DomainBatches`, ``--steps`` batches per domain), with the loss
+of :class:`~vlsdk.train.specialise.SpecialisationLoss`:
+
+* ``task``: each domain's task loss alone (the medical and industrial pipelines' ``lesion_loss`` /
+  ``detection_loss``), i.e. ``--routing-weight 0``;
+* ``task+routing``: plus ``--routing-weight`` x the domain routing term, ``-log p(own expert)``
+  over the tokens of each domain's batch (:func:`~vlsdk.train.specialise.own_expert_loss`).
+
+The Trainer adds the MoE load-balancing loss at ``--aux-loss-weight`` in both.
 
 **Measures**, before (rows opened, untrained) and after: :func:`vlsdk.inspect.domain_expert_table`
 (``by="assignments"``, the share of (token, expert) assignments, as
-:func:`~vlsdk.train.routing_share`) on held-out images of both domains, per MoE layer: each
+:func:`~vlsdk.train.routing_share`; and ``by="top1"``: with top-2 routing and two domain rows
+that both beat every generic row, each gets 0.5 of the assignments whatever their order, so the
+top-1 share is what shows which of the two a domain's tokens prefer) on held-out images of both
+domains, per MoE layer: each
 domain's share to its own expert and to the other domain's expert; whole-tumour Dice on the
 held-out BraTS patient (:func:`~vlsdk_medical.pipeline.evaluate_held_out`); DeepPCB mAP@0.5 on
-test boards (:func:`~vlsdk_industrial.pipeline.evaluate`); and that every frozen weight (the
-backbone, generic router rows) is bit-identical after stage 2.
+test boards (:func:`~vlsdk_industrial.pipeline.evaluate`); and, per arm, that every frozen weight
+(the backbone, generic router rows) is bit-identical after stage 2.
 
     python benchmarks/specialise_routing.py --quick                 # CPU, a few minutes
     python benchmarks/specialise_routing.py --device cuda           # GPU-sized defaults
 
-Writes ``<out>/specialise_routing.json`` and ``<out>/routing_{before,after}.png``.
+Writes ``<out>/specialise_routing.json`` and ``<out>/routing_{before,task,task_routing}.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -47,10 +59,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vlsdk.train.specialise import ROUTING_WEIGHT
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 EXPERTS = {"medical": "medical.lesion", "industrial": "industrial.pcb_defect"}
 HEADS = {"medical": "lesion", "industrial": "pcb"}
+ARMS = ("task", "task+routing")
 
 
 @dataclass
@@ -63,10 +78,12 @@ class Settings:
         model: backbone config, the same for both domains.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         pretrain_steps: generic pre-training steps (alternating domains).
-        steps: stage-2 steps per domain.
+        steps: stage-2 steps (each holds one batch of each domain).
         batch_size: samples per step (slices / boards).
-        lr: peak AdamW learning rate of pre-training and stage 2.
+        lr: peak AdamW learning rate of pre-training.
+        stage2_lr: peak AdamW learning rate of stage 2 (``None``: ``lr``).
         aux_loss_weight: the Trainer's MoE load-balancing weight in stage 2.
+        routing_weight: weight of the domain routing term in the ``task+routing`` arm.
         open_bias: how the domain rows are opened (``prepare_specialisation``): ``"parity"``
             (the mean generic row) or a bias value (``0.0``: the old default, a take-over).
         roi_size: BraTS training crop.
@@ -87,7 +104,9 @@ class Settings:
     steps: int = 400
     batch_size: int = 16
     lr: float = 1e-3
+    stage2_lr: float | None = None
     aux_loss_weight: float = 0.01
+    routing_weight: float = ROUTING_WEIGHT
     open_bias: str | float = "parity"
     roi_size: int = 128
     slices_per_case: int | None = None
@@ -100,7 +119,8 @@ class Settings:
 
     def quick(self) -> Settings:
         """The CPU preset (a few minutes on two cores)."""
-        return replace(self, model="tiny", device="cpu", pretrain_steps=40, steps=30, batch_size=4, roi_size=64,
+        return replace(self, model="tiny", device="cpu", pretrain_steps=40, steps=40, stage2_lr=1e-2, batch_size=4,
+                       roi_size=64,
                        slices_per_case=16, train_splits=("train",), eval_slices=8, image_size=256,
                        train_boards=32, test_boards=8)
 
@@ -201,22 +221,27 @@ def measure(model: Any, s: Settings, domains: dict[str, Any], device: torch.devi
     result, _, _ = evaluate(model, domains["pcb_test"], device=device, progress=False)
     slices = [shown[0] for shown in med["shown"].values()]  # (S, C, X, Y) held-out slices per patient
     boards = [images for images, _, _ in domains["pcb_test"]]
-    table = domain_expert_table(model, {"medical": slices, "industrial": boards}, by="assignments")
+    images = {"medical": slices, "industrial": boards}
+    table = domain_expert_table(model, images, by="assignments")
+    top1 = domain_expert_table(model, images, by="top1")
     model.train()
-    return {"table": table, "dice": float(med["dice_mean"]), "dice_raw": float(med["before"]["dice_mean"]),
-            "map50": float(result.map50)}
+    return {"table": table, "top1": top1, "dice": float(med["dice_mean"]),
+            "dice_raw": float(med["before"]["dice_mean"]), "map50": float(result.map50)}
 
 
-def specialise(model: Any, s: Settings, domain: str, domains: dict[str, Any]) -> list[str]:
-    """Stage 2 for one domain: its expert, router rows and head train on its data; returns what trained."""
+def specialise(model: Any, s: Settings, domains: dict[str, Any], routing_weight: float, name: str) -> list[str]:
+    """Stage 2 on both domains at once (one batch of each per step); returns what trained."""
     from vlsdk.train import Trainer, prepare_specialisation
+    from vlsdk.train.specialise import DomainBatches, SpecialisationLoss
 
     # the rows were opened for the "before" table already: open_bias=None leaves them as they are
-    trainable = prepare_specialisation(model, [EXPERTS[domain]], open_bias=None, train_heads=[HEADS[domain]])
-    data, collate = domains["train"][domain]
-    cfg = _train_config(s, s.steps, s.out / f"stage2_{domain}", batch_size=s.batch_size,
+    trainable = prepare_specialisation(model, list(EXPERTS.values()), open_bias=None, train_heads=list(HEADS.values()))
+    data = DomainBatches(domains["train"], s.batch_size, length=s.steps)
+    loss = SpecialisationLoss(_losses(), EXPERTS, routing_weight=routing_weight)
+    stage2 = replace(s, lr=s.stage2_lr if s.stage2_lr is not None else s.lr)
+    cfg = _train_config(stage2, s.steps, s.out / f"stage2_{name.replace('+', '_')}", batch_size=1,
                         aux_loss_weight=s.aux_loss_weight)
-    Trainer(model, _losses()[domain], data, cfg, collate_fn=collate).fit()
+    Trainer(model, loss, data, cfg, collate_fn=DomainBatches.collate).fit()
     return trainable
 
 
@@ -238,18 +263,25 @@ def changed(before: dict[str, torch.Tensor], model: Any) -> list[str]:
     return [n for n, t in before.items() if not torch.equal(t, now[n])]
 
 
-def routing_rows(before: Any, after: Any) -> list[dict[str, Any]]:
-    """Per domain, expert and MoE layer: the share before and after (``own``: the domain's own expert)."""
+def routing_rows(before: Any, after: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per domain, expert and MoE layer (and ``all``): the share before and after each arm.
+
+    ``own`` marks the domain's own expert; ``after`` maps arm -> its table.
+    """
     rows = []
-    for d, domain in enumerate(after.domains):
+    for d, domain in enumerate(before.domains):
         for expert in EXPERTS.values():
-            j = after.experts.index(expert)
-            layers = [(f"layer {i}", float(before.per_layer[i, d, j]), float(after.per_layer[i, d, j]))
-                      for i in range(after.per_layer.shape[0])]
-            layers.append(("all", float(before.share[d, j]), float(after.share[d, j])))
-            for layer, b, a in layers:
-                rows.append({"domain": domain, "expert": expert, "own": expert == EXPERTS[domain],
-                             "layer": layer, "before": b, "after": a})
+            j = before.experts.index(expert)
+            layers: list[tuple[str, Any]] = [(f"layer {i}", (i, d, j)) for i in range(before.per_layer.shape[0])]
+            layers.append(("all", (d, j)))
+            for layer, at in layers:
+                def pick(t: Any, at: Any = at, layer: str = layer) -> float:
+                    return float((t.share if layer == "all" else t.per_layer)[at])
+
+                row = {"domain": domain, "expert": expert, "own": expert == EXPERTS[domain], "layer": layer,
+                       "before": pick(before)}
+                row.update({arm: pick(table) for arm, table in after.items()})
+                rows.append(row)
     return rows
 
 
@@ -271,24 +303,33 @@ def run(s: Settings) -> dict[str, Any]:
     prepare_specialisation_open(model, s)
     before = measure(model, s, domains, device)
     snapshot = frozen_snapshot(model)
+    after: dict[str, dict[str, Any]] = {}
+    moved: dict[str, list[str]] = {}
     trainable: list[str] = []
-    for domain in EXPERTS:
-        trainable += specialise(model, s, domain, domains)
-    after = measure(model, s, domains, device)
-    moved = changed(snapshot, model)
-    plot_domain_expert_table(before["table"], s.out / "routing_before.png", title="Before stage 2 (rows opened)")
-    plot_domain_expert_table(after["table"], s.out / "routing_after.png", title="After stage 2")
+    for arm in ARMS:
+        arm_model = copy.deepcopy(model)
+        trainable = specialise(arm_model, s, domains, 0.0 if arm == "task" else s.routing_weight, arm)
+        after[arm] = measure(arm_model, s, domains, device)
+        moved[arm] = changed(snapshot, arm_model)
+        del arm_model
+    pngs = [s.out / f"routing_{name.replace('+', '_')}.png" for name in ("before", *ARMS)]
+    plot_domain_expert_table(before["table"], pngs[0], title="Before stage 2 (rows opened)")
+    for arm, png in zip(ARMS, pngs[1:], strict=True):
+        plot_domain_expert_table(after[arm]["table"], png, title=f"After stage 2, {arm}")
     summary = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
-        "vlsdk": vlsdk.__version__, "device": str(device),
+        "vlsdk": vlsdk.__version__, "device": str(device), "arms": list(ARMS),
         "closed_own_share": {d: closed.own_share(d) for d in EXPERTS},
-        "routing": routing_rows(before["table"], after["table"]),
-        "share_before": before["table"].share.tolist(), "share_after": after["table"].share.tolist(),
-        "table_columns": after["table"].experts, "table_rows": after["table"].domains,
-        "metrics": {k: {"before": before[k], "after": after[k]} for k in ("dice", "dice_raw", "map50")},
+        "routing": routing_rows(before["table"], {arm: after[arm]["table"] for arm in ARMS}),
+        "routing_top1": routing_rows(before["top1"], {arm: after[arm]["top1"] for arm in ARMS}),
+        "share_before": before["table"].share.tolist(),
+        "share_after": {arm: after[arm]["table"].share.tolist() for arm in ARMS},
+        "table_columns": before["table"].experts, "table_rows": before["table"].domains,
+        "metrics": {k: {"before": before[k], **{arm: after[arm][k] for arm in ARMS}}
+                    for k in ("dice", "dice_raw", "map50")},
         "frozen_checked": len(snapshot), "frozen_changed": moved,
         "trainable": sorted(set(trainable)), "seconds": time.perf_counter() - started,
-        "pngs": [str(s.out / "routing_before.png"), str(s.out / "routing_after.png")],
+        "pngs": [str(p) for p in pngs],
     }
     (s.out / "specialise_routing.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -302,16 +343,22 @@ def prepare_specialisation_open(model: Any, s: Settings) -> None:
 
 
 def print_table(summary: dict[str, Any]) -> None:
-    """The before/after routing table and the task metrics."""
-    print(f"{'domain':<11} {'-> expert':<22} {'layer':<8} {'before':>8} {'after':>8}")
-    for r in summary["routing"]:
-        tag = " (own)" if r["own"] else ""
-        print(f"{r['domain']:<11} {r['expert'] + tag:<22} {r['layer']:<8} {r['before']:8.3f} {r['after']:8.3f}")
-    m = summary["metrics"]
-    print(f"held-out BraTS Dice (post-processed): {m['dice']['before']:.4f} -> {m['dice']['after']:.4f}  "
-          f"(raw {m['dice_raw']['before']:.4f} -> {m['dice_raw']['after']:.4f})")
-    print(f"DeepPCB test mAP@0.5: {m['map50']['before']:.4f} -> {m['map50']['after']:.4f}")
-    print(f"frozen tensors checked: {summary['frozen_checked']}, changed: {summary['frozen_changed'] or 'none'}")
+    """The routing table (before, then after each arm) and the task metrics."""
+    arms = summary["arms"]
+    for key, what in (("routing", "share of (token, expert) assignments"), ("routing_top1", "share of top-1 choices")):
+        print(what)
+        print(f"{'domain':<11} {'-> expert':<28} {'layer':<8} {'before':>8} " + " ".join(f"{a:>13}" for a in arms))
+        for r in summary[key]:
+            tag = " (own)" if r["own"] else ""
+            print(f"{r['domain']:<11} {r['expert'] + tag:<28} {r['layer']:<8} {r['before']:8.3f} "
+                  + " ".join(f"{r[a]:13.3f}" for a in arms))
+    names = {"dice": "held-out BraTS Dice (post-processed)", "dice_raw": "held-out BraTS Dice (raw)",
+             "map50": "DeepPCB test mAP@0.5"}
+    for key, label in names.items():
+        m = summary["metrics"][key]
+        print(f"{label}: before {m['before']:.4f}, " + ", ".join(f"{a} {m[a]:.4f}" for a in arms))
+    moved = {a: v or "none" for a, v in summary["frozen_changed"].items()}
+    print(f"frozen tensors checked: {summary['frozen_checked']}, changed: {moved}")
     print(f"({summary['seconds']:.0f} s on {summary['device']})")
 
 
@@ -327,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("pretrain_steps", "steps", "batch_size", "roi_size", "slices_per_case", "eval_slices", "image_size",
                  "train_boards", "test_boards"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    for name in ("lr", "aux_loss_weight"):
+    for name in ("lr", "stage2_lr", "aux_loss_weight", "routing_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--open-bias", type=lambda v: v if v == "parity" else float(v), default=None,

@@ -17,6 +17,8 @@ import vlsdk
 from vlsdk.train import TrainConfig, Trainer, prepare_specialisation, routing_share
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "specialise_routing.py"
+EXPERTS = {"medical": "medical.lesion", "industrial": "industrial.pcb_defect"}
+STEPS = 40  # stage-2 steps of each arm, one batch of each domain per step
 
 
 def _brats(shared_data: Path):
@@ -72,9 +74,9 @@ def test_parity_opening_competes_with_a_trained_router_instead_of_taking_it_over
         model.add_expert(name)
     images = torch.rand(4, 2, 64, 64)
     at_zero = copy.deepcopy(model)
-    prepare_specialisation(at_zero, experts, train_heads=False)  # the default, open_bias=0.0
+    prepare_specialisation(at_zero, experts, open_bias=0.0, train_heads=False)  # the old default
     assert sum(routing_share(at_zero, images, e) for e in experts) > 0.95  # a take-over
-    prepare_specialisation(model, experts, open_bias="parity", train_heads=False)
+    prepare_specialisation(model, experts, train_heads=False)  # the default: "parity"
     shares = [routing_share(model, images, e) for e in experts]
     assert 0.0 < sum(shares) < 0.5
     for layer in model.moe_layers:
@@ -94,6 +96,70 @@ def test_parity_opening_competes_with_a_trained_router_instead_of_taking_it_over
         prepare_specialisation(model, experts, open_bias="wide")
 
 
+def _shares(model, images: dict, by: str) -> dict[tuple[str, str], float]:
+    from vlsdk.inspect import domain_expert_table
+
+    table = domain_expert_table(model, images, by=by)
+    return {(d, e): float(table.share[i, table.experts.index(e)]) for i, d in enumerate(table.domains)
+            for e in EXPERTS.values()}
+
+
+def test_stage2_routing_term_sends_each_domain_to_its_own_expert(shared_data: Path, tmp_path: Path) -> None:
+    """Real BraTS + DeepPCB, both experts, one batch of each domain per step: task loss alone vs + routing term.
+
+    Asserted for the routing arm only: each domain's top-1 share to its own expert grows and ends
+    above the other domain's share to that expert. The task-only arm is printed (``-s``), not judged.
+    """
+    from vlsdk.train.specialise import DomainBatches, SpecialisationLoss
+    from vlsdk_industrial.deeppcb import DeepPCBDataset
+    from vlsdk_industrial.pipeline import collate_uint8, detection_loss
+    from vlsdk_industrial.samples import DEEPPCB_CLASSES, collate
+    from vlsdk_industrial.transforms import build_transforms
+    from vlsdk_medical.dataset import collate_samples
+    from vlsdk_medical.pipeline import lesion_loss
+
+    med = _brats(shared_data)
+    pcb = DeepPCBDataset(shared_data / "deeppcb", "trainval", template=True, on_error="skip", max_samples=16,
+                         transform=build_transforms(train=True, size=128, seed=0), cache="uint8")
+    pcb_test = DeepPCBDataset(shared_data / "deeppcb", "test", template=True, on_error="skip", max_samples=4,
+                              transform=build_transforms(train=False, size=128))
+    held_out = {"medical": collate_samples([med[len(med) - 1 - i] for i in range(4)])["image"],
+                "industrial": collate([pcb_test[i] for i in range(4)])[0]}
+    torch.manual_seed(0)
+    model = vlsdk.VLModel("tiny", in_chans=2, text=None)
+    model.add_head("lesion", task="segmentation", num_classes=1)
+    model.add_head("pcb", task="detection", num_classes=len(DEEPPCB_CLASSES))
+    for e in EXPERTS.values():
+        model.add_expert(e)
+    trainable = prepare_specialisation(model, list(EXPERTS.values()))
+    before = {by: _shares(model, held_out, by) for by in ("top1", "assignments")}
+    data = DomainBatches({"medical": (med, collate_samples), "industrial": (pcb, collate_uint8)}, 2, length=STEPS)
+    losses = {"medical": lesion_loss, "industrial": detection_loss}
+    after = {}
+    for arm, weight in (("task", 0.0), ("task+routing", 1.0)):
+        trained = copy.deepcopy(model)
+        frozen = {n: p.detach().clone() for n, p in trained.named_parameters() if n not in trainable}
+        generic = [(layer.router.weight.detach()[:-2].clone(), layer.router.bias.detach()[:-2].clone())
+                   for layer in trained.moe_layers]  # the two domain rows are the last two
+        config = TrainConfig(steps=STEPS, batch_size=1, lr=1e-2, warmup_steps=1, amp="off", device="cpu",
+                             clip_grad=1.0, out_dir=str(tmp_path / arm.replace("+", "_")), progress=False,
+                             log_every=10)
+        Trainer(trained, SpecialisationLoss(losses, EXPERTS, routing_weight=weight), data, config,
+                collate_fn=DomainBatches.collate).fit()
+        after[arm] = {by: _shares(trained, held_out, by) for by in ("top1", "assignments")}
+        for n, p in trained.named_parameters():
+            if n in frozen:
+                assert torch.equal(p, frozen[n]), (arm, n)
+        for layer, (w, b) in zip(trained.moe_layers, generic, strict=True):
+            assert torch.equal(layer.router.weight[:-2], w) and torch.equal(layer.router.bias[:-2], b), arm
+    print("before", before, "\nafter", after)  # the task-only arm is reported, not asserted
+    share = after["task+routing"]["top1"]
+    for domain, other in (("medical", "industrial"), ("industrial", "medical")):
+        own = EXPERTS[domain]
+        assert share[(domain, own)] > before["top1"][(domain, own)], (before, after)
+        assert share[(domain, own)] > share[(other, own)], (before, after)
+
+
 @pytest.mark.slow
 def test_specialise_routing_quick_writes_finite_numbers(shared_data: Path, tmp_path: Path) -> None:
     args = ["--quick", "--data", str(shared_data), "--out", str(tmp_path), "--pretrain-steps", "2", "--steps", "2",
@@ -104,11 +170,14 @@ def test_specialise_routing_quick_writes_finite_numbers(shared_data: Path, tmp_p
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((tmp_path / "specialise_routing.json").read_text())
-    numbers = [row[k] for row in r["routing"] for k in ("before", "after")]
+    assert r["arms"] == ["task", "task+routing"]
+    columns = ["before", *r["arms"]]
+    numbers = [row[k] for row in r["routing"] for k in columns]
     numbers += [v for m in r["metrics"].values() for v in m.values()]
     assert numbers and all(math.isfinite(v) for v in numbers)
-    assert all(0.0 <= row[k] <= 1.0 for row in r["routing"] for k in ("before", "after"))
+    assert all(0.0 <= row[k] <= 1.0 for row in r["routing"] for k in columns)
     assert {row["layer"] for row in r["routing"]} == {"layer 0", "layer 1", "all"}  # tiny: two MoE layers
     assert r["closed_own_share"] == {"medical": 0.0, "industrial": 0.0}
-    assert r["frozen_changed"] == [] and r["frozen_checked"] > 0
-    assert (tmp_path / "routing_before.png").stat().st_size > 0 and (tmp_path / "routing_after.png").is_file()
+    assert r["frozen_changed"] == {"task": [], "task+routing": []} and r["frozen_checked"] > 0
+    assert (tmp_path / "routing_before.png").stat().st_size > 0
+    assert (tmp_path / "routing_task.png").is_file() and (tmp_path / "routing_task_routing.png").is_file()

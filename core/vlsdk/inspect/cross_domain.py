@@ -22,8 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from vlsdk.inspect.routing import DomainExpertTable, domain_expert_table
+from vlsdk.train.specialise import own_expert_loss, router_probs
 
 __all__ = ["CrossDomainRouting", "cross_domain_routing", "specialise_domain_routing", "pad_channels"]
 
@@ -83,30 +83,15 @@ def pad_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.cat([images, pad], 1).float()
 
 
-@contextmanager
-def _router_probs(model: nn.Module) -> Iterator[list[tuple[list[str], torch.Tensor]]]:
-    """Collect ``(expert_names, probs)`` of every router call while the block runs."""
-    seen: list[tuple[list[str], torch.Tensor]] = []
-    handles = []
-    for layer in model.moe_layers:
-        def hook(module: nn.Module, args: Any, out: Any, names: list[str] = layer.expert_names) -> None:
-            seen.append((names, out.probs))
-
-        handles.append(layer.router.register_forward_hook(hook))
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def specialise_domain_routing(model: nn.Module, train: Mapping[str, torch.Tensor], experts: Mapping[str, str], *,
                               steps: int = 30, batch_size: int = 4, lr: float = 0.05, seed: int = 0) -> list[float]:
     """Train the domain experts' router rows so each domain's tokens choose that domain's expert.
 
     Call :func:`~vlsdk.train.prepare_specialisation` first (it freezes everything else). Every
-    step draws ``batch_size`` inputs per domain and minimises, per domain, the mean over MoE
-    layers and tokens of ``-log p(expert of the domain)``, the domains weighted equally.
+    step draws ``batch_size`` inputs per domain and minimises, per domain, the routing term of
+    stage 2 (:func:`~vlsdk.train.specialise.own_expert_loss`: the mean over MoE layers and tokens
+    of ``-log p(expert of the domain)``), the domains weighted equally. No task loss: this is the
+    routing term alone (stage 2 proper is :class:`~vlsdk.train.specialise.SpecialisationLoss`).
 
     Args:
         model: a :class:`~vlsdk.VLModel` holding every expert in ``experts``.
@@ -139,11 +124,9 @@ def specialise_domain_routing(model: nn.Module, train: Mapping[str, torch.Tensor
             total = torch.zeros((), device=device)
             for domain, images in train.items():
                 idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=g)
-                with _router_probs(model) as seen:
+                with router_probs(model) as seen:
                     model.forward_features(images[idx].to(device))
-                per_layer = [-probs[:, names.index(experts[domain])].clamp_min(1e-9).log().mean()
-                             for names, probs in seen if experts[domain] in names]
-                total = total + torch.stack(per_layer).mean() / len(train)
+                total = total + own_expert_loss(seen, experts[domain]) / len(train)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -191,7 +174,9 @@ def cross_domain_routing(train: Mapping[str, torch.Tensor], held_out: Mapping[st
     for d in domains:
         model.add_expert(experts[d])
     model.to(device)
-    prepare_specialisation(model, [experts[d] for d in domains], train_heads=False)  # opens the rows at bias 0
+    # a fresh router (logits centred on 0): rows opened at bias 0, zero weights, so every domain
+    # starts from the same constant logit and the table's "before" is the same for all domains
+    prepare_specialisation(model, [experts[d] for d in domains], open_bias=0.0, train_heads=False)
     eval_inputs = {d: pad_channels(held_out[d], channels) for d in domains}
     before = domain_expert_table(model, eval_inputs)
     losses = specialise_domain_routing(model, {d: pad_channels(train[d], channels) for d in domains}, experts,

@@ -1,16 +1,43 @@
-"""Stage 2, expert specialisation: a frozen backbone, trainable domain experts and their router rows."""
+"""Stage 2, expert specialisation: a frozen backbone, trainable domain experts and their router rows.
+
+The task loss alone does not teach the router domain routing: with top-k and renormalised gates a
+row is trained only on tokens whose top-k already holds its expert, and a domain's row never sees
+the other domain's tokens. :class:`SpecialisationLoss` adds, for each domain's batch,
+:func:`own_expert_loss` (``-log p(expert of the domain)`` over the batch's tokens, every MoE layer
+holding the expert), and :class:`DomainBatches` puts every domain's batch in every step, so each
+row is pulled up on its domain's tokens and, through the softmax, down on the others'.
+
+Example:
+    >>> from vlsdk.train import Trainer, prepare_specialisation
+    >>> from vlsdk.train.specialise import DomainBatches, SpecialisationLoss
+    >>> experts = {"medical": "medical.lesion", "industrial": "industrial.pcb_defect"}
+    >>> prepare_specialisation(model, list(experts.values()))  # doctest: +SKIP
+    >>> data = DomainBatches({"medical": (med_set, med_collate), "industrial": (pcb_set, pcb_collate)},
+    ...                      batch_size=8, length=400)  # doctest: +SKIP
+    >>> loss = SpecialisationLoss({"medical": lesion_loss, "industrial": detection_loss}, experts)  # doctest: +SKIP
+    >>> Trainer(model, loss, data, config, collate_fn=DomainBatches.collate).fit()  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-__all__ = ["prepare_specialisation", "routing_share", "mixed_indices"]
+__all__ = ["prepare_specialisation", "routing_share", "mixed_indices", "router_probs", "own_expert_loss",
+           "SpecialisationLoss", "DomainBatches", "ROUTING_WEIGHT"]
+
+ROUTING_WEIGHT = 1.0
+"""Default weight of the domain routing term in :class:`SpecialisationLoss`."""
+
+LossFn = Callable[[nn.Module, Any], Any]
 
 
-def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bias: float | str | None = 0.0,
+def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bias: float | str | None = "parity",
                            train_heads: bool | Sequence[str] = True) -> list[str]:
     """Freeze everything but the named domain experts, their router rows and (optionally) heads.
 
@@ -18,7 +45,7 @@ def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bia
         model: a :class:`~vlsdk.VLModel` with the experts already inserted.
         experts: domain expert names, e.g. ``["medical.lesion"]``.
         open_bias: how to open each expert's router row so it starts receiving tokens (inserted
-            experts start closed: zero weights, bias -30). A float (default ``0.0``) raises the
+            experts start closed: zero weights, bias -30). A float raises the
             bias to at least that value, weights left as they are: right for a fresh router,
             whose logits are centred on 0, but a *trained* router's logits sit below 0 (the
             z-loss pulls their log-sum-exp towards 0), so there bias 0 beats every generic
@@ -26,7 +53,8 @@ def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bia
             pre-trained ``tiny``: 0.92 of all assignments). ``"parity"`` gives a row that was
             never trained (all-zero weights) the mean weights and bias of the backbone's own
             rows, so on every token its logit is the mean generic logit: it competes with the
-            generic experts instead of replacing them. ``None`` leaves the row alone.
+            generic experts instead of replacing them (the default: right for a trained router
+            and a fresh one alike). ``None`` leaves the row alone.
         train_heads: ``True`` for every head, or the names of the heads to train.
 
     Returns:
@@ -119,3 +147,121 @@ def mixed_indices(n_real: int, n_synthetic: int, ratio: float = 3.0, length: int
             out.append(("real", real[r % n_real]))
             r += 1
     return out
+
+
+@contextmanager
+def router_probs(model: nn.Module) -> Iterator[list[tuple[list[str], torch.Tensor]]]:
+    """Collect ``(expert_names, probs)`` of every MoE router call of ``model`` while the block runs.
+
+    ``probs`` is the router's ``(T, E)`` score distribution, with its graph: a loss built on it
+    trains the router rows that are not frozen.
+    """
+    seen: list[tuple[list[str], torch.Tensor]] = []
+    handles = []
+    for layer in model.moe_layers:
+        def hook(module: nn.Module, args: Any, out: Any, names: list[str] = layer.expert_names) -> None:
+            seen.append((list(names), out.probs))
+
+        handles.append(layer.router.register_forward_hook(hook))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def own_expert_loss(seen: Sequence[tuple[Sequence[str], torch.Tensor]], expert: str) -> torch.Tensor:
+    """The domain routing term: mean over router calls holding ``expert`` of the token mean of ``-log p(expert)``.
+
+    Args:
+        seen: ``(expert_names, probs)`` pairs, as :func:`router_probs` collects them.
+        expert: the expert every token in ``seen`` should be sent to (its domain's).
+
+    Raises:
+        ValueError: no router call in ``seen`` holds ``expert``.
+    """
+    per_layer = [-probs[:, list(names).index(expert)].float().clamp_min(1e-9).log().mean()
+                 for names, probs in seen if expert in names]
+    if not per_layer:
+        raise ValueError(f"no MoE layer seen holds expert {expert!r}")
+    return torch.stack(per_layer).mean()
+
+
+class SpecialisationLoss:
+    """``loss_fn(model, batches)`` for stage 2: each domain's task loss plus its weighted routing term.
+
+    ``batches`` maps domain -> that domain's batch (a :class:`DomainBatches` item); the result is
+    the sum over domains of ``task_loss(model, batch) + routing_weight * own_expert_loss``, the
+    routing term taken over the tokens of that batch's forward passes.
+
+    Args:
+        task_losses: domain -> ``loss_fn(model, batch)`` returning a tensor or a dict with ``"loss"``.
+        experts: domain -> the name of its expert.
+        routing_weight: weight of the routing term (``0``: the task losses alone).
+
+    Example:
+        >>> loss = SpecialisationLoss({"medical": lesion_loss}, {"medical": "medical.lesion"})  # doctest: +SKIP
+        >>> loss(model, {"medical": batch})["routing_loss"]  # doctest: +SKIP
+    """
+
+    def __init__(self, task_losses: Mapping[str, LossFn], experts: Mapping[str, str], *,
+                 routing_weight: float = ROUTING_WEIGHT) -> None:
+        missing = sorted(set(task_losses) - set(experts))
+        if missing:
+            raise ValueError(f"domains {missing} have a task loss but no expert; experts: {dict(experts)}")
+        if routing_weight < 0:
+            raise ValueError(f"routing_weight must be >= 0, got {routing_weight}")
+        self.task_losses, self.experts, self.routing_weight = dict(task_losses), dict(experts), routing_weight
+
+    def __call__(self, model: nn.Module, batches: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        unknown = sorted(set(batches) - set(self.task_losses))
+        if unknown:
+            raise ValueError(f"batches of domains {unknown} without a task loss; known: {sorted(self.task_losses)}")
+        out: dict[str, torch.Tensor] = {}
+        for domain, batch in batches.items():
+            with router_probs(model) as seen:
+                task = self.task_losses[domain](model, batch)
+            task = task["loss"] if isinstance(task, Mapping) else task
+            route = own_expert_loss(seen, self.experts[domain])
+            out[f"task_loss.{domain}"] = task.detach()
+            out[f"routing_loss.{domain}"] = route.detach()
+            term = task.float() + self.routing_weight * route if self.routing_weight else task.float()
+            out["loss"] = out["loss"] + term if "loss" in out else term
+        return out
+
+
+class DomainBatches(Dataset):
+    """Stage-2 data: item ``i`` holds one whole batch of every domain, so every step sees them all.
+
+    Use with a Trainer ``batch_size`` of 1 and ``collate_fn=DomainBatches.collate``. Batch ``i`` of a
+    domain is its samples ``i * batch_size ...`` (cycled), so the Trainer's shuffling picks batches.
+
+    Args:
+        sets: domain -> ``(dataset, collate)``.
+        batch_size: samples per domain batch.
+        length: items (steps) per epoch.
+    """
+
+    def __init__(self, sets: Mapping[str, tuple[Dataset, Callable[[list[Any]], Any]]], batch_size: int,
+                 length: int) -> None:
+        if not sets or batch_size < 1 or length < 1:
+            raise ValueError(f"need a domain, batch_size >= 1 and length >= 1, got {list(sets)}, {batch_size}, "
+                             f"{length}")
+        self.sets, self.batch_size, self.length = dict(sets), batch_size, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        out = {}
+        for domain, (data, collate) in self.sets.items():
+            n = len(data)  # type: ignore[arg-type]
+            out[domain] = collate([data[(i * self.batch_size + j) % n] for j in range(self.batch_size)])
+        return out
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The Trainer's ``collate_fn``: its one item (``batch_size`` 1) as it is."""
+        if len(items) != 1:
+            raise ValueError(f"DomainBatches items are whole batches: use a Trainer batch_size of 1, got {len(items)}")
+        return items[0]
