@@ -167,7 +167,9 @@ def run_demos(out: str | Path, *, domains: list[str] | None = None, quick: bool 
     folders = check_data(data or {}, registry.names(), names)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    source = "data synthesised on the fly" + "".join(f", {d} on {p}" for d, p in folders.items())
+    source = ("data synthesised on the fly" if not folders else
+              "--data " + " ".join(f"{d}={p}" for d, p in folders.items())
+              + ("" if len(folders) == len(names) else " (other domains: synthesised data)"))
     report = Report("vlsdk demo", subtitle=f"{len(names)} domain(s), {source}, device {device}"
                                            + ("" if steps is None else f", --steps {steps}"))
     missing = [i for i in plugin_infos() if i.status != "loaded"]
