@@ -5,10 +5,16 @@ case is warmed up, then timed over ``--repeats`` blocks of ``--iters`` forwards 
 counts); on CUDA, timings are synchronised and peak memory is read per case. ``--compile`` adds a
 ``torch.compile``-d twin of each case. ``--scaling CONFIG`` also times that config over image and
 batch sizes and draws ``scaling.png`` (time and memory against pixels per batch).
+``--compile-mode`` picks one or more ``torch.compile`` modes (``reduce-overhead`` = CUDA graphs),
+each timed as its own case beside eager; ``--fullgraph`` makes any graph break an error, and
+``--freeze`` turns on inductor freezing (weights as constants: the MoE's stacked expert weights
+are folded once instead of re-stacked per call).
 
     python benchmarks/throughput.py                                            # CPU, small shapes
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 --compile \\
         --scaling base --out runs/throughput
+    python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base vit_b16 --compile \\
+        --compile-mode default reduce-overhead max-autotune --fullgraph --freeze
 """
 
 from __future__ import annotations
@@ -34,6 +40,14 @@ REFERENCES: dict[str, Callable[[], nn.Module]] = {
     "vit_b16": lambda: PlainViT(768, 12, 12),
     "vit_l16": lambda: PlainViT(1024, 24, 16),
 }
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _suffix(mode: str | None) -> str:
+    """Case-name suffix of a compile mode: ``""`` (eager), ``" +compile"``, ``" +compile:reduce-overhead"``."""
+    return "" if mode is None else " +compile" + ("" if mode == "default" else f":{mode}")
 
 
 def build(name: str) -> nn.Module:
@@ -66,13 +80,15 @@ def time_forward(model: nn.Module, x: torch.Tensor, iters: int, repeats: int, wa
     return statistics.median(blocks)
 
 
-def measure(name: str, size: int, batch: int, args: argparse.Namespace, compiled: bool = False) -> dict[str, float]:
-    """Images/s and peak memory of one case."""
+def measure(name: str, size: int, batch: int, args: argparse.Namespace,
+            compiled: str | None = None) -> dict[str, float]:
+    """Images/s and peak memory of one case; ``compiled`` is a ``torch.compile`` mode (``None``: eager)."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     model = build(name).to(device, dtype).eval()
-    if compiled:
-        model = torch.compile(model)
+    if compiled is not None:
+        torch._dynamo.reset()
+        model = torch.compile(model, mode=compiled, fullgraph=args.fullgraph)
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -132,6 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
                    "scaled by (224/size)^2 for larger sizes")
     p.add_argument("--models", nargs="+", default=["edge", "small", "base", "vit_b16", "vit_l16"])
     p.add_argument("--compile", action="store_true", help="also time torch.compile-d models")
+    p.add_argument("--compile-mode", nargs="+", default=["default"], choices=COMPILE_MODES,
+                   help="torch.compile modes to time with --compile, one case each (reduce-overhead = CUDA graphs)")
+    p.add_argument("--fullgraph", action="store_true", help="compile with fullgraph=True (graph breaks fail the case)")
+    p.add_argument("--freeze", action="store_true", help="inductor freezing: parameters folded as constants")
     p.add_argument("--iters", type=int, default=None, help="forwards per timed block (default 10 CUDA, 1 CPU)")
     p.add_argument("--repeats", type=int, default=5, help="timed blocks (median counts)")
     p.add_argument("--scaling", default=None, metavar="CONFIG", help="also sweep image and batch size for CONFIG")
@@ -145,29 +165,38 @@ def main(argv: list[str] | None = None) -> dict:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    if args.freeze:
+        torch._inductor.config.freezing = True
     args.out.mkdir(parents=True, exist_ok=True)
+    modes: list[str | None] = [None, *(args.compile_mode if args.compile else [])]
+    suffixes = [_suffix(m) for m in modes]
     results: dict = {"setting": vars(args) | {"out": str(args.out)}, "cases": []}
     for size in args.size or [224]:
         batch = max(1, round(base_batch * (224 / size) ** 2))
         by_name: dict[str, dict[str, float]] = {}
         for name in args.models:
-            for compiled in (False, True) if args.compile else (False,):
-                key = name + (" +compile" if compiled else "")
+            for compiled in modes:
+                key = name + _suffix(compiled)
                 try:
                     r = measure(name, size, batch, args, compiled)
                 except Exception as err:  # report the case and go on with the others
-                    print(f"{key:18s} {size:5d}px batch {batch:4d}: failed: {type(err).__name__}: {err}"[:300])
+                    print(f"{key:38s} {size:5d}px batch {batch:4d}: failed: {type(err).__name__}: {err}"[:300])
                     continue
                 by_name[key] = r
                 results["cases"].append({"model": key, "size": size, "batch": batch, **r})
-                print(f"{key:18s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
+                print(f"{key:38s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
                       f"{r['ms_per_batch']:9.2f} ms/batch peak {r['peak_mib']:8.0f} MiB", flush=True)
-        for suffix in ("", " +compile"):
+        for suffix in suffixes:
             for ours, ref in (("base", "vit_b16"), ("small", "vit_b16")):
                 if ours + suffix in by_name and ref + suffix in by_name:
                     ratio = by_name[ours + suffix]["images_per_s"] / by_name[ref + suffix]["images_per_s"]
                     print(f"ratio {size}px{suffix}: {ours} / {ref} images/s = {ratio:.2f}x")
                     results[f"{ours}_over_{ref}@{size}{suffix.replace(' +', '_')}"] = ratio
+        for name in args.models:
+            for suffix in suffixes[1:]:
+                if name in by_name and name + suffix in by_name:
+                    speedup = by_name[name + suffix]["images_per_s"] / by_name[name]["images_per_s"]
+                    print(f"speed-up {size}px: {name}{suffix} / eager = {speedup:.2f}x")
     if args.scaling:
         results["scaling"] = scaling(args.scaling, args, args.out)
     dev = torch.cuda.get_device_name() if cuda else "cpu"
