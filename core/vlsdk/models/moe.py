@@ -188,10 +188,10 @@ class DynamicMoE(nn.Module):
         gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
         routed = torch.zeros_like(flat)
         if self._use_grouped(flat):
-            routed.index_add_(0, tokens, self._grouped_generic(flat, tokens, counts) * gates)
+            w1, w2, b2 = self._grouped_weights(flat.dtype)
+            routed.index_add_(0, tokens, self._grouped_generic(flat, tokens, counts, w1, w2) * gates)
             # the experts' fc2 biases: sum_j w_tj * b2[i_tj] as one small (T, E) x (E, d) product
             combine = torch.zeros(n_tok, num_experts, dtype=weight.dtype, device=flat.device)
-            b2 = self._grouped_weights(flat.dtype)[2]
             return routed.addmm_(combine.scatter_(1, idx, weight), b2), counts, flat.new_zeros(())
         xs = flat[tokens]
         modules = self._modules_in_order()
@@ -222,14 +222,15 @@ class DynamicMoE(nn.Module):
             w1, w2, b2 = self._stacked.get(params)
         return w1.to(dtype), w2.to(dtype), b2.to(dtype)
 
-    def _grouped_generic(self, flat: torch.Tensor, tokens: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _grouped_generic(flat: torch.Tensor, tokens: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor,
+                         w2: torch.Tensor) -> torch.Tensor:
         """All generic experts on the expert-sorted rows ``flat[tokens]``, without their fc2 bias.
 
         The fc1 bias rides in the first GEMM: each row gets a constant 1 (padded to 16 columns for
         the GEMM's alignment) that meets the bias row of the stacked ``w1``, so no ``(T*k, hidden)``
         bias tensor is gathered.
         """
-        w1, w2, _ = self._grouped_weights(flat.dtype)
         ones = torch.zeros(flat.shape[0], _PAD, dtype=flat.dtype, device=flat.device)
         ones[:, 0] = 1.0
         xs = torch.cat([flat, ones], dim=1)[tokens]
