@@ -21,9 +21,8 @@ The dense path has no data-dependent control flow, so tracing it is exact; it ne
 package, and its node names keep the module path (``.../ffn/router/Gemm``,
 ``.../ffn/shared/fc1/Gemm``), which is what :mod:`vlsdk.export.quantize` matches to keep the
 routers and shared experts in float. The ``torch.export``-based exporter (torch >= 2.9's default,
-which needs ``onnxscript``) fails on the model as it is: the router's ``bool(self.frozen.any())``
-and the cross-modal gate's ``is_open`` are data-dependent guards on buffers/parameters that
-``torch.export`` refuses (``GuardOnDataDependentSymNode``).
+which needs ``onnxscript``) has not been tried since the encoder's forward became free of host
+reads (it compiles with ``fullgraph=True``); its node names would differ.
 
 **Dropless.** The graph computes every (token, expert) assignment; a layer with a
 ``capacity_factor`` drops overflowing assignments on its sparse PyTorch path, so :func:`to_onnx`

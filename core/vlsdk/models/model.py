@@ -287,7 +287,8 @@ class VLModel(nn.Module):
             return text
         if self.text_encoder is None:
             raise ValueError("this model has no text path (config.text is None); call it without text")
-        if not self.training and not any(g.is_open for g in self.encoder.gates):
+        compiling = torch.compiler.is_compiling()  # read the gates' guarded bool, not alpha (a host sync)
+        if not self.training and not any(g.open_at_eval if compiling else g.refresh() for g in self.encoder.gates):
             return None  # every gate is closed: skip the text encoder too
         return self.text_encoder.encode([text] if isinstance(text, str) else list(text))
 
