@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU target runs, grouped so that each group fits one device call (< 10 min). On the device:
+#
+#   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
+#
+# GROUP: bench | train | stages. Jobs run one after another (six at once starved the 16 CPU cores
+# and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
+# (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
+set -uo pipefail
+group="${1:?usage: run_targets.sh bench|train|stages}"
+out="${OUT:-runs/device}"; mkdir -p "$out" runs
+D=../shared/data
+log="$out/$group.log"
+run() {  # run SECONDS NAME CMD...: one job, its exit status and wall time in the log
+    local limit=$1 name=$2; shift 2
+    local t0=$SECONDS
+    echo "=== $name: $*" >> "$log"
+    timeout "$limit" "$@" >> "$log" 2>&1
+    echo "=== $name: exit $? after $((SECONDS - t0)) s" >> "$log"
+}
+case "$group" in
+bench)
+    run 60 moe-issue python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 --hidden 3072 --repeats 30
+    run 60 moe-fine python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 --hidden 384 --repeats 30
+    run 240 throughput python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 \
+        --models edge small base vit_b16 vit_l16 --compile --compile-mode default reduce-overhead --fullgraph \
+        --scaling base --out runs/throughput
+    run 40 bev python3 benchmarks/driving_bev.py --device cuda
+    run 90 pcb-infer python3 -m vlsdk pcb --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench
+    ;;
+train)
+    run 300 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
+        --model small --max-steps 800 --num-workers 14 --no-progress --out runs/medical_full
+    run 260 deeppcb python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+        --max-steps 600 --no-progress --out runs/pcb_full
+    ;;
+stages)
+    run 280 lora python3 benchmarks/lora_vs_full.py --device cuda --amp bf16 --num-workers 14 --no-progress --out runs/lora_vs_full
+    run 280 distill python3 benchmarks/distill_lightweight.py --device cuda --amp bf16 --num-workers 14 --no-progress --out runs/distill
+    ;;
+*) echo "unknown group $group" >&2; exit 2 ;;
+esac
+find runs -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.csv' -o -name '*.txt' \) -size -2M \
+    | tar czf "$out/$group-results.tgz" -T -
+find runs -type f -name '*.png' -size -3M | tar czf "$out/$group-png.tgz" -T -
+grep "^=== .*exit" "$log"
