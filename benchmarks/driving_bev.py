@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/driving_bev.py                  # CPU, default grid (+-51.2 m, 0.2 m: 512 x 512)
     python benchmarks/driving_bev.py --device cuda    # GPU (synchronised timing)
+    python benchmarks/driving_bev.py --device cuda --batch 16   # + 16 sweeps per call, side by side
 
 Target (issue 6): >= 20 sweeps/s on the 2-core CPU, >= 1000 sweeps/s on an H100. The sweep is
 read through the nuScenes adapter (nuscenes-devkit) from ../shared/data/nuscenes_mini; the timed
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--range", type=float, default=51.2, help="half extent of the square grid in metres")
     parser.add_argument("--z-bins", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="sweeps per encoder call, as a training batch passes them; >1 also times batch 1 "
+                             "side by side")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,24 +51,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid = BEVGrid((-args.range, args.range), (-args.range, args.range), (-5.0, 3.0), args.resolution)
     enc = PillarEncoder(grid, z_bins=args.z_bins, point_fields=sample.point_fields)
     sync = torch.cuda.synchronize if points.is_cuda else (lambda: None)
-    for _ in range(10):
-        out = enc(points)
+    sizes = sorted({1, args.batch})
+    calls = {b: [points] * b for b in sizes}
+    for b in sizes:
+        for _ in range(3):
+            out = enc(calls[b])
     sync()
-    blocks = []  # the median of timed blocks: robust to other work on a shared machine
+    blocks: dict[int, list[float]] = {b: [] for b in sizes}  # median of timed blocks: robust to other work
     per_block = max(1, args.repeats // args.blocks)
-    for _ in range(args.blocks):
-        start = time.perf_counter()
-        for _ in range(per_block):
-            out = enc(points)
-        sync()
-        blocks.append((time.perf_counter() - start) / per_block)
-    median = statistics.median(blocks)
+    for _ in range(args.blocks):  # interleave the batch sizes so drift hits both alike
+        for b in sizes:
+            n_calls = max(1, per_block // b)
+            start = time.perf_counter()
+            for _ in range(n_calls):
+                out = enc(calls[b])
+            sync()
+            blocks[b].append((time.perf_counter() - start) / (n_calls * b))  # seconds per sweep
+    median = statistics.median(blocks[1])
     results = {
         "benchmark": "driving_bev", "device": str(points.device), "threads": torch.get_num_threads(),
         "points": int(points.shape[0]), "grid": list(grid.shape), "channels": int(out.shape[1]),
         "sweeps_per_s": round(1 / median, 1), "ms_per_sweep": round(1000 * median, 3),
-        "best_sweeps_per_s": round(1 / min(blocks), 1), "blocks": args.blocks, "sweeps_per_block": per_block,
+        "best_sweeps_per_s": round(1 / min(blocks[1]), 1), "blocks": args.blocks, "sweeps_per_block": per_block,
     }
+    if args.batch > 1:
+        batched = statistics.median(blocks[args.batch])
+        results.update({"batch": args.batch, "batched_sweeps_per_s": round(1 / batched, 1),
+                        "batched_over_single": round(median / batched, 2)})
     print(json.dumps(results))
     return results
 

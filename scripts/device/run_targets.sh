@@ -25,7 +25,7 @@ bench)
     run 240 throughput python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 \
         --models edge small base vit_b16 vit_l16 --compile --compile-mode default reduce-overhead --fullgraph \
         --scaling base --out runs/throughput
-    run 40 bev python3 benchmarks/driving_bev.py --device cuda
+    run 40 bev python3 benchmarks/driving_bev.py --device cuda --batch 16
     run 90 pcb-infer python3 -m vlsdk pcb --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench
     ;;
 train)
