@@ -25,7 +25,10 @@ of :class:`~vlsdk.train.specialise.SpecialisationLoss`:
 * ``task+routing``: plus ``--routing-weight`` x the domain routing term, ``-log p(own expert)``
   over the tokens of each domain's batch (:func:`~vlsdk.train.specialise.own_expert_loss`).
 
-The Trainer adds the MoE load-balancing loss at ``--aux-loss-weight`` in both.
+The Trainer adds the MoE load-balancing loss at ``--aux-loss-weight`` in both. Both hold the
+frozen BatchNorm layers in eval mode (``SpecialisationLoss``'s default; ``--train-batch-norms``
+shows the former behaviour, where each single-domain batch was normalised by its own statistics
+and the router learnt the token position instead of the domain).
 
 **Measures**, before (rows opened, untrained) and after: :func:`vlsdk.inspect.domain_expert_table`
 (``by="assignments"``, the share of (token, expert) assignments, as
@@ -36,7 +39,8 @@ domains, per MoE layer: each
 domain's share to its own expert and to the other domain's expert; whole-tumour Dice on the
 held-out BraTS patient (:func:`~vlsdk_medical.pipeline.evaluate_held_out`); DeepPCB mAP@0.5 on
 test boards (:func:`~vlsdk_industrial.pipeline.evaluate`); and, per arm, that every frozen weight
-(the backbone, generic router rows) is bit-identical after stage 2.
+(the backbone, generic router rows) and every BatchNorm running statistic is bit-identical after
+stage 2.
 
     python benchmarks/specialise_routing.py --quick                 # CPU, a few minutes
     python benchmarks/specialise_routing.py --device cuda           # GPU-sized defaults
@@ -84,6 +88,7 @@ class Settings:
         stage2_lr: peak AdamW learning rate of stage 2 (``None``: ``lr``).
         aux_loss_weight: the Trainer's MoE load-balancing weight in stage 2.
         routing_weight: weight of the domain routing term in the ``task+routing`` arm.
+        freeze_batch_norms: hold the frozen BatchNorm layers in eval mode in stage 2.
         open_bias: how the domain rows are opened (``prepare_specialisation``): ``"parity"``
             (the mean generic row) or a bias value (``0.0``: the old default, a take-over).
         roi_size: BraTS training crop.
@@ -107,6 +112,7 @@ class Settings:
     stage2_lr: float | None = None
     aux_loss_weight: float = 0.01
     routing_weight: float = ROUTING_WEIGHT
+    freeze_batch_norms: bool = True
     open_bias: str | float = "parity"
     roi_size: int = 128
     slices_per_case: int | None = None
@@ -237,7 +243,8 @@ def specialise(model: Any, s: Settings, domains: dict[str, Any], routing_weight:
     # the rows were opened for the "before" table already: open_bias=None leaves them as they are
     trainable = prepare_specialisation(model, list(EXPERTS.values()), open_bias=None, train_heads=list(HEADS.values()))
     data = DomainBatches(domains["train"], s.batch_size, length=s.steps)
-    loss = SpecialisationLoss(_losses(), EXPERTS, routing_weight=routing_weight)
+    loss = SpecialisationLoss(_losses(), EXPERTS, routing_weight=routing_weight,
+                              freeze_batch_norms=s.freeze_batch_norms)
     stage2 = replace(s, lr=s.stage2_lr if s.stage2_lr is not None else s.lr)
     cfg = _train_config(stage2, s.steps, s.out / f"stage2_{name.replace('+', '_')}", batch_size=1,
                         aux_loss_weight=s.aux_loss_weight)
@@ -246,7 +253,10 @@ def specialise(model: Any, s: Settings, domains: dict[str, Any], routing_weight:
 
 
 def frozen_snapshot(model: Any) -> dict[str, torch.Tensor]:
-    """Every weight that stage 2 must not change: all but domain experts, their router rows and heads."""
+    """Every weight that stage 2 must not change: all but domain experts, their router rows and heads.
+
+    The backbone's BatchNorm running statistics are included: buffers, but part of what is frozen.
+    """
     snap = {n: p.detach().clone() for n, p in model.named_parameters()
             if not n.startswith("heads.") and not any(f"experts.{e}." in n for e in EXPERTS.values())
             and not n.endswith(("router.weight", "router.bias"))}
@@ -254,6 +264,8 @@ def frozen_snapshot(model: Any) -> dict[str, torch.Tensor]:
         keep = [j for j, e in enumerate(layer.expert_names) if e not in EXPERTS.values()]
         snap[f"moe{i}.router.weight[generic]"] = layer.router.weight.detach()[keep].clone()
         snap[f"moe{i}.router.bias[generic]"] = layer.router.bias.detach()[keep].clone()
+    snap.update({n: b.detach().clone() for n, b in model.named_buffers()
+                 if not n.startswith("heads.") and n.endswith(("running_mean", "running_var"))})
     return snap
 
 
@@ -377,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("lr", "stage2_lr", "aux_loss_weight", "routing_weight"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--train-batch-norms", dest="freeze_batch_norms", action="store_false", default=None,
+                   help="let stage 2 normalise each domain batch by its own statistics (the former behaviour)")
     p.add_argument("--open-bias", type=lambda v: v if v == "parity" else float(v), default=None,
                    help="'parity' (default) or a bias value such as 0 (a take-over on a trained router)")
     args = p.parse_args(argv)

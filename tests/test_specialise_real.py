@@ -160,6 +160,66 @@ def test_stage2_routing_term_sends_each_domain_to_its_own_expert(shared_data: Pa
         assert share[(domain, own)] > share[(other, own)], (before, after)
 
 
+def test_stage2_separates_the_domains_on_a_backbone_pre_trained_on_both(shared_data: Path, tmp_path: Path) -> None:
+    """A backbone pre-trained on BraTS + DeepPCB together, then stage 2 with the routing term.
+
+    Held-out inputs are larger than the training ones (128 BraTS crops of the test patient against
+    64 training crops; test boards), so a router that learnt the token position instead of the
+    domain fails here: that happened while the frozen BatchNorm layers normalised each
+    single-domain batch by its own statistics.
+    """
+    from vlsdk.inspect import domain_expert_table
+    from vlsdk.train.specialise import DomainBatches, SpecialisationLoss
+    from vlsdk_industrial.deeppcb import DeepPCBDataset
+    from vlsdk_industrial.pipeline import collate_uint8, detection_loss
+    from vlsdk_industrial.samples import DEEPPCB_CLASSES, collate
+    from vlsdk_industrial.transforms import build_transforms
+    from vlsdk_medical.dataset import collate_samples
+    from vlsdk_medical.pipeline import LesionTrainConfig, lesion_loss, lesion_train_set
+
+    med = _brats(shared_data)
+    test_cfg = LesionTrainConfig(data_root=str(shared_data / "brats_lesion_mri"), train_splits=("test",),
+                                 eval_splits=("validation",), roi_size=128, max_slices_per_case=4, batch_size=4,
+                                 epochs=1, progress=False).resolved()
+    med_test = lesion_train_set(test_cfg)[0]
+    pcb = DeepPCBDataset(shared_data / "deeppcb", "trainval", template=True, on_error="skip", max_samples=16,
+                         transform=build_transforms(train=True, size=128, seed=0), cache="uint8")
+    pcb_test = DeepPCBDataset(shared_data / "deeppcb", "test", template=True, on_error="skip", max_samples=4,
+                              transform=build_transforms(train=False, size=128))
+    held_out = {"medical": collate_samples([med_test[i] for i in range(4)])["image"],
+                "industrial": collate([pcb_test[i] for i in range(4)])[0]}
+    sets = {"medical": (med, collate_samples), "industrial": (pcb, collate_uint8)}
+    losses = {"medical": lesion_loss, "industrial": detection_loss}
+    torch.manual_seed(0)
+    model = vlsdk.VLModel("tiny", in_chans=2, text=None)
+    model.add_head("lesion", task="segmentation", num_classes=1)
+    model.add_head("pcb", task="detection", num_classes=len(DEEPPCB_CLASSES))
+
+    def both(m: torch.nn.Module, batches: dict) -> torch.Tensor:
+        return sum(losses[d](m, b)["loss"] for d, b in batches.items())
+
+    def config(name: str, steps: int) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=1, lr=1e-2 if name == "stage2" else 1e-3, warmup_steps=1,
+                           amp="off", device="cpu", clip_grad=1.0, out_dir=str(tmp_path / name), progress=False,
+                           log_every=10)
+
+    Trainer(model, both, DomainBatches(sets, 2, length=30), config("pretrain", 30),  # every parameter trains
+            collate_fn=DomainBatches.collate).fit()
+    for e in EXPERTS.values():
+        model.add_expert(e)
+    prepare_specialisation(model, list(EXPERTS.values()))
+    Trainer(model, SpecialisationLoss(losses, EXPERTS), DomainBatches(sets, 2, length=STEPS), config("stage2", STEPS),
+            collate_fn=DomainBatches.collate).fit()
+    table = domain_expert_table(model, held_out, by="top1")
+    share = {(d, e): float(table.share[i, table.experts.index(e)]) for i, d in enumerate(table.domains)
+             for e in EXPERTS.values()}
+    print(share)
+    for domain, other in (("medical", "industrial"), ("industrial", "medical")):
+        own = EXPERTS[domain]
+        assert share[(domain, own)] > share[(domain, EXPERTS[other])], share  # own beats cross
+        assert share[(domain, own)] > share[(other, own)], share
+
+
 @pytest.mark.slow
 def test_specialise_routing_quick_writes_finite_numbers(shared_data: Path, tmp_path: Path) -> None:
     args = ["--quick", "--data", str(shared_data), "--out", str(tmp_path), "--pretrain-steps", "2", "--steps", "2",

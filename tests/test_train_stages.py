@@ -8,7 +8,13 @@ from torch import nn
 
 import vlsdk
 from vlsdk.train.contrastive import CLIPObjective, clip_loss, retrieval_recall
-from vlsdk.train.specialise import mixed_indices, prepare_specialisation, routing_share
+from vlsdk.train.specialise import (
+    SpecialisationLoss,
+    frozen_batch_norms,
+    mixed_indices,
+    prepare_specialisation,
+    routing_share,
+)
 
 
 def test_clip_loss_aligned_random_and_hard_negatives():
@@ -108,6 +114,36 @@ def test_specialisation_trains_only_the_expert_and_opens_its_route():
         assert torch.equal(layer.router.weight[keep], before[keep])
     with pytest.raises(ValueError, match="not in the model"):
         prepare_specialisation(model, ["driving.lidar"])
+
+
+def test_specialisation_loss_holds_frozen_batch_norms_in_eval_mode():
+    # Train-mode BatchNorm on a single-domain batch normalises away the domain and moves the
+    # running statistics of a frozen backbone; SpecialisationLoss holds those layers in eval mode.
+    torch.manual_seed(0)
+    model = vlsdk.VLModel("tiny", in_chans=1)
+    model.add_head("seg", task="segmentation", num_classes=2)
+    model.add_expert("medical.toy", Scale)
+    prepare_specialisation(model, ["medical.toy"])
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and not any(p.requires_grad for m in norms for p in m.parameters())
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    images = torch.rand(4, 1, 32, 32) * 5 + 3  # far from the running statistics
+
+    def seg_loss(m: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return m.heads["seg"].loss(m(batch, heads=["seg"])["seg"], (batch[:, 0] > 5).long())["loss"]
+
+    loss = SpecialisationLoss({"medical": seg_loss}, {"medical": "medical.toy"})
+    loss(model, {"medical": images})["loss"].backward()
+    assert all(m.training for m in norms)  # back in train mode afterwards
+    for m, (mean, var) in zip(norms, stats, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+    SpecialisationLoss({"medical": seg_loss}, {"medical": "medical.toy"}, freeze_batch_norms=False)(
+        model, {"medical": images})
+    assert not torch.equal(norms[0].running_mean, stats[0][0])  # the former behaviour moved them
+    norms[0].weight.requires_grad_(True)  # a trainable norm is left in train mode
+    with frozen_batch_norms(model) as held:
+        assert norms[0] not in held and norms[0].training and all(not m.training for m in held)
 
 
 def test_mixed_indices_ratio_and_determinism():

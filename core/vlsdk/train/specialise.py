@@ -7,6 +7,14 @@ the other domain's tokens. :class:`SpecialisationLoss` adds, for each domain's b
 holding the expert), and :class:`DomainBatches` puts every domain's batch in every step, so each
 row is pulled up on its domain's tokens and, through the softmax, down on the others'.
 
+:class:`SpecialisationLoss` also holds the frozen backbone's BatchNorm layers in eval mode
+(:func:`frozen_batch_norms`). In train mode each single-domain batch would be normalised by its
+own statistics, which removes what sets the domains apart (the per-channel domain mean), and the
+running statistics, being buffers, would drift under a "frozen" backbone. The router then trained
+on features it never sees at inference: on a backbone pre-trained on BraTS + DeepPCB, with
+crops of 64 for BraTS and boards of 256, it learnt the token grid position (only boards reach
+positions past 4 x 4) and sent full held-out slices to the PCB expert (top-1 0.93).
+
 Example:
     >>> from vlsdk.train import Trainer, prepare_specialisation
     >>> from vlsdk.train.specialise import DomainBatches, SpecialisationLoss
@@ -21,7 +29,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -29,12 +37,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = ["prepare_specialisation", "routing_share", "mixed_indices", "router_probs", "own_expert_loss",
-           "SpecialisationLoss", "DomainBatches", "ROUTING_WEIGHT"]
+           "frozen_batch_norms", "SpecialisationLoss", "DomainBatches", "ROUTING_WEIGHT"]
 
 ROUTING_WEIGHT = 1.0
 """Default weight of the domain routing term in :class:`SpecialisationLoss`."""
 
 LossFn = Callable[[nn.Module, Any], Any]
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def prepare_specialisation(model: nn.Module, experts: Sequence[str], *, open_bias: float | str | None = "parity",
@@ -170,6 +180,33 @@ def router_probs(model: nn.Module) -> Iterator[list[tuple[list[str], torch.Tenso
             h.remove()
 
 
+@contextmanager
+def frozen_batch_norms(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Hold every BatchNorm layer of ``model`` with no trainable parameter in eval mode while the block runs.
+
+    Such a layer then normalises with its running statistics and does not update them: a frozen
+    backbone computes the same features in training as at inference, whatever the batch holds.
+    Layers with a trainable parameter, and layers already in eval mode, are left alone; the
+    others are put back in train mode on exit.
+
+    Yields:
+        The layers switched to eval mode.
+
+    Example:
+        >>> with frozen_batch_norms(model):  # doctest: +SKIP
+        ...     loss = lesion_loss(model, batch)
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BATCH_NORMS) and m.training
+             and not any(p.requires_grad for p in m.parameters(recurse=False))]
+    for m in norms:
+        m.eval()
+    try:
+        yield norms
+    finally:
+        for m in norms:
+            m.train()
+
+
 def own_expert_loss(seen: Sequence[tuple[Sequence[str], torch.Tensor]], expert: str) -> torch.Tensor:
     """The domain routing term: mean over router calls holding ``expert`` of the token mean of ``-log p(expert)``.
 
@@ -192,12 +229,16 @@ class SpecialisationLoss:
 
     ``batches`` maps domain -> that domain's batch (a :class:`DomainBatches` item); the result is
     the sum over domains of ``task_loss(model, batch) + routing_weight * own_expert_loss``, the
-    routing term taken over the tokens of that batch's forward passes.
+    routing term taken over the tokens of that batch's forward passes. The forwards run under
+    :func:`frozen_batch_norms` unless ``freeze_batch_norms=False``.
 
     Args:
         task_losses: domain -> ``loss_fn(model, batch)`` returning a tensor or a dict with ``"loss"``.
         experts: domain -> the name of its expert.
         routing_weight: weight of the routing term (``0``: the task losses alone).
+        freeze_batch_norms: hold the frozen BatchNorm layers in eval mode (the default; ``False``
+            normalises each single-domain batch by its own statistics, which hides the domain
+            from the router and moves the running statistics).
 
     Example:
         >>> loss = SpecialisationLoss({"medical": lesion_loss}, {"medical": "medical.lesion"})  # doctest: +SKIP
@@ -205,13 +246,14 @@ class SpecialisationLoss:
     """
 
     def __init__(self, task_losses: Mapping[str, LossFn], experts: Mapping[str, str], *,
-                 routing_weight: float = ROUTING_WEIGHT) -> None:
+                 routing_weight: float = ROUTING_WEIGHT, freeze_batch_norms: bool = True) -> None:
         missing = sorted(set(task_losses) - set(experts))
         if missing:
             raise ValueError(f"domains {missing} have a task loss but no expert; experts: {dict(experts)}")
         if routing_weight < 0:
             raise ValueError(f"routing_weight must be >= 0, got {routing_weight}")
         self.task_losses, self.experts, self.routing_weight = dict(task_losses), dict(experts), routing_weight
+        self.freeze_batch_norms = freeze_batch_norms
 
     def __call__(self, model: nn.Module, batches: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         unknown = sorted(set(batches) - set(self.task_losses))
@@ -219,7 +261,8 @@ class SpecialisationLoss:
             raise ValueError(f"batches of domains {unknown} without a task loss; known: {sorted(self.task_losses)}")
         out: dict[str, torch.Tensor] = {}
         for domain, batch in batches.items():
-            with router_probs(model) as seen:
+            norms = frozen_batch_norms(model) if self.freeze_batch_norms else nullcontext()
+            with norms, router_probs(model) as seen:
                 task = self.task_losses[domain](model, batch)
             task = task["loss"] if isinstance(task, Mapping) else task
             route = own_expert_loss(seen, self.experts[domain])
