@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   quick={"model": "tiny", "steps": 30, "pretrain_steps": 30, "batch_size": 4, "roi_size": 64,
                          "max_slices_per_case": 12, "eval_slices": 8, "lr_full": 1e-3, "lr_lora": 3e-3},
                   gpu={"model": "small", "steps": 900, "pretrain_steps": 400, "batch_size": 16, "roi_size": 128,
-                       "lr_full": 5e-4, "lr_lora": 2e-3})
+                       "lr_full": 1e-3, "lr_lora": 1e-2})  # chosen on CPU (BENCHMARKS.md)
     args.alpha = args.alpha or 2.0 * args.rank
     args.out = Path(args.out or "runs/lora_vs_full")
     args.out.mkdir(parents=True, exist_ok=True)
