@@ -67,6 +67,10 @@ def test_distill_lightweight_quick(shared_data: Path, tmp_path: Path) -> None:
     assert ratios["student_flops_over_teacher"] == pytest.approx(runs["scratch"]["flops"] / t_flops(runs))
     assert ratios["student_flops_over_teacher"] <= 0.25
     assert runs["scratch"]["flops"] == runs["distilled"]["flops"]
+    # the same teacher loaded from the first run's checkpoint instead of trained again
+    again = run_script("distill_lightweight.py", shared_data / "brats_lesion_mri", tmp_path / "again",
+                       "--teacher-steps", "2", "--teacher-checkpoint", str(tmp_path / "teacher" / "checkpoint"))
+    assert again["runs"]["teacher"]["dice"] == pytest.approx(t)
 
 
 def t_flops(runs: dict[str, Any]) -> float:

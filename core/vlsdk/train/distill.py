@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlsdk.models.model import ModelOutput
+
 __all__ = ["Distiller", "segmentation_kd", "detection_kd"]
 
 
@@ -42,7 +44,10 @@ class Distiller(nn.Module):
     """Train ``student`` to match a frozen ``teacher`` on the same images.
 
     The loss adds, for each pyramid stride both models have, the MSE between the student's map
-    (through a learned 1x1 adapter to the teacher's width) and the teacher's map, and for each
+    (through a learned 1x1 adapter to the teacher's width) and the teacher's map, divided by the
+    teacher map's mean square (``normalize_features``: the term starts near 1 whatever the
+    teacher's activation scale; raw MSE on a trained ``small`` teacher's pyramid started at ~150,
+    100x the label loss), and for each
     head both models carry (same name and task) a head-specific soft-target loss. Optimise
     ``distiller.parameters()``: the student's and the adapters' (the teacher is frozen).
 
@@ -51,15 +56,19 @@ class Distiller(nn.Module):
         teacher: the trained model.
         strides: pyramid strides to match (default all shared ones).
         feature_weight: weight of the feature term.
+        normalize_features: divide each stride's MSE by the teacher map's mean square
+            (``False``: raw MSE).
         temperature: softening for segmentation logits.
 
     Example:
         >>> distiller = Distiller(student, teacher)  # doctest: +SKIP
         >>> losses = distiller(images)  # {"loss", "feature", "seg", ...}  # doctest: +SKIP
+        >>> out = student(images, heads=distiller.heads)  # one student pass for label and KD losses
+        >>> losses = distiller(images, student_out=out)  # doctest: +SKIP
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, strides: Sequence[int] | None = None,
-                 feature_weight: float = 1.0, temperature: float = 2.0) -> None:
+                 feature_weight: float = 1.0, temperature: float = 2.0, normalize_features: bool = True) -> None:
         super().__init__()
         s_ch, t_ch = student.encoder.channels, teacher.encoder.channels
         shared = sorted(set(s_ch) & set(t_ch)) if strides is None else list(strides)
@@ -72,6 +81,7 @@ class Distiller(nn.Module):
         self.strides = shared
         self.adapters = nn.ModuleDict({str(s): nn.Conv2d(s_ch[s], t_ch[s], 1) for s in shared})
         self.feature_weight, self.temperature = feature_weight, temperature
+        self.normalize_features = normalize_features
         self.heads = [h for h in student.heads if h in teacher.heads
                       and student.head_specs[h].task == teacher.head_specs[h].task]
 
@@ -80,13 +90,32 @@ class Distiller(nn.Module):
         self.teacher.eval()  # the teacher always runs in inference mode
         return self
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, student_out: ModelOutput | None = None) -> dict[str, torch.Tensor]:
+        """Distillation losses on ``images``.
+
+        Args:
+            images: the batch both models see.
+            student_out: the student's output on these ``images`` (with every head in
+                :attr:`heads`), when the caller has it already for its label loss: the student
+                then runs once per step instead of twice (half the cost, and BatchNorm statistics
+                and MoE router losses counted once, as in training without distillation).
+        """
         with torch.no_grad():
             t_out = self.teacher(images, heads=self.heads)
-        s_out = self.student(images, heads=self.heads)
+        if student_out is None:
+            s_out = self.student(images, heads=self.heads)
+        else:
+            missing = [h for h in self.heads if h not in student_out.heads]
+            if missing:
+                raise ValueError(f"student_out lacks the distilled heads {missing}; run the student with "
+                                 f"heads={self.heads}")
+            s_out = student_out
         losses: dict[str, torch.Tensor] = {}
-        feats = [F.mse_loss(self.adapters[str(s)](s_out.features.pyramid[s]), t_out.features.pyramid[s])
-                 for s in self.strides]
+        feats = []
+        for s in self.strides:
+            target = t_out.features.pyramid[s].float()
+            mse = F.mse_loss(self.adapters[str(s)](s_out.features.pyramid[s]).float(), target)
+            feats.append(mse / target.pow(2).mean().clamp_min(1e-6) if self.normalize_features else mse)
         losses["feature"] = torch.stack(feats).mean() if feats else images.new_zeros(())
         for h in self.heads:
             task = self.student.head_specs[h].task
