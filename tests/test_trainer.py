@@ -142,3 +142,22 @@ def test_worker_loader_serves_the_recorded_indices_across_epochs(tmp_path):
     assert all(served == recorded for served, recorded in seen)
     epochs = [sorted(sum((s for s, _ in seen[e * 3:(e + 1) * 3]), [])) for e in range(2)]
     assert all(len(set(e)) == 9 for e in epochs)  # each epoch a permutation (the 10th sample dropped)
+
+
+def test_router_losses_skip_a_frozen_teacher():
+    import vlsdk
+    from vlsdk.models.moe import DynamicMoE
+    from vlsdk.train.distill import Distiller
+    from vlsdk.train.trainer import _RouterLosses
+
+    torch.manual_seed(0)
+    student, teacher = vlsdk.VLModel("tiny", in_chans=1), vlsdk.VLModel("tiny", in_chans=1)
+    for model in (student, teacher):
+        model.add_head("seg", task="segmentation", num_classes=2)
+    distiller = Distiller(student, teacher).train()
+    collected = _RouterLosses(distiller)  # hooks both encoders, as the Trainer does
+    distiller(torch.rand(2, 1, 32, 32))
+    layers = sum(isinstance(m, DynamicMoE) for m in student.modules())
+    assert layers > 0 and len(collected.aux) == layers  # the student's layers only, not the teacher's
+    assert all(a.requires_grad for a in collected.aux)
+    collected.close()

@@ -92,6 +92,8 @@ class _RouterLosses:
 
     def _hook(self, module: nn.Module, args: Any, out: EncoderFeatures) -> None:
         for s in out.router_stats:
+            if not (s.aux_loss.requires_grad or s.z_loss.requires_grad):
+                continue  # a frozen or no-grad encoder forward (a distillation teacher, an eval pass)
             self.aux.append(s.aux_loss)
             self.z.append(s.z_loss)
 
