@@ -42,49 +42,39 @@ def _convert(pairs: list[tuple[Path, Path]], fn, threads: int) -> None:
         list(pool.map(lambda p: fn(*p), pairs))
 
 
+def _mirror(src: Path, dest: Path, image_suffix: str, convert, out_suffix: str, threads: int) -> int:
+    """Copy the plain sets and DeepPCB's text files; convert DeepPCB's ``image_suffix`` files."""
+    for name in COPIED:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dest / name, dirs_exist_ok=True)
+        elif (src / name).exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dest / name)
+    pairs = []
+    for f in sorted((src / "deeppcb").rglob("*")):
+        out = dest / "deeppcb" / f.relative_to(src / "deeppcb")
+        if f.suffix == image_suffix:
+            pairs.append((f, out.with_suffix(out_suffix)))
+        elif f.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, out)
+    _convert(pairs, convert, threads)
+    return len(pairs)
+
+
 def pack(src: Path, dest: Path, threads: int = 8) -> None:
     """Write ``dest``: DeepPCB images as 1-bit PNG, its text files and the other sets copied."""
     if not (src / "deeppcb" / "PCBData").is_dir():
         raise SystemExit(f"{src}: expected the shared data folder (with deeppcb/PCBData); see its README.md")
-    for name in COPIED:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dest / name, dirs_exist_ok=True)
-        elif (src / name).exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dest / name)
-    pcb = src / "deeppcb"
-    pairs = []
-    for f in sorted(pcb.rglob("*")):
-        out = dest / "deeppcb" / f.relative_to(pcb)
-        if f.suffix == ".jpg":
-            pairs.append((f, out.with_suffix(".png")))
-        elif f.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, out)
-    _convert(pairs, _to_png, threads)
+    n = _mirror(src, dest, ".jpg", _to_png, ".png", threads)
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-    print(f"packed {len(pairs)} DeepPCB images as 1-bit PNG; {dest} holds {size / 2**20:.1f} MiB")
+    print(f"packed {n} DeepPCB images as 1-bit PNG; {dest} holds {size / 2**20:.1f} MiB")
 
 
 def unpack(src: Path, dest: Path, threads: int = 16) -> None:
     """Rebuild the shared data layout at ``dest`` from a packed folder."""
-    for name in COPIED:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dest / name, dirs_exist_ok=True)
-        elif (src / name).exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dest / name)
-    pcb = src / "deeppcb"
-    pairs = []
-    for f in sorted(pcb.rglob("*")):
-        out = dest / "deeppcb" / f.relative_to(pcb)
-        if f.suffix == ".png":
-            pairs.append((f, out.with_suffix(".jpg")))
-        elif f.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, out)
-    _convert(pairs, _to_jpg, threads)
-    print(f"unpacked {len(pairs)} DeepPCB images to {dest / 'deeppcb'}")
+    n = _mirror(src, dest, ".png", _to_jpg, ".jpg", threads)
+    print(f"unpacked {n} DeepPCB images to {dest / 'deeppcb'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,3 +161,30 @@ def test_router_losses_skip_a_frozen_teacher():
     assert layers > 0 and len(collected.aux) == layers  # the student's layers only, not the teacher's
     assert all(a.requires_grad for a in collected.aux)
     collected.close()
+
+
+# -- TrainConfig.max_seconds: a clean stop at a step boundary that fit(resume=True) continues --
+
+def test_budget_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
+    data = make_data()
+    straight = Trainer(make_model(), seg_loss, data, config(tmp_path / "a", steps=4, warmup_steps=1)).fit()
+    # a zero budget is spent after the first step, whatever the machine's speed
+    short = config(tmp_path / "b", steps=4, warmup_steps=1, log_every=3, max_seconds=0.0)
+    budget = Trainer(make_model(), seg_loss, data, short, eval_fn=lambda m: {"score": 1.0})
+    stopped = budget.fit()
+    assert stopped.step == 1 and stopped.out_of_time
+    assert [r["step"] for r in stopped.train] == [1]  # the last step is logged although log_every is 3
+    assert stopped.eval == {"score": 1.0} and stopped.files["checkpoint"].is_dir()
+    state = torch.load(tmp_path / "b" / "run" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 1
+    resumed = Trainer(make_model(), seg_loss, data, config(tmp_path / "b", steps=4, warmup_steps=1)).fit(resume=True)
+    assert resumed.step == 4 and not resumed.out_of_time
+    rows = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert losses == pytest.approx([r["loss"] for r in straight.train], rel=1e-5, abs=1e-6)
+
+
+def test_budget_is_checked():
+    with pytest.raises(ValueError, match="max_seconds must be >= 0"):
+        TrainConfig(max_seconds=-1.0)
+    assert TrainConfig.from_dict({"max_seconds": 30}).max_seconds == 30
