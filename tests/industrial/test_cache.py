@@ -15,14 +15,6 @@ from vlsdk_industrial.samples import collate
 from vlsdk_industrial.transforms import build_transforms
 
 
-@pytest.fixture
-def deeppcb(shared_data: Path) -> Path:
-    root = shared_data / "deeppcb"
-    if not (root / "PCBData" / "test.txt").is_file():
-        pytest.skip(f"{root} holds no PCBData/test.txt")
-    return root
-
-
 def test_uint8_cache_yields_the_uncached_samples_after_seeded_augmentation(deeppcb: Path) -> None:
     plain, cached = (DeepPCBDataset(deeppcb, "test", template=True, max_samples=6, cache=c,
                                     transform=build_transforms(train=True, size=320, seed=3))

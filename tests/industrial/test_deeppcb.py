@@ -12,14 +12,6 @@ from vlsdk_industrial.deeppcb import DeepPCBDataset, parse_deeppcb_annotation
 from vlsdk_industrial.samples import DataError
 
 
-@pytest.fixture
-def deeppcb(shared_data: Path) -> Path:
-    root = shared_data / "deeppcb"
-    if not (root / "PCBData" / "test.txt").is_file():
-        pytest.skip(f"{root} holds no PCBData/test.txt")
-    return root
-
-
 def test_real_test_split_counts_and_classes(deeppcb: Path) -> None:
     ds = DeepPCBDataset(deeppcb, "test")
     assert len(ds) == 250 and ds.skipped == []
