@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -35,7 +36,8 @@ def test_training_lowers_the_loss_and_writes_logs(tmp_path):
     result = trainer.fit()
     losses = [r["loss"] for r in result.train]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
-    assert {"aux_loss", "z_loss", "lr", "grad_norm", "samples_per_s"} <= set(result.train[0])
+    assert {"aux_loss", "z_loss", "lr", "grad_norm", "samples_per_s", "data_wait_s"} <= set(result.train[0])
+    assert all(0.0 <= r["data_share"] <= 1.0 for r in result.train)
     assert result.eval == {"dice_proxy": 1.0}
     run = tmp_path / "run"
     assert (run / "metrics.csv").read_text().startswith("split,step")
@@ -43,6 +45,26 @@ def test_training_lowers_the_loss_and_writes_logs(tmp_path):
     assert (run / "checkpoint" / "model.safetensors").is_file()
     loaded = vlsdk.VLModel.from_pretrained(run / "checkpoint")
     assert "seg" in loaded.heads
+
+
+class _SlowData(torch.utils.data.Dataset):
+    """A dataset whose samples take ``delay`` seconds each: an input pipeline slower than the model."""
+
+    def __init__(self, data, delay: float) -> None:
+        self.data, self.delay = data, delay
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return self.data[i]
+
+
+def test_the_log_shows_time_spent_waiting_for_data(tmp_path):
+    result = Trainer(make_model(), seg_loss, _SlowData(make_data(), 0.02), config(tmp_path, steps=3)).fit()
+    assert all(r["data_wait_s"] >= 4 * 0.02 for r in result.train)  # 4 samples a step, 20 ms each
+    assert all(r["data_share"] > 0.0 for r in result.train)
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):

@@ -20,13 +20,15 @@ run() {  # run SECONDS NAME CMD...: one job, its exit status and wall time in th
 }
 case "$group" in
 bench)
-    run 60 moe-issue python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 --hidden 3072 --repeats 30
-    run 60 moe-fine python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 --hidden 384 --repeats 30
-    run 240 throughput python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 \
-        --models edge small base vit_b16 vit_l16 --compile --compile-mode default reduce-overhead --fullgraph \
-        --scaling base --out runs/throughput
+    run 110 moe-issue python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 --hidden 3072 \
+        --repeats 30 --compile --profile
+    run 60 moe-fine python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 --hidden 384 \
+        --repeats 30 --compile
     run 40 bev python3 benchmarks/driving_bev.py --device cuda --batch 16
-    run 90 pcb-infer python3 -m vlsdk pcb --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench
+    run 200 throughput python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 \
+        --models base vit_b16 small --compile --compile-mode default reduce-overhead --fullgraph \
+        --scaling base --out runs/throughput
+    run 100 pcb-infer python3 -m vlsdk pcb --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench
     ;;
 train)
     run 300 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \

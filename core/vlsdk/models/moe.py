@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from vlsdk.models.config import MoEConfig
+from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_slots
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
 from vlsdk.models.features import ExpertContext, RouterStats
 from vlsdk.models.grouped_mm import StackedWeights, grouped_mm
@@ -184,15 +185,11 @@ class DynamicMoE(nn.Module):
             rank = torch.arange(order.numel(), device=order.device) - starts[assignment[order]]
             order = order[rank < capacity]                             # first `capacity` per expert
             kept = counts.clamp(max=capacity)
+        if self._use_grouped(flat):
+            return self._grouped(flat, idx, weight, order, counts), counts, flat.new_zeros(())
         tokens = order // k                                            # token of each sorted slot
         gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
         routed = torch.zeros_like(flat)
-        if self._use_grouped(flat):
-            w1, w2, b2 = self._grouped_weights(flat.dtype)
-            routed.index_add_(0, tokens, self._grouped_generic(flat, tokens, counts, w1, w2) * gates)
-            # the experts' fc2 biases: sum_j w_tj * b2[i_tj] as one small (T, E) x (E, d) product
-            combine = torch.zeros(n_tok, num_experts, dtype=weight.dtype, device=flat.device)
-            return routed.addmm_(combine.scatter_(1, idx, weight), b2), counts, flat.new_zeros(())
         xs = flat[tokens]
         modules = self._modules_in_order()
         start = 0
@@ -222,21 +219,28 @@ class DynamicMoE(nn.Module):
             w1, w2, b2 = self._stacked.get(params)
         return w1.to(dtype), w2.to(dtype), b2.to(dtype)
 
-    @staticmethod
-    def _grouped_generic(flat: torch.Tensor, tokens: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor,
-                         w2: torch.Tensor) -> torch.Tensor:
-        """All generic experts on the expert-sorted rows ``flat[tokens]``, without their fc2 bias.
+    def _grouped(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, order: torch.Tensor,
+                 counts: torch.Tensor) -> torch.Tensor:
+        """All generic experts as two grouped GEMMs over the expert-sorted slots, with gathers only.
 
         The fc1 bias rides in the first GEMM: each row gets a constant 1 (padded to 16 columns for
         the GEMM's alignment) that meets the bias row of the stacked ``w1``, so no ``(T*k, hidden)``
-        bias tensor is gathered.
+        bias tensor is gathered. The outputs go back to slot order with the inverse permutation and
+        each token's ``k`` rows are mixed by one batched ``(1, k) x (k, d)`` product; the fc2 biases,
+        ``sum_j w_tj * b2[i_tj]``, are one small ``(T, E) x (E, d)`` product.
         """
-        ones = torch.zeros(flat.shape[0], _PAD, dtype=flat.dtype, device=flat.device)
+        n_tok, k = idx.shape
+        w1, w2, b2 = self._grouped_weights(flat.dtype)
+        ones = torch.zeros(n_tok, _PAD, dtype=flat.dtype, device=flat.device)
         ones[:, 0] = 1.0
-        xs = torch.cat([flat, ones], dim=1)[tokens]
+        inverse = inverse_permutation(order)
+        xs = gather_slots(torch.cat([flat, ones], dim=1), order, inverse, k)
         offs = torch.cumsum(counts, 0).to(torch.int32)
-        hidden = torch.nn.functional.gelu(grouped_mm(xs, w1, offs))
-        return grouped_mm(hidden, w2, offs)
+        ys = grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs)
+        slots = unsort_slots(ys, order, inverse).view(n_tok, k, self.dim)
+        routed = torch.bmm(weight.unsqueeze(1), slots).squeeze(1)
+        combine = torch.zeros(n_tok, b2.shape[0], dtype=weight.dtype, device=flat.device)
+        return routed.addmm_(combine.scatter_(1, idx, weight), b2)
 
     def _dense(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                grid3: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -291,11 +291,14 @@ class Trainer:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
                 row = self._optimizer_step(batches, router)
-                row["samples_per_s"] = self.global_batch * cfg.grad_accum / (time.perf_counter() - t0)
+                step_s = time.perf_counter() - t0
+                row["samples_per_s"] = self.global_batch * cfg.grad_accum / step_s
+                row["data_share"] = row["data_wait_s"] / step_s
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['samples_per_s']:.1f}")
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['samples_per_s']:.1f}",
+                                    data=f"{row['data_share']:.0%}")
                 if cfg.max_seconds is not None and self.step < cfg.steps:  # every rank stops at the same step
                     out_of_time = bool(flagged_ranks(time.perf_counter() - started >= cfg.max_seconds, self.device))
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time:
@@ -334,8 +337,11 @@ class Trainer:
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
+        waited = 0.0  # seconds spent waiting for the input pipeline (a starved GPU shows here)
         for micro in range(cfg.grad_accum):
+            t0 = time.perf_counter()
             batch = to_device(next(batches), self.device)
+            waited += time.perf_counter() - t0
             with self._autocast():
                 out = self.loss_fn(self.model, batch)
             losses = dict(out) if isinstance(out, Mapping) else {"loss": out}
@@ -361,6 +367,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         sums["lr"] = self.scheduler.get_last_lr()[0]
+        sums["data_wait_s"] = waited
         self.scheduler.step()
         return sums
 
