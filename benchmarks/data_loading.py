@@ -13,8 +13,10 @@ and the median of the repeats reported:
   shared memory (``share_memory_``) and everything else pickled and unpickled.
 
 Industrial variants: ``jpeg+float`` (before: decode every JPEG pair, ``samples.collate`` to float
-NCHW with the images pickled again in the sample list), ``uint8-cache`` and ``packed-cache``
-(:class:`DeepPCBDataset` ``cache=``, :func:`collate_uint8`: uint8 NHWC, float on the GPU).
+NCHW with the images pickled again in the sample list, ``A.GaussNoise``), ``uint8+GaussNoise``
+(:class:`DeepPCBDataset` ``cache="uint8"``, :func:`collate_uint8`: uint8 NHWC, float on the GPU;
+still ``A.GaussNoise``), ``uint8-cache`` and ``packed-cache`` (the same with the default
+:class:`~vlsdk_industrial.noise.Int16GaussNoise`; ``packed``: bit-packed cache).
 
     python benchmarks/data_loading.py                         # both domains, 8 repeats of 32
     python benchmarks/data_loading.py --domain industrial --repeats 5 --batch-size 16
@@ -113,27 +115,33 @@ def report(domain: str, result: dict[str, dict]) -> None:
     """Print per-stage milliseconds per sample, samples/s per worker and the ratio to the first variant."""
     first = next(iter(result.values()))["total"]
     print(f"\n{domain}: ms per sample (median), samples/s per worker, speed-up vs the first row")
-    print(f"{'variant':<14}" + "".join(f"{s:>11}" for s in (*STAGES, "total")) + f"{'samples/s':>11}{'ratio':>8}")
+    print(f"{'variant':<17}" + "".join(f"{s:>11}" for s in (*STAGES, "total")) + f"{'samples/s':>11}{'ratio':>8}")
     for name, med in result.items():
-        print(f"{name:<14}" + "".join(f"{1e3 * med[s]:>11.2f}" for s in (*STAGES, "total"))
+        print(f"{name:<17}" + "".join(f"{1e3 * med[s]:>11.2f}" for s in (*STAGES, "total"))
               + f"{1 / med['total']:>11.1f}{first / med['total']:>8.2f}")
 
 
 def industrial_variants(data: Path, pairs: int | None, seed: int) -> tuple[list[Variant], int]:
-    """Before (JPEG + float collate) and the cached uint8 pipelines, each with its own seeded transform."""
+    """Before (JPEG + float collate, then the uint8 cache with ``A.GaussNoise``) and the default cached
+    pipelines with :class:`~vlsdk_industrial.noise.Int16GaussNoise`, each with its own seeded transform."""
     from vlsdk_industrial.deeppcb import DeepPCBDataset
     from vlsdk_industrial.pipeline import collate_uint8
     from vlsdk_industrial.samples import collate
     from vlsdk_industrial.transforms import build_transforms
 
     variants = []
-    for name, cache, coll in (("jpeg+float", "none", collate), ("uint8-cache", "uint8", collate_uint8),
-                              ("packed-cache", "packed", collate_uint8)):
-        t0 = time.perf_counter()
-        ds = DeepPCBDataset(data, "trainval", template=True, max_samples=pairs, cache=cache)
-        built = time.perf_counter() - t0
-        print(f"{name}: {len(ds)} pairs, cache {ds.cache_bytes / 2**20:.0f} MiB, built in {built:.1f} s")
-        tf = build_transforms(train=True, size=640, seed=seed)
+    datasets: dict[str, Any] = {}
+    for name, cache, coll, int16_noise in (("jpeg+float", "none", collate, False),
+                                           ("uint8+GaussNoise", "uint8", collate_uint8, False),
+                                           ("uint8-cache", "uint8", collate_uint8, True),
+                                           ("packed-cache", "packed", collate_uint8, True)):
+        if cache not in datasets:
+            t0 = time.perf_counter()
+            datasets[cache] = ds = DeepPCBDataset(data, "trainval", template=True, max_samples=pairs, cache=cache)
+            built = time.perf_counter() - t0
+            print(f"cache={cache}: {len(ds)} pairs, cache {ds.cache_bytes / 2**20:.0f} MiB, built in {built:.1f} s")
+        ds = datasets[cache]
+        tf = build_transforms(train=True, size=640, seed=seed, int16_noise=int16_noise)
         variants.append(Variant(name, ds.__getitem__, tf, coll))
     return variants, len(ds)
 

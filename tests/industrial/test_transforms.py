@@ -87,3 +87,31 @@ def test_workers_get_their_own_augmentation_stream(boards: list[dict], monkeypat
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: None)
     main = build_transforms(flip=0.5, rot90=0.5, affine=0.0, photometric=0.0, seed=0)
     assert not np.array_equal(np.stack([main(s)["boxes"] for _ in range(6)]), outputs[11][0])
+
+
+def test_int16_noise_matches_gauss_noise_statistics_and_saturates() -> None:
+    import albumentations as A
+
+    from vlsdk_industrial.noise import Int16GaussNoise
+
+    grey = np.full((256, 256, 2), 128, np.uint8)
+    sigma = 0.03 * 255
+    new, old = Int16GaussNoise(std_range=(0.03, 0.03), p=1.0), A.GaussNoise(std_range=(0.03, 0.03), p=1.0)
+    new.set_random_seed(0)
+    old.set_random_seed(0)
+    n = new(image=grey)["image"].astype(float) - 128
+    o = old(image=grey)["image"].astype(float) - 128
+    # per-pixel, per-channel, zero-mean noise of the requested sigma (GaussNoise truncates toward 0: ~5 % less)
+    assert abs(n.std() - sigma) < 0.05 * sigma and abs(n.mean()) < 0.1
+    assert 0.9 * sigma < o.std() < n.std()
+    assert abs(np.corrcoef(n[..., 0].ravel(), n[..., 1].ravel())[0, 1]) < 0.02  # board and template differ
+    assert abs(np.corrcoef(n[:, :-1, 0].ravel(), n[:, 1:, 0].ravel())[0, 1]) < 0.02  # no spatial grain
+    again = Int16GaussNoise(std_range=(0.03, 0.03), p=1.0)
+    again.set_random_seed(0)
+    np.testing.assert_array_equal(again(image=grey)["image"], n.astype(np.uint8) + 128)  # seeded: reproducible
+    # black and white boards saturate instead of wrapping around
+    bw = np.zeros((64, 64, 1), np.uint8)
+    bw[:32] = 255
+    out = Int16GaussNoise(std_range=(0.05, 0.05), p=1.0)(image=bw)["image"]
+    assert out.shape == bw.shape and out.dtype == np.uint8
+    assert out[:32].min() > 200 and out[32:].max() < 55 and out[:32].mean() < 255 and out[32:].mean() > 0

@@ -1,7 +1,9 @@
 """Box-aware albumentations pipeline for PCB inspection (registered as ``industrial.default``).
 
 Geometric transforms (flips, 90-degree rotations, a small affine) move the boxes with the image;
-photometric ones (brightness/contrast, Gaussian noise, blur) touch the pixels only. A template
+photometric ones (brightness/contrast, Gaussian noise, blur) touch the pixels only (the noise is
+:class:`~vlsdk_industrial.noise.Int16GaussNoise`: the same noise as ``A.GaussNoise`` without its
+float temporaries). A template
 stacked as a second channel moves with the board, so template differencing still lines up.
 After every transform boxes are clipped to the image, and a box that left the image (less than
 ``min_visibility`` of it still inside) is dropped and counted in :attr:`DetectionTransform.dropped`.
@@ -78,7 +80,7 @@ class DetectionTransform:
 
 def build_transforms(train: bool = True, *, size: int | None = None, flip: float = 0.5, rot90: float = 0.5,
                      affine: float = 0.3, photometric: float = 0.5, min_visibility: float = 0.3,
-                     seed: int | None = None) -> DetectionTransform:
+                     seed: int | None = None, int16_noise: bool = True) -> DetectionTransform:
     """The industrial augmentation pipeline.
 
     Args:
@@ -90,6 +92,9 @@ def build_transforms(train: bool = True, *, size: int | None = None, flip: float
         photometric: probability of each of brightness/contrast, Gaussian noise and blur.
         min_visibility: a box keeps at least this share of its area inside the image or is dropped.
         seed: seed of albumentations' random state (reproducible augmentation).
+        int16_noise: Gaussian noise through :class:`~vlsdk_industrial.noise.Int16GaussNoise`
+            (same noise, no float64 temporaries); ``False``: ``A.GaussNoise`` itself (for
+            comparison, see ``benchmarks/data_loading.py``).
 
     Example:
         >>> t = build_transforms(size=320, seed=0)
@@ -108,6 +113,10 @@ def build_transforms(train: bool = True, *, size: int | None = None, flip: float
             raise ValueError(f"{name} must be in [0, 1], got {p!r}")
     if size is not None and (not isinstance(size, int) or size < 8):
         raise ValueError(f"size must be an int >= 8 or None, got {size!r}")
+    if int16_noise:
+        from vlsdk_industrial.noise import Int16GaussNoise as noise
+    else:
+        noise = A.GaussNoise
     ops: list[Any] = []
     if size is not None:
         ops.append(A.Resize(size, size, interpolation=cv2.INTER_AREA))
@@ -119,7 +128,7 @@ def build_transforms(train: bool = True, *, size: int | None = None, flip: float
             A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-5, 5), border_mode=cv2.BORDER_CONSTANT,
                      fill=0, p=affine),  # constant border: reflecting would duplicate defects and boxes
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=photometric),
-            A.GaussNoise(std_range=(0.01, 0.05), p=photometric),
+            noise(std_range=(0.01, 0.05), p=photometric),
             A.GaussianBlur(blur_limit=(3, 5), p=photometric),
         ]
     if not ops:
