@@ -147,7 +147,8 @@ def test_weight_cache_follows_add_and_remove_expert():
     with torch.no_grad():
         moe(x)
         moe.add_expert("medical.extra", ExpertMLP(16, 32))
-        assert not moe._use_grouped(x.reshape(-1, 16))  # a domain expert: the loop path
+        moe.set_router_bias("medical.extra", 0.0)
+        torch.testing.assert_close(moe(x)[0], _loop_output(moe, x), rtol=1e-5, atol=1e-6)  # cache rebuilt
         moe.expert("generic.1").fc2.weight.mul_(2.0)
         moe.remove_expert("medical.extra")
         assert moe._use_grouped(x.reshape(-1, 16))

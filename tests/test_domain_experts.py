@@ -91,7 +91,7 @@ def test_passes_vlsdk_testing_check_expert(name):
 
 
 def test_inside_a_moe_layer_sparse_equals_dense(name):
-    """Routed through DynamicMoE, the expert sees its grid: sparse dispatch == dense (export) path."""
+    """Routed through DynamicMoE, the expert sees its grid: sparse dispatch == dense (export) == grouped path."""
     torch.manual_seed(0)
     layer = DynamicMoE(DIM, MoEConfig(num_experts=2, top_k=1, expert_hidden=8, num_shared=0))
     layer.add_expert(name, _build(name))
@@ -102,10 +102,13 @@ def test_inside_a_moe_layer_sparse_equals_dense(name):
         sparse, stats = layer(x, grid=(height, width))
         layer.dense = True
         dense, _ = layer(x, grid=(height, width))
+        layer.dense, layer.grouped = False, True  # generic experts grouped, the domain expert on every token
+        grouped, _ = layer(x, grid=(height, width))
         flat = x.reshape(-1, DIM)
         direct = layer.expert(name)(flat, context=ExpertContext(flat, torch.arange(len(flat)), GRID))
     assert int(stats.tokens_per_expert[stats.expert_names.index(name)]) == flat.shape[0]
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grouped, sparse, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sparse.reshape(-1, DIM), direct, rtol=1e-5, atol=1e-5)
 
 

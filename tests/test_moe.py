@@ -228,4 +228,33 @@ def test_grouped_gemm_path_matches_the_expert_loop():
         if b is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     moe.add_expert("medical.x", Doubler(16))
-    assert not moe._use_grouped(x)  # domain experts take the loop
+    moe.set_router_bias("medical.x", 0.0)  # open it: some tokens choose it
+    assert moe._use_grouped(x)  # generic experts grouped, the domain expert on every token
+    y_grouped, stats = moe(x)
+    assert stats.tokens_per_expert[-1] > 0
+    grads_grouped = torch.autograd.grad(y_grouped.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
+    moe.grouped = False
+    y_loop, _ = moe(x)
+    grads_loop = torch.autograd.grad(y_loop.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
+    torch.testing.assert_close(y_grouped, y_loop, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_grouped, grads_loop, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_grouped_path_under_bf16_autocast_matches_the_loop():
+    """Under autocast LayerNorm hands the layer fp32 tokens; the grouped GEMMs still run in bf16."""
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no torch._grouped_mm")
+    torch.manual_seed(0)
+    moe = make_moe(num_shared=0)
+    moe.add_expert("medical.x", Doubler(16))
+    moe.set_router_bias("medical.x", 0.0)
+    x = torch.randn(2, 15, 16)
+    outputs = {}
+    for grouped in (False, True):
+        moe.grouped = grouped
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs[grouped], _ = moe(x)
+    assert outputs[True].dtype == outputs[False].dtype == torch.float32
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=2e-2, atol=2e-2)

@@ -66,8 +66,8 @@ class DynamicMoE(nn.Module):
         self.dense = False
         #: one grouped GEMM per projection for the generic experts (``torch._grouped_mm``), no host
         #: sync; ``None`` = automatic: bf16 on CUDA with 16-aligned widths, and any CPU dtype while
-        #: ``torch.compile`` traces the layer. Used only while the layer is dropless and holds no
-        #: domain expert (the loop path, with its host read of the split sizes, serves the rest).
+        #: ``torch.compile`` traces the layer. Used only while the layer is dropless (with a capacity factor the loop
+        #: path, with its host read of the split sizes, serves); domain experts then run on every token.
         self.grouped: bool | None = None
         self._stacked = StackedWeights(_stack_generic)
 
@@ -186,7 +186,7 @@ class DynamicMoE(nn.Module):
             order = order[rank < capacity]                             # first `capacity` per expert
             kept = counts.clamp(max=capacity)
         if self._use_grouped(flat):
-            return self._grouped(flat, idx, weight, order, counts), counts, flat.new_zeros(())
+            return self._grouped(flat, idx, weight, order, counts, grid3), counts, flat.new_zeros(())
         tokens = order // k                                            # token of each sorted slot
         gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
         routed = torch.zeros_like(flat)
@@ -204,15 +204,16 @@ class DynamicMoE(nn.Module):
 
     def _use_grouped(self, flat: torch.Tensor) -> bool:
         aligned = self.dim % 16 == 0 and self.config.expert_hidden % 16 == 0
-        fast = flat.is_cuda and flat.dtype == torch.bfloat16 and aligned
+        dtype = _compute_dtype(flat)
+        fast = flat.is_cuda and dtype == torch.bfloat16 and aligned
         auto = fast or (flat.device.type == "cpu" and torch.compiler.is_compiling())
         wanted = auto if self.grouped is None else self.grouped
-        return (wanted and hasattr(torch, "_grouped_mm") and flat.dtype in _GROUPED_DTYPES
-                and self.capacity_factor is None and len(self.expert_names) == len(self._backbone_experts))
+        return wanted and hasattr(torch, "_grouped_mm") and dtype in _GROUPED_DTYPES and self.capacity_factor is None
 
     def _grouped_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(w1, w2, b2)`` stacked for :func:`grouped_mm`; cached while gradients are off."""
-        params = [p for e in self._modules_in_order() for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
+        generic = self._modules_in_order()[:len(self._backbone_experts)]
+        params = [p for e in generic for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
         if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (inductor freezing folds the stack)
             w1, w2, b2 = _stack_generic(params)
         else:
@@ -220,27 +221,44 @@ class DynamicMoE(nn.Module):
         return w1.to(dtype), w2.to(dtype), b2.to(dtype)
 
     def _grouped(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, order: torch.Tensor,
-                 counts: torch.Tensor) -> torch.Tensor:
-        """All generic experts as two grouped GEMMs over the expert-sorted slots, with gathers only.
+                 counts: torch.Tensor, grid3: tuple[int, int, int]) -> torch.Tensor:
+        """The generic experts as two grouped GEMMs over the expert-sorted slots, with gathers only.
 
         The fc1 bias rides in the first GEMM: each row gets a constant 1 (padded to 16 columns for
         the GEMM's alignment) that meets the bias row of the stacked ``w1``, so no ``(T*k, hidden)``
         bias tensor is gathered. The outputs go back to slot order with the inverse permutation and
-        each token's ``k`` rows are mixed by one batched ``(1, k) x (k, d)`` product; the fc2 biases,
+        each token's ``k`` rows are summed with their gate weights; the fc2 biases,
         ``sum_j w_tj * b2[i_tj]``, are one small ``(T, E) x (E, d)`` product.
+
+        Domain experts (router rows after the generic ones, so their slots sort last) run on every
+        token and are mixed in with their column of the combine weights, which is zero where they
+        were not chosen: no host read of their token counts, static shapes. Their slots ride along
+        in the last generic expert's group with gate weight zero.
         """
         n_tok, k = idx.shape
-        w1, w2, b2 = self._grouped_weights(flat.dtype)
-        ones = torch.zeros(n_tok, _PAD, dtype=flat.dtype, device=flat.device)
+        n_generic = len(self._backbone_experts)
+        dtype = _compute_dtype(flat)  # bf16 under autocast, where LayerNorm hands over fp32 tokens
+        w1, w2, b2 = self._grouped_weights(dtype)
+        ones = torch.zeros(n_tok, _PAD, dtype=dtype, device=flat.device)
         ones[:, 0] = 1.0
         inverse = inverse_permutation(order)
-        xs = gather_slots(torch.cat([flat, ones], dim=1), order, inverse, k)
-        offs = torch.cumsum(counts, 0).to(torch.int32)
+        xs = gather_slots(torch.cat([flat.to(dtype), ones], dim=1), order, inverse, k)
+        offs = torch.cumsum(counts[:n_generic], 0)
+        offs = torch.cat([offs[:-1], offs.new_full((1,), n_tok * k)]).to(torch.int32)
         ys = grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs)
         slots = unsort_slots(ys, order, inverse).view(n_tok, k, self.dim)
-        routed = torch.bmm(weight.unsqueeze(1), slots).squeeze(1)
-        combine = torch.zeros(n_tok, b2.shape[0], dtype=weight.dtype, device=flat.device)
-        return routed.addmm_(combine.scatter_(1, idx, weight), b2)
+        domain = len(self.expert_names) > n_generic
+        gate = weight.masked_fill(idx >= n_generic, 0.0) if domain else weight
+        routed = (slots * gate.to(dtype).unsqueeze(-1)).sum(1, dtype=flat.dtype)
+        combine = torch.zeros(n_tok, len(self.expert_names), dtype=weight.dtype, device=flat.device)
+        combine = combine.scatter_(1, idx, weight)
+        routed = routed.addmm_(combine[:, :n_generic], b2.to(flat.dtype))
+        if domain:
+            everyone = torch.arange(n_tok, device=flat.device)
+            modules = self._modules_in_order()
+            for i in range(n_generic, len(modules)):  # loop over domain experts, not tokens
+                routed = routed + combine[:, i:i + 1] * self._call(i, modules[i], flat, flat, everyone, grid3)
+        return routed
 
     def _dense(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                grid3: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -261,6 +279,14 @@ class DynamicMoE(nn.Module):
 
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what torch._grouped_mm takes
 _PAD = 16  # the bias column plus zeros: keeps the folded GEMM's K a multiple of 16
+
+
+def _compute_dtype(flat: torch.Tensor) -> torch.dtype:
+    """The dtype the experts' GEMMs run in: autocast's where it is on for ``flat``'s device."""
+    device = flat.device.type
+    if flat.is_floating_point() and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return flat.dtype
 
 
 def _count(assignment: torch.Tensor, num_experts: int) -> torch.Tensor:
