@@ -31,10 +31,10 @@ bench)
     run 100 pcb-infer python3 -m vlsdk pcb --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench
     ;;
 train)
-    run 300 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
-        --model small --max-steps 800 --num-workers 14 --no-progress --out runs/medical_full
+    run 275 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
+        --model small --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress --out runs/medical_full
     run 260 deeppcb python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
-        --max-steps 600 --no-progress --out runs/pcb_full
+        --max-steps 600 --max-seconds 190 --no-progress --out runs/pcb_full
     ;;
 stages)
     run 280 lora python3 benchmarks/lora_vs_full.py --device cuda --amp bf16 --num-workers 14 --no-progress --out runs/lora_vs_full

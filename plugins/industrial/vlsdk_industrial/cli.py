@@ -51,6 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-pairs", type=int, default=None, help="use only the first N trainval pairs")
     parser.add_argument("--eval-pairs", type=int, default=None, help="evaluate on the first N test pairs")
     parser.add_argument("--max-steps", type=int, default=None, help="stop training after N steps")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop training after this many seconds, then evaluate (a time-boxed GPU run)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 4)")
     parser.add_argument("--no-expert", dest="expert", action="store_false",
                         help="leave out the industrial.pcb_defect MoE expert")
@@ -78,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> object:
 
     values: dict[str, object] = dict(QUICK) if args.quick else {}
     for name in ("config", "epochs", "batch_size", "image_size", "synthetic_ratio", "train_pairs", "eval_pairs",
-                 "max_steps", "workers"):
+                 "max_steps", "max_seconds", "workers"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     return PipelineConfig(data=args.data, out=args.out, stem=BACKBONES[args.backbone], lr=args.lr,

@@ -60,6 +60,7 @@ class PipelineConfig:
         train_pairs: use only the first ``train_pairs`` trainval pairs.
         eval_pairs: evaluate only the first ``eval_pairs`` test pairs.
         max_steps: stop training after this many steps.
+        max_seconds: stop training after this many seconds and evaluate what was learnt.
         workers: DataLoader worker processes.
         seed: seed of torch, the synthesizer and the augmentations.
         expert: insert the ``industrial.pcb_defect`` expert into the MoE layers.
@@ -88,6 +89,7 @@ class PipelineConfig:
     train_pairs: int | None = None
     eval_pairs: int | None = None
     max_steps: int | None = None
+    max_seconds: float | None = None
     workers: int = 4
     seed: int = 0
     expert: bool = True
@@ -237,7 +239,7 @@ def detection_loss(model: VLModel, batch: tuple[Any, list[dict[str, Any]], list[
 
 def train(model: VLModel, train_set: Any, *, steps: int, batch_size: int, lr: float, weight_decay: float = 0.05,
           device: str = "cpu", amp: str = "none", workers: int = 0, seed: int = 0, out_dir: str | Path = "runs/pcb",
-          progress: bool = True) -> Any:
+          progress: bool = True, max_seconds: float | None = None) -> Any:
     """Train with the core :class:`vlsdk.train.Trainer` (warm-up + cosine, clipping, MoE losses, resume).
 
     Args:
@@ -253,6 +255,7 @@ def train(model: VLModel, train_set: Any, *, steps: int, batch_size: int, lr: fl
         seed: data order and initialisation seed.
         out_dir: the Trainer's folder (``checkpoint/``, ``metrics.csv``, ``curves.png``).
         progress: tqdm bar.
+        max_seconds: stop after this many seconds (``None``: run every step).
 
     Returns:
         The Trainer's ``TrainResult`` (``train``: the logged rows with ``loss``, ``box``, ...).
@@ -262,7 +265,7 @@ def train(model: VLModel, train_set: Any, *, steps: int, batch_size: int, lr: fl
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=max(1, steps // 20), amp="off" if amp == "none" else amp, device=device,
                          num_workers=workers, seed=seed, out_dir=str(out_dir), progress=progress,
-                         log_every=max(1, min(10, steps // 4)), clip_grad=10.0)
+                         log_every=max(1, min(10, steps // 4)), clip_grad=10.0, max_seconds=max_seconds)
     return Trainer(model, detection_loss, train_set, config, collate_fn=collate_uint8).fit()
 
 
@@ -413,7 +416,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
         fit = train(model, train_set, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
                     weight_decay=cfg.weight_decay, device=str(device), amp=cfg.amp, workers=cfg.workers,
-                    seed=cfg.seed, out_dir=cfg.out / "train", progress=cfg.progress)
+                    seed=cfg.seed, out_dir=cfg.out / "train", progress=cfg.progress, max_seconds=cfg.max_seconds)
         if dist_info()[0] != 0:  # under torchrun only rank 0 evaluates, saves and writes metrics
             return {"steps": fit.step, "rank": dist_info()[0]}
         losses = [row["loss"] for row in fit.train]

@@ -54,6 +54,7 @@ class LesionTrainConfig:
             the BraTS labels 0-4; whole-tumour Dice is still the headline, per-class Dice is added).
         epochs: passes over the training slices.
         max_steps: stop after this many optimiser steps (``None``: no limit).
+        max_seconds: stop training after this many seconds and evaluate what was learnt (``None``: no limit).
         batch_size: slices per step.
         lr: peak AdamW learning rate (warm-up, then cosine decay; the core Trainer).
         roi_size: training crop size.
@@ -86,6 +87,7 @@ class LesionTrainConfig:
     classes: str = "whole"
     epochs: int = 80
     max_steps: int | None = None
+    max_seconds: float | None = None
     batch_size: int = 16
     lr: float = 1e-3
     roi_size: int = 128
@@ -187,7 +189,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         steps=max(total, 1), batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
         warmup_steps=max(1, total // 20), amp={None: "off"}.get(cfg.amp, cfg.amp), device=cfg.device,
         num_workers=cfg.num_workers, seed=cfg.seed, out_dir=str(out_dir / "train"), progress=cfg.progress,
-        log_every=max(1, min(10, total // 4)), clip_grad=1.0)
+        log_every=max(1, min(10, total // 4)), clip_grad=1.0, max_seconds=cfg.max_seconds)
     trainer = Trainer(model, lesion_loss, train_set, train_config, collate_fn=collate_samples)
     fitted = trainer.fit(resume=cfg.resume and (out_dir / "train" / "checkpoint").is_dir())
     model, step = trainer.model, fitted.step
@@ -408,6 +410,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (GPU)")
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop training after this many seconds, then evaluate (a time-boxed GPU run)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--roi-size", type=int, default=d.roi_size)
@@ -450,7 +454,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     cfg = LesionTrainConfig(
         data_root=args.data, out_dir=args.out, quick=args.quick, device=args.device, amp=args.amp,
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        epochs=args.epochs, max_steps=args.max_steps, max_seconds=args.max_seconds, batch_size=args.batch_size,
+        lr=args.lr,
         roi_size=args.roi_size, model=args.model, modalities=tuple(args.modalities.split(",")),
         num_workers=args.num_workers if args.num_workers is not None else (
             0 if args.device == "cpu" or args.quick else min(8, os.cpu_count() or 1)),
