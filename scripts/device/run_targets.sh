@@ -3,11 +3,11 @@
 #
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
-# GROUP: bench | train | stages. Jobs run one after another (six at once starved the 16 CPU cores
+# GROUP: bench | train | medical_perf | stages. Jobs run one after another (six at once starved the 16 CPU cores
 # and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
 # (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|stages}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -32,9 +32,21 @@ bench)
     ;;
 train)
     run 275 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
-        --model small --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress --out runs/medical_full
+        --model small --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress --out runs/medical_full \
+        --data "$D/brats_lesion_mri"
     run 260 deeppcb python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --max-steps 600 --max-seconds 190 --no-progress --out runs/pcb_full
+    ;;
+medical_perf)  # the medical run, then the MoE, scaling and PCB figures after the dispatch changes
+    run 275 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
+        --model small --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress --out runs/medical_full \
+        --data "$D/brats_lesion_mri"
+    run 50 moe-issue python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 --hidden 3072 \
+        --repeats 30 --compile
+    run 70 scaling python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --models base \
+        --scaling base --repeats 3 --out runs/throughput
+    run 140 pcb-infer python3 -m vlsdk pcb --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 \
+        --out runs/pcb_bench
     ;;
 stages)
     run 280 lora python3 benchmarks/lora_vs_full.py --device cuda --amp bf16 --num-workers 14 --no-progress --out runs/lora_vs_full
