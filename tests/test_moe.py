@@ -211,35 +211,33 @@ def test_bad_config_values():
         make_moe()(torch.randn(1, 3, 8))
 
 
+def _assert_grouped_equals_loop(moe, x):
+    """Outputs and every gradient of the grouped path equal the per-expert loop's."""
+    results = {}
+    for grouped in (False, True):
+        moe.grouped = grouped
+        y, stats = moe(x)
+        grads = torch.autograd.grad(y.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
+        results[grouped] = y, grads
+    assert moe._use_grouped(x)
+    (y_loop, grads_loop), (y_grouped, grads_grouped) = results[False], results[True]
+    torch.testing.assert_close(y_grouped, y_loop, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_grouped, grads_loop, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    return stats
+
+
 def test_grouped_gemm_path_matches_the_expert_loop():
     if not hasattr(torch, "_grouped_mm"):
         pytest.skip("this torch has no torch._grouped_mm")
     moe = make_moe(num_shared=0)
     x = torch.randn(2, 15, 16, requires_grad=True)
-    moe.grouped = False
-    y_loop, _ = moe(x)
-    grads_loop = torch.autograd.grad(y_loop.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
-    moe.grouped = True
-    assert moe._use_grouped(x)
-    y_grouped, _ = moe(x)
-    grads_grouped = torch.autograd.grad(y_grouped.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
-    torch.testing.assert_close(y_grouped, y_loop, rtol=1e-5, atol=1e-6)
-    for a, b in zip(grads_grouped, grads_loop, strict=True):
-        if b is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    _assert_grouped_equals_loop(moe, x)
     moe.add_expert("medical.x", Doubler(16))
     moe.set_router_bias("medical.x", 0.0)  # open it: some tokens choose it
-    assert moe._use_grouped(x)  # generic experts grouped, the domain expert on every token
-    y_grouped, stats = moe(x)
+    stats = _assert_grouped_equals_loop(moe, x)  # generic experts grouped, the domain expert on every token
     assert stats.tokens_per_expert[-1] > 0
-    grads_grouped = torch.autograd.grad(y_grouped.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
-    moe.grouped = False
-    y_loop, _ = moe(x)
-    grads_loop = torch.autograd.grad(y_loop.pow(2).sum(), [x, *moe.parameters()], allow_unused=True)
-    torch.testing.assert_close(y_grouped, y_loop, rtol=1e-5, atol=1e-6)
-    for a, b in zip(grads_grouped, grads_loop, strict=True):
-        if b is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_grouped_path_under_bf16_autocast_matches_the_loop():
