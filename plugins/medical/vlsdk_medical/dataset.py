@@ -11,6 +11,11 @@ A :class:`LesionSliceDataset` sample is a dict:
 * ``"case"``, ``"index"`` (slice index along the slice axis, ``-1`` for patches) and
   ``"spacing"`` (mm of the image axes).
 
+With ``context_slices=N`` (2.5D) a slice's ``"image"`` holds ``C * (2N + 1)`` channels: every
+modality at the ``N`` slices below and above it as well
+(:func:`~vlsdk_medical.inference.stack_context`), so the MONAI transforms crop, flip and warp
+them together.
+
 Example:
     >>> cases = find_brats_cases("../shared/data/brats_lesion_mri", split="train")  # doctest: +SKIP
     >>> ds = LesionSliceDataset(cases, roi_size=128, seed=0)                          # doctest: +SKIP
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from vlsdk_medical.dicom import DicomSkipWarning, load_dicom, load_dicom_seg
+from vlsdk_medical.inference import stack_context
 from vlsdk_medical.nifti import VolumeError, load_image_label, load_volume
 from vlsdk_medical.transforms import default_transforms, seed_transforms
 
@@ -182,6 +188,9 @@ class LesionSliceDataset(torch.utils.data.Dataset):
         repeats: the dataset lists every slice/patch this many times, each repeat with its own
             augmentation stream (item ``i`` is slice ``i % n`` augmented with seed ``(seed, i)``):
             a step-based trainer that shuffles indices then sees fresh crops on every visit.
+        context_slices: for 2D: also feed the ``N`` slices below and above each slice (of every
+            modality, the border slice repeated at the volume's edges) as channels:
+            ``num_channels`` becomes ``C * (2N + 1)`` (0: the slice alone).
         transform_options: extra options for the default transform (``intensity``, ``pos``...).
 
     Raises:
@@ -194,7 +203,7 @@ class LesionSliceDataset(torch.utils.data.Dataset):
                  train: bool = True, label_mode: str = "binary", label_values: Sequence[int] | None = None,
                  slices: str = "foreground", axis: int = 2, patches_per_volume: int = 4,
                  max_slices_per_case: int | None = None, seed: int = 0, repeats: int = 1,
-                 transform_options: dict[str, Any] | None = None) -> None:
+                 context_slices: int = 0, transform_options: dict[str, Any] | None = None) -> None:
         if not cases:
             raise ValueError("LesionSliceDataset needs at least one case")
         if spatial_dims not in (2, 3):
@@ -213,7 +222,11 @@ class LesionSliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         if not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-        self.repeats = repeats
+        if not isinstance(context_slices, int) or context_slices < 0:
+            raise ValueError(f"context_slices must be an int >= 0, got {context_slices!r}")
+        if context_slices and spatial_dims != 2:
+            raise ValueError(f"context_slices is for 2D slices; got spatial_dims={spatial_dims}")
+        self.repeats, self.context_slices = repeats, context_slices
         self.cases = list(cases)
         self.spatial_dims, self.axis, self.seed, self.epoch = spatial_dims, axis, seed, 0
         self.label_mode = label_mode
@@ -266,8 +279,17 @@ class LesionSliceDataset(torch.utils.data.Dataset):
 
     @property
     def num_channels(self) -> int:
-        """Image channels (modalities)."""
-        return int(self.images[0].shape[0])
+        """Image channels of an item: modalities times ``2 * context_slices + 1``."""
+        return int(self.images[0].shape[0]) * (2 * self.context_slices + 1)
+
+    def slice_images(self, case: int, index: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """``(S, num_channels, a, b)`` model input of slices ``index`` of case ``case``, context included.
+
+        Args:
+            case: position of the case in ``cases``.
+            index: slice indices along ``axis``.
+        """
+        return stack_context(self.images[case], index, self.context_slices, self.axis)
 
     def set_epoch(self, epoch: int) -> None:
         """Change the augmentation stream (call once per epoch for fresh random crops).
@@ -288,7 +310,8 @@ class LesionSliceDataset(torch.utils.data.Dataset):
         img, lab = self.images[ci], self.labels[ci]
         spacing = self.spacings[ci]
         if k >= 0:
-            img, lab = img.select(self.axis + 1, k), lab.select(self.axis + 1, k)
+            img = self.slice_images(ci, [k])[0] if self.context_slices else img.select(self.axis + 1, k)
+            lab = lab.select(self.axis + 1, k)
             spacing = tuple(s for d, s in enumerate(spacing) if d != self.axis)
         return {"image": img, "label": lab, "case": self.cases[ci].case_id, "index": k, "spacing": spacing}
 

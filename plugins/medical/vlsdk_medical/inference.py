@@ -6,6 +6,12 @@ along ``axis``: all its slices form one batch (a reshape, no Python loop over sl
 test-time augmentation (:func:`flip_tta`) averages the probabilities of each window and its
 mirror images in the slice plane.
 
+2.5D input: with ``context_slices = N`` each slice is fed with the ``N`` slices below and above
+it of every modality as extra channels (:func:`stack_context`; the border slice is repeated at
+the volume's edges). A model trained that way records ``N`` in its ``config.json``
+(:func:`record_input`), so evaluation and ``vlsdk predict`` build the same input
+(:func:`recorded_input`).
+
 Example:
     >>> probs = predict_volume(model, volume, head="lesion", roi_size=(128, 128))  # doctest: +SKIP
     >>> labels = probs_to_labels(probs)                                            # doctest: +SKIP
@@ -14,15 +20,120 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["TTA_MODES", "flip_tta", "model_predictor", "predict_slices", "predict_volume", "probs_to_labels"]
+__all__ = ["INPUT_KEY", "TTA_MODES", "centre_channels", "check_input_channels", "flip_tta", "model_predictor",
+           "predict_slices", "predict_volume", "probs_to_labels", "record_input", "recorded_input",
+           "stack_context"]
+
+#: The ``config.json`` entry of a saved model that records its medical input (modalities, context slices).
+INPUT_KEY = "medical_input"
 
 #: Test-time augmentation choices: ``"none"``, ``"flip"`` (mean over the 4 flips of the slice plane).
 TTA_MODES = ("none", "flip")
+
+
+def stack_context(volume: torch.Tensor, index: torch.Tensor | Sequence[int], context_slices: int = 0,
+                  axis: int = 2) -> torch.Tensor:
+    """Slices ``index`` of a ``(C, X, Y, Z)`` volume with their neighbours as channels (2.5D input).
+
+    One gather for all slices (no loop): slice ``k`` becomes the ``C * (2N + 1)`` channels
+    ``[c0 at k-N, ..., c0 at k+N, c1 at k-N, ..., c1 at k+N, ...]`` (modality-major,
+    :func:`centre_channels` are the slices themselves); indices outside the volume are clamped,
+    so the border slice is repeated. ``context_slices=0`` is the plain slice.
+
+    Args:
+        volume: channel-first volume ``(C, X, Y, Z)``.
+        index: the slice indices along ``axis`` (1-D).
+        context_slices: ``N``, neighbours on each side (>= 0).
+        axis: slice axis of the spatial dims (2 = Z).
+
+    Returns:
+        ``(S, C * (2N + 1), a, b)`` for ``S`` indices, ``(a, b)`` the other two spatial axes in order.
+
+    Example:
+        >>> vol = torch.arange(5.0).view(1, 1, 1, 5).expand(2, 3, 3, 5)
+        >>> stack_context(vol, [0, 4], 1)[:, :, 0, 0].tolist()
+        [[0.0, 0.0, 1.0, 0.0, 0.0, 1.0], [3.0, 4.0, 4.0, 3.0, 4.0, 4.0]]
+    """
+    if volume.ndim != 4:
+        raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {tuple(volume.shape)}")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    if not isinstance(context_slices, int) or context_slices < 0:
+        raise ValueError(f"context_slices must be an int >= 0, got {context_slices!r}")
+    ks = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+    depth = volume.shape[axis + 1]
+    if ks.numel() and (int(ks.min()) < 0 or int(ks.max()) >= depth):
+        raise ValueError(f"slice indices must be in [0, {depth}), got {ks.min().item()}..{ks.max().item()}")
+    vol = torch.as_tensor(volume).movedim(axis + 1, 0)  # (Z, C, a, b)
+    if context_slices == 0:
+        return vol.index_select(0, ks)
+    offsets = torch.arange(-context_slices, context_slices + 1)
+    near = (ks[:, None] + offsets[None, :]).clamp_(0, depth - 1)  # (S, 2N + 1)
+    out = vol.index_select(0, near.reshape(-1)).unflatten(0, near.shape)  # (S, 2N + 1, C, a, b)
+    return out.transpose(1, 2).flatten(1, 2)  # (S, C * (2N + 1), a, b)
+
+
+def centre_channels(num_modalities: int, context_slices: int = 0) -> list[int]:
+    """The channels of a :func:`stack_context` input that hold the slice itself, one per modality.
+
+    Args:
+        num_modalities: ``C`` of the volume.
+        context_slices: ``N``.
+    """
+    width = 2 * int(context_slices) + 1
+    return [c * width + int(context_slices) for c in range(int(num_modalities))]
+
+
+def check_input_channels(model: torch.nn.Module, num_modalities: int, context_slices: int) -> None:
+    """Raise ``ValueError`` unless the model's ``in_chans`` is ``num_modalities * (2 * context_slices + 1)``.
+
+    Args:
+        model: a ``VLModel``.
+        num_modalities: image channels of the volume.
+        context_slices: ``N``.
+    """
+    want = int(num_modalities) * (2 * int(context_slices) + 1)
+    have = int(model.config.in_chans)
+    if have != want:
+        raise ValueError(f"the model takes {have} input channels, but {num_modalities} modalities with "
+                         f"context_slices={context_slices} give {want}: evaluate with the modalities and "
+                         "context_slices it was trained with")
+
+
+def record_input(model_dir: str | Path, modalities: Sequence[str] | int, context_slices: int) -> None:
+    """Record the input a saved model takes in its ``config.json`` (entry :data:`INPUT_KEY`).
+
+    Args:
+        model_dir: a ``save_pretrained`` folder.
+        modalities: the channel names (or their number).
+        context_slices: ``N`` of :func:`stack_context`.
+    """
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    names = list(modalities) if not isinstance(modalities, int) else None
+    config[INPUT_KEY] = {"modalities": names, "num_modalities": len(names) if names is not None else modalities,
+                         "context_slices": int(context_slices)}
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def recorded_input(model_dir: str | Path) -> dict[str, Any] | None:
+    """The :func:`record_input` entry of a saved model, or ``None`` (a model saved without one).
+
+    Args:
+        model_dir: a ``save_pretrained`` folder.
+    """
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text(encoding="utf-8")).get(INPUT_KEY)
+    return dict(entry) if isinstance(entry, dict) else None
 
 
 def model_predictor(model: torch.nn.Module, head: str, tta: str = "none") -> Callable[[torch.Tensor], torch.Tensor]:
@@ -118,7 +229,7 @@ def predict_slices(predictor: Callable[[torch.Tensor], torch.Tensor], images: to
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, volume: torch.Tensor, *, head: str = "lesion",
                    roi_size: Sequence[int] | int = 128, axis: int = 2, batch_slices: int = 64,
-                   tta: str = "none", **options: Any) -> torch.Tensor:
+                   tta: str = "none", context_slices: int = 0, **options: Any) -> torch.Tensor:
     """Segment a ``(C, X, Y, Z)`` volume slice by slice along ``axis``; returns ``(K, X, Y, Z)``.
 
     Args:
@@ -129,6 +240,8 @@ def predict_volume(model: torch.nn.Module, volume: torch.Tensor, *, head: str = 
         axis: slice axis of the spatial dims (2 = Z).
         batch_slices: slices per sliding-window call (bounds memory).
         tta: ``"none"`` or ``"flip"`` (see :func:`flip_tta`).
+        context_slices: feed each slice with this many neighbours on each side (:func:`stack_context`),
+            as the model was trained.
         **options: :func:`predict_slices` options (``overlap``, ``sw_batch_size``, ``device``, ``amp``).
     """
     if volume.ndim != 4:
@@ -136,13 +249,15 @@ def predict_volume(model: torch.nn.Module, volume: torch.Tensor, *, head: str = 
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
     vol = torch.as_tensor(volume).float()
-    slices = vol.movedim(axis + 1, 0)  # (S, C, a, b)
+    depth = vol.shape[axis + 1]
     predictor = model_predictor(model, head, tta)
     was_training = model.training
     model.eval()
-    try:
-        probs = torch.cat([predict_slices(predictor, slices[i:i + batch_slices], roi_size, **options).cpu()
-                           for i in range(0, slices.shape[0], int(batch_slices))])
+    try:  # batches of slices (with their context channels) bound the memory
+        probs = torch.cat([
+            predict_slices(predictor, stack_context(vol, torch.arange(i, min(i + int(batch_slices), depth)),
+                                                    context_slices, axis), roi_size, **options).cpu()
+            for i in range(0, depth, int(batch_slices))])
     finally:
         model.train(was_training)
     return probs.movedim(0, axis + 1)  # (K, ...) with the slice axis back in place

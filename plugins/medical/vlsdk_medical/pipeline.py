@@ -11,6 +11,11 @@ both before and after post-processing, on the same predictions. The model is sav
 A saved model can be evaluated again with other inference options (:func:`evaluate_saved_model`,
 ``--eval-model DIR``) without training.
 
+2.5D context (``context_slices = N``, ``--context-slices N``): every slice is fed with the ``N``
+slices below and above it of each modality as extra channels (the border slice repeated at the
+volume's edges), in training and in held-out evaluation; the saved model's ``config.json``
+records ``N`` and the modalities, and ``--eval-model`` and ``vlsdk predict`` build the same input.
+
 Example:
     >>> results = train_lesion_segmenter(LesionTrainConfig(data_root="../shared/data/brats_lesion_mri",
     ...                                                    quick=True))          # doctest: +SKIP
@@ -48,6 +53,8 @@ class LesionTrainConfig:
         train_splits: BraTS splits to train on (the full run trains on three patients).
         eval_splits: held-out splits (never trained on).
         modalities: channels (``"flair"``, ``"t1c"``).
+        context_slices: 2.5D input: also feed the ``N`` slices below and above each slice of every
+            modality as channels (``in_chans = len(modalities) * (2N + 1)``; 0: the slice alone).
         model: backbone config name (``"tiny"``, ``"edge"``, ``"small"``, ``"base"``).
         lesion_expert: insert the ``medical.lesion`` MoE expert.
         classes: ``"whole"`` (binary whole tumour, label > 0) or ``"brats"`` (a 5-class head over
@@ -82,6 +89,7 @@ class LesionTrainConfig:
     train_splits: Sequence[str] = ("train", "validation")
     eval_splits: Sequence[str] = ("test",)
     modalities: Sequence[str] = ("flair", "t1c")
+    context_slices: int = 0
     model: str = "small"
     lesion_expert: bool = True
     classes: str = "whole"
@@ -121,6 +129,8 @@ class LesionTrainConfig:
             raise ValueError(f"need epochs >= 1, batch_size >= 1, roi_size >= 16, lr > 0; got {cfg}")
         if cfg.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
+        if not isinstance(cfg.context_slices, int) or cfg.context_slices < 0:
+            raise ValueError(f"context_slices must be an int >= 0, got {cfg.context_slices!r}")
         if cfg.classes not in ("whole", "brats"):
             raise ValueError(f"classes must be 'whole' or 'brats', got {cfg.classes!r}")
         if not 0.0 < cfg.threshold < 1.0 or not 0.0 <= cfg.sw_overlap < 1.0:
@@ -169,6 +179,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     import vlsdk
     from vlsdk.train import TrainConfig, Trainer
     from vlsdk_medical.dataset import collate_samples
+    from vlsdk_medical.inference import record_input
 
     cfg = config.resolved()
     import importlib.util
@@ -198,6 +209,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         return {"steps": step}
 
     model_dir = model.save_pretrained(out_dir / "model")
+    record_input(model_dir, cfg.modalities, cfg.context_slices)
     results = _report(model, cfg, device, out_dir)
     results.update({"model_dir": str(model_dir), "steps": step,
                     "train_cases": [c.case_id for c in train_cases], "seconds": time.perf_counter() - start})
@@ -210,6 +222,8 @@ def evaluate_saved_model(model_dir: str | Path, config: LesionTrainConfig) -> di
 
     No training: the way to compare thresholds, sliding-window settings, flip TTA and
     post-processing on one trained model. Writes ``out_dir/results.json`` and the overlay.
+    The input is the one the model was trained with: ``context_slices`` (and the modalities)
+    come from the model's ``config.json`` when it records them.
 
     Args:
         model_dir: a :func:`train_lesion_segmenter` ``<out>/model`` folder.
@@ -217,14 +231,28 @@ def evaluate_saved_model(model_dir: str | Path, config: LesionTrainConfig) -> di
 
     Returns:
         The :func:`train_lesion_segmenter` results without the training entries.
+
+    Raises:
+        ValueError: ``config`` asks for another ``context_slices`` or other modalities than the
+            model records, or the model's ``in_chans`` does not fit the input.
     """
     import vlsdk
+    from vlsdk_medical.inference import check_input_channels, recorded_input
 
     cfg = config.resolved()
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"no saved model folder {model_dir}")
     start = time.perf_counter()
+    recorded = recorded_input(model_dir)
+    if recorded is not None:
+        saved_n, saved_mods = int(recorded["context_slices"]), recorded.get("modalities")
+        if cfg.context_slices not in (0, saved_n):
+            raise ValueError(f"{model_dir} was trained with context_slices={saved_n}, not {cfg.context_slices}")
+        if saved_mods is not None and list(saved_mods) != list(cfg.modalities):
+            raise ValueError(f"{model_dir} was trained on modalities {list(saved_mods)}, not {list(cfg.modalities)}")
+        cfg.context_slices = saved_n
     model = vlsdk.VLModel.from_pretrained(model_dir).to(cfg.device)
+    check_input_channels(model, len(cfg.modalities), cfg.context_slices)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _report(model, cfg, torch.device(cfg.device), out_dir)
@@ -276,7 +304,7 @@ def lesion_train_set(cfg: LesionTrainConfig) -> tuple[Any, int]:
 
     train_cases = find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
     train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed, **_label_options(cfg),
-                                   max_slices_per_case=cfg.max_slices_per_case,
+                                   max_slices_per_case=cfg.max_slices_per_case, context_slices=cfg.context_slices,
                                    transform_options={"pos": 2.0, "neg": 1.0, "intensity_prob": 0.3})
     n = len(train_set)
     total = cfg.epochs * math.ceil(n / cfg.batch_size)
@@ -293,7 +321,8 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
 
     Full slices, sliding-window inference (``cfg.sw_overlap``, ``cfg.sw_mode``, ``cfg.tta``),
     ``cfg.threshold`` (binary head) or argmax, then ``cfg.postprocess`` per patient volume (see
-    the module doc). The same predictions are scored before and after post-processing.
+    the module doc). The same predictions are scored before and after post-processing. Each
+    slice is fed with ``cfg.context_slices`` neighbours on each side, as in training.
 
     Args:
         model: a ``VLModel`` with the segmentation head ``head`` (put in eval mode here).
@@ -305,18 +334,24 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
         ``{"dice": {patient: value}, "dice_mean", "hd95", "hd95_mean", "dice_per_class"`` (after
         post-processing), ``"before": {"dice", "dice_mean", "hd95", "hd95_mean"}, "postprocess",
         "inference", "brain_mask": {patient: source}, "eval_cases", "shown": {patient: (images,
-        whole, pred, slice_ids)}}``.
+        whole, pred, slice_ids)}}`` (``images``: the slices' own channels, without context).
+
+    Raises:
+        ValueError: the model's ``in_chans`` does not fit the modalities and ``cfg.context_slices``.
     """
     from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
-    from vlsdk_medical.inference import model_predictor, predict_slices
+    from vlsdk_medical.inference import centre_channels, check_input_channels, model_predictor, predict_slices
     from vlsdk_medical.metrics import CaseDice, CaseHD95
     from vlsdk_medical.postprocess import case_brain_mask, postprocess_labels
 
     eval_cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
+    if hasattr(model, "config"):
+        check_input_channels(model, len(cfg.modalities), cfg.context_slices)
     model.eval()
     # full mode scores every slice of the volume; quick mode a few brain slices
     eval_set = LesionSliceDataset(eval_cases, transform=None, slices="all" if cfg.eval_slices is None else "foreground",
-                                  max_slices_per_case=cfg.eval_slices, seed=cfg.seed, **_label_options(cfg))
+                                  max_slices_per_case=cfg.eval_slices, seed=cfg.seed,
+                                  context_slices=cfg.context_slices, **_label_options(cfg))
     after, before = (CaseDice(2), CaseHD95(2)), (CaseDice(2), CaseHD95(2))  # whole tumour: label > 0
     class_dice = CaseDice(5) if cfg.classes == "brats" else None
     predictor = model_predictor(model, head, cfg.tta)
@@ -325,7 +360,7 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
     for ci, case in enumerate(eval_cases):
         idx = [i for i, (c, _) in enumerate(eval_set.index) if c == ci]
         ks = torch.tensor([eval_set.index[i][1] for i in idx])
-        images = eval_set.images[ci].index_select(3, ks).movedim(3, 0)  # (S, C, X, Y)
+        images = eval_set.slice_images(ci, ks)  # (S, C * (2 * context_slices + 1), X, Y)
         labels = eval_set.labels[ci].index_select(3, ks)[0].movedim(2, 0).long()  # (S, X, Y)
         probs = predict_slices(predictor, images, cfg.roi_size, sw_batch_size=32, overlap=cfg.sw_overlap,
                                mode=cfg.sw_mode, device=device, amp=cfg.amp).cpu()
@@ -343,7 +378,8 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
         for (dice, hd95), pred in ((before, (raw > 0).long()), (after, (classes > 0).long())):
             dice.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
             hd95.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
-        shown[case.case_id] = (images, whole, (classes > 0).long(), ks)
+        own = images[:, centre_channels(len(cfg.modalities), cfg.context_slices)]  # (S, C, X, Y)
+        shown[case.case_id] = (own, whole, (classes > 0).long(), ks)
     (d, h), (d0, h0) = (m.compute() for m in after), (m.compute() for m in before)
     return {"dice": d["per_case"], "dice_mean": d["mean"], "hd95": h["per_case"], "hd95_mean": h["mean"],
             "dice_per_class": None if class_dice is None else class_dice.compute()["per_class"],
@@ -417,6 +453,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi-size", type=int, default=d.roi_size)
     parser.add_argument("--model", default=d.model, help="backbone config: tiny, edge, small, base")
     parser.add_argument("--modalities", default=",".join(d.modalities), help="flair,t1c or flair")
+    parser.add_argument("--context-slices", type=int, default=d.context_slices, metavar="N",
+                        help="2.5D input: also feed the N slices below and above each slice of every modality "
+                             "as channels (0: the slice alone; --eval-model uses what the model records)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers (default: 0 on CPU, up to 8 on a GPU)")
     parser.add_argument("--no-lesion-expert", action="store_true", help="leave out the medical.lesion expert")
@@ -457,6 +496,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         epochs=args.epochs, max_steps=args.max_steps, max_seconds=args.max_seconds, batch_size=args.batch_size,
         lr=args.lr,
         roi_size=args.roi_size, model=args.model, modalities=tuple(args.modalities.split(",")),
+        context_slices=args.context_slices,
         num_workers=args.num_workers if args.num_workers is not None else (
             0 if args.device == "cpu" or args.quick else min(8, os.cpu_count() or 1)),
         lesion_expert=not args.no_lesion_expert, classes=args.classes, eval_slices=args.eval_slices,

@@ -5,7 +5,8 @@ no resampling, intensities as on disk) and cuts them into slices along the third
 :data:`NIFTI_MASK_WRITER` segments the volume slice by slice (:func:`~vlsdk_medical.inference.predict_volume`,
 sliding window in the slice plane) and writes the label map as a ``uint8`` NIfTI with the
 input's affine, so it overlays the input in any viewer, plus a PNG of the slice with the most
-foreground.
+foreground. A model trained with 2.5D context (``context_slices`` recorded in its ``config.json``)
+gets each slice with the same neighbouring slices as channels.
 
 Example::
 
@@ -32,18 +33,25 @@ SLICE_AXIS = 2
 
 
 def read_nifti(path: Path, model: Any, model_dir: Path) -> PredictInput:
-    """A NIfTI volume as ``(Z, C, X, Y)`` slices; ``meta`` keeps the volume, affine and header.
+    """A NIfTI volume as ``(Z, C', X, Y)`` slices; ``meta`` keeps the volume, affine, header and context.
+
+    ``C' = C * (2N + 1)`` with the ``N`` context slices the model records in its ``config.json``
+    (:func:`~vlsdk_medical.inference.recorded_input`; 0 when it records none).
 
     Args:
         path: a ``.nii``/``.nii.gz`` file: ``(X, Y, Z)`` or ``(X, Y, Z, C)`` voxels.
-        model: the model (its ``in_chans`` must match ``C``; one channel is repeated to fit).
-        model_dir: unused (the reader contract).
+        model: the model (its ``in_chans`` must match ``C * (2N + 1)``; one channel is repeated to fit).
+        model_dir: the model's folder (its recorded input).
 
     Raises:
         ValueError: not a 3D/4D volume, or a channel count the model cannot take.
     """
     import nibabel as nib
 
+    from vlsdk_medical.inference import recorded_input, stack_context
+
+    recorded = recorded_input(model_dir) if model_dir is not None else None
+    context = int(recorded["context_slices"]) if recorded else 0
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -55,15 +63,21 @@ def read_nifti(path: Path, model: Any, model_dir: Path) -> PredictInput:
         data = np.moveaxis(data, -1, 0)
     else:
         raise ValueError(f"{path}: expected a 3D volume (X, Y, Z) or (X, Y, Z, C), got shape {data.shape}")
-    want = int(model.config.in_chans)
+    width = 2 * context + 1
+    if int(model.config.in_chans) % width:
+        raise ValueError(f"{model_dir}: the model takes {model.config.in_chans} channels, not a multiple of "
+                         f"2 * context_slices + 1 = {width}")
+    want = int(model.config.in_chans) // width
     if data.shape[0] != want:
         if data.shape[0] != 1:
-            raise ValueError(f"{path} has {data.shape[0]} channels but the model takes {want}")
+            raise ValueError(f"{path} has {data.shape[0]} channels but the model takes {want}"
+                             + (f" (times {width} context slices)" if context else ""))
         data = np.repeat(data, want, 0)
     volume = torch.from_numpy(np.ascontiguousarray(data))  # (C, X, Y, Z)
-    slices = volume.movedim(SLICE_AXIS + 1, 0)  # (Z, C, X, Y)
+    slices = stack_context(volume, torch.arange(volume.shape[SLICE_AXIS + 1]), context, SLICE_AXIS)  # (Z, C', X, Y)
     return PredictInput(path, slices, NIFTI_KIND, {"volume": volume, "affine": np.asarray(img.affine),
-                                                   "header": img.header, "axis": SLICE_AXIS})
+                                                   "header": img.header, "axis": SLICE_AXIS,
+                                                   "context_slices": context})
 
 
 def write_nifti_mask(prediction: HeadPrediction) -> dict[str, Any]:
@@ -81,7 +95,7 @@ def write_nifti_mask(prediction: HeadPrediction) -> dict[str, Any]:
     meta = prediction.input.meta
     volume = meta["volume"]
     probs = predict_volume(prediction.model, volume, head=prediction.name, axis=meta["axis"],
-                           device=prediction.options.get("device"))
+                           context_slices=meta.get("context_slices", 0), device=prediction.options.get("device"))
     labels = probs_to_labels(probs).numpy().astype(np.uint8)  # (X, Y, Z)
     affine = meta["affine"]
     out = nib.Nifti1Image(labels, affine)  # a fresh header: no scaling or dtype carried over from the input
