@@ -9,8 +9,9 @@ Modes (the argument lists are in :data:`SUITE`):
 
 - default (CPU): the CPU-meaningful benchmarks: MoE layer ratios, encoder FLOPs, ONNX FP32/INT8
   latency of the edge config at 224x224 batch 1 (target <= 15 ms), BEV encoding, INT8 Dice drop
-  on a trained BraTS segmenter. ``throughput``, ``lora_vs_full`` and ``distill_lightweight``
-  run with ``--only``.
+  on a trained BraTS segmenter. ``throughput``, ``lora_vs_full``, ``distill_lightweight`` and
+  ``pipelines`` (end-to-end latency/throughput of the three domain pipelines, eager vs
+  ``torch.compile`` vs onnxruntime) run with ``--only``.
 - ``--device cuda``: the GPU variants (MoE bf16 forward+backward at T=16384 d=768 16 experts
   top-4, encoder throughput at 224 and 512, BEV encoding on the GPU, and the rest as on the CPU).
 - ``--quick``: a smoke run of the default set at the tiniest settings (seconds each; the test).
@@ -142,6 +143,24 @@ def throughput_rows(r: dict[str, Any], mode: str) -> list[Row]:
     return rows
 
 
+def pipelines_rows(r: dict[str, Any], mode: str) -> list[Row]:
+    """Per domain pipeline and backend: batch-1 ms and large-batch items/s (pipelines.py); no target set."""
+    rows = []
+    load = f"load {r['load_average']:.1f}-{r.get('load_average_end', float('nan')):.1f}"
+    for name, p in r["pipelines"].items():
+        for c in p["cases"]:
+            parity = p["parity_max_abs"].get(c["backend"])
+            note = f"{c['speedup_over_eager']:.2f}x eager; {load}" + (
+                "" if parity is None else f"; parity {parity:.1e}")
+            if c["batch"] == 1:
+                rows.append(Row("pipelines", f"{name} {c['backend']} b1 latency", c["ms_per_batch"], "ms",
+                                note=note))
+            else:
+                rows.append(Row("pipelines", f"{name} {c['backend']} b{c['batch']} items/s", c["items_per_s"], "/s",
+                                note=note))
+    return rows
+
+
 def ratio_rows(name: str) -> Callable[[dict[str, Any], str], list[Row]]:
     """Rows of a script that returns ``ratios``, ``targets`` (minimums) and ``met`` (lora, distill)."""
     def rows(r: dict[str, Any], mode: str) -> list[Row]:
@@ -196,6 +215,13 @@ SUITE: dict[str, Benchmark] = {
         "cuda": ["--device", "cuda", "--amp", "bf16", "--no-progress", "--out", "{out}"],
         "quick": ["--quick", "--no-progress", "--steps", "2", "--teacher-steps", "2", "--out", "{out}"]},
         default=False),
+    "pipelines": Benchmark("pipelines", pipelines_rows, {
+        "cpu": ["--out", "{out}"],
+        "cuda": ["--device", "cuda", "--dtype", "bfloat16", "--config", "small", "--batch", "64",
+                 "--industrial-size", "640", "--grid-range", "51.2", "--grid-resolution", "0.2", "--out", "{out}"],
+        "quick": ["--config", "tiny", "--batch", "2", "--medical-size", "64", "--industrial-size", "64",
+                  "--grid-range", "16", "--backends", "eager", "onnx", "--warmup", "1", "--repeats", "1",
+                  "--block-seconds", "0.02", "--threads", "1", "--data", "", "--out", "{out}"]}, default=False),
 }
 
 

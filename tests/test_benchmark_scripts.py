@@ -1,4 +1,5 @@
-"""The issue-7 benchmark scripts run end to end (``--quick``, tiniest settings) on the real BraTS data.
+"""The issue-7 benchmark scripts run end to end (``--quick``, tiniest settings) on the real BraTS data;
+the issue-8 pipeline benchmark on its own synthetic inputs.
 
 Each script runs in a subprocess, as a user runs it; the test reads its results JSON and checks
 that the metrics are finite and that every printed ratio is computed from the measured values.
@@ -75,3 +76,49 @@ def test_distill_lightweight_quick(shared_data: Path, tmp_path: Path) -> None:
 
 def t_flops(runs: dict[str, Any]) -> float:
     return float(runs["teacher"]["flops"])
+
+
+PIPELINES_TINY = ["--config", "tiny", "--batch", "3", "--medical-size", "64", "--industrial-size", "64",
+                  "--grid-range", "16", "--warmup", "1", "--repeats", "2", "--block-seconds", "0.02",
+                  "--threads", "1", "--data", ""]
+
+
+def run_pipelines(out: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "pipelines.py"), *PIPELINES_TINY, "--out", str(out),
+                           *extra], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "pipelines.json").read_text()), proc.stdout
+
+
+def check_pipeline_cases(r: dict[str, Any], backends: set[str], batch: int) -> None:
+    for name, p in r["pipelines"].items():
+        assert {(c["backend"], c["batch"]) for c in p["cases"]} == {(b, n) for b in backends for n in (1, batch)}, name
+        for c in p["cases"]:
+            assert finite(c["ms_per_batch"], c["items_per_s"]) and c["ms_per_batch"] > 0 and c["items_per_s"] > 0
+            assert c["items_per_s"] == pytest.approx(1000 * c["batch"] / c["ms_per_batch"])
+            eager = next(e for e in p["cases"] if e["backend"] == "eager" and e["batch"] == c["batch"])
+            assert c["speedup_over_eager"] == pytest.approx(c["items_per_s"] / eager["items_per_s"])
+        assert set(p["parity_max_abs"]) == backends - {"eager"}
+
+
+def test_pipelines_onnx_matches_eager_and_every_row_is_timed(tmp_path: Path) -> None:
+    r, stdout = run_pipelines(tmp_path, "--backends", "eager", "onnx")
+    assert list(r["pipelines"]) == ["medical", "industrial", "driving"]
+    check_pipeline_cases(r, {"eager", "onnx"}, 3)
+    for name, p in r["pipelines"].items():
+        assert p["parity_max_abs"]["onnx"] < 1e-3, name  # the exported graph computes the eager head outputs
+        assert p["onnx_mib"] > 0
+    assert r["pipelines"]["medical"]["in_chans"] == 2 and r["pipelines"]["industrial"]["in_chans"] == 2
+    assert r["pipelines"]["driving"]["image_size"] == [64, 64]  # +-16 m at 0.5 m
+    assert "synthetic sweep" in r["pipelines"]["driving"]["item"]
+    for name in r["pipelines"]:
+        for backend in ("eager", "onnx"):
+            assert any(line.startswith(f"{name:10s} {backend:8s}") for line in stdout.splitlines()), (name, backend)
+
+
+@pytest.mark.slow
+def test_pipelines_compile_matches_eager(tmp_path: Path) -> None:
+    r, _ = run_pipelines(tmp_path, "--only", "medical", "--backends", "eager", "compile")
+    check_pipeline_cases(r, {"eager", "compile"}, 3)
+    assert r["pipelines"]["medical"]["parity_max_abs"]["compile"] < 1e-3
