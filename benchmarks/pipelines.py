@@ -86,7 +86,6 @@ class Pipeline:
         decode: head output -> the pipeline's prediction (timed).
         timed: what the timed region holds, in words.
         item: what one item of a batch is.
-        export_options: more :func:`~vlsdk.export.to_onnx` arguments.
     """
 
     name: str
@@ -99,7 +98,6 @@ class Pipeline:
     decode: Callable[[Any], Any]
     timed: str
     item: str
-    export_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _tensors(output: Any) -> dict[str, torch.Tensor]:
@@ -211,10 +209,7 @@ def driving(args: argparse.Namespace, device: torch.device) -> Pipeline:
     return Pipeline("driving", detector.model, "bev", grid.shape, lambda batch: [cloud] * batch,
                     detector.encoder, forward, head.decode,
                     timed="points -> BEV (PillarEncoder, eager), forward, head.decode (peaks, circle NMS)",
-                    item=f"{source} sweep of {len(points)} points -> {grid.shape[0]}x{grid.shape[1]} grid",
-                    # the head reads strides 4-16: the stride-32 stage is dead code that the exporter prunes, its
-                    # experts with it, so to_onnx's expert check would fail although every used expert is there
-                    export_options={"check_experts": False})
+                    item=f"{source} sweep of {len(points)} points -> {grid.shape[0]}x{grid.shape[1]} grid")
 
 
 BUILDERS: dict[str, Callable[[argparse.Namespace, torch.device], Pipeline]] = {
@@ -280,8 +275,7 @@ def run_pipeline(pipe: Pipeline, args: argparse.Namespace, device: torch.device,
     onnx_model = None
     if "onnx" in backends:
         t0 = time.perf_counter()
-        path = to_onnx(model.cpu(), folder / f"{pipe.name}.onnx", image_size=pipe.image_size,
-                       **pipe.export_options)
+        path = to_onnx(model.cpu(), folder / f"{pipe.name}.onnx", image_size=pipe.image_size)
         model.to(device)
         onnx_model = OnnxModel(path, threads=torch.get_num_threads())
         result["seconds"]["export"] = time.perf_counter() - t0

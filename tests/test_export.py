@@ -184,6 +184,18 @@ def test_missing_experts_finds_an_expert_absent_from_the_graph(exported):
     assert missing_experts(bigger, path) == ["layer0/extra.probe", "layer1/extra.probe"]
 
 
+def test_layers_no_output_reads_are_pruned_not_reported_as_dropped(tmp_path):
+    """A head on strides 4-16 leaves the stride-32 stage dead: exported without it, and said so."""
+    model = VLModel("tiny")
+    model.add_head("seg", task="segmentation", num_classes=2, strides=(4, 8, 16))
+    model.eval()
+    path = to_onnx(model, tmp_path / "seg16.onnx", image_size=SIZE)
+    assert read_metadata(path)["unused_moe_layers"] == [1]
+    assert missing_experts(model, path) == [f"layer1/{n}" for n in (*model.moe_layers[1].expert_names, "shared")]
+    assert missing_experts(model, path, layers=[0]) == []
+    assert max(check_parity(model, path, _images(2, seed=5)).values()) <= ATOL
+
+
 def test_decode_onnx_outputs_matches_head_decode(exported):
     model, path, sess = exported
     images = _images(2, seed=4)

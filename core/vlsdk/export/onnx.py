@@ -283,6 +283,8 @@ def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = N
         raise ValueError(f"example must have shape (B, {channels}, {size[0]}, {size[1]}), got {tuple(example.shape)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with export_mode(model):
+        live = live_moe_layers(wrapper, example)
     with export_mode(model), torch.no_grad():
         layout = wrapper.describe(example)
         names = wrapper.output_names
@@ -314,13 +316,14 @@ def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = N
         "heads": layout,
         "experts": [list(layer.expert_names) for layer in model.moe_layers],
         "domain_experts": sorted(model.expert_specs),
+        "unused_moe_layers": [i for i in range(len(model.moe_layers)) if i not in live],
     }
     del proto.metadata_props[:]
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
     proto.producer_name = "vlsdk"
     onnx.save(proto, str(path))
     if check_experts:
-        missing = missing_experts(model, proto)
+        missing = missing_experts(model, proto, layers=live)
         if missing:
             raise RuntimeError(f"the exported graph {path} lacks the weights of expert(s) {missing}; "
                                f"the MoE layers were not exported on their static path")
@@ -352,8 +355,35 @@ def _digests(array: Any) -> set[str]:
     return out
 
 
-def missing_experts(model: VLModel, onnx_model: str | Path | Any) -> list[str]:
+def live_moe_layers(wrapper: nn.Module, example: torch.Tensor) -> list[int]:
+    """Indices of the MoE layers that the exported outputs depend on.
+
+    A head that reads only some pyramid levels (a BEV head on strides 4-16, say) leaves the later
+    stages' layers dead: the exporter rightly prunes them, and their experts must not count as
+    dropped. Found exactly with one forward and ``autograd.grad`` from the outputs to each layer's
+    output (``None`` = no path).
+    """
+    outputs: list[torch.Tensor] = []
+    layers = wrapper.model.moe_layers
+    hooks = [layer.register_forward_hook(lambda mod, args, out: outputs.append(out[0])) for layer in layers]
+    try:
+        with torch.enable_grad():
+            results = wrapper(example.detach().clone().requires_grad_(True))
+            total = sum(r.float().sum() for r in results if r.is_floating_point() and r.requires_grad)
+            if not torch.is_tensor(total):
+                return []
+            grads = torch.autograd.grad(total, outputs, allow_unused=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [i for i, g in enumerate(grads) if g is not None]
+
+
+def missing_experts(model: VLModel, onnx_model: str | Path | Any, layers: Sequence[int] | None = None) -> list[str]:
     """``"layer<i>/<expert>"`` for each expert whose weights are not initializers of the graph.
+
+    ``layers`` limits the check to those MoE layers (default all; :func:`to_onnx` passes
+    :func:`live_moe_layers`, the ones its outputs depend on).
 
     An expert counts as present when one of its weight matrices (parameters with two or more
     dimensions) is an initializer, as is or transposed (constant folding transposes ``Linear``
@@ -374,6 +404,8 @@ def missing_experts(model: VLModel, onnx_model: str | Path | Any) -> list[str]:
             present |= _digests(numpy_helper.to_array(init))
     missing = []
     for i, layer in enumerate(model.moe_layers):
+        if layers is not None and i not in layers:
+            continue
         modules = list(zip(layer.expert_names, layer._modules_in_order(), strict=True))
         if layer.shared is not None:
             modules.append(("shared", layer.shared))
