@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -85,3 +87,20 @@ def test_unknown_config_name_lists_choices():
 def test_config_round_trips_through_dict():
     cfg = get_config("small", in_chans=1)
     assert BackboneConfig(**cfg.to_dict()) == cfg
+
+
+def test_cached_position_embedding_follows_the_grid_and_serves_training_after_inference_mode():
+    torch.manual_seed(0)
+    enc = HybridEncoder(get_config("tiny")).eval()
+    fresh = copy.deepcopy(enc)
+    small, tall = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 96, 64)
+    with torch.inference_mode():
+        enc(small)
+        tall_tokens = enc(tall).tokens  # a second grid: its own embedding
+        assert torch.equal(enc(small).tokens, fresh(small).tokens)
+    with torch.no_grad():
+        assert torch.equal(tall_tokens, fresh(tall).tokens)
+    enc.train()
+    feats = enc(tall)  # the embedding cached under inference_mode is a normal tensor
+    (feats.tokens.pow(2).mean() + sum(s.aux_loss for s in feats.router_stats)).backward()
+    assert enc.stem.conv1.weight.grad.abs().sum() > 0

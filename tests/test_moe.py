@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vlsdk.models.config import MoEConfig
 from vlsdk.models.features import ExpertContext
@@ -256,3 +258,101 @@ def test_grouped_path_under_bf16_autocast_matches_the_loop():
             outputs[grouped], _ = moe(x)
     assert outputs[True].dtype == outputs[False].dtype == torch.float32
     torch.testing.assert_close(outputs[True], outputs[False], rtol=2e-2, atol=2e-2)
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the aten op names a region dispatches and the tensor values it hands to Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name.split("::")[-1])
+        return func(*args, **(kwargs or {}))
+
+
+class _HostReads(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("item", "tolist", "__bool__", "__int__", "__float__"):
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+_STATS = ("tokens_per_expert", "topk_idx", "topk_weight", "entropy", "dropped_fraction", "aux_loss", "z_loss")
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+def test_no_grad_statistics_are_computed_when_read_and_equal_the_training_ones(score, grouped):
+    if grouped and not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no torch._grouped_mm")
+    moe = make_moe(score=score)
+    moe.grouped = grouped
+    x = torch.randn(2, 15, 16)
+    y_train, eager = moe(x)  # gradients on: the losses are computed in the forward, in the graph
+    assert eager.aux_loss.requires_grad and eager.z_loss.requires_grad
+    with torch.no_grad(), _OpNames() as ops:
+        y, lazy = moe(x)
+    assert not {"logsumexp", "log", "clamp_min"} & set(ops.names)  # no entropy, z-loss or aux loss kernels
+    if grouped:
+        assert "scatter_add_" not in ops.names  # nor the token counts nobody needed
+    assert torch.equal(y, y_train.detach())
+    for field in _STATS:  # read afterwards: the same values, bit for bit
+        a, b = getattr(lazy, field), getattr(eager, field).detach()
+        assert a.dtype == b.dtype and torch.equal(a, b), field
+    assert lazy.aux_loss is lazy.aux_loss  # computed once, then kept
+
+
+def test_grouped_inference_forward_reads_nothing_back_to_the_host():
+    """The path bf16 takes on CUDA: no .tolist()/.item() and no data-dependent shapes (a device sync each)."""
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no torch._grouped_mm")
+    moe = make_moe()
+    x = torch.randn(2, 15, 16)
+    for grouped, expected_reads in ((True, []), (False, ["tolist"])):
+        moe.grouped = grouped
+        with torch.no_grad(), _HostReads() as reads, _OpNames() as ops:
+            moe(x)
+        assert reads.reads == expected_reads  # the loop path reads its split sizes once
+        if grouped:
+            assert not {"_local_scalar_dense", "nonzero", "masked_select"} & set(ops.names)
+
+
+def test_bf16_router_casts_its_weights_once_and_follows_edits():
+    moe = make_moe().to(torch.bfloat16)
+    flat = torch.randn(30, 16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        cached = moe.router(flat)
+    assert torch.equal(cached.logits, moe.router(flat).logits.detach())  # = the per-call fp32 cast
+    with torch.no_grad():
+        moe.router.weight.mul_(-1.0)
+        moe.router.bias.add_(0.5)
+        edited = moe.router(flat)
+    assert not torch.equal(edited.logits, cached.logits)
+    assert torch.equal(edited.logits, moe.router(flat).logits.detach())
+
+
+def test_grouped_weights_cast_once_under_autocast_and_follow_edits():
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no torch._grouped_mm")
+    moe = make_moe(num_shared=0)
+    moe.grouped = True
+    x = torch.randn(2, 15, 16)
+
+    def run() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return moe(x)[0]
+
+    with torch.no_grad():
+        cached = run()  # fp32 weights stacked and cast to bf16 once
+    assert torch.equal(cached, run().detach())  # gradients on: stacked and cast per call
+    with torch.no_grad():
+        moe.expert("generic.1").fc1.weight.mul_(2.0)
+        edited = run()
+    assert not torch.equal(edited, cached)
+    assert torch.equal(edited, run().detach())

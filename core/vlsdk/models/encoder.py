@@ -77,6 +77,7 @@ class HybridEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(dim)
         self.apply(_init_linear)
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -108,7 +109,7 @@ class HybridEncoder(nn.Module):
             x, grid = self.patch_embed(pyramid[8])
         else:
             x, grid = self.patch_embed(images)
-        x = x + sincos_pos_embed(x.shape[-1], grid, x.device, x.dtype)
+        x = x + self._pos_embed(grid, x)
         stats = []
         strides = self.strides[2:]
         for i, stage in enumerate(self.stages):
@@ -130,6 +131,24 @@ class HybridEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor, text: TextFeatures | None = None) -> EncoderFeatures:
         return self.forward_features(images, text)
+
+    def _pos_embed(self, grid: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+        """The fixed position embedding for ``grid``, made once per grid, device and dtype in eager
+        calls (about 20 small kernels each time otherwise). Traced and compiled calls build it
+        inline, so an exported graph keeps it a function of the input size."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return sincos_pos_embed(x.shape[-1], grid, x.device, x.dtype)
+        key = (grid, x.shape[-1], x.device, x.dtype)
+        emb = self._pos_cache.get(key)
+        if emb is None:
+            if len(self._pos_cache) >= _POS_CACHE_SIZE:
+                self._pos_cache.pop(next(iter(self._pos_cache)))  # the oldest entry
+            with torch.inference_mode(False):  # a normal tensor, usable by a later training forward
+                emb = self._pos_cache[key] = sincos_pos_embed(x.shape[-1], grid, x.device, x.dtype)
+        return emb
+
+
+_POS_CACHE_SIZE = 8  # grids (image sizes) x devices x dtypes kept
 
 
 def _init_linear(m: nn.Module) -> None:

@@ -78,10 +78,10 @@ class StackedWeights:
     ``no_grad``). Only use it while gradients are off: the cached tensors carry no autograd graph.
 
     Args:
-        build: computes the value from the parameters.
+        build: computes the value from the parameters (and the extra arguments given to :meth:`get`).
     """
 
-    def __init__(self, build: Callable[[Sequence[torch.Tensor]], tuple[torch.Tensor, ...]]) -> None:
+    def __init__(self, build: Callable[..., tuple[torch.Tensor, ...]]) -> None:
         self.build = build
         self._key: tuple | None = None
         self._value: tuple[torch.Tensor, ...] | None = None
@@ -90,12 +90,13 @@ class StackedWeights:
     def key(params: Sequence[torch.Tensor]) -> tuple:
         return tuple((id(p), p.data_ptr(), p.dtype, p._version) for p in params)
 
-    def get(self, params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """The cached value for ``params``, rebuilt (without autograd) if any of them changed."""
-        key = self.key(params)
+    def get(self, params: Sequence[torch.Tensor], *args: object) -> tuple[torch.Tensor, ...]:
+        """The cached value of ``build(params, *args)``, rebuilt (without autograd) if any parameter
+        changed or ``args`` differ from the last call's."""
+        key = (self.key(params), args)
         if self._value is None or key != self._key:
             with torch.no_grad():
-                self._value = self.build(params)
+                self._value = self.build(params, *args)
             self._key = key
         return self._value
 

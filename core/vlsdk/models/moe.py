@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_slot
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
 from vlsdk.models.features import ExpertContext, RouterStats
 from vlsdk.models.grouped_mm import StackedWeights, grouped_mm
-from vlsdk.models.router import Router, load_balancing_loss, z_loss
+from vlsdk.models.router import Router, count_assignments
 
 __all__ = ["DynamicMoE", "split_expert_name"]
 
@@ -70,6 +71,7 @@ class DynamicMoE(nn.Module):
         #: path, with its host read of the split sizes, serves); domain experts then run on every token.
         self.grouped: bool | None = None
         self._stacked = StackedWeights(_stack_generic)
+        self._constants: dict[tuple, torch.Tensor] = {}  # small per-device tensors for eager calls
 
     # -- slots -------------------------------------------------------------------------------
     def expert(self, name: str) -> nn.Module:
@@ -104,6 +106,7 @@ class DynamicMoE(nn.Module):
         self._wants_context[name] = accepts_context(module)
         self.router.grow(1, init_bias)
         self._stacked.clear()
+        self._constants.clear()
 
     def remove_expert(self, name: str) -> nn.Module:
         """Remove a domain expert and its router row; returns the module."""
@@ -121,6 +124,7 @@ class DynamicMoE(nn.Module):
         if len(self.experts[group]) == 0:
             del self.experts[group]
         self._stacked.clear()
+        self._constants.clear()
         return module
 
     def set_router_bias(self, name: str, value: float) -> None:
@@ -152,17 +156,14 @@ class DynamicMoE(nn.Module):
         else:
             routed, counts, dropped = self._sparse(flat, routing.topk_idx, weight, grid3)
         out = routed if self.shared is None else routed + self.shared(flat)
-        probs = routing.probs
-        stats = RouterStats(
-            expert_names=list(self.expert_names),
-            tokens_per_expert=counts,
-            topk_idx=routing.topk_idx,
-            topk_weight=routing.topk_weight,
-            entropy=-(probs * probs.clamp_min(1e-20).log()).sum(-1).mean().detach(),
-            dropped_fraction=dropped,
-            aux_loss=load_balancing_loss(probs, counts),
-            z_loss=z_loss(routing.logits),
-        )
+        # Statistics nobody asked for cost ~20 small kernels per layer: with gradients off they are
+        # computed when read (RouterStats keeps the logits); with gradients on, now, in the graph.
+        grad = torch.is_grad_enabled()
+        stats = RouterStats(list(self.expert_names), counts, routing.topk_idx, routing.topk_weight,
+                            dropped_fraction=dropped, logits=routing.logits, probs=routing.probs if grad else None,
+                            score=self.router.score, dropped_dtype=x.dtype)
+        if grad:
+            stats.materialize()
         return out.reshape(batch, n_tok, dim), stats
 
     def _call(self, i: int, module: nn.Module, xs: torch.Tensor, flat: torch.Tensor, index: torch.Tensor,
@@ -172,12 +173,16 @@ class DynamicMoE(nn.Module):
         return module(xs)
 
     def _sparse(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
-                grid3: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                grid3: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The loop path, or the grouped one; counts and dropped share are ``None`` where not needed."""
         n_tok, k = idx.shape
         num_experts = len(self.expert_names)
         assignment = idx.reshape(-1)                                   # (T*k,) expert of each slot
+        if self._use_grouped(flat):                                    # (dropless: no capacity)
+            experts, order = torch.sort(assignment, stable=True)       # slots grouped by expert
+            return self._grouped(flat, idx, weight, order, experts, grid3), None, None
         order = torch.argsort(assignment, stable=True)                 # slots grouped by expert
-        counts = _count(assignment, num_experts)                        # no host sync (bincount has one)
+        counts = count_assignments(assignment, num_experts)            # no host sync (bincount has one)
         kept = counts
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * n_tok * k / num_experts)
@@ -185,8 +190,6 @@ class DynamicMoE(nn.Module):
             rank = torch.arange(order.numel(), device=order.device) - starts[assignment[order]]
             order = order[rank < capacity]                             # first `capacity` per expert
             kept = counts.clamp(max=capacity)
-        if self._use_grouped(flat):
-            return self._grouped(flat, idx, weight, order, counts, grid3), counts, flat.new_zeros(())
         tokens = order // k                                            # token of each sorted slot
         gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
         routed = torch.zeros_like(flat)
@@ -212,22 +215,64 @@ class DynamicMoE(nn.Module):
 
     def _grouped_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(w1, w2, b2)`` stacked for :func:`grouped_mm`; cached while gradients are off."""
-        generic = self._modules_in_order()[:len(self._backbone_experts)]
-        params = [p for e in generic for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
+        params = self._generic_params()
         if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (inductor freezing folds the stack)
             w1, w2, b2 = _stack_generic(params)
-        else:
-            w1, w2, b2 = self._stacked.get(params)
-        return w1.to(dtype), w2.to(dtype), b2.to(dtype)
+            return w1.to(dtype), w2.to(dtype), b2.to(dtype)
+        return self._stacked.get(params, dtype)  # stacked and cast once, not per call (bf16 autocast)
+
+    def _generic_params(self) -> list[torch.Tensor]:
+        """``fc1.weight, fc1.bias, fc2.weight, fc2.bias`` of each generic expert, in router order.
+
+        Read from the modules' parameter dicts: ``nn.Module.__getattr__`` for 64 parameters cost
+        more host time per call than the rest of the layer's Python. An expert whose layers are
+        wrapped (not plain ``fc1``/``fc2`` parameters) is read the slow way.
+        """
+        n_generic = len(self._backbone_experts)
+        generic = list(self.experts._modules["generic"]._modules.values())[:n_generic]  # backbone ones come first
+        params: list[torch.Tensor] = []
+        try:
+            for e in generic:
+                fc1, fc2 = e._modules["fc1"]._parameters, e._modules["fc2"]._parameters
+                params += (fc1["weight"], fc1["bias"], fc2["weight"], fc2["bias"])
+        except KeyError:
+            generic = self._modules_in_order()[:n_generic]
+            params = [p for e in generic for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
+        return params
+
+    def _constant(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A small constant tensor, made once per device and dtype in eager calls (fresh while compiling).
+
+        ``"pad"``: the ``(1, _PAD)`` row ``[1, 0, ..., 0]`` appended to every token for the fc1 bias.
+        ``"ends"``: ``[0, 1, ..., G - 2, E]`` for ``G`` generic of ``E`` experts, whose
+        ``searchsorted`` in the expert-sorted slots gives the grouped GEMM's group ends (the last
+        generic group runs to the end and carries the domain experts' slots).
+        """
+        key = (name, device, dtype, len(self.expert_names))
+        compiling = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        value = None if compiling else self._constants.get(key)
+        if value is None:
+            with torch.inference_mode(False) if not compiling else nullcontext():  # normal tensors, for training too
+                if name == "pad":
+                    value = torch.zeros(1, _PAD, dtype=dtype, device=device)
+                    value[0, 0] = 1.0
+                else:
+                    n_generic = len(self._backbone_experts)
+                    value = torch.tensor([*range(n_generic - 1), len(self.expert_names)], device=device)
+            if not compiling:
+                self._constants[key] = value
+        return value
 
     def _grouped(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, order: torch.Tensor,
-                 counts: torch.Tensor, grid3: tuple[int, int, int]) -> torch.Tensor:
+                 experts: torch.Tensor, grid3: tuple[int, int, int]) -> torch.Tensor:
         """The generic experts as two grouped GEMMs over the expert-sorted slots, with gathers only.
 
         The fc1 bias rides in the first GEMM: each row gets a constant 1 (padded to 16 columns for
         the GEMM's alignment) that meets the bias row of the stacked ``w1``, so no ``(T*k, hidden)``
-        bias tensor is gathered. The outputs go back to slot order with the inverse permutation and
-        each token's ``k`` rows are summed with their gate weights; the fc2 biases,
+        bias tensor is gathered. ``experts`` is the sorted assignment (``assignment[order]``): the
+        group ends are one ``searchsorted`` in it, not a count, a cumsum and a cast. The outputs go
+        back to slot order with the inverse permutation and each token's ``k`` rows are summed with
+        their gate weights; the fc2 biases,
         ``sum_j w_tj * b2[i_tj]``, are one small ``(T, E) x (E, d)`` product.
 
         Domain experts (router rows after the generic ones, so their slots sort last) run on every
@@ -239,12 +284,10 @@ class DynamicMoE(nn.Module):
         n_generic = len(self._backbone_experts)
         dtype = _compute_dtype(flat)  # bf16 under autocast, where LayerNorm hands over fp32 tokens
         w1, w2, b2 = self._grouped_weights(dtype)
-        ones = torch.zeros(n_tok, _PAD, dtype=dtype, device=flat.device)
-        ones[:, 0] = 1.0
+        ones = self._constant("pad", flat.device, dtype).expand(n_tok, _PAD)
         inverse = inverse_permutation(order)
         xs = gather_slots(torch.cat([flat.to(dtype), ones], dim=1), order, inverse, k)
-        offs = torch.cumsum(counts[:n_generic], 0)
-        offs = torch.cat([offs[:-1], offs.new_full((1,), n_tok * k)]).to(torch.int32)
+        offs = torch.searchsorted(experts, self._constant("ends", flat.device), right=True, out_int32=True)
         ys = grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs)
         slots = unsort_slots(ys, order, inverse).view(n_tok, k, self.dim)
         domain = len(self.expert_names) > n_generic
@@ -252,9 +295,9 @@ class DynamicMoE(nn.Module):
         routed = (slots * gate.to(dtype).unsqueeze(-1)).sum(1, dtype=flat.dtype)
         combine = torch.zeros(n_tok, len(self.expert_names), dtype=weight.dtype, device=flat.device)
         combine = combine.scatter_(1, idx, weight)
-        routed = routed.addmm_(combine[:, :n_generic], b2.to(flat.dtype))
+        routed = routed.addmm_(combine[:, :n_generic] if domain else combine, b2.to(flat.dtype))
         if domain:
-            everyone = torch.arange(n_tok, device=flat.device)
+            everyone = self._everyone(flat)
             modules = self._modules_in_order()
             for i in range(n_generic, len(modules)):  # loop over domain experts, not tokens
                 routed = routed + combine[:, i:i + 1] * self._call(i, modules[i], flat, flat, everyone, grid3)
@@ -266,12 +309,19 @@ class DynamicMoE(nn.Module):
         num_experts = len(self.expert_names)
         combine = torch.zeros(flat.shape[0], num_experts, dtype=weight.dtype, device=flat.device)
         combine = combine.scatter(1, idx, weight)
-        everyone = torch.arange(flat.shape[0], device=flat.device)
+        everyone = self._everyone(flat)
         out = torch.zeros_like(flat)
         for i, module in enumerate(self._modules_in_order()):
             out = out + combine[:, i:i + 1] * self._call(i, module, flat, flat, everyone, grid3)
-        counts = torch.nn.functional.one_hot(idx, num_experts).sum((0, 1))  # bincount does not export
-        return out, counts, flat.new_zeros(())
+        # with gradients off RouterStats counts when read; bincount does not export, one_hot does
+        counts = torch.nn.functional.one_hot(idx, num_experts).sum((0, 1)) if torch.is_grad_enabled() else None
+        return out, counts, None
+
+    def _everyone(self, flat: torch.Tensor) -> torch.Tensor | None:
+        """Every token's row, the index of an expert that runs on all tokens (``None`` if none wants it)."""
+        if not any(self._wants_context.values()):
+            return None
+        return torch.arange(flat.shape[0], device=flat.device)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, experts={self.expert_names}, top_k={self.top_k}, dense={self.dense}"
@@ -284,22 +334,23 @@ _PAD = 16  # the bias column plus zeros: keeps the folded GEMM's K a multiple of
 def _compute_dtype(flat: torch.Tensor) -> torch.dtype:
     """The dtype the experts' GEMMs run in: autocast's where it is on for ``flat``'s device."""
     device = flat.device.type
-    if flat.is_floating_point() and torch.is_autocast_enabled(device):
+    if flat.is_floating_point() and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return flat.dtype
 
 
-def _count(assignment: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """``bincount(assignment, minlength=num_experts)`` with a static shape and no host sync."""
-    counts = torch.zeros(num_experts, dtype=torch.long, device=assignment.device)
-    return counts.scatter_add_(0, assignment, torch.ones_like(assignment))
+_count = count_assignments  # the old name (benchmarks/moe_layer.py imports it)
 
 
-def _stack_generic(params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _stack_generic(params: list[torch.Tensor],
+                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(fc1.w, fc1.b, fc2.w, fc2.b)`` per expert -> ``w1`` ``(E, d + _PAD, h)`` with the fc1 bias as
     row ``d``, ``w2`` ``(E, h, d)`` (both column-major views, the layout ``_grouped_mm`` prefers) and
-    ``b2`` ``(E, d)``."""
+    ``b2`` ``(E, d)``; cast to ``dtype`` if given."""
     fc1_w, fc1_b, fc2_w, fc2_b = (torch.stack(params[i::4]) for i in range(4))
     pad = fc1_w.new_zeros(fc1_w.shape[0], fc1_w.shape[1], _PAD - 1)
     w1 = torch.cat([fc1_w, fc1_b[:, :, None], pad], dim=2).transpose(1, 2)
-    return w1, fc2_w.transpose(1, 2), fc2_b
+    w2, b2 = fc2_w.transpose(1, 2), fc2_b
+    if dtype is not None:
+        w1, w2, b2 = w1.to(dtype), w2.to(dtype), b2.to(dtype)
+    return w1, w2, b2

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Router", "Routing"]
+from vlsdk.models.grouped_mm import StackedWeights
+
+__all__ = ["Router", "Routing", "count_assignments", "load_balancing_loss", "router_entropy", "scores_to_probs",
+           "z_loss"]
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Router(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_experts))
         nn.init.normal_(self.weight, std=dim**-0.5)
         self.register_buffer("frozen", torch.zeros(num_experts, dtype=torch.bool), persistent=False)
+        self._fp32 = StackedWeights(_to_fp32)
 
     @property
     def num_experts(self) -> int:
@@ -81,25 +86,53 @@ class Router(nn.Module):
     def set_bias(self, row: int, value: float) -> None:
         self.bias[row] = value
 
-    def forward(self, x: torch.Tensor) -> Routing:
-        """Route ``(T, d)`` tokens."""
+    def _fp32_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` in fp32; in a low-precision model cast once per weight update, not per call."""
         w, b = self.weight, self.bias
         if torch.is_grad_enabled():  # a tensor select, not a host read of `frozen`: no sync, no graph break
             w = torch.where(self.frozen[:, None], w.detach(), w)
             b = torch.where(self.frozen, b.detach(), b)
+        elif w.dtype != torch.float32 and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            return self._fp32.get((w, b))  # keyed on the parameters' versions (see StackedWeights)
+        return w.float(), b.float()
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        """Route ``(T, d)`` tokens."""
+        w, b = self._fp32_params()
         x = x.float()
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x, w.float(), b.float())
-            if self.score == "softmax":
-                probs = logits.softmax(dim=-1)
-            else:
-                scores = logits.sigmoid()
-                probs = scores / scores.sum(dim=-1, keepdim=True)
+        device = x.device.type  # (the meta device, for host-overhead measurements, has no autocast)
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        with torch.autocast(device_type=device, enabled=False) if autocast else nullcontext():
+            logits = F.linear(x, w, b)
+            probs = scores_to_probs(logits, self.score)
             weight, idx = probs.topk(self.top_k, dim=-1)
             weight = weight / weight.sum(dim=-1, keepdim=True)
         return Routing(logits, probs, idx, weight)
+
+
+def scores_to_probs(logits: torch.Tensor, score: str) -> torch.Tensor:
+    """The router's ``(T, E)`` scores from its fp32 logits: softmax, or sigmoids normalised to sum to one."""
+    if score == "softmax":
+        return logits.softmax(dim=-1)
+    scores = logits.sigmoid()
+    return scores / scores.sum(dim=-1, keepdim=True)
+
+
+def _to_fp32(params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return tuple(p.float() for p in params)
+
+
+def count_assignments(assignment: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``bincount(assignment, minlength=num_experts)`` with a static shape and no host sync."""
+    counts = torch.zeros(num_experts, dtype=torch.long, device=assignment.device)
+    return counts.scatter_add_(0, assignment, torch.ones_like(assignment))
+
+
+def router_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the per-token score distributions, without gradient."""
+    return -(probs * probs.clamp_min(1e-20).log()).sum(-1).mean().detach()
 
 
 def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
