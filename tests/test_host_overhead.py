@@ -1,0 +1,42 @@
+"""benchmarks/throughput.py: --op-count (aten ops and host syncs per forward) and --channels-last."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+throughput = pytest.importorskip("throughput")
+
+
+def test_host_work_counts_ops_and_each_host_read_once():
+    with throughput.HostWork() as work:
+        t = torch.arange(6)
+        t.sum().item()  # sum, and the read (its _local_scalar_dense is not a second sync)
+        t[t > 2]  # boolean indexing: a data-dependent shape
+        t.nonzero()
+    assert work.syncs == 3
+    assert work.by_op["nonzero"] == 1 and work.by_op["sum"] == 1
+    assert work.ops == sum(work.by_source.values()) >= 6
+
+
+def test_op_count_reports_both_moe_paths(tmp_path):
+    r = throughput.main(["--op-count", "--models", "tiny", "--op-count-size", "32", "--out", str(tmp_path)])
+    rows = {row["path"]: row for row in r["op_count"]}
+    layers = sum(1 for _ in throughput.build("tiny").moe_layers)
+    assert rows["loop"]["host_syncs"] == layers  # one read of the split sizes per MoE layer
+    assert rows["grouped"]["host_syncs"] == 0
+    assert 0 < rows["grouped"]["ops"] < rows["loop"]["ops"]
+    assert rows["grouped"]["cpu_ms"] > 0
+    assert not any("load_balancing_loss" in s or "z_loss" in s for s in rows["grouped"]["ops_by_source"])
+    assert json.loads((tmp_path / "op_count.json").read_text())["op_count"][0]["model"] == "tiny"
+
+
+def test_channels_last_runs_on_the_cpu(tmp_path):
+    r = throughput.main(["--models", "tiny", "--size", "32", "--batch", "1", "--repeats", "1", "--channels-last",
+                         "--out", str(tmp_path)])
+    assert r["setting"]["channels_last"] and r["cases"][0]["images_per_s"] > 0
