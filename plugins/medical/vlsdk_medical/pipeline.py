@@ -2,11 +2,11 @@
 
 Used by ``examples/medical_lesion_segmentation.py`` and the ``vlsdk medical-lesion`` subcommand.
 Whole tumour = label > 0; channels FLAIR (+ T1c). Training samples are 2D slices with MONAI
-augmentation (balanced lesion/background crops, flips, affine); evaluation segments full slices
-of the held-out patient with sliding-window inference (optionally flip test-time augmentation),
-post-processes each volume (brain mask, largest 3D connected component:
-:mod:`vlsdk_medical.postprocess`) and scores the stacked volume per patient (Dice, HD95 in mm)
-both before and after post-processing, on the same predictions. The model is saved with
+augmentation (crops centred on lesion or background pixels, ``crop_pos_neg`` 2:1 by default, flips,
+affine); evaluation segments full slices of the held-out patient with sliding-window inference
+(optionally flip test-time augmentation), post-processes each volume (brain mask, largest 3D
+connected component: :mod:`vlsdk_medical.postprocess`) and scores the stacked volume per patient
+(Dice, HD95 in mm) both before and after post-processing, on the same predictions. The model is saved with
 ``save_pretrained`` and a PNG overlays prediction (red) and ground truth (green) on a few slices.
 A saved model can be evaluated again with other inference options (:func:`evaluate_saved_model`,
 ``--eval-model DIR``) without training.
@@ -65,6 +65,9 @@ class LesionTrainConfig:
         batch_size: slices per step.
         lr: peak AdamW learning rate (warm-up, then cosine decay; the core Trainer).
         roi_size: training crop size.
+        crop_pos_neg: ``(pos, neg)`` weights of training crops centred on a lesion pixel vs a
+            background pixel (MONAI ``RandCropByPosNegLabeld``; ``(2, 1)``: two thirds of the crops
+            centred on lesion, ``(1, 1)``: balanced, ``(0, 1)``: background centres only).
         max_slices_per_case: training slices per patient (``None``: every brain slice).
         eval_slices: held-out slices scored per patient (``None``: every slice of the volume).
         device: ``"cpu"``, ``"cuda"``...
@@ -99,6 +102,7 @@ class LesionTrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     roi_size: int = 128
+    crop_pos_neg: tuple[float, float] = (2.0, 1.0)
     max_slices_per_case: int | None = None
     eval_slices: int | None = None
     device: str = "cpu"
@@ -129,6 +133,10 @@ class LesionTrainConfig:
             raise ValueError(f"need epochs >= 1, batch_size >= 1, roi_size >= 16, lr > 0; got {cfg}")
         if cfg.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
+        pos_neg = tuple(float(w) for w in cfg.crop_pos_neg)
+        if len(pos_neg) != 2 or min(pos_neg) < 0 or sum(pos_neg) <= 0:
+            raise ValueError(f"crop_pos_neg must be (pos, neg) >= 0, not both 0, got {cfg.crop_pos_neg!r}")
+        cfg.crop_pos_neg = pos_neg
         if not isinstance(cfg.context_slices, int) or cfg.context_slices < 0:
             raise ValueError(f"context_slices must be an int >= 0, got {cfg.context_slices!r}")
         if cfg.classes not in ("whole", "brats"):
@@ -271,13 +279,17 @@ def _report(model: torch.nn.Module, cfg: LesionTrainConfig, device: str | torch.
         print(f"held-out patient {cid}: whole-tumour Dice {evaluated['dice'][cid]:.4f}  HD95 "
               f"{evaluated['hd95'][cid]:.2f} mm  ({len(shown[cid][3])} slices; postprocess "
               f"{cfg.postprocess}; before: Dice {before['dice'][cid]:.4f}  HD95 {before['hd95'][cid]:.2f} mm)")
+        o, o0 = evaluated["overlap"][cid], before["overlap"][cid]
+        print(f"  precision / recall / predicted:true volume {o['precision']:.3f} / {o['recall']:.3f} / "
+              f"{o['volume_ratio']:.2f} (before postprocess {o0['precision']:.3f} / {o0['recall']:.3f} / "
+              f"{o0['volume_ratio']:.2f})")
     print(f"mean Dice over {len(eval_cases)} held-out patient(s): {evaluated['dice_mean']:.4f} "
           f"(before postprocess {before['dice_mean']:.4f})")
     first = eval_cases[0].case_id
     overlay = write_overlay(out_dir / "overlay.png", *shown[first][:3], title=first,
                             slice_ids=shown[first][3].tolist())
     return {
-        **{k: evaluated[k] for k in ("dice", "dice_mean", "hd95", "hd95_mean", "dice_per_class", "before",
+        **{k: evaluated[k] for k in ("dice", "dice_mean", "hd95", "hd95_mean", "overlap", "dice_per_class", "before",
                                      "postprocess", "inference", "brain_mask")},
         "overlay": str(overlay), "eval_cases": [c.case_id for c in eval_cases],
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
@@ -305,7 +317,8 @@ def lesion_train_set(cfg: LesionTrainConfig) -> tuple[Any, int]:
     train_cases = find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
     train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed, **_label_options(cfg),
                                    max_slices_per_case=cfg.max_slices_per_case, context_slices=cfg.context_slices,
-                                   transform_options={"pos": 2.0, "neg": 1.0, "intensity_prob": 0.3})
+                                   transform_options={"pos": cfg.crop_pos_neg[0], "neg": cfg.crop_pos_neg[1],
+                                                      "intensity_prob": 0.3})
     n = len(train_set)
     total = cfg.epochs * math.ceil(n / cfg.batch_size)
     total = total if cfg.max_steps is None else min(cfg.max_steps, total)
@@ -331,8 +344,10 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
         head: the segmentation head.
 
     Returns:
-        ``{"dice": {patient: value}, "dice_mean", "hd95", "hd95_mean", "dice_per_class"`` (after
-        post-processing), ``"before": {"dice", "dice_mean", "hd95", "hd95_mean"}, "postprocess",
+        ``{"dice": {patient: value}, "dice_mean", "hd95", "hd95_mean", "overlap": {patient:
+        {"precision", "recall", "volume_ratio"}}, "dice_per_class"`` (after post-processing; whole
+        tumour, ``volume_ratio`` = predicted / true volume), ``"before": {"dice", "dice_mean",
+        "hd95", "hd95_mean", "overlap"}, "postprocess",
         "inference", "brain_mask": {patient: source}, "eval_cases", "shown": {patient: (images,
         whole, pred, slice_ids)}}`` (``images``: the slices' own channels, without context).
 
@@ -357,6 +372,7 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
     predictor = model_predictor(model, head, cfg.tta)
     shown: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    overlap: dict[str, dict[str, dict[str, float]]] = {"after": {}, "before": {}}
     for ci, case in enumerate(eval_cases):
         idx = [i for i, (c, _) in enumerate(eval_set.index) if c == ci]
         ks = torch.tensor([eval_set.index[i][1] for i in idx])
@@ -378,18 +394,28 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
         for (dice, hd95), pred in ((before, (raw > 0).long()), (after, (classes > 0).long())):
             dice.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
             hd95.update(pred, whole, cases=[case.case_id] * len(ks), spacing=spacing)
+        for key, pred in (("before", raw > 0), ("after", classes > 0)):
+            overlap[key][case.case_id] = _overlap(pred, whole > 0)
         own = images[:, centre_channels(len(cfg.modalities), cfg.context_slices)]  # (S, C, X, Y)
         shown[case.case_id] = (own, whole, (classes > 0).long(), ks)
     (d, h), (d0, h0) = (m.compute() for m in after), (m.compute() for m in before)
     return {"dice": d["per_case"], "dice_mean": d["mean"], "hd95": h["per_case"], "hd95_mean": h["mean"],
+            "overlap": overlap["after"],
             "dice_per_class": None if class_dice is None else class_dice.compute()["per_class"],
             "before": {"dice": d0["per_case"], "dice_mean": d0["mean"], "hd95": h0["per_case"],
-                       "hd95_mean": h0["mean"]},
+                       "hd95_mean": h0["mean"], "overlap": overlap["before"]},
             "postprocess": cfg.postprocess if cfg.min_component_mm3 is None
             else f"{cfg.postprocess} (components >= {cfg.min_component_mm3} mm3)",
             "inference": {"threshold": cfg.threshold, "sw_overlap": cfg.sw_overlap, "sw_mode": cfg.sw_mode,
                           "tta": cfg.tta},
             "brain_mask": sources, "eval_cases": eval_cases, "shown": shown}
+
+
+def _overlap(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """Voxel precision, recall and predicted / true volume of two boolean masks (NaN where undefined)."""
+    tp, npred, ntrue = int((pred & true).sum()), int(pred.sum()), int(true.sum())
+    return {"precision": tp / npred if npred else math.nan, "recall": tp / ntrue if ntrue else math.nan,
+            "volume_ratio": npred / ntrue if ntrue else math.nan}
 
 
 def write_overlay(path: str | Path, images: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor, *,
@@ -451,6 +477,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--roi-size", type=int, default=d.roi_size)
+    parser.add_argument("--crop-pos-neg", type=_pos_neg, default=d.crop_pos_neg, metavar="POS:NEG",
+                        help="training crops centred on lesion vs background pixels (default 2:1; 1:1 balanced)")
     parser.add_argument("--model", default=d.model, help="backbone config: tiny, edge, small, base")
     parser.add_argument("--modalities", default=",".join(d.modalities), help="flair,t1c or flair")
     parser.add_argument("--context-slices", type=int, default=d.context_slices, metavar="N",
@@ -482,6 +510,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip training: evaluate this saved model folder (<out>/model) with the options")
 
 
+def _pos_neg(text: str) -> tuple[float, float]:
+    """``"2:1"`` -> ``(2.0, 1.0)`` for ``--crop-pos-neg``."""
+    try:
+        pos, neg = (float(w) for w in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected POS:NEG (e.g. 2:1), got {text!r}") from None
+    if min(pos, neg) < 0 or pos + neg <= 0:
+        raise argparse.ArgumentTypeError(f"POS and NEG must be >= 0 and not both 0, got {text!r}")
+    return pos, neg
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the pipeline from parsed :func:`add_arguments` options; returns the exit status.
 
@@ -495,7 +534,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         data_root=args.data, out_dir=args.out, quick=args.quick, device=args.device, amp=args.amp,
         epochs=args.epochs, max_steps=args.max_steps, max_seconds=args.max_seconds, batch_size=args.batch_size,
         lr=args.lr,
-        roi_size=args.roi_size, model=args.model, modalities=tuple(args.modalities.split(",")),
+        roi_size=args.roi_size, crop_pos_neg=args.crop_pos_neg, model=args.model,
+        modalities=tuple(args.modalities.split(",")),
         context_slices=args.context_slices,
         num_workers=args.num_workers if args.num_workers is not None else (
             0 if args.device == "cpu" or args.quick else min(8, os.cpu_count() or 1)),
