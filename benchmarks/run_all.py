@@ -7,11 +7,11 @@ missing data) becomes an ``error`` row and the others still run; the exit status
 
 Modes (the argument lists are in :data:`SUITE`):
 
-- default (CPU): the CPU-meaningful benchmarks: MoE layer ratios, encoder FLOPs, ONNX FP32/INT8
-  latency of the edge config at 224x224 batch 1 (target <= 15 ms), BEV encoding, INT8 Dice drop
-  on a trained BraTS segmenter. ``throughput``, ``lora_vs_full``, ``distill_lightweight`` and
-  ``pipelines`` (end-to-end latency/throughput of the three domain pipelines, eager vs
-  ``torch.compile`` vs onnxruntime) run with ``--only``.
+- default (CPU): the CPU-meaningful benchmarks: MoE layer ratios, encoder FLOPs, aten ops and host
+  syncs per eager forward, ONNX FP32/INT8 latency of the edge config at 224x224 batch 1 (target
+  <= 15 ms), BEV encoding, INT8 Dice drop on a trained BraTS segmenter. ``throughput``,
+  ``lora_vs_full``, ``distill_lightweight`` and ``pipelines`` (end-to-end latency/throughput of
+  the three domain pipelines, eager vs ``torch.compile`` vs onnxruntime) run with ``--only``.
 - ``--device cuda``: the GPU variants (MoE bf16 forward+backward at T=16384 d=768 16 experts
   top-4, encoder throughput at 224 and 512, BEV encoding on the GPU, and the rest as on the CPU).
 - ``--quick``: a smoke run of the default set at the tiniest settings (seconds each; the test).
@@ -143,6 +143,12 @@ def throughput_rows(r: dict[str, Any], mode: str) -> list[Row]:
     return rows
 
 
+def host_work_rows(r: dict[str, Any], mode: str) -> list[Row]:
+    """Aten ops and host syncs per eager forward, per model and MoE path (host_work.py); no target set."""
+    return [Row("host_work", f"{c['model']} {c['path']} {k}", c[k], "", note=f"{c['cpu_ms']:.1f} ms CPU")
+            for c in r["op_count"] for k in ("ops", "host_syncs")]
+
+
 def pipelines_rows(r: dict[str, Any], mode: str) -> list[Row]:
     """Per domain pipeline and backend: batch-1 ms and large-batch items/s (pipelines.py); no target set."""
     rows = []
@@ -205,6 +211,9 @@ SUITE: dict[str, Benchmark] = {
         "cpu": ["--models", "edge", "base", "vit_b16", "--size", "224", "--repeats", "3", "--out", "{out}"],
         "cuda": ["--device", "cuda", "--dtype", "bfloat16", "--size", "224", "--size", "512", "--out", "{out}"],
         "quick": ["--models", "edge", "--size", "64", "--repeats", "1", "--out", "{out}"]}, default=False),
+    "host_work": Benchmark("host_work", host_work_rows, {
+        "cpu": ["--out", "{out}"], "cuda": ["--out", "{out}"],
+        "quick": ["--models", "tiny", "--size", "32", "--out", "{out}"]}),
     "lora_vs_full": Benchmark("lora_vs_full", ratio_rows("lora_vs_full"), {
         "cpu": ["--quick", "--no-progress", "--out", "{out}"],
         "cuda": ["--device", "cuda", "--amp", "bf16", "--no-progress", "--out", "{out}"],

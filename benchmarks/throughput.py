@@ -11,15 +11,7 @@ each timed as its own case beside eager; ``--fullgraph`` makes any graph break a
 are folded once instead of re-stacked per call). ``--channels-last`` puts the model and the input in
 ``torch.channels_last`` (the CNN stem's convolutions run NHWC on GPU tensor cores).
 
-``--op-count`` measures host work instead of throughput, on the CPU and deterministically: the aten
-ops one eval forward dispatches (batch 1, ``--op-count-size`` pixels, under ``torch.no_grad()``), how
-many of them read a tensor's value on the host (``.item()``, ``.tolist()``, ``bool(t)``, ops whose
-output shape depends on the data such as ``nonzero``: each one a device sync on the GPU), and the
-median CPU (thread) time of that forward, for each of ``--models`` side by side. Models with MoE
-layers are counted on both of their paths: ``loop`` (the CPU default: one call per expert, with a
-host read of the split sizes) and ``grouped`` (what bf16 on CUDA runs: grouped GEMMs, no host read).
-``--op-count-detail`` adds the ops per source function (stem, attention, router, dispatch, ...);
-``--dtype bfloat16`` counts the bf16 model (the casts a bf16 CUDA forward makes).
+Host work per forward (aten ops, host syncs): ``benchmarks/host_work.py``.
 
     python benchmarks/throughput.py                                            # CPU, small shapes
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 --compile \\
@@ -27,7 +19,6 @@ host read of the split sizes) and ``grouped`` (what bf16 on CUDA runs: grouped G
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base vit_b16 --compile \\
         --compile-mode default reduce-overhead max-autotune --fullgraph --freeze
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base --size 224 --channels-last
-    python benchmarks/throughput.py --op-count --models base small vit_b16       # host work per forward
 """
 
 from __future__ import annotations
@@ -37,14 +28,11 @@ import json
 import statistics
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encoder_flops import PlainViT  # noqa: E402
@@ -115,135 +103,6 @@ def measure(name: str, size: int, batch: int, args: argparse.Namespace,
     return {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
 
 
-# -- host work per forward (--op-count) ------------------------------------------------------------
-
-#: aten ops whose output shape depends on tensor values, or that copy a value to the host
-_HOST_SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2",
-                            "unique_consecutive", "unique_dim", "repeat_interleave", "is_nonzero", "equal",
-                            "bincount", "histc"})
-#: tensor methods that hand a value to Python (on a GPU tensor: a device sync each)
-_HOST_READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy"})
-
-
-def _source() -> str:
-    """``file:function`` of the innermost vlsdk (or benchmark model) frame on the Python stack."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        path = frame.f_code.co_filename
-        if "/vlsdk/" in path or path.endswith("encoder_flops.py"):
-            return f"{Path(path).name}:{frame.f_code.co_qualname}"
-        frame = frame.f_back
-    return "?"
-
-
-class HostWork(TorchDispatchMode):
-    """Counts the aten ops a region dispatches, per source function, and its host reads.
-
-    A host read is a tensor value handed to Python (``.item()``, ``.tolist()``, ``bool(t)``, ...; seen
-    through a ``TorchFunctionMode``) or an op whose output shape depends on the data (``nonzero``,
-    boolean indexing, ...): on a GPU each one waits for the device. On the CPU nothing waits, but the
-    same calls are made, so the count is the one a CUDA forward would have.
-
-    Example:
-        >>> with HostWork() as work:
-        ...     _ = torch.ones(3).sum().item()
-        >>> work.ops, work.syncs
-        (3, 1)
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_op: Counter[str] = Counter()
-        self.by_source: Counter[str] = Counter()
-        self.sync_sites: Counter[str] = Counter()
-        self._reads = _Reads(self)
-        self._in_read = 0
-
-    @property
-    def ops(self) -> int:
-        return sum(self.by_op.values())
-
-    @property
-    def syncs(self) -> int:
-        return sum(self.sync_sites.values())
-
-    def __enter__(self) -> HostWork:
-        self._reads.__enter__()
-        return super().__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        self._reads.__exit__(*exc)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        name = func._schema.name.split("::")[-1]
-        self.by_op[name] += 1
-        self.by_source[_source()] += 1
-        bool_index = name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                             for i in (args[1] if len(args) > 1 and args[1] else ()))
-        if not self._in_read and (name in _HOST_SYNC_OPS or bool_index):
-            self.sync_sites[f"{name} in {_source()}"] += 1
-        return func(*args, **(kwargs or {}))
-
-
-class _Reads(TorchFunctionMode):
-    def __init__(self, work: HostWork) -> None:
-        super().__init__()
-        self.work = work
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        name = getattr(func, "__name__", "")
-        if name not in _HOST_READS:
-            return func(*args, **(kwargs or {}))
-        self.work.sync_sites[f".{name}() in {_source()}"] += 1
-        self.work._in_read += 1
-        try:
-            return func(*args, **(kwargs or {}))
-        finally:
-            self.work._in_read -= 1
-
-
-def op_count(names: list[str], size: int, repeats: int = 7, detail: bool = False,
-             dtype: torch.dtype = torch.float32) -> list[dict]:
-    """Aten ops, host reads and CPU milliseconds of one eval forward of each model (batch 1, CPU)."""
-    rows = []
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
-    for name in names:
-        torch.manual_seed(0)
-        model = build(name).to(dtype).eval()
-        layers = getattr(model, "moe_layers", [])
-        for path in (["loop", "grouped"] if layers else ["dense"]):
-            for layer in layers:
-                layer.grouped = path == "grouped"
-            with torch.no_grad():
-                model(x)  # warm-up: caches (position embedding, stacked expert weights) are filled
-                with HostWork() as work:
-                    model(x)
-                times = []
-                for _ in range(repeats):
-                    t0 = time.thread_time()
-                    model(x)
-                    times.append(time.thread_time() - t0)
-            row = {"model": name, "path": path, "size": size, "ops": work.ops, "host_syncs": work.syncs,
-                   "cpu_ms": statistics.median(times) * 1e3, "sync_sites": dict(work.sync_sites),
-                   "ops_by_source": dict(work.by_source.most_common())}
-            rows.append(row)
-            print(f"{name + ' ' + path:22s} {size:4d}px: {row['ops']:5d} aten ops {row['host_syncs']:4d} host syncs "
-                  f"{row['cpu_ms']:8.1f} ms CPU per forward", flush=True)
-            if detail:
-                for source, n in work.by_source.most_common():
-                    print(f"    {n:5d}  {source}")
-                for site, n in work.sync_sites.items():
-                    print(f"    sync x{n}: {site}")
-    ref = {r["model"]: r for r in rows if r["path"] == "dense"}
-    for r in rows:
-        for other in ref.values():
-            if r["path"] != "dense":
-                print(f"ratio {r['model']} {r['path']} / {other['model']}: {r['ops'] / other['ops']:.2f}x ops, "
-                      f"{r['cpu_ms'] / other['cpu_ms']:.2f}x CPU time")
-    return rows
-
-
 def scaling(config: str, args: argparse.Namespace, out: Path) -> list[dict[str, float]]:
     """Time and memory of ``config`` over image sizes and batch sizes; writes ``scaling.png``."""
     rows = []
@@ -300,10 +159,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--freeze", action="store_true", help="inductor freezing: parameters folded as constants")
     p.add_argument("--channels-last", action="store_true",
                    help="model and input in torch.channels_last (NHWC convolutions in the CNN stem)")
-    p.add_argument("--op-count", action="store_true",
-                   help="instead of throughput: aten ops, host syncs and CPU ms of one batch-1 eval forward")
-    p.add_argument("--op-count-size", type=int, default=64, help="image size for --op-count (default 64)")
-    p.add_argument("--op-count-detail", action="store_true", help="with --op-count: ops per source function")
     p.add_argument("--iters", type=int, default=None, help="forwards per timed block (default 10 CUDA, 1 CPU)")
     p.add_argument("--repeats", type=int, default=5, help="timed blocks (median counts)")
     p.add_argument("--scaling", default=None, metavar="CONFIG", help="also sweep image and batch size for CONFIG")
@@ -311,14 +166,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--out", type=Path, default=Path("runs/throughput"))
     args = p.parse_args(argv)
-    if args.op_count:
-        rows = op_count(args.models, args.op_count_size, detail=args.op_count_detail, dtype=getattr(torch, args.dtype))
-        print(f"setting: cpu, torch {torch.__version__}, {args.dtype}, {torch.get_num_threads()} threads, batch 1, "
-              f"no_grad, median of 7 forwards (thread time)")
-        args.out.mkdir(parents=True, exist_ok=True)
-        results = {"setting": vars(args) | {"out": str(args.out)}, "op_count": rows}
-        (args.out / "op_count.json").write_text(json.dumps(results, indent=1))
-        return results
     cuda = args.device.startswith("cuda")
     args.iters = args.iters or (10 if cuda else 1)
     base_batch = args.batch or (128 if cuda else 4)

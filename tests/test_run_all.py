@@ -18,7 +18,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-DEFAULT_SET = ("moe_layer", "encoder_flops", "export_int8", "driving_bev", "int8_accuracy")
+DEFAULT_SET = ("moe_layer", "encoder_flops", "export_int8", "driving_bev", "int8_accuracy", "host_work")
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py: --op-count (aten ops and host syncs per forward) and --channels-last."""
+"""benchmarks/host_work.py (aten ops and host syncs per forward) and throughput.py --channels-last."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 throughput = pytest.importorskip("throughput")
+host_work = pytest.importorskip("host_work")
 
 
 def test_host_work_counts_ops_and_each_host_read_once():
-    with throughput.HostWork() as work:
+    with host_work.HostWork() as work:
         t = torch.arange(6)
         t.sum().item()  # sum, and the read (its _local_scalar_dense is not a second sync)
         t[t > 2]  # boolean indexing: a data-dependent shape
@@ -25,7 +26,7 @@ def test_host_work_counts_ops_and_each_host_read_once():
 
 
 def test_op_count_reports_both_moe_paths(tmp_path):
-    r = throughput.main(["--op-count", "--models", "tiny", "--op-count-size", "32", "--out", str(tmp_path)])
+    r = host_work.main(["--models", "tiny", "--size", "32", "--out", str(tmp_path)])
     rows = {row["path"]: row for row in r["op_count"]}
     layers = sum(1 for _ in throughput.build("tiny").moe_layers)
     assert rows["loop"]["host_syncs"] == layers  # one read of the split sizes per MoE layer
