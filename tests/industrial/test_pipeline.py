@@ -89,6 +89,21 @@ def test_build_detector_and_config_validation() -> None:
     assert out[HEAD].cls_logits.shape[-1] == 6 and model.expert_specs == {}
     with pytest.raises(ValueError, match="in_chans"):
         build_detector("tiny", in_chans=0)
-    for bad in ({"image_size": 100}, {"amp": "fp8"}, {"epochs": 0}, {"synthetic_ratio": 0.0}, {"max_steps": -1}):
+    for bad in ({"image_size": 100}, {"amp": "fp8"}, {"epochs": 0}, {"synthetic_ratio": 0.0}, {"max_steps": -1},
+                {"synthetic_style": "photo"}):
         with pytest.raises(ValueError):
             PipelineConfig(**bad)
+
+
+def test_synthetic_style_option() -> None:
+    import argparse
+
+    from vlsdk_industrial.cli import config_from_args, configure
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    cfg = config_from_args(parser.parse_args(["--synthetic-ratio", "1", "--synthetic-style", "deeppcb"]))
+    assert cfg.synthetic_style == "deeppcb" and cfg.synthetic_ratio == 1.0
+    assert config_from_args(parser.parse_args([])).synthetic_style == "default"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--synthetic-style", "photo"])

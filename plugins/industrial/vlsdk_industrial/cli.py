@@ -48,6 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="do not feed the defect-free template as a second channel")
     parser.add_argument("--synthetic-ratio", type=float, default=None,
                         help="mix synthetic boards: real boards per synthetic one (3 = 3:1); default none")
+    parser.add_argument("--synthetic-style", choices=["default", "deeppcb"], default=None,
+                        help="synthetic board style: default (domain-randomised grey boards) or deeppcb "
+                             "(binary boards, trace/pad/box sizes measured on DeepPCB) (default: default)")
     parser.add_argument("--train-pairs", type=int, default=None, help="use only the first N trainval pairs")
     parser.add_argument("--eval-pairs", type=int, default=None, help="evaluate on the first N test pairs")
     parser.add_argument("--max-steps", type=int, default=None, help="stop training after N steps")
@@ -79,8 +82,8 @@ def config_from_args(args: argparse.Namespace) -> object:
     from vlsdk_industrial.pipeline import PipelineConfig
 
     values: dict[str, object] = dict(QUICK) if args.quick else {}
-    for name in ("config", "epochs", "batch_size", "image_size", "synthetic_ratio", "train_pairs", "eval_pairs",
-                 "max_steps", "max_seconds", "workers"):
+    for name in ("config", "epochs", "batch_size", "image_size", "synthetic_ratio", "synthetic_style", "train_pairs",
+                 "eval_pairs", "max_steps", "max_seconds", "workers"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     return PipelineConfig(data=args.data, out=args.out, stem=BACKBONES[args.backbone], lr=args.lr,

@@ -25,6 +25,7 @@ import numpy as np
 
 from vlsdk_industrial.deeppcb import CACHE_MODES
 from vlsdk_industrial.samples import DEEPPCB_CLASSES, collate
+from vlsdk_industrial.synth import STYLES
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,9 @@ class PipelineConfig:
         amp: ``"none"`` or ``"bf16"`` autocast.
         template: feed the defect-free template as a second channel.
         synthetic_ratio: real boards per synthetic board (``3`` = 3:1); ``None``: real only.
+        synthetic_style: :class:`~vlsdk_industrial.synth.BoardSynthesizer` ``style``: ``"default"``
+            (domain-randomised) or ``"deeppcb"`` (binary DeepPCB-like boards and box sizes, 4-10
+            defects a board like DeepPCB's 4-10).
         train_pairs: use only the first ``train_pairs`` trainval pairs.
         eval_pairs: evaluate only the first ``eval_pairs`` test pairs.
         max_steps: stop training after this many steps.
@@ -86,6 +90,7 @@ class PipelineConfig:
     amp: str = "none"
     template: bool = True
     synthetic_ratio: float | None = None
+    synthetic_style: str = "default"
     train_pairs: int | None = None
     eval_pairs: int | None = None
     max_steps: int | None = None
@@ -114,6 +119,8 @@ class PipelineConfig:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        if self.synthetic_style not in STYLES:
+            raise ValueError(f"synthetic_style must be one of {STYLES}, got {self.synthetic_style!r}")
         if self.synthetic_ratio is not None and not self.synthetic_ratio > 0:
             raise ValueError(f"synthetic_ratio must be > 0 or None, got {self.synthetic_ratio!r}")
         if not self.lr > 0 or self.weight_decay < 0 or self.workers < 0 or self.draw < 0:
@@ -407,7 +414,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                               max_samples=cfg.train_pairs, cache=cfg.cache)  # type: ignore[arg-type]
         train_set: Any = real
         if cfg.synthetic_ratio is not None:
-            synth = BoardSynthesizer(size=640, template=cfg.template)
+            counts = {"min_defects": 4, "max_defects": 10} if cfg.synthetic_style == "deeppcb" else {}
+            synth = BoardSynthesizer(size=640, template=cfg.template, style=cfg.synthetic_style, **counts)
             train_set = MixedDataset(real, synth.dataset(len(real), seed=cfg.seed, transform=train_tf),
                                      cfg.synthetic_ratio)
         model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert,

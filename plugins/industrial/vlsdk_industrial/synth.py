@@ -13,6 +13,14 @@ Everything is domain-randomised per board (seeded): trace width, gap, pad size, 
 block layout and density, copper/background levels, an illumination gradient, Gaussian noise and
 blur (half of the boards stay binary with dark copper on white, like DeepPCB). Samples follow
 :mod:`vlsdk_industrial.samples`, labels in :data:`~vlsdk_industrial.samples.DEEPPCB_CLASSES` order.
+
+``style="deeppcb"`` draws boards that look like DeepPCB's binarised scans instead (measured on 60
+trainval templates, 640 px): always black copper on white; traces 7-12 px wide (DeepPCB's skeleton
+width: mode 8, median 19 with pours); solid pads of 20-60 px, a fifth with a drill hole; copper pours,
+often with traces running through clearance channels cut into them, for a dark fraction of 0.1-0.7
+(DeepPCB: mean 0.35, 5-95 % 0.0-0.7; the default style: about 0.2). Its boxes are drawn the way DeepPCB
+annotates: a box of about 30 x 30 px (per-class 5-95 % quantiles of DeepPCB's trainval boxes, see
+:data:`DEEPPCB_BOX_QUANTILES`) around the defect, never smaller than the changed pixels plus 2 px.
 """
 
 from __future__ import annotations
@@ -25,7 +33,22 @@ import numpy as np
 
 from vlsdk_industrial.samples import DEEPPCB_CLASSES
 
-__all__ = ["BoardSynthesizer", "SyntheticBoards"]
+__all__ = ["DEEPPCB_BOX_QUANTILES", "STYLES", "BoardSynthesizer", "SyntheticBoards"]
+
+#: The rendering styles of :class:`BoardSynthesizer`.
+STYLES: tuple[str, ...] = ("default", "deeppcb")
+
+#: DeepPCB trainval box sides (px at 640) per class: ``(width, height)`` at the 5, 25, 50, 75 and 95 %
+#: quantiles (6,873 boxes); ``style="deeppcb"`` samples its box sizes from them.
+DEEPPCB_BOX_QUANTILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "open": ((29, 34, 38, 51, 85), (26, 30, 34, 42, 64)),
+    "short": ((25, 31, 42.5, 54, 90), (25, 29, 37, 46, 69)),
+    "mousebite": ((26, 30, 34, 39, 50), (24, 27, 29, 34, 44)),
+    "spur": ((27, 31, 34, 38, 46), (25, 28, 32, 36, 46)),
+    "copper": ((28, 32, 35, 41, 55), (26, 31, 35, 41, 56)),
+    "pin-hole": ((26, 30, 34, 39, 50), (24.5, 28, 32, 38, 49)),
+}
+_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 @dataclass
@@ -62,6 +85,9 @@ class BoardSynthesizer:
         randomise: domain randomisation of the rendering (levels, illumination, noise, blur);
             ``False`` gives clean binary boards.
         binary_prob: with ``randomise``, the share of boards kept binary (DeepPCB-like).
+        style: ``"default"`` (the domain-randomised boards above) or ``"deeppcb"`` (binary boards
+            and boxes shaped like DeepPCB's, see the module docstring; ignores ``randomise`` and
+            ``binary_prob``).
 
     Example:
         >>> synth = BoardSynthesizer(size=128, max_defects=3)
@@ -74,7 +100,7 @@ class BoardSynthesizer:
 
     def __init__(self, size: int = 640, *, min_defects: int = 1, max_defects: int = 8,
                  classes: Sequence[str] | None = None, template: bool = False, randomise: bool = True,
-                 binary_prob: float = 0.5) -> None:
+                 binary_prob: float = 0.5, style: str = "default") -> None:
         if not isinstance(size, int) or size < 64:
             raise ValueError(f"size must be an int >= 64, got {size!r}")
         if not 0 <= min_defects <= max_defects:
@@ -85,6 +111,9 @@ class BoardSynthesizer:
             raise ValueError(f"classes must be a non-empty subset of {DEEPPCB_CLASSES}, got {names}")
         if not 0 <= binary_prob <= 1:
             raise ValueError(f"binary_prob must be in [0, 1], got {binary_prob}")
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        self.style = style
         self.size, self.min_defects, self.max_defects = size, min_defects, max_defects
         self.class_ids = [DEEPPCB_CLASSES.index(c) for c in names]
         self.template, self.randomise, self.binary_prob = template, randomise, binary_prob
@@ -97,10 +126,19 @@ class BoardSynthesizer:
 
         n = self.size
         mask = np.zeros((n, n), np.uint8)
-        scale = rng.uniform(0.6, 1.4) * n / 640
-        w = max(2, int(round(rng.uniform(4, 10) * scale)))
-        gap = max(4, int(round(w * rng.uniform(1.0, 2.5))))
-        pad = max(w + 2, int(round(w * rng.uniform(1.6, 2.6))))
+        deeppcb = self.style == "deeppcb"
+        if deeppcb:  # measured on DeepPCB: traces 7-12 px, solid pads 20-60 px, pours, 640 px boards
+            scale = n / 640
+            w = max(2, int(round(rng.uniform(7, 12) * scale)))
+            gap = max(4, int(round(rng.uniform(8, 16) * scale)))
+            pad = max(w + 2, int(round(w * rng.uniform(2.5, 4.5))))
+            kinds, hole_p = (0.5, 0.03, 0.3, 0.17), 0.2
+        else:
+            scale = rng.uniform(0.6, 1.4) * n / 640
+            w = max(2, int(round(rng.uniform(4, 10) * scale)))
+            gap = max(4, int(round(w * rng.uniform(1.0, 2.5))))
+            pad = max(w + 2, int(round(w * rng.uniform(1.6, 2.6))))
+            kinds, hole_p = (0.6, 0.13, 0.12, 0.15), 0.6
         grid = int(rng.integers(2, 4))
         cell = n // grid
         traces: list[_Trace] = []
@@ -109,7 +147,7 @@ class BoardSynthesizer:
             for bx in range(grid):
                 x0, y0 = bx * cell + pad, by * cell + pad
                 x1, y1 = (bx + 1) * cell - pad, (by + 1) * cell - pad
-                kind = rng.choice(4, p=(0.6, 0.13, 0.12, 0.15))
+                kind = rng.choice(4, p=kinds)
                 if kind == 3:  # left empty: room for 45-degree traces and spurious copper
                     continue
                 if kind == 1:  # ring vias
@@ -129,7 +167,12 @@ class BoardSynthesizer:
                 lo_c, hi_c, lo_a, hi_a = (x0, x1, y0, y1) if vertical else (y0, y1, x0, x1)
                 pitch = w + gap
                 skip = rng.uniform(0.0, 0.35)
-                for k, c in enumerate(range(lo_c + pad // 2, hi_c - pad // 2, max(pitch, pad + 2))):
+                # DeepPCB: traces often run through clearance channels cut into a copper pour
+                poured = deeppcb and rng.random() < 0.6
+                if poured:
+                    cv2.rectangle(mask, (x0 - pad // 2, y0 - pad // 2), (x1 + pad // 2, y1 + pad // 2), 255, -1)
+                step = max(pitch, pad + 2) if not poured else max(w + 3 * gap, pad + 2 * gap)
+                for k, c in enumerate(range(lo_c + pad // 2 + (gap if poured else 0), hi_c - pad // 2, step)):
                     if rng.random() < skip:
                         continue
                     span = hi_a - lo_a
@@ -138,6 +181,11 @@ class BoardSynthesizer:
                     if a1 - a0 < 8 * w:
                         continue
                     t = _Trace(vertical, float(c), float(a0), float(a1), float(w), bundle, k)
+                    if poured:  # the channel: the trace and its pads plus ``gap`` of clearance
+                        channel = _rect(t, a0, a1, c - w / 2 - gap, c + w / 2 - 1 + gap)
+                        cv2.rectangle(mask, *self._corners(channel), 0, -1)
+                        for a in (a0, a1):
+                            cv2.circle(mask, _pt(t, a, c), pad // 2 + gap, 0, -1)
                     cv2.rectangle(mask, *self._corners(_rect(t, a0, a1, c - w / 2, c + w / 2 - 1)), 255, -1)
                     for a in (a0, a1):  # pads with drill holes at both ends
                         p = _pt(t, a, c)
@@ -146,7 +194,7 @@ class BoardSynthesizer:
                         else:
                             cv2.rectangle(mask, (p[0] - pad // 2, p[1] - pad // 2),
                                           (p[0] + pad // 2, p[1] + pad // 2), 255, -1)
-                        if rng.random() < 0.6:
+                        if rng.random() < hole_p:
                             cv2.circle(mask, p, max(1, pad // 5), 0, -1)
                     traces.append(t)
                 bundle += 1
@@ -279,7 +327,7 @@ class BoardSynthesizer:
     def _copper(self, mask, rng, traces, template, taken=None):
         import cv2
 
-        r = int(max(3, rng.uniform(3, 10) * self.size / 640))
+        r = int(max(3, rng.uniform(3, 10) * self.size / 640 * (1.3 if self.style == "deeppcb" else 1.0)))
         avail = ((template == 0) & (mask == 0)).astype(np.uint8)
         if taken is not None:
             avail &= ~taken
@@ -294,7 +342,7 @@ class BoardSynthesizer:
     def _pinhole(self, mask, rng, traces, template, taken=None):
         import cv2
 
-        r = int(max(1, rng.uniform(2, 5) * self.size / 640))
+        r = int(max(1, rng.uniform(2, 5) * self.size / 640 * (1.3 if self.style == "deeppcb" else 1.0)))
         avail = ((template > 0) & (mask > 0)).astype(np.uint8)
         if taken is not None:
             avail &= ~taken
@@ -320,7 +368,7 @@ class BoardSynthesizer:
 
     def _look(self, rng: np.random.Generator) -> dict[str, Any]:
         n = self.size
-        binary = not self.randomise or rng.random() < self.binary_prob
+        binary = self.style == "deeppcb" or not self.randomise or rng.random() < self.binary_prob
         if binary:
             return {"binary": True, "copper": 0.0, "background": 255.0}  # DeepPCB: dark copper on white
         yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
@@ -330,6 +378,20 @@ class BoardSynthesizer:
         return {"binary": False, "copper": light if inverted else dark, "background": dark if inverted else light,
                 "illumination": 1 + gx * (xx - 0.5) + gy * (yy - 0.5), "noise": rng.uniform(0, 12),
                 "blur": rng.uniform(0, 1.2) if rng.random() < 0.7 else 0.0}
+
+    def _deeppcb_box(self, box: tuple[int, int, int, int], cls: int,
+                     rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """Grow a tight defect box to a DeepPCB-sized one (sampled per class) around the same centre."""
+        qw, qh = DEEPPCB_BOX_QUANTILES[DEEPPCB_CLASSES[cls]]
+        f = self.size / 640
+        u = rng.uniform(_QUANTILES[0], _QUANTILES[-1], 2)
+        bw, bh = np.interp(u[0], _QUANTILES, qw) * f, np.interp(u[1], _QUANTILES, qh) * f
+        x0, y0, x1, y1 = box
+        bw, bh = max(bw, x1 - x0), max(bh, y1 - y0)  # never cut the defect
+        cx = (x0 + x1) / 2 + rng.uniform(-0.5, 0.5) * (bw - (x1 - x0))  # annotations are not centred exactly
+        cy = (y0 + y1) / 2 + rng.uniform(-0.5, 0.5) * (bh - (y1 - y0))
+        return (int(np.floor(cx - bw / 2)), int(np.floor(cy - bh / 2)),
+                int(np.ceil(cx + bw / 2)), int(np.ceil(cy + bh / 2)))
 
     def __call__(self, seed: int) -> dict[str, Any]:
         """The sample for ``seed`` (deterministic).
@@ -349,24 +411,43 @@ class BoardSynthesizer:
         boxes: list[tuple[int, int, int, int]] = []
         labels: list[int] = []
         taken = np.zeros_like(template)
+        # deeppcb: classes in shuffled rounds, each retried until it fits (DeepPCB's classes are balanced)
+        balanced = self.style == "deeppcb"
+        queue: list[int] = []
+        fails = 0
         for _ in range(4 * want + 8):  # a few retries: a candidate may not fit or may overlap another
             if len(boxes) >= want:
                 break
-            cls = self.class_ids[int(rng.integers(len(self.class_ids)))]
+            if balanced:
+                if not queue:
+                    queue = [self.class_ids[i] for i in rng.permutation(len(self.class_ids))]
+                cls = queue[0]
+            else:
+                cls = self.class_ids[int(rng.integers(len(self.class_ids)))]
             trial = mask.copy()
             if cls in (4, 5):
                 box = self._drawers[cls](trial, rng, traces, template, taken)
             else:
                 box = self._drawers[cls](trial, rng, traces, template)
             if box is None:
+                fails += 1
+                if balanced and fails % 3 == 0:  # this class does not fit on this board: next one
+                    queue.pop(0)
                 continue
+            if self.style == "deeppcb":
+                box = self._deeppcb_box(box, cls, rng)
             x0, y0, x1, y1 = (int(np.clip(v, 0, self.size)) for v in box)
             if x1 - x0 < 2 or y1 - y0 < 2 or taken[y0:y1, x0:x1].any():
+                fails += 1
+                if balanced and fails % 3 == 0:
+                    queue.pop(0)
                 continue
             mask = trial
             taken[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = 1
             boxes.append((x0, y0, x1, y1))
             labels.append(cls)
+            if balanced:
+                queue.pop(0)
         look = self._look(rng)
         image = self._render(mask, rng, look)[..., None]
         if self.template:
