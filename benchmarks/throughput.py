@@ -19,11 +19,14 @@ Host work per forward (aten ops, host syncs): ``benchmarks/host_work.py``.
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base vit_b16 --compile \\
         --compile-mode default reduce-overhead max-autotune --fullgraph --freeze
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base --size 224 --channels-last
+    python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base base@depths=2,10 vit_b16 \
+        --compile --profile                        # config ablations, GPU kernel time by kind
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -55,12 +58,70 @@ def _suffix(mode: str | None) -> str:
 
 
 def build(name: str) -> nn.Module:
-    """A named vlsdk config (``base``, ``small-patch`` for the plain-stem variant) or a reference ViT."""
+    """A named vlsdk config (``base``, ``small-patch`` for the plain-stem variant) or a reference ViT.
+
+    ``@field=value`` overrides config fields for ablations: ``base@depths=2,10``,
+    ``base@top_k=2`` (a field of the MoE config), ``base@stem_blocks=1,1``.
+    """
     if name in REFERENCES:
         return REFERENCES[name]()
+    name, *overrides = name.split("@")
     config, _, variant = name.partition("-")
     cfg = get_config(config)
-    return HybridEncoder(cfg.replace(stem=variant) if variant else cfg)
+    if variant:
+        cfg = cfg.replace(stem=variant)
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        value = tuple(int(v) for v in raw.split(",")) if "," in raw else int(raw)
+        if hasattr(cfg.moe, key):
+            cfg = cfg.replace(moe=dataclasses.replace(cfg.moe, **{key: value}))
+        elif hasattr(cfg, key):
+            cfg = cfg.replace(**{key: value})
+        else:
+            raise ValueError(f"{name}: no config field {key!r} (in {item!r})")
+    return HybridEncoder(cfg)
+
+
+#: Kernel-name fragments -> category, first match wins (``--profile``).
+KERNEL_KINDS = (
+    ("grouped gemm", ("grouped", "group_gemm")),
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("conv", ("conv", "fprop", "implicit", "nchw", "nhwc", "winograd", "dgrad", "wgrad")),
+    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "sm90", "sm80", "mm_")),
+    ("norm/pool", ("norm", "pool")),
+    ("triton fused", ("triton",)),
+    ("copy/elementwise", ("elementwise", "copy", "cat", "index", "gather", "scatter", "reduce", "sort")),
+)
+
+
+def profile_case(model: nn.Module, x: torch.Tensor, iters: int = 5, top: int = 12) -> dict[str, float]:
+    """GPU kernel time of ``iters`` forwards by category (``KERNEL_KINDS``), printed with the top kernels.
+
+    The categories answer "where does the time go" for a compiled graph, whose fused kernels have
+    lost their module names.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(x)
+        _sync(x.device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                model(x)
+            _sync(x.device)
+    kernels = [(e.key, e.device_time_total / iters) for e in prof.key_averages() if e.device_time_total > 0
+               and e.device_type == torch.autograd.DeviceType.CUDA]
+    kinds: dict[str, float] = {}
+    for key, us in kernels:
+        low = key.lower()
+        kind = next((k for k, frags in KERNEL_KINDS if any(f in low for f in frags)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + us
+    total = sum(kinds.values()) or 1.0
+    print(f"  GPU kernel time per forward: {total / 1e3:.2f} ms; " + ", ".join(
+        f"{k} {v / total:.0%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    for key, us in sorted(kernels, key=lambda kv: -kv[1])[:top]:
+        print(f"    {us / 1e3:7.3f} ms  {key[:110]}")
+    return {k: v / 1e3 for k, v in kinds.items()} | {"kernel_ms": total / 1e3}
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +161,10 @@ def measure(name: str, size: int, batch: int, args: argparse.Namespace,
         torch.cuda.reset_peak_memory_stats(device)
     seconds = time_forward(model, x, args.iters, args.repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
+    result = {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
+    if getattr(args, "profile", False) and device.type == "cuda":
+        result["kernels_ms"] = profile_case(model, x)
+    return result
 
 
 def scaling(config: str, args: argparse.Namespace, out: Path) -> list[dict[str, float]]:
@@ -159,6 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--freeze", action="store_true", help="inductor freezing: parameters folded as constants")
     p.add_argument("--channels-last", action="store_true",
                    help="model and input in torch.channels_last (NHWC convolutions in the CNN stem)")
+    p.add_argument("--profile", action="store_true",
+                   help="CUDA: print each case's GPU kernel time by kind (conv, gemm, attention, ...) and top kernels")
     p.add_argument("--iters", type=int, default=None, help="forwards per timed block (default 10 CUDA, 1 CPU)")
     p.add_argument("--repeats", type=int, default=5, help="timed blocks (median counts)")
     p.add_argument("--scaling", default=None, metavar="CONFIG", help="also sweep image and batch size for CONFIG")
@@ -194,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{key:38s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
                       f"{r['ms_per_batch']:9.2f} ms/batch peak {r['peak_mib']:8.0f} MiB", flush=True)
         for suffix in suffixes:
-            for ours, ref in (("base", "vit_b16"), ("small", "vit_b16")):
+            for ours, ref in ((m, "vit_b16") for m in args.models if m not in REFERENCES):
                 if ours + suffix in by_name and ref + suffix in by_name:
                     ratio = by_name[ours + suffix]["images_per_s"] / by_name[ref + suffix]["images_per_s"]
                     print(f"ratio {size}px{suffix}: {ours} / {ref} images/s = {ratio:.2f}x")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlsdk.ops.boxes import batched_nms, box_area, box_iou, clip_boxes, generalized_box_iou, nms
+from vlsdk.ops.boxes import batched_nms, box_area, box_iou, clip_boxes, generalized_box_iou, nms, padded_nms
 
 
 def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, thr: float) -> list[int]:
@@ -89,3 +89,27 @@ def test_batched_nms_empty_and_bad_shapes():
         batched_nms(torch.zeros(3, 4), torch.zeros(2), torch.zeros(3), 0.5)
     with pytest.raises(ValueError, match=r"\(\.\.\., 4\) in xyxy"):
         box_iou(torch.zeros(3, 5), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_padded_nms_matches_greedy_reference_per_image(seed):
+    g = torch.Generator().manual_seed(seed)
+    b, k = 5, 60
+    boxes = torch.stack([random_boxes(k, g) for _ in range(b)])
+    scores = torch.rand(b, k, generator=g).sort(dim=1, descending=True).values  # padded_nms wants score order
+    labels = torch.randint(0, 3, (b, k), generator=g)
+    lengths = [k, 0, 1, 17, 42]  # a full image, an empty one, padding of every length
+    valid = torch.arange(k)[None, :] < torch.tensor(lengths)[:, None]
+    boxes[~valid] = 0.0  # padding overlapping everything must not suppress anything
+    for thr in (0.3, 0.5):
+        keep = padded_nms(boxes, labels, valid, thr)
+        for i, n in enumerate(lengths):
+            assert not bool(keep[i, n:].any())
+            expected = reference_nms(boxes[i, :n], scores[i, :n], labels[i, :n], thr)
+            assert keep[i, :n].nonzero().flatten().tolist() == sorted(expected)
+
+
+def test_padded_nms_bad_shapes():
+    with pytest.raises(ValueError, match=r"labels \(B, K\)"):
+        padded_nms(torch.zeros(2, 3, 4), torch.zeros(2, 2), torch.ones(2, 3, dtype=torch.bool), 0.5)
+    assert padded_nms(torch.zeros(2, 0, 4), torch.zeros(2, 0), torch.ones(2, 0, dtype=torch.bool), 0.5).shape == (2, 0)

@@ -11,6 +11,7 @@ from vlsdk.heads import (
     DepthHead,
     DepthOutput,
     DetectionHead,
+    DetectionOutput,
     Head,
     SegmentationHead,
     SegmentationOutput,
@@ -18,6 +19,7 @@ from vlsdk.heads import (
     pad_targets,
     silog_loss,
 )
+from vlsdk.heads.detection import decode_detections
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.ops.boxes import box_iou
 
@@ -145,6 +147,23 @@ def test_detection_decode_limits_and_clips():
         assert bool((d.scores[1:] <= d.scores[:-1]).all())
         assert d.labels.dtype == torch.long and int(d.labels.max()) < 4
     assert all(len(d) == 0 for d in head.decode(out, score_threshold=0.99))
+
+
+@pytest.mark.parametrize("score_threshold", [0.0, 0.3, 0.7, 0.999])
+def test_detection_decode_batched_equals_the_per_image_loop(score_threshold):
+    g = torch.Generator().manual_seed(1)
+    b, a, c = 4, 300, 3
+    out = DetectionOutput(
+        cls_logits=torch.randn(b, a, c, generator=g) * 2, obj_logits=torch.randn(b, a, generator=g) * 2,
+        ltrb=torch.rand(b, a, 4, generator=g) * 30 + 1, anchors=torch.rand(a, 2, generator=g) * 100,
+        strides=torch.full((a,), 8.0), level_sizes=[(15, 20)], image_size=(100, 100))
+    loop = decode_detections(out, score_threshold, max_detections=20, batched=False)
+    batched = decode_detections(out, score_threshold, max_detections=20, batched=True)
+    assert [len(d) for d in batched] == [len(d) for d in loop]
+    for x, y in zip(loop, batched, strict=True):
+        assert torch.equal(x.boxes, y.boxes) and torch.equal(x.scores, y.scores) and torch.equal(x.labels, y.labels)
+    if score_threshold < 0.9:
+        assert sum(len(d) for d in loop) > 0  # the comparison is not between empty lists
 
 
 def test_assignment_positives_lie_inside_their_box():

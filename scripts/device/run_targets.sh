@@ -3,11 +3,11 @@
 #
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
-# GROUP: bench | train | medical_perf | stages. Jobs run one after another (six at once starved the 16 CPU cores
+# GROUP: bench | train | medical_perf | stages | profile. Jobs run one after another (six at once starved the 16 CPU cores
 # and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
 # (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -51,6 +51,13 @@ medical_perf)  # the medical run, then the MoE, scaling and PCB figures after th
 stages)
     run 280 lora python3 benchmarks/lora_vs_full.py --device cuda --amp bf16 --num-workers 14 --no-progress --out runs/lora_vs_full
     run 280 distill python3 benchmarks/distill_lightweight.py --device cuda --amp bf16 --num-workers 14 --no-progress --out runs/distill
+    ;;
+profile)  # where the GPU time goes (kernel kinds), compiled and with CUDA graphs; PCB inference in NHWC
+    run 300 tp224 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
+        --models base vit_b16 --compile --compile-mode default reduce-overhead --fullgraph --channels-last --profile \
+        --out runs/throughput_nhwc
+    run 150 pcb-infer-nhwc python3 -m vlsdk pcb --benchmark --compile --channels-last --device cuda --amp bf16 \
+        --config small --batch-size 64 --out runs/pcb_bench_nhwc
     ;;
 *) echo "unknown group $group" >&2; exit 2 ;;
 esac

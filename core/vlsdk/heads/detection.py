@@ -12,7 +12,7 @@ from torch import nn
 
 from vlsdk.heads.base import ConvNormAct, Head, resolve_strides
 from vlsdk.models.features import EncoderFeatures
-from vlsdk.ops.boxes import batched_nms, clip_boxes, generalized_box_iou
+from vlsdk.ops.boxes import batched_nms, clip_boxes, generalized_box_iou, padded_nms
 
 __all__ = [
     "decode_detections", "DetectionHead", "DetectionOutput", "Detections", "assign_targets", "pad_targets"]
@@ -311,14 +311,15 @@ class DetectionHead(Head):
                 "num_pos": num_pos.detach().to(total.dtype)}
 
     def decode(self, output: DetectionOutput, score_threshold: float = 0.05, iou_threshold: float = 0.5,
-               max_detections: int = 100, pre_nms_topk: int = 1000) -> list[Detections]:
+               max_detections: int = 100, pre_nms_topk: int = 1000, batched: bool | None = None) -> list[Detections]:
         """Per-image detections; see :func:`decode_detections`."""
-        return decode_detections(output, score_threshold, iou_threshold, max_detections, pre_nms_topk)
+        return decode_detections(output, score_threshold, iou_threshold, max_detections, pre_nms_topk, batched)
 
 
 @torch.no_grad()
 def decode_detections(output: DetectionOutput, score_threshold: float = 0.05, iou_threshold: float = 0.5,
-                      max_detections: int = 100, pre_nms_topk: int = 1000) -> list[Detections]:
+                      max_detections: int = 100, pre_nms_topk: int = 1000,
+                      batched: bool | None = None) -> list[Detections]:
     """Per-image detections: score threshold, top-k, class-wise NMS, at most ``max_detections``.
 
     Scores are ``sigmoid(objectness) * sigmoid(class)``; a location may yield several classes.
@@ -329,6 +330,10 @@ def decode_detections(output: DetectionOutput, score_threshold: float = 0.05, io
         iou_threshold: class-wise NMS threshold (see :func:`vlsdk.ops.boxes.batched_nms`).
         max_detections: detections kept per image.
         pre_nms_topk: candidates per image entering NMS (bounds its ``O(k^2)`` memory).
+        batched: decode every image in one set of tensor ops (:func:`vlsdk.ops.boxes.padded_nms`:
+            a few host reads per batch) instead of a loop over images (a few per image). ``None``:
+            batched on GPU, where host reads cost the most; the loop on CPU, where the padding to
+            the batch's longest candidate list would cost more. Both give the same detections.
     """
     if not 0 <= score_threshold < 1 or not 0 <= iou_threshold <= 1:
         raise ValueError(f"expected score_threshold in [0, 1) and iou_threshold in [0, 1], got "
@@ -338,6 +343,8 @@ def decode_detections(output: DetectionOutput, score_threshold: float = 0.05, io
                          f"{max_detections}, {pre_nms_topk}")
     scores = torch.sigmoid(output.obj_logits)[..., None] * torch.sigmoid(output.cls_logits)  # (B, A, C)
     boxes = clip_boxes(output.boxes, output.image_size)
+    if batched if batched is not None else scores.is_cuda:
+        return _decode_batched(scores, boxes, score_threshold, iou_threshold, max_detections, pre_nms_topk)
     c = scores.shape[-1]
     results = []
     for img_scores, img_boxes in zip(scores.flatten(1), boxes, strict=True):
@@ -348,3 +355,19 @@ def decode_detections(output: DetectionOutput, score_threshold: float = 0.05, io
         kept = batched_nms(bx, sc, lb, iou_threshold)[:max_detections]
         results.append(Detections(bx[kept], sc[kept], lb[kept]))
     return results
+
+
+def _decode_batched(scores: torch.Tensor, boxes: torch.Tensor, score_threshold: float, iou_threshold: float,
+                    max_detections: int, pre_nms_topk: int) -> list[Detections]:
+    """:func:`decode_detections` for the whole batch at once: ``(B, A, C)`` scores, ``(B, A, 4)`` boxes."""
+    c = scores.shape[-1]
+    top = scores.flatten(1).topk(min(pre_nms_topk, scores.shape[1] * c), dim=1)  # sorted: valid ones lead
+    valid = top.values > score_threshold
+    n = int(valid.sum(1).max()) if valid.numel() else 0  # host read: the longest candidate list
+    vals, flat, valid = top.values[:, :n], top.indices[:, :n], valid[:, :n]
+    bx = boxes.gather(1, torch.div(flat, c, rounding_mode="floor")[..., None].expand(-1, -1, 4))
+    lb = flat % c
+    keep = padded_nms(bx, lb, valid, iou_threshold)
+    keep &= keep.cumsum(1) <= max_detections
+    counts = keep.sum(1).tolist()  # host read: detections per image
+    return [Detections(*parts) for parts in zip(*(t[keep].split(counts) for t in (bx, vals, lb)), strict=True)]

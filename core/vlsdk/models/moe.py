@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from vlsdk.models.amp import autocast_enabled
 from vlsdk.models.config import MoEConfig
 from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_slots
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
@@ -334,7 +335,7 @@ _PAD = 16  # the bias column plus zeros: keeps the folded GEMM's K a multiple of
 def _compute_dtype(flat: torch.Tensor) -> torch.dtype:
     """The dtype the experts' GEMMs run in: autocast's where it is on for ``flat``'s device."""
     device = flat.device.type
-    if flat.is_floating_point() and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+    if flat.is_floating_point() and autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return flat.dtype
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlsdk.models.amp import autocast_enabled
 from vlsdk.models.grouped_mm import StackedWeights
 
 __all__ = ["Router", "Routing", "count_assignments", "load_balancing_loss", "router_entropy", "scores_to_probs",
@@ -103,7 +104,7 @@ class Router(nn.Module):
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
         device = x.device.type  # (the meta device, for host-overhead measurements, has no autocast)
-        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        autocast = autocast_enabled(device)
         with torch.autocast(device_type=device, enabled=False) if autocast else nullcontext():
             logits = F.linear(x, w, b)
             probs = scores_to_probs(logits, self.score)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["box_area", "box_iou", "generalized_box_iou", "clip_boxes", "nms", "batched_nms"]
+__all__ = ["box_area", "box_iou", "generalized_box_iou", "clip_boxes", "nms", "batched_nms", "padded_nms"]
 
 
 def _check_boxes(name: str, boxes: torch.Tensor) -> None:
@@ -150,3 +150,47 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     """
     return batched_nms(boxes, scores, torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device),
                        iou_threshold)
+
+
+def padded_nms(boxes: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Class-wise greedy NMS of a batch of images at once, on padded ``(B, K)`` candidates.
+
+    The same rule as :func:`batched_nms` (see there), for every image in one set of tensor ops:
+    candidates must already be in decreasing score order within each image (as ``topk`` returns
+    them; equal scores keep their order), padding marked ``False`` in ``valid``. One IoU tensor
+    ``(B, K, K)``, then the fixed-point iteration as a batched matrix product, with one host read
+    per iteration for the whole batch instead of one per iteration and image. Memory is
+    ``O(B K^2)``: trim ``K`` to the longest valid prefix first.
+
+    Args:
+        boxes: ``(B, K, 4)`` xyxy boxes.
+        labels: ``(B, K)`` integer class of each box; boxes of different classes never suppress each other.
+        valid: ``(B, K)`` bool, ``False`` for padding.
+        iou_threshold: boxes overlapping a kept box by more than this are discarded.
+
+    Returns:
+        ``(B, K)`` bool, the kept candidates.
+
+    Example:
+        >>> boxes = torch.tensor([[[0.0, 0, 10, 10], [1.0, 1, 10, 10], [0.0, 0, 10, 10]]])
+        >>> padded_nms(boxes, torch.tensor([[0, 0, 1]]), torch.tensor([[True, True, True]]), 0.5)
+        tensor([[ True, False,  True]])
+    """
+    _check_boxes("boxes", boxes)
+    b, k = valid.shape
+    if boxes.shape != (b, k, 4) or labels.shape != (b, k):
+        raise ValueError(f"padded_nms expects boxes (B, K, 4), labels (B, K) and valid (B, K), got "
+                         f"{tuple(boxes.shape)}, {tuple(labels.shape)} and {tuple(valid.shape)}")
+    if valid.numel() == 0:
+        return valid.clone()
+    iou = _iou_and_union(boxes[:, :, None, :], boxes[:, None, :, :])[0]
+    # sup[b, j, i]: box j (ranked before i) would suppress box i of the same image if j is kept.
+    sup = (iou > iou_threshold) & (labels[:, :, None] == labels[:, None, :]) & valid[:, :, None]
+    sup = sup.triu(diagonal=1).float()
+    keep = valid
+    for _ in range(k):
+        new = valid & (torch.bmm(keep[:, None, :].to(sup.dtype), sup)[:, 0] == 0)
+        if torch.equal(new, keep):
+            break
+        keep = new
+    return keep

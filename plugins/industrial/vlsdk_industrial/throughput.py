@@ -20,7 +20,10 @@ __all__ = ["ThroughputResult", "measure_throughput"]
 
 @dataclass
 class ThroughputResult:
-    """Boards per second (median over the timed batches) and the settings it was measured with."""
+    """Boards per second (median over the timed batches) and the settings it was measured with.
+
+    ``forward_boards_per_s`` times the forward pass alone (no decoding), in the same run.
+    """
 
     boards_per_s: float
     batch_size: int
@@ -31,6 +34,8 @@ class ThroughputResult:
     batches: int
     compiled: bool
     dense_moe: bool
+    channels_last: bool = False
+    forward_boards_per_s: float = float("nan")
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -39,7 +44,8 @@ class ThroughputResult:
 
 def measure_throughput(model: VLModel, *, head: str = "pcb", batch_size: int = 64, image_size: int = 640,
                        device: str = "cuda", amp: str = "bf16", warmup: int = 5, batches: int = 20,
-                       compile: bool = False, dense_moe: bool = False) -> ThroughputResult:
+                       compile: bool = False, dense_moe: bool = False,
+                       channels_last: bool = False) -> ThroughputResult:
     """Measure detection throughput on random boards.
 
     Args:
@@ -53,6 +59,7 @@ def measure_throughput(model: VLModel, *, head: str = "pcb", batch_size: int = 6
         batches: timed batches.
         compile: wrap the model in ``torch.compile``.
         dense_moe: run the MoE layers on their static all-experts path (see ``set_dense_moe``).
+        channels_last: model and boards in ``torch.channels_last`` (NHWC convolutions on GPU).
     """
     import torch
 
@@ -64,27 +71,37 @@ def measure_throughput(model: VLModel, *, head: str = "pcb", batch_size: int = 6
     if amp not in ("none", "bf16"):
         raise ValueError(f"amp must be 'none' or 'bf16', got {amp!r}")
     dev = torch.device(device)
-    model = model.to(dev).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=fmt).eval()
     model.set_dense_moe(dense_moe)
     det_head = model.heads[head]
     run = torch.compile(model) if compile else model
-    images = torch.rand(batch_size, model.config.in_chans, image_size, image_size, device=dev)
+    images = torch.rand(batch_size, model.config.in_chans, image_size, image_size, device=dev).contiguous(
+        memory_format=fmt)
+
+    def forward() -> object:
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            return run(images, heads=[head])[head]
 
     def step() -> None:
-        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            out = run(images, heads=[head])
-        det_head.decode(float_output(out[head]))
+        det_head.decode(float_output(forward()))
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        step()
+
+    def median_seconds(fn: object) -> float:
+        for _ in range(warmup):
+            fn()
         sync()
-        times.append(time.perf_counter() - start)
+        times = []
+        for _ in range(batches):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    total = median_seconds(step)
+    forward_only = median_seconds(forward)
     model.set_dense_moe(False)
-    return ThroughputResult(batch_size / statistics.median(times), batch_size, image_size, model.config.in_chans,
-                            str(dev), amp, batches, compile, dense_moe)
+    return ThroughputResult(batch_size / total, batch_size, image_size, model.config.in_chans,
+                            str(dev), amp, batches, compile, dense_moe, channels_last, batch_size / forward_only)
