@@ -40,6 +40,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encoder_flops import PlainViT  # noqa: E402
 
+from vlsdk.inspect.kernels import kernel_breakdown  # noqa: E402
 from vlsdk.models.config import get_config  # noqa: E402
 from vlsdk.models.encoder import HybridEncoder  # noqa: E402
 
@@ -82,46 +83,12 @@ def build(name: str) -> nn.Module:
     return HybridEncoder(cfg)
 
 
-#: Kernel-name fragments -> category, first match wins (``--profile``).
-KERNEL_KINDS = (
-    ("grouped gemm", ("grouped", "group_gemm")),
-    ("attention", ("flash", "fmha", "attention", "sdpa")),
-    ("conv", ("conv", "fprop", "implicit", "nchw", "nhwc", "winograd", "dgrad", "wgrad")),
-    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "sm90", "sm80", "mm_")),
-    ("norm/pool", ("norm", "pool")),
-    ("triton fused", ("triton",)),
-    ("copy/elementwise", ("elementwise", "copy", "cat", "index", "gather", "scatter", "reduce", "sort")),
-)
-
-
-def profile_case(model: nn.Module, x: torch.Tensor, iters: int = 5, top: int = 12) -> dict[str, float]:
-    """GPU kernel time of ``iters`` forwards by category (``KERNEL_KINDS``), printed with the top kernels.
-
-    The categories answer "where does the time go" for a compiled graph, whose fused kernels have
-    lost their module names.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
+def profile_case(model: nn.Module, x: torch.Tensor, iters: int = 5) -> dict[str, float]:
+    """GPU kernel time of one forward by kind (:func:`vlsdk.inspect.kernels.kernel_breakdown`), printed."""
     with torch.inference_mode():
-        model(x)
-        _sync(x.device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(iters):
-                model(x)
-            _sync(x.device)
-    kernels = [(e.key, e.device_time_total / iters) for e in prof.key_averages() if e.device_time_total > 0
-               and e.device_type == torch.autograd.DeviceType.CUDA]
-    kinds: dict[str, float] = {}
-    for key, us in kernels:
-        low = key.lower()
-        kind = next((k for k, frags in KERNEL_KINDS if any(f in low for f in frags)), "other")
-        kinds[kind] = kinds.get(kind, 0.0) + us
-    total = sum(kinds.values()) or 1.0
-    print(f"  GPU kernel time per forward: {total / 1e3:.2f} ms; " + ", ".join(
-        f"{k} {v / total:.0%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
-    for key, us in sorted(kernels, key=lambda kv: -kv[1])[:top]:
-        print(f"    {us / 1e3:7.3f} ms  {key[:110]}")
-    return {k: v / 1e3 for k, v in kinds.items()} | {"kernel_ms": total / 1e3}
+        report = kernel_breakdown(lambda: model(x), iters=iters, device=x.device)
+    print("  " + str(report).replace("\n", "\n  "))
+    return report.by_kind | {"kernel_ms": report.total_ms}
 
 
 def _sync(device: torch.device) -> None:

@@ -3,11 +3,11 @@
 #
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
-# GROUP: bench | train | medical_perf | stages | profile. Jobs run one after another (six at once starved the 16 CPU cores
+# GROUP: bench | train | medical_perf | stages | profile | medical_pcb. Jobs run one after another (six at once starved the 16 CPU cores
 # and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
 # (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -58,6 +58,16 @@ profile)  # where the GPU time goes (kernel kinds), compiled and with CUDA graph
         --out runs/throughput_nhwc
     run 150 pcb-infer-nhwc python3 -m vlsdk pcb --benchmark --compile --channels-last --device cuda --amp bf16 \
         --config small --batch-size 64 --out runs/pcb_bench_nhwc
+    ;;
+medical_pcb)  # medical 2.5D input on the GPU; where PCB inference time goes; base after the 1-byte sort keys
+    run 150 pcb-infer-profile python3 -m vlsdk pcb --benchmark --compile --channels-last --bf16-weights --profile \
+        --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench_bf16
+    run 275 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
+        --model small --context-slices 1 --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress \
+        --out runs/medical_ctx1 --data "$D/brats_lesion_mri"
+    run 120 tp224 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
+        --models base --compile --compile-mode reduce-overhead --fullgraph --channels-last --profile \
+        --out runs/throughput_sortkey
     ;;
 *) echo "unknown group $group" >&2; exit 2 ;;
 esac

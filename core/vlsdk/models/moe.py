@@ -180,7 +180,8 @@ class DynamicMoE(nn.Module):
         num_experts = len(self.expert_names)
         assignment = idx.reshape(-1)                                   # (T*k,) expert of each slot
         if self._use_grouped(flat):                                    # (dropless: no capacity)
-            experts, order = torch.sort(assignment, stable=True)       # slots grouped by expert
+            key = assignment.to(_sort_key_dtype(num_experts))          # 1-byte keys: 1 radix pass, not 8
+            experts, order = torch.sort(key, stable=True)              # slots grouped by expert
             return self._grouped(flat, idx, weight, order, experts, grid3), None, None
         order = torch.argsort(assignment, stable=True)                 # slots grouped by expert
         counts = count_assignments(assignment, num_experts)            # no host sync (bincount has one)
@@ -259,7 +260,8 @@ class DynamicMoE(nn.Module):
                     value[0, 0] = 1.0
                 else:
                     n_generic = len(self._backbone_experts)
-                    value = torch.tensor([*range(n_generic - 1), len(self.expert_names)], device=device)
+                    value = torch.tensor([*range(n_generic - 1), len(self.expert_names)], device=device,
+                                         dtype=dtype)
             if not compiling:
                 self._constants[key] = value
         return value
@@ -288,7 +290,8 @@ class DynamicMoE(nn.Module):
         ones = self._constant("pad", flat.device, dtype).expand(n_tok, _PAD)
         inverse = inverse_permutation(order)
         xs = gather_slots(torch.cat([flat.to(dtype), ones], dim=1), order, inverse, k)
-        offs = torch.searchsorted(experts, self._constant("ends", flat.device), right=True, out_int32=True)
+        offs = torch.searchsorted(experts, self._constant("ends", flat.device, experts.dtype), right=True,
+                                  out_int32=True)
         ys = grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs)
         slots = unsort_slots(ys, order, inverse).view(n_tok, k, self.dim)
         domain = len(self.expert_names) > n_generic
@@ -330,6 +333,11 @@ class DynamicMoE(nn.Module):
 
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what torch._grouped_mm takes
 _PAD = 16  # the bias column plus zeros: keeps the folded GEMM's K a multiple of 16
+
+
+def _sort_key_dtype(num_experts: int) -> torch.dtype:
+    """The narrowest integer dtype for expert ids: radix sort passes scale with the key's bytes."""
+    return torch.uint8 if num_experts <= 255 else torch.int32
 
 
 def _compute_dtype(flat: torch.Tensor) -> torch.dtype:
