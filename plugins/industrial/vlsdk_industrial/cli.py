@@ -51,6 +51,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic-style", choices=["default", "deeppcb"], default=None,
                         help="synthetic board style: default (domain-randomised grey boards) or deeppcb "
                              "(binary boards, trace/pad/box sizes measured on DeepPCB) (default: default)")
+    parser.add_argument("--synthetic-pretrain-steps", type=int, default=None, metavar="N",
+                        help="first train N steps on synthetic boards only (--synthetic-style), then the usual "
+                             "training (real, or the --synthetic-ratio mix) with a fresh lr schedule; "
+                             "--max-seconds covers both (default 0: none)")
     parser.add_argument("--train-pairs", type=int, default=None, help="use only the first N trainval pairs")
     parser.add_argument("--eval-pairs", type=int, default=None, help="evaluate on the first N test pairs")
     parser.add_argument("--max-steps", type=int, default=None, help="stop training after N steps")
@@ -82,8 +86,8 @@ def config_from_args(args: argparse.Namespace) -> object:
     from vlsdk_industrial.pipeline import PipelineConfig
 
     values: dict[str, object] = dict(QUICK) if args.quick else {}
-    for name in ("config", "epochs", "batch_size", "image_size", "synthetic_ratio", "synthetic_style", "train_pairs",
-                 "eval_pairs", "max_steps", "max_seconds", "workers"):
+    for name in ("config", "epochs", "batch_size", "image_size", "synthetic_ratio", "synthetic_style",
+                 "synthetic_pretrain_steps", "train_pairs", "eval_pairs", "max_steps", "max_seconds", "workers"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     return PipelineConfig(data=args.data, out=args.out, stem=BACKBONES[args.backbone], lr=args.lr,

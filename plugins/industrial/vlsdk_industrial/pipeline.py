@@ -1,9 +1,10 @@
 """PCB defect detection end to end: DeepPCB (+ synthetic boards) -> VLModel + detection head -> mAP.
 
 :func:`run_pipeline` trains on DeepPCB ``trainval`` (optionally mixed with synthetic boards at a
-real:synthetic ratio), evaluates on ``test`` with :class:`~vlsdk_industrial.metrics.DetectionMAP`,
-prints the per-class table, saves the model (``save_pretrained``), ``metrics.json`` and a PNG of
-predictions drawn on boards. ``vlsdk pcb`` and ``examples/industrial_pcb_defects.py`` call it.
+real:synthetic ratio, optionally after pre-training on synthetic boards only: :mod:`~vlsdk_industrial.pretrain`),
+evaluates on ``test`` with :class:`~vlsdk_industrial.metrics.DetectionMAP`, prints the per-class table, saves
+the model (``save_pretrained``), ``metrics.json`` and a PNG of predictions drawn on boards. ``vlsdk pcb``
+and ``examples/industrial_pcb_defects.py`` call it.
 
 Input pipeline: the training pairs are decoded once into a RAM cache (``PipelineConfig.cache``),
 batches travel from the DataLoader workers as ``uint8`` ``(B, H, W, C)`` (:func:`collate_uint8`,
@@ -61,10 +62,14 @@ class PipelineConfig:
         synthetic_style: :class:`~vlsdk_industrial.synth.BoardSynthesizer` ``style``: ``"default"``
             (domain-randomised) or ``"deeppcb"`` (binary DeepPCB-like boards and box sizes, 4-10
             defects a board like DeepPCB's 4-10).
+        synthetic_pretrain_steps: first train this many steps on synthetic boards only (style
+            ``synthetic_style``), then the usual training with a fresh learning-rate schedule
+            (:mod:`~vlsdk_industrial.pretrain`); ``0``: no pre-training.
         train_pairs: use only the first ``train_pairs`` trainval pairs.
         eval_pairs: evaluate only the first ``eval_pairs`` test pairs.
         max_steps: stop training after this many steps.
-        max_seconds: stop training after this many seconds and evaluate what was learnt.
+        max_seconds: stop training after this many seconds and evaluate what was learnt (pre-training
+            and training together).
         workers: DataLoader worker processes.
         seed: seed of torch, the synthesizer and the augmentations.
         expert: insert the ``industrial.pcb_defect`` expert into the MoE layers.
@@ -91,6 +96,7 @@ class PipelineConfig:
     template: bool = True
     synthetic_ratio: float | None = None
     synthetic_style: str = "default"
+    synthetic_pretrain_steps: int = 0
     train_pairs: int | None = None
     eval_pairs: int | None = None
     max_steps: int | None = None
@@ -113,6 +119,9 @@ class PipelineConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {v!r}")
+        v = self.synthetic_pretrain_steps
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"synthetic_pretrain_steps must be an int >= 0, got {v!r}")
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
         if self.cache not in CACHE_MODES:
@@ -385,6 +394,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from vlsdk.train.distributed import dist_info
     from vlsdk_industrial.deeppcb import DeepPCBDataset
     from vlsdk_industrial.mixing import MixedDataset
+    from vlsdk_industrial.pretrain import pretrain_synthetic, seconds_left
     from vlsdk_industrial.synth import BoardSynthesizer
     from vlsdk_industrial.transforms import build_transforms
 
@@ -413,24 +423,40 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         real = DeepPCBDataset(cfg.data, "trainval", template=cfg.template, transform=train_tf, on_error="skip",
                               max_samples=cfg.train_pairs, cache=cfg.cache)  # type: ignore[arg-type]
         train_set: Any = real
+        counts = {"min_defects": 4, "max_defects": 10} if cfg.synthetic_style == "deeppcb" else {}
+        synth = BoardSynthesizer(size=640, template=cfg.template, style=cfg.synthetic_style, **counts)
         if cfg.synthetic_ratio is not None:
-            counts = {"min_defects": 4, "max_defects": 10} if cfg.synthetic_style == "deeppcb" else {}
-            synth = BoardSynthesizer(size=640, template=cfg.template, style=cfg.synthetic_style, **counts)
             train_set = MixedDataset(real, synth.dataset(len(real), seed=cfg.seed, transform=train_tf),
                                      cfg.synthetic_ratio)
         model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert,
                                stem=cfg.stem).to(device)
         steps = cfg.epochs * max(1, len(train_set) // cfg.batch_size)
         steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+        stage = None
+        if cfg.synthetic_pretrain_steps:
+            stage = pretrain_synthetic(model, synth, steps=cfg.synthetic_pretrain_steps, batch_size=cfg.batch_size,
+                                       lr=cfg.lr, transform=train_tf, weight_decay=cfg.weight_decay,
+                                       device=str(device), amp=cfg.amp, workers=cfg.workers, seed=cfg.seed,
+                                       out_dir=cfg.out / "pretrain", progress=cfg.progress,
+                                       max_seconds=cfg.max_seconds)
+            if dist_info()[0] == 0:
+                mix = f" + synthetic {cfg.synthetic_ratio:g}:1" if cfg.synthetic_ratio is not None else ""
+                print(f"stage 2/2: training, {steps} steps on {len(real)} real pairs{mix} (fresh lr schedule; "
+                      f"pre-training ran {stage.steps} steps in {stage.seconds:.1f} s)", flush=True)
+        train_started = time.perf_counter()
         fit = train(model, train_set, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
                     weight_decay=cfg.weight_decay, device=str(device), amp=cfg.amp, workers=cfg.workers,
-                    seed=cfg.seed, out_dir=cfg.out / "train", progress=cfg.progress, max_seconds=cfg.max_seconds)
+                    seed=cfg.seed, out_dir=cfg.out / "train", progress=cfg.progress,
+                    max_seconds=seconds_left(cfg.max_seconds, stage.seconds if stage else 0.0))
+        train_seconds = time.perf_counter() - train_started
         if dist_info()[0] != 0:  # under torchrun only rank 0 evaluates, saves and writes metrics
             return {"steps": fit.step, "rank": dist_info()[0]}
         losses = [row["loss"] for row in fit.train]
         summary |= {"train_samples": len(train_set), "train_skipped": [str(s) for s in real.skipped],
                     "augmentation_dropped_boxes": train_tf.dropped if cfg.workers == 0 else None,  # in-process count
-                    "steps": fit.step, "first_loss": losses[0], "last_loss": losses[-1], "loss_log": fit.train}
+                    "steps": fit.step, "train_seconds": train_seconds,
+                    "pretrain": stage.as_dict() if stage else None,
+                    "first_loss": losses[0], "last_loss": losses[-1], "loss_log": fit.train}
     result, preds, boards_per_s = evaluate(model, test_loader, device=device, amp=cfg.amp, progress=cfg.progress)
     print(result.table())
     print(f"eval throughput: {boards_per_s:.1f} boards/s at {cfg.image_size}x{cfg.image_size} on {device} "
