@@ -78,8 +78,17 @@ def test_throughput_measurement(tmp_path: Path) -> None:
     result = measure_throughput(model, batch_size=2, image_size=64, device="cpu", amp="none", warmup=1, batches=2)
     assert result.boards_per_s > 0 and result.in_chans == 2 and result.batch_size == 2
     assert not model.moe_layers[0].dense  # the dense switch is restored
+    assert result.forward_boards_per_s > 0  # the forward alone, timed in the same run
     with pytest.raises(ValueError, match="amp"):
         measure_throughput(model, device="cpu", amp="fp8")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cast = measure_throughput(model, batch_size=2, image_size=64, device="cpu", amp="bf16", bf16_weights=True,
+                              channels_last=True, profile=True, warmup=1, batches=1)
+    assert cast.bf16_weights and cast.channels_last and cast.kernels_ms["total"] > 0
+    after = model.state_dict()  # the caller's model keeps its fp32 weights
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    with pytest.raises(ValueError, match="bf16_weights"):
+        measure_throughput(model, device="cpu", amp="none", bf16_weights=True)
 
 
 def test_build_detector_and_config_validation() -> None:

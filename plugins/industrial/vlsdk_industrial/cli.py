@@ -74,6 +74,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "<n>_temp.* for a template model); writes OUT/predictions.json and .png")
     parser.add_argument("--compile", action="store_true", help="with --benchmark: torch.compile the model")
     parser.add_argument("--dense-moe", action="store_true", help="with --benchmark: static all-experts MoE path")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="with --benchmark: model and boards in torch.channels_last (NHWC convolutions)")
+    parser.add_argument("--bf16-weights", action="store_true",
+                        help="with --benchmark and --amp bf16: cast the model to bf16 instead of autocasting")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --benchmark: print the forward's GPU kernel time by kind")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
 
 
@@ -135,7 +141,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     device = cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu")
     result = measure_throughput(model, head=HEAD, batch_size=args.batch_size or BENCHMARK_BATCH,
                                 image_size=args.image_size or 640, device=device, amp=cfg.amp,
-                                compile=args.compile, dense_moe=args.dense_moe,
+                                compile=args.compile, dense_moe=args.dense_moe, channels_last=args.channels_last,
+                                bf16_weights=args.bf16_weights, profile=args.profile,
                                 warmup=1 if args.quick else 5, batches=2 if args.quick else 20)
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "throughput.json").write_text(json.dumps(result.as_dict(), indent=2))
