@@ -3,11 +3,11 @@
 #
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
-# GROUP: bench | train | medical_perf | stages | profile | medical_pcb. Jobs run one after another (six at once starved the 16 CPU cores
+# GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth. Jobs run one after another (six at once starved the 16 CPU cores
 # and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
 # (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -68,6 +68,11 @@ medical_pcb)  # medical 2.5D input on the GPU; where PCB inference time goes; ba
     run 120 tp224 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
         --models base --compile --compile-mode reduce-overhead --fullgraph --channels-last --profile \
         --out runs/throughput_sortkey
+    ;;
+pcb_synth)  # issue 5: 500 real pairs after 200 steps of synthetic pre-training, same 600 real steps as the 1000-pair run
+    run 330 pcb-500-pre python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+        --train-pairs 500 --synthetic-pretrain-steps 200 --synthetic-style deeppcb --max-steps 600 --max-seconds 270 \
+        --no-progress --out runs/pcb_500_pre
     ;;
 *) echo "unknown group $group" >&2; exit 2 ;;
 esac
