@@ -65,9 +65,12 @@ medical_pcb)  # medical 2.5D input on the GPU; where PCB inference time goes; ba
     run 275 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
         --model small --context-slices 1 --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress \
         --out runs/medical_ctx1 --data "$D/brats_lesion_mri"
-    run 120 tp224 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
+    run 100 tp224 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
         --models base --compile --compile-mode reduce-overhead --fullgraph --channels-last --profile \
         --out runs/throughput_sortkey
+    run 100 tp224-freeze python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
+        --models base --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze --profile \
+        --out runs/throughput_freeze
     ;;
 pcb_synth)  # issue 5: 500 real pairs after 200 steps of synthetic pre-training, same 600 real steps as the 1000-pair run
     run 330 pcb-500-pre python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
