@@ -62,6 +62,21 @@ def test_closed_gate_skips_text_compute_at_inference():
     assert "text" in calls and "gate" in calls and opened > closed
 
 
+def test_gate_notices_every_kind_of_alpha_change_between_forwards():
+    gate = CrossModalGate(16, 8, 2).eval()
+    x, text = torch.randn(1, 4, 16), torch.randn(1, 3, 8)
+    with torch.no_grad():
+        assert torch.equal(gate(x, text), x)  # closed
+        gate.alpha.fill_(0.5)  # in place: a new version
+        assert not torch.equal(gate(x, text), x)
+        gate.load_state_dict({**gate.state_dict(), "alpha": torch.zeros(1)})
+        assert torch.equal(gate(x, text), x)
+        gate.alpha.data = torch.full((1,), 0.5)  # new storage
+        assert not torch.equal(gate(x, text), x)
+        gate.alpha.zero_()
+        assert torch.equal(gate(x, text), x)
+
+
 def test_open_gate_changes_tokens_and_text_matters():
     model = VLModel(get_config("tiny")).eval()
     with torch.no_grad():

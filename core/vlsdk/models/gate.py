@@ -47,6 +47,7 @@ class CrossModalGate(nn.Module):
         self.threshold = threshold
         #: whether the text path runs at inference, as last read from ``alpha`` (see the class doc)
         self.open_at_eval = False
+        self._read_at: tuple[int, int] | None = None  # alpha's (storage, version) when last read
 
     @property
     def value(self) -> float:
@@ -63,6 +64,17 @@ class CrossModalGate(nn.Module):
         self.open_at_eval = self.is_open
         return self.open_at_eval
 
+    def _refresh_if_changed(self) -> bool:
+        """:meth:`refresh` only when ``alpha`` may have changed since the last read: every in-place
+        write (optimizer step, ``load_state_dict``, ``fill_``) bumps its version and ``.to()`` moves
+        its storage, so an unchanged gate costs no host read per eager forward. (A write through
+        ``alpha.data`` bumps neither: call :meth:`refresh` after one.)"""
+        key = (self.alpha.data_ptr(), self.alpha._version)
+        if key != self._read_at:
+            self.refresh()
+            self._read_at = key
+        return self.open_at_eval
+
     def train(self, mode: bool = True) -> CrossModalGate:
         super().train(mode)
         self.refresh()
@@ -76,7 +88,7 @@ class CrossModalGate(nn.Module):
         if text is None:
             return x
         if not self.training:
-            is_open = self.open_at_eval if torch.compiler.is_compiling() else self.refresh()
+            is_open = self.open_at_eval if torch.compiler.is_compiling() else self._refresh_if_changed()
             if not is_open:
                 return x
         y = self.attn(self.norm(x), self.text_norm(text), mask)
