@@ -210,3 +210,16 @@ def test_budget_is_checked():
     with pytest.raises(ValueError, match="max_seconds must be >= 0"):
         TrainConfig(max_seconds=-1.0)
     assert TrainConfig.from_dict({"max_seconds": 30}).max_seconds == 30
+
+
+# -- TrainConfig.progress_label: the bar's label, so the stages of a multi-stage run read apart --
+
+def test_progress_bar_shows_the_label(tmp_path, capsys):
+    data = make_data()
+    Trainer(make_model(), seg_loss, data, config(tmp_path / "a", steps=2, progress=True,
+                                                 progress_label="pretrain (synthetic)")).fit()
+    bar = capsys.readouterr().err  # tqdm writes to stderr
+    assert "pretrain (synthetic): 100%" in bar and "2/2" in bar
+    Trainer(make_model(), seg_loss, data, config(tmp_path / "b", steps=2, progress=True)).fit()
+    assert "train: 100%" in capsys.readouterr().err  # the default label
+    assert TrainConfig().progress_label == "train"

@@ -39,14 +39,15 @@ def test_pretrain_stage_then_real_stage(deeppcb: Path, tmp_path: Path, capsys) -
     assert json.loads((tmp_path / "metrics.json").read_text())["pretrain"] == pre
 
 
-def test_pretraining_changes_the_weights_and_keeps_the_time_box(tmp_path: Path) -> None:
+def test_pretraining_changes_the_weights_and_keeps_the_time_box(tmp_path: Path, capsys) -> None:
     torch.manual_seed(0)
     model = build_detector("tiny", in_chans=2)
     before = {k: p.detach().clone() for k, p in model.named_parameters()}  # parameters: BN statistics move anyway
     synth = BoardSynthesizer(template=True, style="deeppcb", min_defects=4, max_defects=10)
     tf = build_transforms(train=True, size=64, seed=0)
     stage = pretrain_synthetic(model, synth, steps=2, batch_size=2, lr=1e-3, transform=tf, out_dir=tmp_path / "a",
-                               progress=False)
+                               progress=True)
+    assert "pretrain (synthetic): 100%" in capsys.readouterr().err  # the stage's bar is told from "train"
     assert stage.steps == 2 and stage.boards == 4 and stage.first_loss > 0
     changed = {k for k, p in model.named_parameters() if not torch.equal(before[k], p.detach())}
     assert any(k.startswith(f"heads.{HEAD}.") for k in changed), "the detection head did not learn"

@@ -37,6 +37,8 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         out_dir: where checkpoints, ``metrics.csv``/``metrics.jsonl`` and ``curves.png`` go.
         progress: show a progress bar.
+        progress_label: the progress bar's label, to tell the stages of a multi-stage run apart
+            (e.g. ``"pretrain (synthetic)"`` then ``"train"``).
         max_seconds: wall-time budget of :meth:`~vlsdk.train.Trainer.fit`: training stops cleanly
             at the first step boundary after it (the final evaluation, log row and checkpoint
             are written as at ``steps``; the schedule still spans ``steps``; ``fit(resume=True)``
@@ -62,6 +64,7 @@ class TrainConfig:
     num_workers: int = 0
     out_dir: str = "runs/vlsdk"
     progress: bool = True
+    progress_label: str = "train"
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:

@@ -411,7 +411,7 @@ def _progress(cfg: TrainConfig, start: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(total=cfg.steps, initial=start, desc=cfg.progress_label, unit="step", dynamic_ncols=True)
 
 
 class _Stream:

@@ -255,7 +255,7 @@ def detection_loss(model: VLModel, batch: tuple[Any, list[dict[str, Any]], list[
 
 def train(model: VLModel, train_set: Any, *, steps: int, batch_size: int, lr: float, weight_decay: float = 0.05,
           device: str = "cpu", amp: str = "none", workers: int = 0, seed: int = 0, out_dir: str | Path = "runs/pcb",
-          progress: bool = True, max_seconds: float | None = None) -> Any:
+          progress: bool = True, progress_label: str = "train", max_seconds: float | None = None) -> Any:
     """Train with the core :class:`vlsdk.train.Trainer` (warm-up + cosine, clipping, MoE losses, resume).
 
     Args:
@@ -271,6 +271,7 @@ def train(model: VLModel, train_set: Any, *, steps: int, batch_size: int, lr: fl
         seed: data order and initialisation seed.
         out_dir: the Trainer's folder (``checkpoint/``, ``metrics.csv``, ``curves.png``).
         progress: tqdm bar.
+        progress_label: the bar's label (``TrainConfig.progress_label``).
         max_seconds: stop after this many seconds (``None``: run every step).
 
     Returns:
@@ -281,7 +282,8 @@ def train(model: VLModel, train_set: Any, *, steps: int, batch_size: int, lr: fl
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=max(1, steps // 20), amp="off" if amp == "none" else amp, device=device,
                          num_workers=workers, seed=seed, out_dir=str(out_dir), progress=progress,
-                         log_every=max(1, min(10, steps // 4)), clip_grad=10.0, max_seconds=max_seconds)
+                         progress_label=progress_label, log_every=max(1, min(10, steps // 4)), clip_grad=10.0,
+                         max_seconds=max_seconds)
     return Trainer(model, detection_loss, train_set, config, collate_fn=collate_uint8).fit()
 
 

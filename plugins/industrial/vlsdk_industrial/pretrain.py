@@ -88,7 +88,7 @@ def pretrain_synthetic(model: VLModel, synthesizer: BoardSynthesizer, *, steps: 
         workers: DataLoader workers (they draw the boards).
         seed: the run's seed (data order; boards use ``PRETRAIN_SEED + seed + i``).
         out_dir: the stage's Trainer folder.
-        progress: tqdm bar.
+        progress: tqdm bar (labelled ``"pretrain (synthetic)"``; the real stage's reads ``"train"``).
         max_seconds: stop after this many seconds (``None``: run every step).
 
     Example:
@@ -107,7 +107,8 @@ def pretrain_synthetic(model: VLModel, synthesizer: BoardSynthesizer, *, steps: 
               f"synthetic boards -> {out_dir}", flush=True)
     started = time.perf_counter()
     fit = train(model, boards, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device,
-                amp=amp, workers=workers, seed=seed, out_dir=out_dir, progress=progress, max_seconds=max_seconds)
+                amp=amp, workers=workers, seed=seed, out_dir=out_dir, progress=progress,
+                progress_label="pretrain (synthetic)", max_seconds=max_seconds)
     losses = [row["loss"] for row in fit.train]
     return StageResult(steps=fit.step, requested_steps=steps, seconds=time.perf_counter() - started,
                        boards=len(boards), first_loss=losses[0], last_loss=losses[-1], out_of_time=fit.out_of_time,
