@@ -5,11 +5,18 @@ Run from the repository root::
     python benchmarks/driving_bev.py                  # CPU, default grid (+-51.2 m, 0.2 m: 512 x 512)
     python benchmarks/driving_bev.py --device cuda    # GPU (synchronised timing)
     python benchmarks/driving_bev.py --device cuda --batch 16   # + 16 sweeps per call, side by side
+    python benchmarks/driving_bev.py --forward edge --range 32 --resolution 0.5
+        # + the detector's forward on the pseudo-image: full pyramid against max_stride, side by side
 
 Target (issue 6): >= 20 sweeps/s on the 2-core CPU, >= 1000 sweeps/s on an H100. The sweep is
 read through the nuScenes adapter (nuscenes-devkit) from ../shared/data/nuscenes_mini; the timed
 loop encodes the same sweep, already on the device, ``--repeats`` times (batch of one) in
 ``--blocks`` timed blocks and reports the median block.
+
+``--forward CONFIG`` also times the detector (``build_detector``: backbone ``CONFIG``, random
+weights, the ``driving.bev_detection`` head) on that pseudo-image, once computing the encoder's
+whole pyramid and once with ``max_stride`` = the head's coarsest level (the later stages skipped),
+in alternating blocks; it reports both, their ratio and whether the head outputs are bit-identical.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=1,
                         help="sweeps per encoder call, as a training batch passes them; >1 also times batch 1 "
                              "side by side")
+    parser.add_argument("--forward", metavar="CONFIG", default=None,
+                        help="also time the detector's forward (backbone CONFIG, e.g. tiny or edge): full pyramid "
+                             "against max_stride = the head's coarsest level, side by side")
+    parser.add_argument("--forward-iters", type=int, default=3, help="forward calls per timed block")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,8 +89,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batched = statistics.median(blocks[args.batch])
         results.update({"batch": args.batch, "batched_sweeps_per_s": round(1 / batched, 1),
                         "batched_over_single": round(median / batched, 2)})
+    if args.forward:
+        results.update(time_forward(args.forward, grid, sample.point_fields, enc([points]), args.blocks,
+                                    args.forward_iters, sync))
     print(json.dumps(results))
     return results
+
+
+def time_forward(config: str, grid: BEVGrid, point_fields: tuple[str, ...], bev: torch.Tensor, blocks: int,
+                 iters: int, sync: Any) -> dict[str, Any]:
+    """Median ms of the detector's forward on ``bev``: every stage against ``max_stride``, and their ratio."""
+    from vlsdk_driving.pipeline import build_detector
+
+    torch.manual_seed(0)
+    detector = build_detector(grid, backbone=config, point_fields=point_fields)
+    model = detector.model.to(bev.device).eval()
+    max_stride = max(detector.head.strides)
+    variants = {"full": None, "max_stride": max_stride}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with torch.no_grad():
+        outs = {k: model(bev, heads=["bev"], max_stride=v)["bev"] for k, v in variants.items()}  # + warm-up
+        identical = all(torch.equal(a, getattr(outs["max_stride"], name)) for name, a in vars(outs["full"]).items()
+                        if a is not None)
+        for _ in range(blocks):  # alternate, so drift hits both alike
+            for k, v in variants.items():
+                start = time.perf_counter()
+                for _ in range(iters):
+                    model(bev, heads=["bev"], max_stride=v)
+                sync()
+                times[k].append((time.perf_counter() - start) / iters)
+    full, pruned = (statistics.median(times[k]) for k in variants)
+    return {"forward_config": config, "encoder_strides": list(model.encoder.strides),
+            "head_strides": sorted(detector.head.strides), "forward_full_ms": round(1000 * full, 2),
+            "forward_max_stride_ms": round(1000 * pruned, 2), "forward_speedup": round(full / pruned, 2),
+            "forward_bit_identical": identical}
 
 
 if __name__ == "__main__":

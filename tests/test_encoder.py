@@ -104,3 +104,33 @@ def test_cached_position_embedding_follows_the_grid_and_serves_training_after_in
     feats = enc(tall)  # the embedding cached under inference_mode is a normal tensor
     (feats.tokens.pow(2).mean() + sum(s.aux_loss for s in feats.router_stats)).backward()
     assert enc.stem.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("stem", ["cnn", "patch"])
+def test_max_stride_skips_the_later_stages_and_keeps_the_levels_bit_identical(stem):
+    torch.manual_seed(0)
+    enc = HybridEncoder(get_config("tiny", stem=stem, depths=(1, 2, 1))).eval()  # strides 4 ... 64
+    images = torch.randn(2, 3, 128, 96)
+    calls = [0] * len(enc.stages)
+    hooks = [block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, stage in enumerate(enc.stages) for block in stage.blocks]
+    try:
+        with torch.no_grad():
+            full = enc.forward_features(images)
+            assert calls == [len(s.blocks) for s in enc.stages]
+            for max_stride, ran in ((4, 1), (8, 1), (16, 1), (32, 2), (64, 3)):
+                calls[:] = [0] * len(enc.stages)
+                part = enc(images, max_stride=max_stride)
+                assert calls == [len(s.blocks) if i < ran else 0 for i, s in enumerate(enc.stages)], max_stride
+                assert sorted(part.pyramid) == list(enc.strides[:2 + ran])
+                for s, fmap in part.pyramid.items():
+                    assert torch.equal(fmap, full.pyramid[s]), (max_stride, s)
+                assert len(part.router_stats) == sum(len(s.blocks) for s in enc.stages[:ran])
+                assert part.grid == tuple(part.pyramid[enc.strides[1 + ran]].shape[-2:])
+            assert torch.equal(part.tokens, full.tokens)  # all stages ran: the final norm too
+    finally:
+        for h in hooks:
+            h.remove()
+    for bad in (2, 12, 128):
+        with pytest.raises(ValueError, match="max_stride must be one of"):
+            enc.forward_features(images, max_stride=bad)

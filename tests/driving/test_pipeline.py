@@ -6,10 +6,11 @@ import argparse
 import json
 
 import numpy as np
+import torch
 
 import vlsdk_driving.plugin as driving_plugin
 from vlsdk_driving.bev import BEVGrid
-from vlsdk_driving.pipeline import add_demo_arguments, augment, load_detector, predict, run_demo
+from vlsdk_driving.pipeline import add_demo_arguments, augment, build_detector, load_detector, predict, run_demo
 from vlsdk_driving.sample import Boxes3D, DrivingSample
 
 
@@ -51,6 +52,35 @@ def test_augment_keeps_points_in_their_boxes():
         assert b.points_inside(p).all()
         ratio = np.linalg.norm(b.velocity) / np.linalg.norm(boxes.velocity)
         np.testing.assert_allclose(ratio, np.linalg.norm(b.lwh) / np.linalg.norm(boxes.lwh))  # scaled together
+
+
+def test_predict_skips_the_backbone_stage_no_head_reads(register_plugin):
+    register_plugin(driving_plugin, "driving")
+    torch.manual_seed(0)
+    fields = ("x", "y", "z", "intensity", "time_lag")
+    detector = build_detector(BEVGrid((-16, 16), (-16, 16), (-5, 3), 0.5), point_fields=fields)
+    model = detector.model.eval()
+    assert max(detector.head.strides) == 16 and model.encoder.strides[-1] == 32  # stride 32: the last stage
+    rng = np.random.default_rng(0)
+    pts = np.c_[rng.uniform(-15, 15, (3000, 2)), rng.uniform(-2, 2, (3000, 1)), rng.uniform(0, 255, (3000, 1)),
+                np.zeros((3000, 1))].astype(np.float32)
+    sample = DrivingSample("x", pts, Boxes3D.empty(), point_fields=fields)
+    calls = []
+    hooks = [b.register_forward_hook(lambda *_: calls.append(1)) for b in model.encoder.stages[-1].blocks]
+    try:
+        boxes = predict(detector, [sample], score_threshold=0.0)[0]
+        assert calls == []
+        with torch.no_grad():
+            full = model(detector.encoder([torch.from_numpy(pts)]), heads=["bev"])
+        assert calls  # the hooks do see a full forward
+    finally:
+        for h in hooks:
+            h.remove()
+    ref = detector.head.decode(full["bev"], score_threshold=0.0)[0]
+    assert len(ref) > 0
+    np.testing.assert_array_equal(boxes.boxes, ref.boxes)
+    np.testing.assert_array_equal(boxes.scores, ref.scores)
+    np.testing.assert_array_equal(boxes.labels, ref.labels)
 
 
 def test_cli_command_is_registered_with_help(capsys):

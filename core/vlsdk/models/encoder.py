@@ -45,6 +45,9 @@ class HybridEncoder(nn.Module):
     Every ``config.moe.every``-th block has a :class:`DynamicMoE` feed-forward; each stage
     starts with a :class:`CrossModalGate` that lets text tokens reach the visual tokens.
 
+    A caller whose heads read only the finer levels passes ``max_stride`` to
+    :meth:`forward_features`: the stages after the one that makes that level are not run.
+
     Args:
         config: the backbone configuration (see :func:`vlsdk.get_config`).
 
@@ -53,6 +56,8 @@ class HybridEncoder(nn.Module):
         >>> feats = enc.forward_features(torch.zeros(1, 3, 64, 64))
         >>> sorted(feats.pyramid), feats.grid
         ([4, 8, 16, 32], (2, 2))
+        >>> sorted(enc.forward_features(torch.zeros(1, 3, 64, 64), max_stride=16).pyramid)
+        [4, 8, 16]
     """
 
     def __init__(self, config: BackboneConfig) -> None:
@@ -98,10 +103,28 @@ class HybridEncoder(nn.Module):
         c4, c8 = self.config.stem_widths
         return {4: c4, 8: c8, **{s: self.config.embed_dim for s in self.strides[2:]}}
 
-    def forward_features(self, images: torch.Tensor, text: TextFeatures | None = None) -> EncoderFeatures:
-        """Encode ``(B, C, H, W)`` images (and optionally text) into tokens and a feature pyramid."""
+    def forward_features(self, images: torch.Tensor, text: TextFeatures | None = None,
+                         max_stride: int | None = None) -> EncoderFeatures:
+        """Encode ``(B, C, H, W)`` images (and optionally text) into tokens and a feature pyramid.
+
+        Args:
+            images: ``(B, in_chans, H, W)``.
+            text: text features for the cross-modal gates, or ``None``.
+            max_stride: the coarsest pyramid level the caller reads (one of :attr:`strides`), or
+                ``None`` for all. The ViT stages after the one that makes it are skipped (with
+                their MoE layers and experts); the stem and the first stage always run. The levels
+                returned are bit-identical to a full forward's. When stages are skipped,
+                ``tokens`` / ``grid`` are the last stage run's and carry no final norm (that
+                belongs to the last stage), and ``router_stats`` covers the layers that ran.
+        """
         if images.dim() != 4 or images.shape[1] != self.config.in_chans:
             raise ValueError(f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(images.shape)}")
+        strides = self.strides[2:]
+        last = len(self.stages) - 1
+        if max_stride is not None:
+            if max_stride not in self.strides:
+                raise ValueError(f"max_stride must be one of the encoder's strides {self.strides}, got {max_stride!r}")
+            last = strides.index(max_stride) if max_stride in strides else 0
         size = (images.shape[-2], images.shape[-1])
         pyramid: dict[int, torch.Tensor] = {}
         if self.stem is not None:
@@ -111,7 +134,6 @@ class HybridEncoder(nn.Module):
             x, grid = self.patch_embed(images)
         x = x + self._pos_embed(grid, x)
         stats = []
-        strides = self.strides[2:]
         for i, stage in enumerate(self.stages):
             if stage.merge is not None:
                 x, grid = stage.merge(x, grid)
@@ -126,11 +148,14 @@ class HybridEncoder(nn.Module):
             pyramid[strides[i]] = tokens_to_map(x, grid)
             if i == 0 and self.pyramid_up is not None:
                 pyramid[4], pyramid[8] = self.pyramid_up(pyramid[strides[0]], size)
+            if i == last:
+                break  # the later stages make only levels the caller does not read
         pyramid = {s: pyramid[s] for s in sorted(pyramid)}
         return EncoderFeatures(tokens=x, grid=grid, pyramid=pyramid, image_size=size, router_stats=stats)
 
-    def forward(self, images: torch.Tensor, text: TextFeatures | None = None) -> EncoderFeatures:
-        return self.forward_features(images, text)
+    def forward(self, images: torch.Tensor, text: TextFeatures | None = None,
+                max_stride: int | None = None) -> EncoderFeatures:
+        return self.forward_features(images, text, max_stride)
 
     def _pos_embed(self, grid: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
         """The fixed position embedding for ``grid``, made once per grid, device and dtype in eager

@@ -292,12 +292,17 @@ class VLModel(nn.Module):
             return None  # every gate is closed: skip the text encoder too
         return self.text_encoder.encode([text] if isinstance(text, str) else list(text))
 
-    def forward_features(self, images: torch.Tensor, text: TextInput = None) -> EncoderFeatures:
-        """Encoder features for ``(B, C, H, W)`` images and optional texts (one per image)."""
+    def forward_features(self, images: torch.Tensor, text: TextInput = None,
+                         max_stride: int | None = None) -> EncoderFeatures:
+        """Encoder features for ``(B, C, H, W)`` images and optional texts (one per image).
+
+        ``max_stride`` (the coarsest level the caller reads) skips the later ViT stages; see
+        :meth:`HybridEncoder.forward_features`.
+        """
         feats = self.encode_text(text)
         if feats is not None and feats.tokens.shape[0] != images.shape[0]:
             raise ValueError(f"got {images.shape[0]} images but {feats.tokens.shape[0]} texts; pass one text per image")
-        return self.encoder(images, feats)  # through __call__, so hooks (e.g. the trainer's) see it
+        return self.encoder(images, feats, max_stride=max_stride)  # via __call__: hooks (the trainer's) see it
 
     def forward_head(self, features: EncoderFeatures, heads: Sequence[str] | None = None) -> dict[str, Any]:
         """Run the named heads (default all) on encoder features."""
@@ -308,9 +313,13 @@ class VLModel(nn.Module):
         return {h: self.heads[h](features) for h in names}
 
     def forward(self, images: torch.Tensor, text: TextInput = None,
-                heads: Sequence[str] | None = None) -> ModelOutput:
-        """Encode images (and text) and run the heads; ``heads=[]`` returns only the features."""
-        features = self.forward_features(images, text)
+                heads: Sequence[str] | None = None, max_stride: int | None = None) -> ModelOutput:
+        """Encode images (and text) and run the heads; ``heads=[]`` returns only the features.
+
+        ``max_stride``: the coarsest pyramid level the heads read (e.g. ``max(head.strides)``);
+        the encoder stages after it are not run (:meth:`HybridEncoder.forward_features`).
+        """
+        features = self.forward_features(images, text, max_stride)
         return ModelOutput(features, self.forward_head(features, heads))
 
     # -- export mode, checkpoints -----------------------------------------------------------

@@ -139,11 +139,12 @@ def predict(detector: BEVDetector, samples: Sequence[DrivingSample], *, batch_si
     """
     dev = torch.device(device)
     model = detector.model.to(dev).eval()
+    max_stride = max(detector.head.strides)  # the backbone stages past the head's coarsest level are not run
     out: list[Boxes3D] = []
     for idx in _batches(len(samples), batch_size, None):
         bev = detector.encoder([torch.from_numpy(samples[i].points).to(dev) for i in idx])
         with _autocast(dev, amp):
-            res = model(bev, heads=[HEAD])
+            res = model(bev, heads=[HEAD], max_stride=max_stride)
         out += detector.head.decode(res[HEAD], score_threshold=score_threshold)
     return out
 
