@@ -59,23 +59,24 @@ profile)  # where the GPU time goes (kernel kinds), compiled and with CUDA graph
     run 150 pcb-infer-nhwc python3 -m vlsdk pcb --benchmark --compile --channels-last --device cuda --amp bf16 \
         --config small --batch-size 64 --out runs/pcb_bench_nhwc
     ;;
-medical_pcb)  # medical 2.5D input on the GPU; where PCB inference time goes; base after the 1-byte sort keys
-    run 150 pcb-infer-profile python3 -m vlsdk pcb --benchmark --compile --channels-last --bf16-weights --profile \
-        --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench_bf16
+medical_pcb)  # medical 2.5D input on the GPU; base after the 1-byte sort keys
     run 275 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
         --model small --context-slices 1 --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress \
         --out runs/medical_ctx1 --data "$D/brats_lesion_mri"
     run 100 tp224 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
         --models base --compile --compile-mode reduce-overhead --fullgraph --channels-last --profile \
         --out runs/throughput_sortkey
-    run 100 tp224-freeze python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
-        --models base --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze --profile \
-        --out runs/throughput_freeze
     ;;
-pcb_synth)  # issue 5: 500 real pairs after 200 steps of synthetic pre-training, same 600 real steps as the 1000-pair run
+pcb_synth)  # PCB inference in bf16 weights with its profile; issue 5: 500 real pairs after 200 steps of synthetic
+    # pre-training, the same 600 real steps as the 1000-pair run; base with inductor freezing
+    run 150 pcb-infer-profile python3 -m vlsdk pcb --benchmark --compile --channels-last --bf16-weights --profile \
+        --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench_bf16
     run 330 pcb-500-pre python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --synthetic-pretrain-steps 200 --synthetic-style deeppcb --max-steps 600 --max-seconds 270 \
         --no-progress --out runs/pcb_500_pre
+    run 100 tp224-freeze python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
+        --models base --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze --profile \
+        --out runs/throughput_freeze
     ;;
 *) echo "unknown group $group" >&2; exit 2 ;;
 esac
