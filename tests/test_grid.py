@@ -63,6 +63,19 @@ def test_matches_conv2d_on_full_grid(batch, height, width, kernel_size, dilation
     torch.testing.assert_close(out, _reference(conv, fmap, index), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(("kernel_size", "dilation", "bias"), [(3, 1, True), ((1, 7), 1, True), ((7, 1), 2, False),
+                                                              ((3, 5), (2, 1), True)])
+def test_every_token_map_path_equals_the_gather(kernel_size, dilation, bias):
+    torch.manual_seed(1)
+    conv = GridDepthwiseConv(6, kernel_size=kernel_size, dilation=dilation, bias=bias).double()
+    fmap, tokens = _grid_tokens(2, 6, 9, 6, seed=5)
+    every = torch.arange(tokens.shape[0])
+    gathered = conv(tokens, ExpertContext(tokens=tokens, index=every, grid=(2, 6, 9)))
+    mapped = conv(tokens, ExpertContext(tokens=tokens, index=every, grid=(2, 6, 9), every_token=True))
+    torch.testing.assert_close(mapped, gathered, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(mapped, _reference(conv, fmap, every), rtol=1e-10, atol=1e-10)
+
+
 def test_every_token_and_no_bias():
     conv = GridDepthwiseConv(4, kernel_size=3, dilation=1, bias=False).double()
     fmap, tokens = _grid_tokens(2, 5, 3, 4, seed=3)

@@ -23,11 +23,15 @@ class ExpertContext:
         tokens: every token of the layer's input, flattened to ``(B * H * W, d)``.
         index: ``(n,)`` row of ``tokens`` for each routed token, in the order of ``x``.
         grid: ``(B, H, W)``: batch size and token grid; ``tokens`` is row-major over it.
+        every_token: ``index`` is every row of ``tokens`` in order (the expert runs on all tokens,
+            as domain experts do on the grouped and export paths), so grid operations may work on
+            the whole ``(B, H, W, d)`` map instead of gathering neighbours row by row.
     """
 
     tokens: torch.Tensor
     index: torch.Tensor
     grid: tuple[int, int, int]
+    every_token: bool = False
 
 
 class RouterStats:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlsdk.models.features import ExpertContext
@@ -179,7 +180,20 @@ class GridDepthwiseConv(nn.Module):
             context: the layer's tokens and where ``x`` sits among them.
         """
         context = isolated_context(x) if context is None else context
+        if context.every_token:  # one depthwise conv2d over the map, not a (n, K, dim) gather
+            return self._conv_map(context)
         return self.combine(gather_grid_neighbours(context, self.offsets))
+
+    def _conv_map(self, context: ExpertContext) -> torch.Tensor:
+        """The same values for every token at once: ``F.conv2d`` over the ``(B, dim, H, W)`` map."""
+        batch, height, width = context.grid
+        tokens = context.tokens
+        grid_map = tokens.view(batch, height, width, self.dim).permute(0, 3, 1, 2)
+        (kh, kw), (dy, dx) = self.kernel_size, self.dilation
+        bias = None if self.bias is None else self.bias.to(tokens.dtype)
+        out = F.conv2d(grid_map, self.weight.to(tokens.dtype), bias, padding=(kh // 2 * dy, kw // 2 * dx),
+                       dilation=(dy, dx), groups=self.dim)
+        return out.permute(0, 2, 3, 1).reshape(-1, self.dim)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, kernel_size={self.kernel_size}, dilation={self.dilation}, "

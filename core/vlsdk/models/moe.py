@@ -170,7 +170,7 @@ class DynamicMoE(nn.Module):
     def _call(self, i: int, module: nn.Module, xs: torch.Tensor, flat: torch.Tensor, index: torch.Tensor,
               grid3: tuple[int, int, int]) -> torch.Tensor:
         if self._wants_context.get(self.expert_names[i], False):
-            return module(xs, context=ExpertContext(tokens=flat, index=index, grid=grid3))
+            return module(xs, context=ExpertContext(tokens=flat, index=index, grid=grid3, every_token=xs is flat))
         return module(xs)
 
     def _sparse(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
