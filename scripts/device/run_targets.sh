@@ -3,11 +3,11 @@
 #
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
-# GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final. Jobs run one after another (six at once starved the 16 CPU cores
+# GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600. Jobs run one after another (six at once starved the 16 CPU cores
 # and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
 # (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -78,9 +78,11 @@ pcb_synth)  # PCB inference in bf16 weights with its profile; issue 5: 500 real 
         --models base --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze --profile \
         --out runs/throughput_freeze
     ;;
-pcb_final)  # PCB inference after the map-path strip convs; 500 real + synthetic pre-training with 600 real steps
-    run 120 pcb-infer python3 -m vlsdk pcb --benchmark --compile --channels-last --profile \
+pcb_final)  # PCB inference after the map-path strip convs
+    run 150 pcb-infer python3 -m vlsdk pcb --benchmark --compile --channels-last --profile \
         --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench_map
+    ;;
+pcb_500_600)  # 500 real + synthetic pre-training with the same 600 real steps as the 1000-pair run (not run yet)
     run 300 pcb-500-pre python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 200 --synthetic-style deeppcb --max-steps 600 \
         --max-seconds 255 --no-progress --out runs/pcb_500_pre600
