@@ -64,6 +64,19 @@ def name(request) -> str:
     return request.param
 
 
+@pytest.mark.parametrize("expert", [LesionExpert(16, kernel_size=5), LesionExpert(16, kernel_size=7),
+                                    LidarExpert(16, dilation=3), PcbDefectExpert(16, length=9)],
+                         ids=["lesion-k5", "lesion-k7", "lidar-d3", "pcb-l9"])
+def test_every_token_map_path_equals_the_neighbour_gather(expert):
+    torch.manual_seed(0)
+    expert = expert.double()
+    grid = (2, 5, 7)
+    tokens = torch.randn(70, 16, dtype=torch.double)
+    gathered = expert(tokens, context=ExpertContext(tokens, torch.arange(70), grid))
+    mapped = expert(tokens, context=ExpertContext(tokens, torch.arange(70), grid, every_token=True))
+    torch.testing.assert_close(mapped, gathered, rtol=1e-12, atol=1e-12)
+
+
 def test_shape_with_and_without_context(name):
     expert = _build(name)
     ctx = _layer()

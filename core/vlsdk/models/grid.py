@@ -18,7 +18,8 @@ from torch import nn
 
 from vlsdk.models.features import ExpertContext
 
-__all__ = ["GridDepthwiseConv", "gather_grid_neighbours", "isolated_context", "kernel_offsets"]
+__all__ = ["GridDepthwiseConv", "gather_grid_neighbours", "isolated_context", "kernel_offsets", "map_to_tokens",
+           "tokens_to_grid_map"]
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -51,6 +52,17 @@ def kernel_offsets(kernel_size: int | Sequence[int] = 3, dilation: int | Sequenc
     if dy < 1 or dx < 1:
         raise ValueError(f"dilation must be >= 1, got {(dy, dx)}")
     return [((i - kh // 2) * dy, (j - kw // 2) * dx) for i in range(kh) for j in range(kw)]
+
+
+def tokens_to_grid_map(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """``(B * H * W, d)`` tokens, row-major over ``grid = (B, H, W)``, as a ``(B, d, H, W)`` map (a view)."""
+    batch, height, width = grid
+    return tokens.view(batch, height, width, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(grid_map: torch.Tensor) -> torch.Tensor:
+    """A ``(B, d, H, W)`` map back to ``(B * H * W, d)`` tokens (inverse of :func:`tokens_to_grid_map`)."""
+    return grid_map.permute(0, 2, 3, 1).reshape(-1, grid_map.shape[1])
 
 
 def isolated_context(x: torch.Tensor) -> ExpertContext:
@@ -181,19 +193,24 @@ class GridDepthwiseConv(nn.Module):
         """
         context = isolated_context(x) if context is None else context
         if context.every_token:  # one depthwise conv2d over the map, not a (n, K, dim) gather
-            return self._conv_map(context)
+            return self.conv_map(context.tokens, context.grid)
         return self.combine(gather_grid_neighbours(context, self.offsets))
 
-    def _conv_map(self, context: ExpertContext) -> torch.Tensor:
-        """The same values for every token at once: ``F.conv2d`` over the ``(B, dim, H, W)`` map."""
-        batch, height, width = context.grid
-        tokens = context.tokens
-        grid_map = tokens.view(batch, height, width, self.dim).permute(0, 3, 1, 2)
-        (kh, kw), (dy, dx) = self.kernel_size, self.dilation
-        bias = None if self.bias is None else self.bias.to(tokens.dtype)
-        out = F.conv2d(grid_map, self.weight.to(tokens.dtype), bias, padding=(kh // 2 * dy, kw // 2 * dx),
-                       dilation=(dy, dx), groups=self.dim)
-        return out.permute(0, 2, 3, 1).reshape(-1, self.dim)
+    def conv_map(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The convolution at every token at once: ``F.conv2d`` over the ``(B, dim, H, W)`` map.
+
+        Args:
+            tokens: ``(B * H * W, dim)``, row-major over ``grid``.
+            grid: ``(B, H, W)``.
+
+        Returns:
+            ``(B * H * W, dim)``, what :meth:`forward` gives with every token routed.
+        """
+        return map_to_tokens(F.conv2d(
+            tokens_to_grid_map(tokens, grid), self.weight.to(tokens.dtype),
+            None if self.bias is None else self.bias.to(tokens.dtype),
+            padding=(self.kernel_size[0] // 2 * self.dilation[0], self.kernel_size[1] // 2 * self.dilation[1]),
+            dilation=self.dilation, groups=self.dim))
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, kernel_size={self.kernel_size}, dilation={self.dilation}, "

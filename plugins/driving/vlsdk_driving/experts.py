@@ -55,9 +55,12 @@ class LidarExpert(nn.Module):
     def forward(self, x: torch.Tensor, context: ExpertContext | None = None) -> torch.Tensor:
         """Map the ``(n, dim)`` routed tokens to ``(n, dim)``; ``context`` gives their neighbours."""
         context = isolated_context(x) if context is None else context
-        neighbours, inside = gather_grid_neighbours(context, self.conv.offsets, return_mask=True)
-        occupied = torch.sigmoid(self.occupancy(neighbours)) * inside.unsqueeze(-1).to(neighbours.dtype)
-        h = self.norm(x + self.conv.combine(neighbours * occupied))
+        if context.every_token:  # one conv over the occupancy-weighted map: the same values as the gather
+            h = self.norm(x + self.conv.conv_map(x * torch.sigmoid(self.occupancy(x)), context.grid))
+        else:
+            neighbours, inside = gather_grid_neighbours(context, self.conv.offsets, return_mask=True)
+            occupied = torch.sigmoid(self.occupancy(neighbours)) * inside.unsqueeze(-1).to(neighbours.dtype)
+            h = self.norm(x + self.conv.combine(neighbours * occupied))
         gate, value = self.w13(h).chunk(2, dim=-1)
         return self.w2(F.silu(gate) * value)
 

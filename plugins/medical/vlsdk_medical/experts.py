@@ -12,6 +12,8 @@ from vlsdk.models.grid import (
     GridDepthwiseConv,
     gather_grid_neighbours,
     isolated_context,
+    map_to_tokens,
+    tokens_to_grid_map,
 )
 
 __all__ = ["LesionExpert"]
@@ -56,10 +58,16 @@ class LesionExpert(nn.Module):
     def forward(self, x: torch.Tensor, context: ExpertContext | None = None) -> torch.Tensor:
         """Map the ``(n, dim)`` routed tokens to ``(n, dim)``; ``context`` gives their neighbours."""
         context = isolated_context(x) if context is None else context
-        neighbours, inside = gather_grid_neighbours(context, self.conv.offsets, return_mask=True)
-        count = inside.sum(1, keepdim=True).clamp_min(1).to(neighbours.dtype)
-        contrast = x - neighbours.sum(1) / count
-        h = x + self.conv.combine(neighbours) + self.contrast_gain * contrast
+        if context.every_token:  # whole-map ops, the same values as the gather below
+            k = self.kernel_size
+            mean = map_to_tokens(F.avg_pool2d(tokens_to_grid_map(x, context.grid), k, 1, k // 2,
+                                              count_include_pad=False))
+            h = x + self.conv.conv_map(x, context.grid) + self.contrast_gain * (x - mean)
+        else:
+            neighbours, inside = gather_grid_neighbours(context, self.conv.offsets, return_mask=True)
+            count = inside.sum(1, keepdim=True).clamp_min(1).to(neighbours.dtype)
+            contrast = x - neighbours.sum(1) / count
+            h = x + self.conv.combine(neighbours) + self.contrast_gain * contrast
         return self.fc2(F.gelu(self.fc1(self.norm(h))))
 
     def extra_repr(self) -> str:
