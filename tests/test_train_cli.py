@@ -164,7 +164,8 @@ class ClashingPlugin:
 def test_plugin_recipes_are_attributed_and_clashes_roll_back(register_plugin, plugin_host, tmp_path, capsys):
     register_plugin(ToyPlugin(), "toy", distribution="toy-dist", version="1.2")
     entry = task_registry(plugin_host).get("toy.fit")
-    assert (entry.plugin, entry.distribution, entry.version, entry.metadata["extra"]) == ("toy", "toy-dist", "1.2", "toy")
+    assert (entry.plugin, entry.distribution, entry.version, entry.metadata["extra"]) == \
+        ("toy", "toy-dist", "1.2", "toy")
     assert main(["train", "--config", _write(tmp_path, "task: toy.fit\nepochs: 7\n"), f"out={tmp_path / 'o'}"]) == 0
     assert json.loads((tmp_path / "o" / "train_result.json").read_text())["metrics"] == {"score": 0.7}
     with pytest.warns(VlsdkPluginWarning, match="'toy.fit' is already registered by plugin 'toy'"):
