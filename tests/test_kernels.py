@@ -20,6 +20,9 @@ H200_KERNELS = [
     ("void at_cuda_detail::cub::detail::radix_sort::DeviceRadixSortOnesweepKernel<", "sort/topk"),
     ("triton_poi_fused_gelu_view_2", "triton fused"),
     ("void at::native::vectorized_gather_kernel<16, long>(char*, char*, long*, int)", "copy/elementwise"),
+    ("void cudnn::cnn::conv2d_grouped_direct_kernel<false, true, false, true, false, false, 0, 0, int, float>",
+     "conv"),  # a depthwise convolution, not a grouped GEMM
+    ("triton_poi_fused__grouped_mm_gelu_20", "grouped gemm"),
     ("Memset (Device)", "other"),
 ]
 

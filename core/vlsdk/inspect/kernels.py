@@ -24,7 +24,7 @@ __all__ = ["KERNEL_KINDS", "KernelBreakdown", "kernel_breakdown"]
 
 #: Kernel-name fragments (lower case) of each kind; the first kind with a matching fragment wins.
 KERNEL_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("grouped gemm", ("grouped", "group_gemm", "gemmuniversal")),
+    ("grouped gemm", ("grouped_mm", "group_gemm", "gemmuniversal")),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
     ("conv", ("conv", "fprop", "implicit", "nchw", "nhwc", "winograd", "dgrad", "wgrad")),
     ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "sm90", "sm80", "mm", "linear", "matmul")),
