@@ -172,8 +172,8 @@ class TrainRecipe:
         return cls(functools.partial(_call_with_instance, config_type, run), options, **recipe)
 
     @classmethod
-    def from_argparse(cls, configure: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], Any],
-                      **recipe: Any) -> TrainRecipe:
+    def from_argparse(cls, configure: Callable[[argparse.ArgumentParser], None],
+                      run: Callable[[argparse.Namespace], Any], **recipe: Any) -> TrainRecipe:
         """A recipe over a command's ``configure(parser)`` and ``run(args)``: options = the parser's.
 
         Args:
