@@ -343,7 +343,7 @@ def decode_detections(output: DetectionOutput, score_threshold: float = 0.05, io
                          f"{max_detections}, {pre_nms_topk}")
     scores = torch.sigmoid(output.obj_logits)[..., None] * torch.sigmoid(output.cls_logits)  # (B, A, C)
     boxes = clip_boxes(output.boxes, output.image_size)
-    if batched if batched is not None else scores.is_cuda:
+    if scores.is_cuda if batched is None else batched:
         return _decode_batched(scores, boxes, score_threshold, iou_threshold, max_detections, pre_nms_topk)
     c = scores.shape[-1]
     results = []
