@@ -62,7 +62,8 @@ def build(name: str) -> nn.Module:
     """A named vlsdk config (``base``, ``small-patch`` for the plain-stem variant) or a reference ViT.
 
     ``@field=value`` overrides config fields for ablations: ``base@depths=2,10``,
-    ``base@top_k=2`` (a field of the MoE config), ``base@stem_blocks=1,1``.
+    ``base@top_k=2`` (a field of the MoE config), ``base@stem_blocks=1,1``, ``base@depths=12,``
+    (a trailing comma makes a one-element tuple).
     """
     if name in REFERENCES:
         return REFERENCES[name]()
@@ -73,7 +74,7 @@ def build(name: str) -> nn.Module:
         cfg = cfg.replace(stem=variant)
     for item in overrides:
         key, _, raw = item.partition("=")
-        value = tuple(int(v) for v in raw.split(",")) if "," in raw else int(raw)
+        value = tuple(int(v) for v in raw.split(",") if v) if "," in raw else int(raw)  # "12," is (12,)
         if hasattr(cfg.moe, key):
             cfg = cfg.replace(moe=dataclasses.replace(cfg.moe, **{key: value}))
         elif hasattr(cfg, key):

@@ -3,11 +3,12 @@
 #
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
-# GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600. Jobs run one after another (six at once starved the 16 CPU cores
+# GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
+# medical_cv | base_layouts. Jobs run one after another (six at once starved the 16 CPU cores
 # and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
 # (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -86,6 +87,18 @@ pcb_500_600)  # 500 real + synthetic pre-training with the same 600 real steps a
     run 300 pcb-500-pre python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 200 --synthetic-style deeppcb --max-steps 600 \
         --max-seconds 255 --no-progress --out runs/pcb_500_pre600
+    ;;
+medical_cv)  # issue 4: the threshold chosen by leave-one-patient-out on the training patients (4 trainings)
+    run 560 medical-cv python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 \
+        --batch-size 16 --model small --context-slices 1 --threshold-cv --max-steps 400 --num-workers 14 --no-progress \
+        --out runs/medical_cv --data "$D/brats_lesion_mri"
+    run 40 medical-cv-at-0.5 python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 \
+        --eval-model runs/medical_cv/model --threshold 0.5 --out runs/medical_cv_t05 --data "$D/brats_lesion_mri"
+    ;;
+base_layouts)  # issue 8: base with more of its 12 blocks at stride 32, against ViT-B/16 (compiled, CUDA graphs)
+    run 450 layouts python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
+        --models base base@depths=1,11 base@depths=1,11@stem_blocks=1,1 base@patch_size=4@depths=12, vit_b16 \
+        --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze --out runs/base_layouts
     ;;
 *) echo "unknown group $group" >&2; exit 2 ;;
 esac

@@ -29,15 +29,22 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["LesionTrainConfig", "add_arguments", "evaluate_held_out", "evaluate_saved_model", "lesion_loss",
-           "lesion_train_set", "run_from_args", "train_lesion_segmenter", "write_overlay"]
+__all__ = ["INTENSITY_AUG", "CasePrediction", "LesionTrainConfig", "add_arguments", "evaluate_held_out",
+           "evaluate_saved_model", "fit_lesion_model", "lesion_loss", "lesion_train_set", "predict_cases",
+           "run_from_args", "train_lesion_segmenter", "write_overlay"]
+
+#: training intensity augmentation presets (``--intensity-aug``): ``light`` scales and shifts by
+#: +-10 % with probability 0.3; ``strong`` follows nnU-Net's ranges (scale and shift +-25 %, gamma
+#: 0.7-1.5, probability 0.5), for held-out patients whose contrast differs from the training ones.
+INTENSITY_AUG = {"light": {"intensity_prob": 0.3},
+                 "strong": {"intensity_prob": 0.5, "intensity_range": 0.25, "gamma": (0.7, 1.5)}}
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "brats_lesion_mri"
 
@@ -52,6 +59,7 @@ class LesionTrainConfig:
         quick: CI mode: few slices, few steps, a small crop, evaluation on a few slices.
         train_splits: BraTS splits to train on (the full run trains on three patients).
         eval_splits: held-out splits (never trained on).
+        exclude_cases: patients of ``train_splits`` left out of training (cross-validation folds).
         modalities: channels (``"flair"``, ``"t1c"``).
         context_slices: 2.5D input: also feed the ``N`` slices below and above each slice of every
             modality as channels (``in_chans = len(modalities) * (2N + 1)``; 0: the slice alone).
@@ -65,6 +73,7 @@ class LesionTrainConfig:
         batch_size: slices per step.
         lr: peak AdamW learning rate (warm-up, then cosine decay; the core Trainer).
         roi_size: training crop size.
+        intensity_aug: training intensity augmentation, a key of :data:`INTENSITY_AUG`.
         crop_pos_neg: ``(pos, neg)`` weights of training crops centred on a lesion pixel vs a
             background pixel (MONAI ``RandCropByPosNegLabeld``; ``(2, 1)``: two thirds of the crops
             centred on lesion, ``(1, 1)``: balanced, ``(0, 1)``: background centres only).
@@ -77,6 +86,10 @@ class LesionTrainConfig:
         progress: show a tqdm progress bar.
         resume: continue from ``out_dir/train/checkpoint`` if it exists.
         threshold: foreground probability threshold of the binary head.
+        threshold_cv: choose ``threshold`` from ``cv_thresholds`` by cross-validation over the
+            training patients before the final training (:mod:`vlsdk_medical.threshold_cv`;
+            one extra training per training patient). The held-out patients are not used.
+        cv_thresholds: the candidate thresholds of ``threshold_cv``.
         sw_overlap: sliding-window overlap fraction in [0, 1).
         sw_mode: sliding-window blending, ``"gaussian"`` or ``"constant"``.
         tta: test-time augmentation, ``"none"`` or ``"flip"`` (mean over the 4 in-plane flips).
@@ -91,6 +104,7 @@ class LesionTrainConfig:
     quick: bool = False
     train_splits: Sequence[str] = ("train", "validation")
     eval_splits: Sequence[str] = ("test",)
+    exclude_cases: Sequence[str] = ()
     modalities: Sequence[str] = ("flair", "t1c")
     context_slices: int = 0
     model: str = "small"
@@ -102,6 +116,7 @@ class LesionTrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     roi_size: int = 128
+    intensity_aug: str = "light"
     crop_pos_neg: tuple[float, float] = (2.0, 1.0)
     max_slices_per_case: int | None = None
     eval_slices: int | None = None
@@ -112,6 +127,8 @@ class LesionTrainConfig:
     progress: bool = True
     resume: bool = False
     threshold: float = 0.5
+    threshold_cv: bool = False
+    cv_thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
     sw_overlap: float = 0.25
     sw_mode: str = "gaussian"
     tta: str = "none"
@@ -139,10 +156,16 @@ class LesionTrainConfig:
         cfg.crop_pos_neg = pos_neg
         if not isinstance(cfg.context_slices, int) or cfg.context_slices < 0:
             raise ValueError(f"context_slices must be an int >= 0, got {cfg.context_slices!r}")
+        if cfg.intensity_aug not in INTENSITY_AUG:
+            raise ValueError(f"intensity_aug must be one of {sorted(INTENSITY_AUG)}, got {cfg.intensity_aug!r}")
         if cfg.classes not in ("whole", "brats"):
             raise ValueError(f"classes must be 'whole' or 'brats', got {cfg.classes!r}")
         if not 0.0 < cfg.threshold < 1.0 or not 0.0 <= cfg.sw_overlap < 1.0:
             raise ValueError(f"need 0 < threshold < 1 and 0 <= sw_overlap < 1, got {cfg.threshold}, {cfg.sw_overlap}")
+        if cfg.threshold_cv and (cfg.classes != "whole" or not cfg.cv_thresholds
+                                 or not all(0.0 < t < 1.0 for t in cfg.cv_thresholds)):
+            raise ValueError(f"threshold_cv needs classes='whole' and cv_thresholds in (0, 1), got classes="
+                             f"{cfg.classes!r}, cv_thresholds={cfg.cv_thresholds}")
         if cfg.sw_mode not in ("gaussian", "constant") or cfg.tta not in ("none", "flip"):
             raise ValueError(f"sw_mode must be 'gaussian'/'constant' and tta 'none'/'flip', got {cfg.sw_mode!r}, "
                              f"{cfg.tta!r}")
@@ -184,9 +207,6 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         "inference", "model_dir", "overlay", "steps", "train_cases", "eval_cases", "seconds"}``
         (also written to ``out_dir/results.json``).
     """
-    import vlsdk
-    from vlsdk.train import TrainConfig, Trainer
-    from vlsdk_medical.dataset import collate_samples
     from vlsdk_medical.inference import record_input
 
     cfg = config.resolved()
@@ -195,11 +215,48 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
     if importlib.util.find_spec("matplotlib") is None:  # fail before training, not after
         raise ImportError('the overlay PNG needs matplotlib: pip install "vlsdk[plot]"')
     start = time.perf_counter()
+    cv = None
+    if cfg.threshold_cv:
+        from vlsdk_medical.threshold_cv import cross_validate_threshold
+
+        cv = cross_validate_threshold(cfg)
+        cfg.threshold = cv["threshold"]
+    out_dir = Path(cfg.out_dir)
+    trainer, train_cases = fit_lesion_model(cfg)
+    model, step, device = trainer.model, trainer.step, trainer.device
+    if trainer.rank != 0:  # under torchrun only rank 0 evaluates and writes
+        return {"steps": step}
+
+    model_dir = model.save_pretrained(out_dir / "model")
+    record_input(model_dir, cfg.modalities, cfg.context_slices)
+    results = _report(model, cfg, device, out_dir)
+    results.update({"model_dir": str(model_dir), "steps": step, "threshold_cv": cv,
+                    "train_cases": [c.case_id for c in train_cases], "seconds": time.perf_counter() - start})
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def fit_lesion_model(cfg: LesionTrainConfig, label: str = "train") -> tuple[Any, list[Any]]:
+    """Build the lesion segmenter of ``cfg`` and train it on ``cfg.train_splits`` (less ``cfg.exclude_cases``).
+
+    Seeded with ``cfg.seed`` here, so every call with the same config trains the same model.
+
+    Args:
+        cfg: a :meth:`LesionTrainConfig.resolved` config; checkpoints go to ``<out_dir>/train``.
+        label: the progress bar's label.
+
+    Returns:
+        ``(trainer, train_cases)``: the fitted :class:`vlsdk.train.Trainer` (``trainer.model``,
+        ``trainer.step``, ``trainer.device``, ``trainer.rank``) and the patients trained on.
+    """
+    import vlsdk
+    from vlsdk.train import TrainConfig, Trainer
+    from vlsdk_medical.dataset import collate_samples
+
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_set, total = lesion_train_set(cfg)
-    train_cases = train_set.cases
     model = vlsdk.VLModel(cfg.model, in_chans=train_set.num_channels)
     model.add_head("lesion", task="segmentation", num_classes=1 if cfg.classes == "whole" else 5)
     if cfg.lesion_expert and model.moe_layers:
@@ -208,21 +265,11 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         steps=max(total, 1), batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=1e-4,
         warmup_steps=max(1, total // 20), amp={None: "off"}.get(cfg.amp, cfg.amp), device=cfg.device,
         num_workers=cfg.num_workers, seed=cfg.seed, out_dir=str(out_dir / "train"), progress=cfg.progress,
-        log_every=max(1, min(10, total // 4)), clip_grad=1.0, max_seconds=cfg.max_seconds)
+        log_every=max(1, min(10, total // 4)), clip_grad=1.0, max_seconds=cfg.max_seconds,
+        progress_label=label)
     trainer = Trainer(model, lesion_loss, train_set, train_config, collate_fn=collate_samples)
-    fitted = trainer.fit(resume=cfg.resume and (out_dir / "train" / "checkpoint").is_dir())
-    model, step = trainer.model, fitted.step
-    device = trainer.device
-    if trainer.rank != 0:  # under torchrun only rank 0 evaluates and writes
-        return {"steps": step}
-
-    model_dir = model.save_pretrained(out_dir / "model")
-    record_input(model_dir, cfg.modalities, cfg.context_slices)
-    results = _report(model, cfg, device, out_dir)
-    results.update({"model_dir": str(model_dir), "steps": step,
-                    "train_cases": [c.case_id for c in train_cases], "seconds": time.perf_counter() - start})
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    return results
+    trainer.fit(resume=cfg.resume and (out_dir / "train" / "checkpoint").is_dir())
+    return trainer, train_set.cases
 
 
 def evaluate_saved_model(model_dir: str | Path, config: LesionTrainConfig) -> dict[str, Any]:
@@ -315,10 +362,16 @@ def lesion_train_set(cfg: LesionTrainConfig) -> tuple[Any, int]:
     from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
 
     train_cases = find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
+    unknown = sorted(set(cfg.exclude_cases) - {c.case_id for c in train_cases})
+    if unknown:
+        raise ValueError(f"exclude_cases {unknown} are not patients of the training splits {list(cfg.train_splits)}")
+    train_cases = [c for c in train_cases if c.case_id not in set(cfg.exclude_cases)]
+    if not train_cases:
+        raise ValueError(f"exclude_cases {list(cfg.exclude_cases)} leave no training patient")
     train_set = LesionSliceDataset(train_cases, roi_size=cfg.roi_size, seed=cfg.seed, **_label_options(cfg),
                                    max_slices_per_case=cfg.max_slices_per_case, context_slices=cfg.context_slices,
                                    transform_options={"pos": cfg.crop_pos_neg[0], "neg": cfg.crop_pos_neg[1],
-                                                      "intensity_prob": 0.3})
+                                                      **INTENSITY_AUG[cfg.intensity_aug]})
     n = len(train_set)
     total = cfg.epochs * math.ceil(n / cfg.batch_size)
     total = total if cfg.max_steps is None else min(cfg.max_steps, total)
@@ -354,40 +407,21 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
     Raises:
         ValueError: the model's ``in_chans`` does not fit the modalities and ``cfg.context_slices``.
     """
-    from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
-    from vlsdk_medical.inference import centre_channels, check_input_channels, model_predictor, predict_slices
+    from vlsdk_medical.dataset import find_brats_cases
+    from vlsdk_medical.inference import centre_channels
     from vlsdk_medical.metrics import CaseDice, CaseHD95
-    from vlsdk_medical.postprocess import case_brain_mask, postprocess_labels
 
     eval_cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
-    if hasattr(model, "config"):
-        check_input_channels(model, len(cfg.modalities), cfg.context_slices)
-    model.eval()
-    # full mode scores every slice of the volume; quick mode a few brain slices
-    eval_set = LesionSliceDataset(eval_cases, transform=None, slices="all" if cfg.eval_slices is None else "foreground",
-                                  max_slices_per_case=cfg.eval_slices, seed=cfg.seed,
-                                  context_slices=cfg.context_slices, **_label_options(cfg))
     after, before = (CaseDice(2), CaseHD95(2)), (CaseDice(2), CaseHD95(2))  # whole tumour: label > 0
     class_dice = CaseDice(5) if cfg.classes == "brats" else None
-    predictor = model_predictor(model, head, cfg.tta)
     shown: dict[str, Any] = {}
     sources: dict[str, str] = {}
     overlap: dict[str, dict[str, dict[str, float]]] = {"after": {}, "before": {}}
-    for ci, case in enumerate(eval_cases):
-        idx = [i for i, (c, _) in enumerate(eval_set.index) if c == ci]
-        ks = torch.tensor([eval_set.index[i][1] for i in idx])
-        images = eval_set.slice_images(ci, ks)  # (S, C * (2 * context_slices + 1), X, Y)
-        labels = eval_set.labels[ci].index_select(3, ks)[0].movedim(2, 0).long()  # (S, X, Y)
-        probs = predict_slices(predictor, images, cfg.roi_size, sw_batch_size=32, overlap=cfg.sw_overlap,
-                               mode=cfg.sw_mode, device=device, amp=cfg.amp).cpu()
-        raw = (probs[:, 0] > cfg.threshold).long() if probs.shape[1] == 1 else probs.argmax(1)
-        spacing = list(eval_set.spacings[ci])
-        if len(ks) > 1:  # a subset of slices (quick mode) is about evenly spaced: scale the slice step
-            spacing[2] *= float(ks.diff().float().median())
-        brain, sources[case.case_id] = case_brain_mask(case, eval_set.images[ci])
-        # post-process the (X, Y, S) volume: components are 3D
-        classes = postprocess_labels(raw.movedim(0, -1), cfg.postprocess, brain=brain.index_select(2, ks),
-                                     min_size=cfg.min_component_mm3, spacing=spacing).movedim(-1, 0)
+    for case, p in zip(eval_cases, predict_cases(model, cfg, device, eval_cases, head), strict=True):
+        ks, images, labels, spacing = p.slices, p.images, p.labels, p.spacing
+        sources[case.case_id] = p.brain_source
+        raw = p.raw_labels(cfg.threshold)
+        classes = p.postprocessed(raw, cfg)
         if class_dice is not None:
             class_dice.update(classes, labels, cases=[case.case_id] * len(ks))
         whole = (labels > 0).long()
@@ -409,6 +443,80 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
             "inference": {"threshold": cfg.threshold, "sw_overlap": cfg.sw_overlap, "sw_mode": cfg.sw_mode,
                           "tta": cfg.tta},
             "brain_mask": sources, "eval_cases": eval_cases, "shown": shown}
+
+
+@dataclass
+class CasePrediction:
+    """One held-out case's sliding-window probabilities, ready to threshold and post-process.
+
+    Attributes:
+        slices: the volume slice indices scored, ``(S,)``.
+        images: the model input of those slices, ``(S, C * (2 * context_slices + 1), X, Y)``.
+        labels: ground-truth labels, ``(S, X, Y)``.
+        probs: foreground (binary head) or class probabilities, ``(S, 1 or K, X, Y)`` on the CPU.
+        spacing: voxel size in mm (the slice step scaled when only a subset of slices is scored).
+        brain: the brain mask of the scored slices, ``(X, Y, S)``.
+        brain_source: where the mask came from (file or ``"foreground"``).
+    """
+
+    slices: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    probs: torch.Tensor
+    spacing: list[float]
+    brain: torch.Tensor
+    brain_source: str
+
+    def raw_labels(self, threshold: float) -> torch.Tensor:
+        """``(S, X, Y)`` labels: foreground probability above ``threshold``, or the argmax class."""
+        return (self.probs[:, 0] > threshold).long() if self.probs.shape[1] == 1 else self.probs.argmax(1)
+
+    def postprocessed(self, raw: torch.Tensor, cfg: LesionTrainConfig) -> torch.Tensor:
+        """``raw`` after ``cfg.postprocess``, applied to the ``(X, Y, S)`` volume (components are 3D)."""
+        from vlsdk_medical.postprocess import postprocess_labels
+
+        return postprocess_labels(raw.movedim(0, -1), cfg.postprocess, brain=self.brain,
+                                  min_size=cfg.min_component_mm3, spacing=self.spacing).movedim(-1, 0)
+
+
+def predict_cases(model: torch.nn.Module, cfg: LesionTrainConfig, device: str | torch.device,
+                  cases: Sequence[Any], head: str = "lesion") -> Iterator[CasePrediction]:
+    """Sliding-window predictions of ``cases``' slices (``cfg.eval_slices``, ``cfg.tta``...), one case at a time.
+
+    Args:
+        model: a ``VLModel`` with the segmentation head ``head`` (put in eval mode here).
+        cfg: a :meth:`LesionTrainConfig.resolved` config.
+        device: where to run the model.
+        cases: ``LesionCase`` objects (:func:`~vlsdk_medical.dataset.find_brats_cases`).
+        head: the segmentation head.
+
+    Raises:
+        ValueError: the model's ``in_chans`` does not fit the modalities and ``cfg.context_slices``.
+    """
+    from vlsdk_medical.dataset import LesionSliceDataset
+    from vlsdk_medical.inference import check_input_channels, model_predictor, predict_slices
+    from vlsdk_medical.postprocess import case_brain_mask
+
+    if hasattr(model, "config"):
+        check_input_channels(model, len(cfg.modalities), cfg.context_slices)
+    model.eval()
+    # full mode scores every slice of the volume; quick mode a few brain slices
+    slices = "all" if cfg.eval_slices is None else "foreground"
+    eval_set = LesionSliceDataset(list(cases), transform=None, slices=slices, max_slices_per_case=cfg.eval_slices,
+                                  seed=cfg.seed, context_slices=cfg.context_slices, **_label_options(cfg))
+    predictor = model_predictor(model, head, cfg.tta)
+    for ci, case in enumerate(eval_set.cases):
+        ks = torch.tensor([k for c, k in eval_set.index if c == ci])
+        images = eval_set.slice_images(ci, ks)
+        with torch.no_grad():
+            probs = predict_slices(predictor, images, cfg.roi_size, sw_batch_size=32, overlap=cfg.sw_overlap,
+                                   mode=cfg.sw_mode, device=device, amp=cfg.amp).cpu()
+        spacing = list(eval_set.spacings[ci])
+        if len(ks) > 1:  # a subset of slices (quick mode) is about evenly spaced: scale the slice step
+            spacing[2] *= float(ks.diff().float().median())
+        brain, source = case_brain_mask(case, eval_set.images[ci])
+        yield CasePrediction(ks, images, eval_set.labels[ci].index_select(3, ks)[0].movedim(2, 0).long(), probs,
+                             spacing, brain.index_select(2, ks), source)
 
 
 def _overlap(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
@@ -479,6 +587,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roi-size", type=int, default=d.roi_size)
     parser.add_argument("--crop-pos-neg", type=_pos_neg, default=d.crop_pos_neg, metavar="POS:NEG",
                         help="training crops centred on lesion vs background pixels (default 2:1; 1:1 balanced)")
+    parser.add_argument("--intensity-aug", choices=sorted(INTENSITY_AUG), default=d.intensity_aug,
+                        help="training intensity augmentation: light (+-10 %%) or strong (nnU-Net ranges, gamma)")
     parser.add_argument("--model", default=d.model, help="backbone config: tiny, edge, small, base")
     parser.add_argument("--modalities", default=",".join(d.modalities), help="flair,t1c or flair")
     parser.add_argument("--context-slices", type=int, default=d.context_slices, metavar="N",
@@ -501,6 +611,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-component-mm3", type=float, default=None,
                         help="with lcc: drop components smaller than this (mm3) instead of keeping the largest")
     parser.add_argument("--threshold", type=float, default=d.threshold, help="foreground probability threshold")
+    parser.add_argument("--threshold-cv", action="store_true",
+                        help="choose the threshold by cross-validation over the training patients (one extra "
+                             "training per training patient), then train on all of them")
     parser.add_argument("--sw-overlap", type=float, default=d.sw_overlap, help="sliding-window overlap in [0, 1)")
     parser.add_argument("--sw-mode", choices=["gaussian", "constant"], default=d.sw_mode,
                         help="sliding-window blending")
@@ -534,16 +647,20 @@ def run_from_args(args: argparse.Namespace) -> int:
         data_root=args.data, out_dir=args.out, quick=args.quick, device=args.device, amp=args.amp,
         epochs=args.epochs, max_steps=args.max_steps, max_seconds=args.max_seconds, batch_size=args.batch_size,
         lr=args.lr,
-        roi_size=args.roi_size, crop_pos_neg=args.crop_pos_neg, model=args.model,
+        roi_size=args.roi_size, intensity_aug=args.intensity_aug, crop_pos_neg=args.crop_pos_neg, model=args.model,
         modalities=tuple(args.modalities.split(",")),
         context_slices=args.context_slices,
         num_workers=args.num_workers if args.num_workers is not None else (
             0 if args.device == "cpu" or args.quick else min(8, os.cpu_count() or 1)),
         lesion_expert=not args.no_lesion_expert, classes=args.classes, eval_slices=args.eval_slices,
         seed=args.seed, progress=not args.no_progress, resume=args.resume, postprocess=args.postprocess,
-        min_component_mm3=args.min_component_mm3, threshold=args.threshold, sw_overlap=args.sw_overlap,
+        min_component_mm3=args.min_component_mm3, threshold=args.threshold,
+        threshold_cv=args.threshold_cv, sw_overlap=args.sw_overlap,
         sw_mode=args.sw_mode, tta=args.tta)
     if args.eval_model is not None:
+        if args.threshold_cv:
+            print("error: --threshold-cv trains the fold models; it does not go with --eval-model")
+            return 2
         results = evaluate_saved_model(args.eval_model, cfg)
         print(f"results in {Path(cfg.out_dir) / 'results.json'}; overlay {results['overlay']}; "
               f"{results['seconds']:.1f} s")

@@ -50,7 +50,8 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
                        intensity: str = "none", window: str | tuple[float, float] | None = None,
                        pos: float = 1.0, neg: float = 1.0, num_samples: int = 1, flip_prob: float = 0.5,
                        affine_prob: float = 0.3, rotate_deg: float = 15.0, scale: float = 0.1,
-                       intensity_prob: float = 0.0,
+                       intensity_prob: float = 0.0, intensity_range: float = 0.1,
+                       gamma: tuple[float, float] | None = None,
                        image_key: str = "image", label_key: str = "label", seed: int | None = None) -> Compose:
     """Build the domain's MONAI pipeline for lesion segmentation.
 
@@ -69,8 +70,12 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
         affine_prob: probability of the random affine.
         rotate_deg: rotation range (+-, degrees; in-plane for 2D, about each axis for 3D).
         scale: scaling range (+-, fraction).
-        intensity_prob: probability of a random intensity scale and of a random shift (+-10 %
-            of the value range each; contrast randomisation for few training cases).
+        intensity_prob: probability of a random intensity scale, of a random shift (contrast
+            randomisation for few training cases) and of the gamma.
+        intensity_range: the scale factor is drawn from ``1 +- intensity_range`` and the shift
+            from ``+- intensity_range`` (in the image's units).
+        gamma: a random gamma (contrast) drawn from this range with ``intensity_prob``, image
+            mean and standard deviation kept (MONAI ``RandAdjustContrastd``); ``None``: no gamma.
         image_key: the image's key.
         label_key: the label's key.
         seed: seed the random transforms (see :func:`seed_transforms`).
@@ -86,6 +91,7 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
 
     from monai.transforms import (
         Compose,
+        RandAdjustContrastd,
         RandAffined,
         RandCropByPosNegLabeld,
         RandFlipd,
@@ -108,6 +114,8 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
             raise ValueError(f"{name} must be in [0, 1], got {p}")
     if pos < 0 or neg < 0 or pos + neg <= 0:
         raise ValueError(f"pos and neg must be >= 0 and not both 0, got pos={pos}, neg={neg}")
+    if intensity_range < 0 or (gamma is not None and not 0 < gamma[0] <= gamma[1]):
+        raise ValueError(f"need intensity_range >= 0 and 0 < gamma[0] <= gamma[1], got {intensity_range}, {gamma}")
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     keys = [image_key, label_key]
@@ -123,8 +131,11 @@ def default_transforms(*, train: bool = True, spatial_dims: int = 2, roi_size: S
                         scale_range=(scale,) * spatial_dims, mode=("bilinear", "nearest"), padding_mode="zeros"),
         ]
         if intensity_prob > 0:
-            steps += [RandScaleIntensityd(keys=image_key, factors=0.1, prob=intensity_prob),
-                      RandShiftIntensityd(keys=image_key, offsets=0.1, prob=intensity_prob)]
+            steps += [RandScaleIntensityd(keys=image_key, factors=intensity_range, prob=intensity_prob),
+                      RandShiftIntensityd(keys=image_key, offsets=intensity_range, prob=intensity_prob)]
+            if gamma is not None:
+                steps.append(RandAdjustContrastd(keys=image_key, gamma=tuple(gamma), prob=intensity_prob,
+                                                 retain_stats=True))
     compose = Compose(steps)
     if seed is not None:
         seed_transforms(compose, seed)
