@@ -4,11 +4,11 @@
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
-# medical_cv | base_layouts. Jobs run one after another (six at once starved the 16 CPU cores
+# medical_cv | base_layouts | pipelines | medical_ctx1. Jobs run one after another (six at once starved the 16 CPU cores
 # and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
 # (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -99,6 +99,15 @@ base_layouts)  # issue 8: base with more of its 12 blocks at stride 32, against 
     run 450 layouts python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
         --models base base@depths=1,11 base@depths=1,11@stem_blocks=1,1 base@patch_size=4@depths=12, vit_b16 \
         --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze --out runs/base_layouts
+    ;;
+medical_ctx1)  # issue 4: small with one neighbour slice each side on the GPU (the medical_pcb group without its benchmark)
+    run 290 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
+        --model small --context-slices 1 --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress \
+        --out runs/medical_ctx1 --data "$D/brats_lesion_mri"
+    ;;
+pipelines)  # issue 8: end-to-end rows per domain pipeline on the GPU (eager vs torch.compile, batch 1 and 64)
+    run 420 pipelines python3 benchmarks/pipelines.py --device cuda --dtype bfloat16 --config small --batch 64 \
+        --industrial-size 640 --grid-range 51.2 --grid-resolution 0.2 --data "$D/nuscenes_mini" --out runs/pipelines_gpu
     ;;
 *) echo "unknown group $group" >&2; exit 2 ;;
 esac
