@@ -4,11 +4,11 @@
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
-# medical_cv | base_layouts | pipelines | medical_ctx1. Jobs run one after another (six at once starved the 16 CPU cores
-# and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
+# medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600. Jobs run one after another (six at once
+# starved the 16 CPU cores and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
 # (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -104,6 +104,11 @@ medical_ctx1)  # issue 4: small with one neighbour slice each side on the GPU (t
     run 290 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
         --model small --context-slices 1 --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress \
         --out runs/medical_ctx1 --data "$D/brats_lesion_mri"
+    ;;
+pcb_pre600)  # issue 5: 600 synthetic pre-training steps (3x pcb_500_600's), then the same 600 real steps
+    run 420 pcb-500-pre600 python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+        --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 600 --synthetic-style deeppcb --max-steps 600 \
+        --max-seconds 380 --no-progress --out runs/pcb_500_pre600x3
     ;;
 pipelines)  # issue 8: end-to-end rows per domain pipeline on the GPU (eager vs torch.compile, batch 1 and 64)
     run 420 pipelines python3 benchmarks/pipelines.py --device cuda --dtype bfloat16 --config small --batch 64 \
