@@ -5,8 +5,8 @@ with ``stem="patch"`` (the plain-ViT ablation: 16x16 pixel patches, strides 4 an
 from the tokens), so hybrid vs plain ViT compares like for like.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2),
-forward only, batch 1. The plain ViT-B/16 and ViT-S/16 are built here from the same blocks
-(patch-16 embedding, 12 dense pre-norm blocks, MLP ratio 4).
+forward only, batch 1. The plain ViT-S/16, ViT-B/16 and ViT-L/16 are built here from the same blocks
+(patch-16 embedding, dense pre-norm blocks, MLP ratio 4; 12 blocks, and 24 for ViT-L/16).
 
     python benchmarks/encoder_flops.py [--size 224] [--size 512]
 """
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = p.parse_args(argv)
     sizes = args.size or [224]
     torch.manual_seed(0)
-    refs = {"vit_s16": PlainViT(384, 12, 6), "vit_b16": PlainViT(768, 12, 12)}
+    refs = {"vit_s16": PlainViT(384, 12, 6), "vit_b16": PlainViT(768, 12, 12), "vit_l16": PlainViT(1024, 24, 16)}
     results: dict[str, float] = {}
     print(f"{'model':12s} {'size':>5s} {'GFLOPs':>8s} {'vs ViT':>14s} {'params total/active':>22s}")
     for size in sizes:

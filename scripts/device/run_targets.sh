@@ -4,11 +4,12 @@
 #   source scripts/device/setup.sh && bash scripts/device/run_targets.sh GROUP
 #
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
-# medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600. Jobs run one after another (six at once
-# starved the 16 CPU cores and the GPU idled); each has its own time limit, and its log and small result files go to $OUT
-# (at most 8 files come back: one log per group plus one tarball of JSON/CSV and one of PNGs).
+# medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
+# pcb_pre1200_s1 | vit_large. Jobs run one after another (six at once starved the 16 CPU cores and the GPU idled);
+# each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
+# per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -109,6 +110,28 @@ pcb_pre600)  # issue 5: 600 synthetic pre-training steps (3x pcb_500_600's), the
     run 420 pcb-500-pre600 python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 600 --synthetic-style deeppcb --max-steps 600 \
         --max-seconds 380 --no-progress --out runs/pcb_500_pre600x3
+    ;;
+pcb_pre600_s1)  # issue 5: pcb_pre600 with seed 1
+    run 420 pcb-500-pre600-s1 python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+        --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 600 --synthetic-style deeppcb --max-steps 600 \
+        --max-seconds 380 --no-progress --seed 1 --out runs/pcb_500_pre600x3_s1
+    ;;
+pcb_1000_s01)  # issue 5: the 1000-real-pair baseline on the same machine and code as pcb_pre600, seeds 0 and 1
+    for seed in 0 1; do
+        run 260 pcb-1000-s$seed python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+            --max-steps 600 --max-seconds 380 --no-progress --seed $seed --out runs/pcb_1000_s$seed
+    done
+    ;;
+pcb_pre1200_s0|pcb_pre1200_s1)  # issue 5: twice pcb_pre600's synthetic pre-training (the time limit covers both stages)
+    seed=${group##*_s}
+    run 520 pcb-500-pre1200-s$seed python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+        --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 1200 --synthetic-style deeppcb --max-steps 600 \
+        --max-seconds 500 --no-progress --seed $seed --out runs/pcb_500_pre1200_s$seed
+    ;;
+vit_large)  # issue 8: base, ViT-B/16 and ViT-L/16 at 224 and 512 px, eager and compiled with CUDA graphs
+    run 450 vit-large python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 --repeats 3 \
+        --models base vit_b16 vit_l16 --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze \
+        --out runs/vit_large
     ;;
 pipelines)  # issue 8: end-to-end rows per domain pipeline on the GPU (eager vs torch.compile, batch 1 and 64)
     run 420 pipelines python3 benchmarks/pipelines.py --device cuda --dtype bfloat16 --config small --batch 64 \
