@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vlsdk_industrial.samples import DEEPPCB_CLASSES
-from vlsdk_industrial.synth import BoardSynthesizer
+from vlsdk_industrial.synth import BOX_MARGIN, BoardSynthesizer
 
 #: +1: the defect adds copper, -1: it removes copper (DeepPCB class order).
 ADDS_COPPER = {0: -1, 1: +1, 2: -1, 3: +1, 4: +1, 5: -1}
@@ -108,6 +108,11 @@ def test_deeppcb_style_binary_boards_like_deeppcb() -> None:
         overlap = (np.minimum(a[..., 2], b[..., 2]) > np.maximum(a[..., 0], b[..., 0])) & \
                   (np.minimum(a[..., 3], b[..., 3]) > np.maximum(a[..., 1], b[..., 1]))
         assert overlap.sum() == len(boxes)
+        for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):  # DeepPCB's convention, exactly
+            if min(x0, y0) > 0 and max(x1, y1) < 640:  # (boxes at the border are clipped)
+                ys, xs = np.nonzero(diff[y0:y1, x0:x1])
+                margins = (xs.min(), ys.min(), x1 - x0 - 1 - xs.max(), y1 - y0 - 1 - ys.max())
+                assert margins == (BOX_MARGIN, BOX_MARGIN, BOX_MARGIN - 1, BOX_MARGIN - 1), (seed, label, margins)
         sides.append(boxes[:, 2:] - boxes[:, :2])
         counts += np.bincount(labels, minlength=6)
     dark, sides = np.array(dark), np.concatenate(sides)
@@ -115,10 +120,28 @@ def test_deeppcb_style_binary_boards_like_deeppcb() -> None:
     assert 0.2 <= dark.mean() <= 0.45 and dark.max() <= 0.75, dark
     # trace width: DeepPCB's modal dark run is 6-12 px on most boards (8 on the skeleton)
     assert 7 <= np.median(widths) <= 12, widths
-    # boxes drawn as DeepPCB annotates them: ~25-90 px a side, median 29-42 px per class
-    assert sides.min() >= 20 and 28 <= np.median(sides) <= 45, np.percentile(sides, [0, 50, 100])
+    # DeepPCB's boxes are 25-90 px a side, median 29-42 px per class
+    assert sides.min() >= 2 * BOX_MARGIN and 25 <= np.median(sides) <= 45, np.percentile(sides, [0, 50, 100])
     # all six classes, roughly balanced like DeepPCB's (1,010-1,379 boxes a class)
     assert counts.min() >= counts.sum() / 6 / 2.5, counts
+
+
+def test_deeppcb_boxes_are_the_changed_pixels_plus_the_margin(deeppcb) -> None:
+    """The measurement behind BOX_MARGIN: a spurious-copper box is its changed pixels plus 10 px a side."""
+    import cv2
+
+    root = deeppcb / "PCBData"
+    lines = [ln.split() for ln in (root / "trainval.txt").read_text().splitlines() if ln.strip()]
+    margins = []
+    for image, annotation in lines[::8]:
+        test, temp = (cv2.imread(str(root / (image[:-4] + end)), 0) > 127 for end in ("_test.jpg", "_temp.jpg"))
+        for row in (root / annotation).read_text().splitlines():
+            x0, y0, x1, y1, cls = map(int, row.replace(",", " ").split())
+            ys, xs = np.nonzero(test[y0:y1, x0:x1] != temp[y0:y1, x0:x1])
+            if DEEPPCB_CLASSES[cls - 1] == "copper" and len(xs):
+                margins.append((xs.min(), ys.min(), x1 - x0 - 1 - xs.max(), y1 - y0 - 1 - ys.max()))
+    exact = np.mean([m == (BOX_MARGIN, BOX_MARGIN, BOX_MARGIN - 1, BOX_MARGIN - 1) for m in margins])
+    assert len(margins) >= 50 and exact >= 0.75, (len(margins), exact)
 
 
 def test_deeppcb_style_is_closer_to_deeppcb_than_default(deeppcb) -> None:

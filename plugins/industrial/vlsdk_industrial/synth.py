@@ -19,8 +19,8 @@ trainval templates, 640 px): always black copper on white; traces 7-12 px wide (
 width: mode 8, median 19 with pours); solid pads of 20-60 px, a fifth with a drill hole; copper pours,
 often with traces running through clearance channels cut into them, for a dark fraction of 0.1-0.7
 (DeepPCB: mean 0.35, 5-95 % 0.0-0.7; the default style: about 0.2). Its boxes are drawn the way DeepPCB
-annotates: a box of about 30 x 30 px (per-class 5-95 % quantiles of DeepPCB's trainval boxes, see
-:data:`DEEPPCB_BOX_QUANTILES`) around the defect, never smaller than the changed pixels plus 2 px.
+annotates: the extent of the defect's changed pixels grown by :data:`BOX_MARGIN` (10 px at 640) on every
+side, so a box says exactly where its defect is.
 """
 
 from __future__ import annotations
@@ -33,22 +33,16 @@ import numpy as np
 
 from vlsdk_industrial.samples import DEEPPCB_CLASSES
 
-__all__ = ["DEEPPCB_BOX_QUANTILES", "STYLES", "BoardSynthesizer", "SyntheticBoards"]
+__all__ = ["BOX_MARGIN", "STYLES", "BoardSynthesizer", "SyntheticBoards"]
 
 #: The rendering styles of :class:`BoardSynthesizer`.
 STYLES: tuple[str, ...] = ("default", "deeppcb")
 
-#: DeepPCB trainval box sides (px at 640) per class: ``(width, height)`` at the 5, 25, 50, 75 and 95 %
-#: quantiles (6,873 boxes); ``style="deeppcb"`` samples its box sizes from them.
-DEEPPCB_BOX_QUANTILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "open": ((29, 34, 38, 51, 85), (26, 30, 34, 42, 64)),
-    "short": ((25, 31, 42.5, 54, 90), (25, 29, 37, 46, 69)),
-    "mousebite": ((26, 30, 34, 39, 50), (24, 27, 29, 34, 44)),
-    "spur": ((27, 31, 34, 38, 46), (25, 28, 32, 36, 46)),
-    "copper": ((28, 32, 35, 41, 55), (26, 31, 35, 41, 56)),
-    "pin-hole": ((26, 30, 34, 39, 50), (24.5, 28, 32, 38, 49)),
-}
-_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Pixels (at 640 px) between a DeepPCB box and the extent of its defect's changed pixels, on every
+#: side: 83 % of DeepPCB's trainval spurious-copper boxes, whose changed pixels are unambiguous, are
+#: exactly ``(x_min - 10, y_min - 10, x_max + 10, y_max + 10)`` (inclusive pixel extent).
+#: ``style="deeppcb"`` draws its boxes that way.
+BOX_MARGIN = 10
 
 
 @dataclass
@@ -379,19 +373,13 @@ class BoardSynthesizer:
                 "illumination": 1 + gx * (xx - 0.5) + gy * (yy - 0.5), "noise": rng.uniform(0, 12),
                 "blur": rng.uniform(0, 1.2) if rng.random() < 0.7 else 0.0}
 
-    def _deeppcb_box(self, box: tuple[int, int, int, int], cls: int,
-                     rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """Grow a tight defect box to a DeepPCB-sized one (sampled per class) around the same centre."""
-        qw, qh = DEEPPCB_BOX_QUANTILES[DEEPPCB_CLASSES[cls]]
-        f = self.size / 640
-        u = rng.uniform(_QUANTILES[0], _QUANTILES[-1], 2)
-        bw, bh = np.interp(u[0], _QUANTILES, qw) * f, np.interp(u[1], _QUANTILES, qh) * f
-        x0, y0, x1, y1 = box
-        bw, bh = max(bw, x1 - x0), max(bh, y1 - y0)  # never cut the defect
-        cx = (x0 + x1) / 2 + rng.uniform(-0.5, 0.5) * (bw - (x1 - x0))  # annotations are not centred exactly
-        cy = (y0 + y1) / 2 + rng.uniform(-0.5, 0.5) * (bh - (y1 - y0))
-        return (int(np.floor(cx - bw / 2)), int(np.floor(cy - bh / 2)),
-                int(np.ceil(cx + bw / 2)), int(np.ceil(cy + bh / 2)))
+    def _deeppcb_box(self, box: tuple[int, int, int, int], changed: np.ndarray) -> tuple[int, int, int, int]:
+        """DeepPCB's box for a defect: its changed pixels' extent grown by ``BOX_MARGIN`` px on every side."""
+        ys, xs = np.nonzero(changed)
+        if not len(xs):  # nothing changed (cannot happen with the drawers above): keep the drawer's box
+            return box
+        m = round(BOX_MARGIN * self.size / 640)
+        return int(xs.min()) - m, int(ys.min()) - m, int(xs.max()) + m, int(ys.max()) + m
 
     def __call__(self, seed: int) -> dict[str, Any]:
         """The sample for ``seed`` (deterministic).
@@ -435,7 +423,7 @@ class BoardSynthesizer:
                     queue.pop(0)
                 continue
             if self.style == "deeppcb":
-                box = self._deeppcb_box(box, cls, rng)
+                box = self._deeppcb_box(box, trial != mask)
             x0, y0, x1, y1 = (int(np.clip(v, 0, self.size)) for v in box)
             if x1 - x0 < 2 or y1 - y0 < 2 or taken[y0:y1, x0:x1].any():
                 fails += 1
