@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -135,6 +136,11 @@ def measure(name: str, size: int, batch: int, args: argparse.Namespace,
     return result
 
 
+def _mib(peak: float) -> str:
+    """Peak memory for the log (read on CUDA only; NaN on the CPU)."""
+    return "       - MiB" if math.isnan(peak) else f"{peak:8.0f} MiB"
+
+
 def scaling(config: str, args: argparse.Namespace, out: Path) -> list[dict[str, float]]:
     """Time and memory of ``config`` over image sizes and batch sizes; writes ``scaling.png``."""
     rows = []
@@ -146,7 +152,7 @@ def scaling(config: str, args: argparse.Namespace, out: Path) -> list[dict[str, 
                 break
             rows.append({"size": size, "batch": batch, **r})
             print(f"scaling {config:8s} {size:5d}px batch {batch:4d}: {r['ms_per_batch']:9.2f} ms "
-                  f"{r['images_per_s']:9.1f} img/s peak {r['peak_mib']:8.0f} MiB")
+                  f"{r['images_per_s']:9.1f} img/s peak {_mib(r['peak_mib'])}")
     try:
         import matplotlib
 
@@ -226,9 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
                 by_name[key] = r
                 results["cases"].append({"model": key, "size": size, "batch": batch, **r})
                 print(f"{key:38s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
-                      f"{r['ms_per_batch']:9.2f} ms/batch peak {r['peak_mib']:8.0f} MiB", flush=True)
+                      f"{r['ms_per_batch']:9.2f} ms/batch peak {_mib(r['peak_mib'])}", flush=True)
         for suffix in suffixes:
-            for ours, ref in ((m, "vit_b16") for m in args.models if m not in REFERENCES):
+            for ours, ref in ((m, r) for r in ("vit_b16", "vit_l16") for m in args.models if m not in REFERENCES):
                 if ours + suffix in by_name and ref + suffix in by_name:
                     ratio = by_name[ours + suffix]["images_per_s"] / by_name[ref + suffix]["images_per_s"]
                     print(f"ratio {size}px{suffix}: {ours} / {ref} images/s = {ratio:.2f}x")
