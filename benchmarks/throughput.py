@@ -4,7 +4,10 @@ Forward only (inference), weights and inputs in ``--dtype``, one batch shape per
 case is warmed up, then timed over ``--repeats`` blocks of ``--iters`` forwards (the median block
 counts); on CUDA, timings are synchronised and peak memory is read per case. ``--compile`` adds a
 ``torch.compile``-d twin of each case. ``--scaling CONFIG`` also times that config over image and
-batch sizes and draws ``scaling.png`` (time and memory against pixels per batch).
+batch sizes and draws ``scaling.png`` (time and memory against batch size, a line per image size).
+On the CPU, where PyTorch keeps no peak statistics, each scaling case runs in a fresh process and its
+peak memory is that process's peak resident set above the one it had before building the model
+(weights, activations and allocator caches, as a user's process sees them; Linux, ``/proc``).
 ``--compile-mode`` picks one or more ``torch.compile`` modes (``reduce-overhead`` = CUDA graphs),
 each timed as its own case beside eager; ``--fullgraph`` makes any graph break an error, and
 ``--freeze`` turns on inductor freezing (weights as constants: the MoE's stacked expert weights
@@ -14,6 +17,8 @@ are folded once instead of re-stacked per call). ``--channels-last`` puts the mo
 Host work per forward (aten ops, host syncs): ``benchmarks/host_work.py``.
 
     python benchmarks/throughput.py                                            # CPU, small shapes
+    OMP_NUM_THREADS=1 python benchmarks/throughput.py --models base --scaling base --scaling-sizes 224 384 512 \
+        --scaling-batches 1 4 16                   # CPU scaling: time and peak memory, a process per case
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 --compile \\
         --scaling base --out runs/throughput
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base vit_b16 --compile \\
@@ -141,13 +146,44 @@ def _mib(peak: float) -> str:
     return "       - MiB" if math.isnan(peak) else f"{peak:8.0f} MiB"
 
 
+def _rss_mib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from ``/proc/self/status``, MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**10
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _measure_fresh(name: str, size: int, batch: int, args: argparse.Namespace) -> dict[str, float]:
+    """Run in a fresh process: :func:`measure`, with ``peak_mib`` the peak resident set above the start."""
+    torch.set_num_threads(args.threads)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current resident set
+        before = _rss_mib("VmRSS")
+    except OSError:  # not Linux: no per-process peak reset, so no memory figure
+        return measure(name, size, batch, args)
+    result = measure(name, size, batch, args)
+    return result | {"peak_mib": _rss_mib("VmHWM") - before}
+
+
+def measure_in_process(name: str, size: int, batch: int, args: argparse.Namespace) -> dict[str, float]:
+    """:func:`measure` in a fresh (spawned) process, so that its peak memory is its own; for the CPU."""
+    import concurrent.futures
+    import multiprocessing
+
+    args = argparse.Namespace(**vars(args), threads=torch.get_num_threads())
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measure_fresh, name, size, batch, args).result()
+
+
 def scaling(config: str, args: argparse.Namespace, out: Path) -> list[dict[str, float]]:
     """Time and memory of ``config`` over image sizes and batch sizes; writes ``scaling.png``."""
     rows = []
     for size in args.scaling_sizes:
         for batch in args.scaling_batches:
             try:
-                r = measure(config, size, batch, args)
+                r = measure(config, size, batch, args) if args.device.startswith("cuda") else \
+                    measure_in_process(config, size, batch, args)
             except torch.OutOfMemoryError:
                 break
             rows.append({"size": size, "batch": batch, **r})
@@ -170,7 +206,7 @@ def scaling(config: str, args: argparse.Namespace, out: Path) -> list[dict[str, 
     for ax, label in zip(axes, ("ms per batch", "peak memory (MiB)"), strict=True):
         ax.set_xscale("log", base=2)
         if any(line.get_ydata().size and (line.get_ydata() > 0).all() for line in ax.get_lines()):
-            ax.set_yscale("log")  # peak memory is read on CUDA only (NaN on the CPU)
+            ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)

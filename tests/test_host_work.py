@@ -1,4 +1,4 @@
-"""benchmarks/host_work.py (aten ops and host syncs per forward) and throughput.py --channels-last."""
+"""benchmarks/host_work.py (aten ops and host syncs per forward), throughput.py --channels-last and its CPU scaling."""
 
 from __future__ import annotations
 
@@ -41,3 +41,15 @@ def test_channels_last_runs_on_the_cpu(tmp_path):
     r = throughput.main(["--models", "tiny", "--size", "32", "--batch", "1", "--repeats", "1", "--channels-last",
                          "--out", str(tmp_path)])
     assert r["setting"]["channels_last"] and r["cases"][0]["images_per_s"] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory is read from Linux /proc")
+def test_cpu_scaling_measures_peak_memory_per_case(tmp_path):
+    pytest.importorskip("matplotlib")
+    r = throughput.main(["--models", "tiny", "--size", "32", "--batch", "1", "--repeats", "1", "--scaling", "tiny",
+                         "--scaling-sizes", "128", "--scaling-batches", "1", "32", "--out", str(tmp_path)])
+    one, many = r["scaling"]
+    assert (one["batch"], many["batch"]) == (1, 32)
+    # each case in its own process: 31 more 128 px images hold at least their 6 MiB of fp32 input
+    assert 0 < one["peak_mib"] and many["peak_mib"] > one["peak_mib"] + 6, (one, many)
+    assert (tmp_path / "scaling.png").stat().st_size > 0
