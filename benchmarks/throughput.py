@@ -17,14 +17,14 @@ are folded once instead of re-stacked per call). ``--channels-last`` puts the mo
 Host work per forward (aten ops, host syncs): ``benchmarks/host_work.py``.
 
     python benchmarks/throughput.py                                            # CPU, small shapes
-    OMP_NUM_THREADS=1 python benchmarks/throughput.py --models base --scaling base --scaling-sizes 224 384 512 \
+    OMP_NUM_THREADS=1 python benchmarks/throughput.py --models base --scaling base --scaling-sizes 224 384 512 \\
         --scaling-batches 1 4 16                   # CPU scaling: time and peak memory, a process per case
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --size 512 --compile \\
         --scaling base --out runs/throughput
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base vit_b16 --compile \\
         --compile-mode default reduce-overhead max-autotune --fullgraph --freeze
     python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base --size 224 --channels-last
-    python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base base@depths=2,10 vit_b16 \
+    python benchmarks/throughput.py --device cuda --dtype bfloat16 --models base base@depths=2,10 vit_b16 \\
         --compile --profile                        # config ablations, GPU kernel time by kind
 """
 
@@ -142,7 +142,7 @@ def measure(name: str, size: int, batch: int, args: argparse.Namespace,
 
 
 def _mib(peak: float) -> str:
-    """Peak memory for the log (read on CUDA only; NaN on the CPU)."""
+    """Peak memory for the log (NaN, printed as ``-``, where it is not read: the CPU outside ``--scaling``)."""
     return "       - MiB" if math.isnan(peak) else f"{peak:8.0f} MiB"
 
 
