@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{key:38s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
                       f"{r['ms_per_batch']:9.2f} ms/batch peak {_mib(r['peak_mib'])}", flush=True)
         for suffix in suffixes:
-            for ours, ref in ((m, r) for r in ("vit_b16", "vit_l16") for m in args.models if m not in REFERENCES):
+            for ours, ref in ((m, r) for r in REFERENCES for m in args.models if m not in REFERENCES):
                 if ours + suffix in by_name and ref + suffix in by_name:
                     ratio = by_name[ours + suffix]["images_per_s"] / by_name[ref + suffix]["images_per_s"]
                     print(f"ratio {size}px{suffix}: {ours} / {ref} images/s = {ratio:.2f}x")
