@@ -31,7 +31,6 @@ Host work per forward (aten ops, host syncs): ``benchmarks/host_work.py``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -67,26 +66,16 @@ def _suffix(mode: str | None) -> str:
 def build(name: str) -> nn.Module:
     """A named vlsdk config (``base``, ``small-patch`` for the plain-stem variant) or a reference ViT.
 
-    ``@field=value`` overrides config fields for ablations: ``base@depths=2,10``,
-    ``base@top_k=2`` (a field of the MoE config), ``base@stem_blocks=1,1``, ``base@depths=12,``
-    (a trailing comma makes a one-element tuple).
+    ``@field=value`` overrides config fields for ablations (:func:`vlsdk.models.config.get_config`):
+    ``base@depths=4,8@patch_size=2``, ``base@top_k=2``, ``base@stem_entry=resnet``.
     """
     if name in REFERENCES:
         return REFERENCES[name]()
-    name, *overrides = name.split("@")
+    name, at, overrides = name.partition("@")
     config, _, variant = name.partition("-")
-    cfg = get_config(config)
+    cfg = get_config(config + at + overrides)
     if variant:
         cfg = cfg.replace(stem=variant)
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        value = tuple(int(v) for v in raw.split(",") if v) if "," in raw else int(raw)  # "12," is (12,)
-        if hasattr(cfg.moe, key):
-            cfg = cfg.replace(moe=dataclasses.replace(cfg.moe, **{key: value}))
-        elif hasattr(cfg, key):
-            cfg = cfg.replace(**{key: value})
-        else:
-            raise ValueError(f"{name}: no config field {key!r} (in {item!r})")
     return HybridEncoder(cfg)
 
 

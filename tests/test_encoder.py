@@ -1,4 +1,5 @@
-"""HybridEncoder shapes for every named config, input channels, MoE placement and bad arguments."""
+"""HybridEncoder shapes for every named config, input channels, MoE placement, stem entries, the upsampled
+stride-16 level, config overrides by name and bad arguments."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from vlsdk.models.config import CONFIGS, BackboneConfig, MoEConfig, get_config
 from vlsdk.models.encoder import HybridEncoder
@@ -72,6 +74,7 @@ def test_parameter_counts_total_vs_active():
         ({"moe": MoEConfig(num_experts=4, top_k=5)}, "top_k"),
         ({"moe": MoEConfig(every=0)}, "every"),
         ({"stem_widths": (8,)}, "stem_widths"),
+        ({"stem_entry": "pixel"}, "stem_entry"),
     ],
 )
 def test_bad_config_raises_value_error(changes, message):
@@ -134,3 +137,74 @@ def test_max_stride_skips_the_later_stages_and_keeps_the_levels_bit_identical(st
     for bad in (2, 12, 128):
         with pytest.raises(ValueError, match="max_stride must be one of"):
             enc.forward_features(images, max_stride=bad)
+
+
+SIZES = [(64, 64), (70, 96), (37, 53)]  # square, non-square, odd
+
+
+def test_patchify_stem_entry_reaches_stride_4_in_one_4x4_convolution():
+    torch.manual_seed(0)
+    enc = HybridEncoder(get_config("tiny", stem_entry="patchify")).eval()
+    assert enc.stem.conv1.kernel_size == (4, 4) and enc.stem.conv1.stride == (4, 4)
+    assert isinstance(enc.stem.pool, nn.Identity)
+    for size in SIZES:
+        with torch.no_grad():
+            feats = enc(torch.randn(1, 3, *size))
+        for stride, fmap in feats.pyramid.items():
+            assert fmap.shape[-2:] == (-(-size[0] // stride), -(-size[1] // stride)), (size, stride)
+    x = torch.randn(1, 3, 16, 16)
+    y = x.clone()
+    y[..., 5, 6] += 1.0  # a pixel of the second 4x4 patch on each axis
+    with torch.no_grad():
+        change = (enc.stem.conv1(y) - enc.stem.conv1(x)).abs().sum(1)[0]
+    assert change[1, 1] > 0 and change.count_nonzero() == 1  # non-overlapping patches: only its own position
+    resnet = HybridEncoder(get_config("tiny")).eval()
+    assert resnet.stem.conv1.kernel_size == (7, 7) and isinstance(resnet.stem.pool, nn.MaxPool2d)
+
+
+@pytest.mark.parametrize("stem", ["cnn", "patch"])
+def test_stride_16_level_is_upsampled_from_stride_32_tokens(stem):
+    torch.manual_seed(0)
+    enc = HybridEncoder(get_config("tiny", stem=stem, patch_size=4, depths=(2,))).eval()
+    assert enc.strides == (4, 8, 16, 32) and enc.channels[16] == enc.config.embed_dim
+    assert isinstance(enc.up16[0], nn.ConvTranspose2d) and enc.up16[0].stride == (2, 2)
+    assert HybridEncoder(get_config("tiny", stem=stem)).up16 is None  # stride-16 tokens need none
+    for size in SIZES:
+        with torch.no_grad():
+            feats = enc(torch.randn(2, 3, *size))
+        assert list(feats.pyramid) == [4, 8, 16, 32]
+        for stride, fmap in feats.pyramid.items():
+            assert fmap.shape[-2:] == (-(-size[0] // stride), -(-size[1] // stride)), (size, stride)
+        assert feats.grid == tuple(feats.pyramid[32].shape[-2:])
+        h, w = feats.pyramid[16].shape[-2:]
+        with torch.no_grad():
+            assert torch.allclose(enc.up16(feats.pyramid[32])[..., :h, :w], feats.pyramid[16])
+    enc.train()
+    enc(torch.randn(2, 3, 64, 64)).pyramid[16].pow(2).mean().backward()
+    assert enc.up16[0].weight.grad.abs().sum() > 0
+    assert enc.stages[0].blocks[0].attn.qkv.weight.grad.abs().sum() > 0  # through the tokens
+
+
+def test_base_runs_every_block_on_stride_32_tokens():
+    cfg = get_config("base")
+    assert cfg.token_strides == (32,) and sum(cfg.depths) == 12 and cfg.embed_dim == 768
+    assert cfg.strides == (4, 8, 16, 32) and cfg.stem_entry == "patchify"
+
+
+def test_config_name_carries_field_overrides():
+    cfg = get_config("base@depths=4,8@patch_size=2@top_k=2@stem_entry=resnet")
+    assert (cfg.depths, cfg.patch_size, cfg.moe.top_k, cfg.stem_entry) == ((4, 8), 2, 2, "resnet")
+    assert cfg.strides == (4, 8, 16, 32) and cfg.name == "base"
+    assert get_config("tiny@depths=3,").depths == (3,)
+    assert get_config("tiny@embed_dim=128", embed_dim=96).embed_dim == 96  # keyword overrides come last
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("tiny@colour=3", "no field 'colour'"),
+    ("tiny@depths", "field=value"),
+    ("tiny@stem_entry=pixel", "stem_entry"),
+    ("huge@depths=1,", "unknown config 'huge'"),
+])
+def test_bad_config_override_names_the_problem(name, message):
+    with pytest.raises(ValueError, match=message):
+        get_config(name)

@@ -5,11 +5,11 @@
 #
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
-# pcb_pre1200_s1 | vit_large | scaling. Jobs run one after another (six at once starved the 16 CPU cores and the GPU idled);
+# pcb_pre1200_s1 | vit_large | scaling | base_stride32. Jobs run one after another (six at once starved the 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
 # per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -136,6 +136,15 @@ vit_large)  # issue 8: base, ViT-B/16 and ViT-L/16 at 224 and 512 px, eager and 
 scaling)  # issue 8: base's time and memory (eager) as image and batch size grow, with the plot scaling.png
     run 400 scaling python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 --models base \
         --scaling base --scaling-sizes 224 384 512 768 --scaling-batches 1 4 16 64 --out runs/scaling
+    ;;
+base_stride32)  # issue 8: base (12 blocks on stride-32 tokens, patchify stem) beside its previous layout and ViT-B/16
+    old=base@stem_entry=resnet@stem_blocks=2,2@patch_size=2@depths=4,8
+    run 330 base32-224 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
+        --models base $old vit_b16 --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze \
+        --out runs/base_stride32_224
+    run 220 base32-512 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 512 --repeats 3 \
+        --models base vit_b16 --compile --compile-mode reduce-overhead --fullgraph --channels-last --freeze \
+        --out runs/base_stride32_512
     ;;
 pipelines)  # issue 8: end-to-end rows per domain pipeline on the GPU (eager vs torch.compile, batch 1 and 64)
     run 420 pipelines python3 benchmarks/pipelines.py --device cuda --dtype bfloat16 --config small --batch 64 \

@@ -7,10 +7,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["MoEConfig", "TextConfig", "BackboneConfig", "CONFIGS", "STEMS", "get_config"]
+__all__ = ["MoEConfig", "TextConfig", "BackboneConfig", "CONFIGS", "STEMS", "STEM_ENTRIES", "get_config"]
 
 #: Values of :attr:`BackboneConfig.stem`.
 STEMS: tuple[str, ...] = ("cnn", "patch")
+#: Values of :attr:`BackboneConfig.stem_entry`.
+STEM_ENTRIES: tuple[str, ...] = ("resnet", "patchify")
 
 
 @dataclass
@@ -77,11 +79,18 @@ class BackboneConfig:
         stem_widths: channels of the pyramid at stride 4 and stride 8 (the CNN stem's stages, or
             the outputs of the patch stem's upsampling).
         stem_blocks: ResNet basic blocks per CNN stem stage (unused by the patch stem).
+        stem_entry: the CNN stem's first layer, from the image to stride 4: ``"resnet"`` (a 7x7
+            stride-2 convolution and a 3x3 stride-2 max-pool, as in ResNet) or ``"patchify"`` (one
+            4x4 stride-4 convolution, as in ConvNeXt: no full-resolution map, about 1/12 of the
+            first layer's FLOPs).
         stem_norm: ``"batch"`` (default; fuses for export) or ``"group"`` (independent of the
             batch: small batches, and data-parallel runs that must match one process exactly);
             also the norm of the patch stem's upsampling.
-        patch_size: patch size over the stride-8 stem map (2 gives stride-16 tokens); the patch
-            stem embeds ``8 * patch_size`` pixel patches, so the token stride is the same.
+        patch_size: patch size over the stride-8 stem map (2 gives stride-16 tokens, 4 stride-32
+            tokens); the patch stem embeds ``8 * patch_size`` pixel patches, so the token stride is
+            the same. When the tokens are coarser than stride 16, a stride-16 level is upsampled
+            from the first stage's output (a transposed convolution, as ViTDet's simple feature
+            pyramid does), so the heads still find strides 8, 16 and 32.
         embed_dim: ViT width, the same in every stage.
         depths: blocks per ViT stage; each stage after the first starts with a 2x2 token merge.
         num_heads: attention heads.
@@ -96,6 +105,7 @@ class BackboneConfig:
     stem: Literal["cnn", "patch"] = "cnn"
     stem_widths: tuple[int, int] = (64, 128)
     stem_blocks: tuple[int, int] = (2, 2)
+    stem_entry: str = "resnet"
     stem_norm: str = "batch"
     patch_size: int = 2
     embed_dim: int = 384
@@ -125,6 +135,9 @@ class BackboneConfig:
                              f"patch embedding), got {self.stem!r}")
         if len(self.stem_widths) != 2 or min(self.stem_widths) < 1:
             raise ValueError(f"stem_widths must be two positive ints (stride 4, 8), got {self.stem_widths}")
+        if self.stem_entry not in STEM_ENTRIES:
+            raise ValueError(f"stem_entry must be one of {STEM_ENTRIES} ('resnet': 7x7 convolution and max-pool, "
+                             f"'patchify': 4x4 stride-4 convolution), got {self.stem_entry!r}")
         if self.stem_norm not in ("batch", "group"):
             raise ValueError(f"stem_norm must be 'batch' or 'group', got {self.stem_norm!r}")
         if not self.depths or min(self.depths) < 1:
@@ -145,10 +158,22 @@ class BackboneConfig:
                 raise ValueError(f"moe.capacity_factor must be > 0 or None, got {moe.capacity_factor}")
 
     @property
-    def strides(self) -> tuple[int, ...]:
-        """Output stride of every pyramid level (4 and 8 from the stem, then one per ViT stage)."""
+    def token_strides(self) -> tuple[int, ...]:
+        """Token stride of every ViT stage (``8 * patch_size``, doubled by each stage's merge)."""
         first = 8 * self.patch_size
-        return (4, 8) + tuple(first * 2**i for i in range(len(self.depths)))
+        return tuple(first * 2**i for i in range(len(self.depths)))
+
+    @property
+    def upsampled_16(self) -> bool:
+        """Whether the stride-16 level is upsampled from the first stage (its tokens are coarser)."""
+        first = self.token_strides[0]
+        return first > 16 and first % 16 == 0
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Output stride of every pyramid level: 4 and 8 from the stem, 16 when it is upsampled,
+        then one per ViT stage."""
+        return (4, 8) + ((16,) if self.upsampled_16 else ()) + self.token_strides
 
     def is_moe_block(self, index: int) -> bool:
         """Whether the block with this global index has a MoE feed-forward layer."""
@@ -187,8 +212,11 @@ def _small() -> BackboneConfig:
 
 
 def _base() -> BackboneConfig:
+    # ViT-B/16's width and depth, all 12 blocks on stride-32 tokens (a quarter of ViT-B/16's), the
+    # stride-16 level upsampled from them, on a light patchify stem: BENCHMARKS.md "base at stride 32"
     return BackboneConfig(
-        name="base", stem_widths=(64, 128), embed_dim=768, depths=(4, 8), num_heads=12,
+        name="base", stem_widths=(64, 128), stem_blocks=(1, 1), stem_entry="patchify", patch_size=4,
+        embed_dim=768, depths=(12,), num_heads=12,
         moe=MoEConfig(num_experts=16, top_k=4, expert_hidden=384, num_shared=1),
         text=TextConfig(dim=384, depth=4, heads=6),
     )
@@ -202,11 +230,31 @@ CONFIGS: dict[str, BackboneConfig] = {c.name: c for c in (_tiny(), _edge(), _sma
 def get_config(name: str, **overrides: Any) -> BackboneConfig:
     """Return a fresh copy of a named configuration, optionally with fields overridden.
 
+    ``name`` may carry field overrides after ``@``, for ablations from a command line:
+    ``"base@depths=2,10"`` (a comma makes a tuple; ``"12,"`` is ``(12,)``), ``"base@top_k=2"`` (a
+    field of the MoE config), ``"tiny@stem_entry=patchify"`` (a string field).
+
     Example:
         >>> cfg = get_config("small", in_chans=1)
         >>> cfg.embed_dim
         384
+        >>> get_config("tiny@patch_size=4@depths=2,").strides
+        (4, 8, 16, 32)
     """
+    name, *specs = name.split("@")
     if name not in CONFIGS:
         raise ValueError(f"unknown config {name!r}; expected one of {sorted(CONFIGS)}")
-    return copy.deepcopy(CONFIGS[name]).replace(**overrides)
+    cfg = copy.deepcopy(CONFIGS[name])
+    for spec in specs:
+        key, eq, raw = spec.partition("=")
+        if not eq:
+            raise ValueError(f"config override {spec!r} in {name!r}: expected field=value")
+        value: Any = tuple(int(v) for v in raw.split(",") if v) if "," in raw else \
+            int(raw) if raw.lstrip("-").isdigit() else raw
+        if cfg.moe is not None and hasattr(cfg.moe, key):
+            cfg = cfg.replace(moe=dataclasses.replace(cfg.moe, **{key: value}))
+        elif key in {f.name for f in dataclasses.fields(cfg)}:
+            cfg = cfg.replace(**{key: value})
+        else:
+            raise ValueError(f"config override {spec!r}: {name} has no field {key!r}")
+    return cfg.replace(**overrides)

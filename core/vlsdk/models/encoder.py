@@ -9,7 +9,7 @@ from vlsdk.models.config import BackboneConfig
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.models.gate import CrossModalGate
 from vlsdk.models.moe import DynamicMoE
-from vlsdk.models.patch_stem import SimpleFeaturePyramid
+from vlsdk.models.patch_stem import SimpleFeaturePyramid, upsample
 from vlsdk.models.stem import ConvStem
 from vlsdk.models.text import TextFeatures
 from vlsdk.models.vit import Block, PatchEmbed, PatchMerge, sincos_pos_embed, tokens_to_map
@@ -45,6 +45,10 @@ class HybridEncoder(nn.Module):
     Every ``config.moe.every``-th block has a :class:`DynamicMoE` feed-forward; each stage
     starts with a :class:`CrossModalGate` that lets text tokens reach the visual tokens.
 
+    When the tokens are coarser than stride 16 (``patch_size=4``: stride 32), the stride-16 level
+    is upsampled from the first stage's output by a 2x2 transposed convolution (:attr:`up16`), so
+    the pyramid keeps strides 8, 16 and 32 for the heads.
+
     A caller whose heads read only the finer levels passes ``max_stride`` to
     :meth:`forward_features`: the stages after the one that makes that level are not run.
 
@@ -68,11 +72,15 @@ class HybridEncoder(nn.Module):
         self.stem: ConvStem | None = None
         self.pyramid_up: SimpleFeaturePyramid | None = None
         if config.stem == "cnn":
-            self.stem = ConvStem(config.in_chans, config.stem_widths, config.stem_blocks, config.stem_norm)
+            self.stem = ConvStem(config.in_chans, config.stem_widths, config.stem_blocks, config.stem_norm,
+                                 config.stem_entry)
             self.patch_embed = PatchEmbed(config.stem_widths[1], dim, config.patch_size)
         else:
             self.patch_embed = PatchEmbed(config.in_chans, dim, 8 * config.patch_size)
             self.pyramid_up = SimpleFeaturePyramid(dim, config.stem_widths, config.stem_norm, 8 * config.patch_size)
+        self.up16: nn.Module | None = None
+        if config.upsampled_16:
+            self.up16 = upsample(dim, dim, config.stem_norm, config.token_strides[0] // 16)
         total = sum(config.depths)
         dpr = [config.drop_path * i / max(total - 1, 1) for i in range(total)]
         stages, first = [], 0
@@ -119,7 +127,7 @@ class HybridEncoder(nn.Module):
         """
         if images.dim() != 4 or images.shape[1] != self.config.in_chans:
             raise ValueError(f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(images.shape)}")
-        strides = self.strides[2:]
+        strides = self.config.token_strides
         last = len(self.stages) - 1
         if max_stride is not None:
             if max_stride not in self.strides:
@@ -148,6 +156,8 @@ class HybridEncoder(nn.Module):
             pyramid[strides[i]] = tokens_to_map(x, grid)
             if i == 0 and self.pyramid_up is not None:
                 pyramid[4], pyramid[8] = self.pyramid_up(pyramid[strides[0]], size)
+            if i == 0 and self.up16 is not None:
+                pyramid[16] = self.up16(pyramid[strides[0]])[..., : -(-size[0] // 16), : -(-size[1] // 16)]
             if i == last:
                 break  # the later stages make only levels the caller does not read
         pyramid = {s: pyramid[s] for s in sorted(pyramid)}

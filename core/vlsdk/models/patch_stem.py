@@ -17,10 +17,11 @@ from torch import nn
 
 from vlsdk.models.stem import norm2d
 
-__all__ = ["SimpleFeaturePyramid"]
+__all__ = ["SimpleFeaturePyramid", "upsample"]
 
 
-def _up(in_ch: int, out_ch: int, norm: str, scale: int) -> nn.Sequential:
+def upsample(in_ch: int, out_ch: int, norm: str, scale: int) -> nn.Sequential:
+    """ViTDet's learned upsampling: a ``scale x scale`` transposed convolution (stride ``scale``), norm, GELU."""
     return nn.Sequential(nn.ConvTranspose2d(in_ch, out_ch, scale, scale), norm2d(norm, out_ch), nn.GELU())
 
 
@@ -50,8 +51,8 @@ class SimpleFeaturePyramid(nn.Module):
         if stride < 8 or stride % 8:
             raise ValueError(f"SimpleFeaturePyramid needs a token stride that is a multiple of 8, got {stride}")
         c4, c8 = widths
-        self.up8 = _up(dim, c8, norm, stride // 8)
-        self.up4 = _up(c8, c4, norm, 2)
+        self.up8 = upsample(dim, c8, norm, stride // 8)
+        self.up4 = upsample(c8, c4, norm, 2)
 
     def forward(self, x16: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, dim, h, w)`` token map -> ``(f4, f8)``, cropped to the image's strided size."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["BasicBlock", "ConvStem", "norm2d"]
@@ -45,6 +46,9 @@ class ConvStem(nn.Module):
         widths: channels at stride 4 and stride 8.
         blocks: basic blocks in each of the two stages.
         norm: ``"batch"`` or ``"group"`` normalisation.
+        entry: ``"resnet"`` (``conv1`` 7x7 stride 2, then a 3x3 stride-2 max-pool) or ``"patchify"``
+            (``conv1`` 4x4 stride 4 and no pool, ConvNeXt's stem; the image is zero-padded to a
+            multiple of 4, so both give ``ceil(H / 4)`` rows).
 
     Example:
         >>> f4, f8 = ConvStem(1, (16, 32))(torch.zeros(2, 1, 64, 64))
@@ -53,15 +57,19 @@ class ConvStem(nn.Module):
     """
 
     def __init__(self, in_chans: int, widths: tuple[int, int] = (64, 128), blocks: tuple[int, int] = (2, 2),
-                 norm: str = "batch") -> None:
+                 norm: str = "batch", entry: str = "resnet") -> None:
         super().__init__()
         if in_chans < 1 or min(widths) < 1 or min(blocks) < 1:
             raise ValueError(f"ConvStem needs positive in_chans, widths and blocks, got {in_chans}, {widths}, {blocks}")
+        if entry not in ("resnet", "patchify"):
+            raise ValueError(f"ConvStem entry must be 'resnet' or 'patchify', got {entry!r}")
         c4, c8 = widths
-        self.conv1 = nn.Conv2d(in_chans, c4, 7, 2, 3, bias=False)
+        self.patchify = entry == "patchify"
+        self.conv1 = nn.Conv2d(in_chans, c4, 4, 4, bias=False) if self.patchify else \
+            nn.Conv2d(in_chans, c4, 7, 2, 3, bias=False)
         self.bn1 = norm2d(norm, c4)
         self.act = nn.ReLU(inplace=True)
-        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.pool = nn.Identity() if self.patchify else nn.MaxPool2d(3, 2, 1)
         self.layer1 = nn.Sequential(*[BasicBlock(c4, c4, norm=norm) for _ in range(blocks[0])])
         self.layer2 = nn.Sequential(BasicBlock(c4, c8, 2, norm),
                                     *[BasicBlock(c8, c8, norm=norm) for _ in range(blocks[1] - 1)])
@@ -70,5 +78,7 @@ class ConvStem(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.patchify:
+            x = F.pad(x, (0, (-x.shape[-1]) % 4, 0, (-x.shape[-2]) % 4))
         f4 = self.layer1(self.pool(self.act(self.bn1(self.conv1(x)))))
         return f4, self.layer2(f4)

@@ -33,8 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"CI mode: tiny model, {QUICK['image_size']} px, {QUICK['train_pairs']} train / "
                         f"{QUICK['eval_pairs']} test pairs, {QUICK['max_steps']} steps")
-    parser.add_argument("--config", choices=["tiny", "edge", "small", "base"], default=None,
-                        help="VLModel size (default small; tiny with --quick)")
+    parser.add_argument("--config", default=None, metavar="NAME",
+                        help="VLModel size: tiny, edge, small or base (default small; tiny with --quick), with "
+                             "optional field overrides for ablations, e.g. tiny@patch_size=4@depths=2,")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="hybrid",
                         help="encoder: hybrid (CNN stem + ViT) or vit (plain ViT: 16x16 patches from pixels, "
                              "for ablations) (default: %(default)s)")
