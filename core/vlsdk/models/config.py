@@ -105,7 +105,7 @@ class BackboneConfig:
     stem: Literal["cnn", "patch"] = "cnn"
     stem_widths: tuple[int, int] = (64, 128)
     stem_blocks: tuple[int, int] = (2, 2)
-    stem_entry: str = "resnet"
+    stem_entry: Literal["resnet", "patchify"] = "resnet"
     stem_norm: str = "batch"
     patch_size: int = 2
     embed_dim: int = 384
