@@ -106,15 +106,11 @@ medical_ctx1)  # issue 4: small with one neighbour slice each side on the GPU (t
         --model small --context-slices 1 --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress \
         --out runs/medical_ctx1 --data "$D/brats_lesion_mri"
     ;;
-pcb_pre600)  # issue 5: 600 synthetic pre-training steps (3x pcb_500_600's), then the same 600 real steps
-    run 420 pcb-500-pre600 python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+pcb_pre600|pcb_pre600_s1)  # issue 5: 600 synthetic pre-training steps (3x pcb_500_600's), then the same 600 real steps
+    seed=0; [ "$group" = pcb_pre600 ] || seed=${group##*_s}
+    run 420 pcb-500-pre600-s$seed python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 600 --synthetic-style deeppcb --max-steps 600 \
-        --max-seconds 380 --no-progress --out runs/pcb_500_pre600x3
-    ;;
-pcb_pre600_s1)  # issue 5: pcb_pre600 with seed 1
-    run 420 pcb-500-pre600-s1 python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
-        --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 600 --synthetic-style deeppcb --max-steps 600 \
-        --max-seconds 380 --no-progress --seed 1 --out runs/pcb_500_pre600x3_s1
+        --max-seconds 380 --no-progress --seed $seed --out runs/pcb_500_pre600x3_s$seed
     ;;
 pcb_1000_s01)  # issue 5: the 1000-real-pair baseline on the same machine and code as pcb_pre600, seeds 0 and 1
     for seed in 0 1; do
