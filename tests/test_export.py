@@ -129,6 +129,17 @@ def test_parity_on_tiny_input_reaching_few_experts(exported):
     assert max(errors.values()) <= ATOL, errors
 
 
+def test_parity_of_the_base_layout_stride_32_tokens_and_upsampled_stride_16(tmp_path):
+    torch.manual_seed(0)
+    model = VLModel("tiny@patch_size=4@depths=2,@stem_entry=patchify").eval()  # base's layout, tiny widths
+    model.add_head("det", task="detection", num_classes=3, width=16)
+    model.add_head("seg", task="segmentation", num_classes=2)
+    assert model.encoder.up16 is not None and 16 in model.heads["det"].strides
+    path = to_onnx(model, tmp_path / "stride32.onnx", image_size=SIZE, batch_size=2)
+    errors = check_parity(model, path, _images(3, seed=3))
+    assert max(errors.values()) <= ATOL, errors
+
+
 def test_dynamic_batch(exported):
     model, path, sess = exported
     out = run_onnx(sess, _images(3, seed=3))
