@@ -196,6 +196,8 @@ def test_config_name_carries_field_overrides():
     assert (cfg.depths, cfg.patch_size, cfg.moe.top_k, cfg.stem_entry) == ((4, 8), 2, 2, "resnet")
     assert cfg.strides == (4, 8, 16, 32) and cfg.name == "base"
     assert get_config("tiny@depths=3,").depths == (3,)
+    assert get_config("tiny@mlp_ratio=3.5@jitter=0.1").mlp_ratio == 3.5
+    assert get_config("tiny@jitter=0.1").moe.jitter == 0.1
     assert get_config("tiny@embed_dim=128", embed_dim=96).embed_dim == 96  # keyword overrides come last
 
 

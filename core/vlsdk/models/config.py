@@ -227,12 +227,22 @@ def _base() -> BackboneConfig:
 CONFIGS: dict[str, BackboneConfig] = {c.name: c for c in (_tiny(), _edge(), _small(), _base())}
 
 
+def _number(raw: str) -> Any:
+    """``"4"`` -> 4, ``"3.5"`` -> 3.5, anything else stays a string (``"patchify"``)."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
 def get_config(name: str, **overrides: Any) -> BackboneConfig:
     """Return a fresh copy of a named configuration, optionally with fields overridden.
 
     ``name`` may carry field overrides after ``@``, for ablations from a command line:
     ``"base@depths=2,10"`` (a comma makes a tuple; ``"12,"`` is ``(12,)``), ``"base@top_k=2"`` (a
-    field of the MoE config), ``"tiny@stem_entry=patchify"`` (a string field).
+    field of the MoE config), ``"small@mlp_ratio=3.5"``, ``"tiny@stem_entry=patchify"`` (a string field).
 
     Example:
         >>> cfg = get_config("small", in_chans=1)
@@ -249,8 +259,7 @@ def get_config(name: str, **overrides: Any) -> BackboneConfig:
         key, eq, raw = spec.partition("=")
         if not eq:
             raise ValueError(f"config override {spec!r} in {name!r}: expected field=value")
-        value: Any = tuple(int(v) for v in raw.split(",") if v) if "," in raw else \
-            int(raw) if raw.lstrip("-").isdigit() else raw
+        value = tuple(_number(v) for v in raw.split(",") if v) if "," in raw else _number(raw)
         if cfg.moe is not None and hasattr(cfg.moe, key):
             cfg = cfg.replace(moe=dataclasses.replace(cfg.moe, **{key: value}))
         elif key in {f.name for f in dataclasses.fields(cfg)}:
