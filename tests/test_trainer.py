@@ -223,3 +223,20 @@ def test_progress_bar_shows_the_label(tmp_path, capsys):
     Trainer(make_model(), seg_loss, data, config(tmp_path / "b", steps=2, progress=True)).fit()
     assert "train: 100%" in capsys.readouterr().err  # the default label
     assert TrainConfig().progress_label == "train"
+
+
+def test_world_record_and_no_gpu_memory_column_on_cpu(tmp_path):
+    result = Trainer(make_model(), seg_loss, make_data(), config(tmp_path, steps=2, grad_accum=2, device="cpu")).fit()
+    world = json.loads((tmp_path / "run" / "train_world.json").read_text())
+    assert world == {"world_size": 1, "batch_size_per_rank": 4, "global_batch": 8, "backend": None, "device": "cpu"}
+    assert result.train and not any(k.startswith("max_memory") for r in result.train for k in r)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="peak memory is logged on CUDA devices only")
+def test_cuda_rows_log_this_ranks_peak_memory(tmp_path):
+    result = Trainer(make_model(), seg_loss, make_data(), config(tmp_path, steps=3, device="cuda")).fit()
+    peaks = [r["max_memory_mib"] for r in result.train]
+    assert 0 < peaks[0] <= peaks[-1] <= torch.cuda.max_memory_allocated() / 2**20
+    assert "max_memory_mib_all_ranks" not in result.train[-1]  # one process: no max over ranks
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["max_memory_mib"] for r in logged if r["split"] == "train"] == pytest.approx(peaks)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["dist_info", "init_from_env", "broadcast_model", "allreduce_gradients", "allreduce_mean", "barrier",
-           "flagged_ranks"]
+           "flagged_ranks", "max_over_ranks"]
 
 
 def dist_info() -> tuple[int, int]:
@@ -84,6 +84,20 @@ def allreduce_mean(values: dict[str, float], device: torch.device) -> dict[str, 
     dist.all_reduce(t)
     t /= dist_info()[1]
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest ``value`` of any rank (one all-reduce of a scalar); ``value`` itself outside a process group.
+
+    Args:
+        value: this rank's number (e.g. its peak memory).
+        device: where the reduction runs (the rank's CUDA device under NCCL).
+    """
+    if dist_info()[1] == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def flagged_ranks(flag: bool, device: torch.device) -> list[int]:

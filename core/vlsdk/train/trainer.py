@@ -27,6 +27,7 @@ from vlsdk.train.distributed import (
     broadcast_model,
     flagged_ranks,
     init_from_env,
+    max_over_ranks,
 )
 from vlsdk.train.log import MetricsLog
 from vlsdk.train.routing_log import RoutingLog
@@ -37,6 +38,7 @@ LossFn = Callable[[nn.Module, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
 CHECKPOINT = "checkpoint"
 STATE = "trainer_state.pt"
+WORLD = "train_world.json"  # beside train_config.json: how many ranks ran it, the global batch, the backend
 
 
 @dataclass
@@ -122,6 +124,11 @@ class Trainer:
         eval_fn: ``eval_fn(model) -> {"metric": value}``, called every ``eval_every`` steps and at
             the end, in eval mode without gradients.
         collate_fn: the DataLoader's collate function.
+
+    Rank 0 writes to ``config.out_dir``: ``metrics.jsonl`` (per logged train step ``loss``, ``lr``,
+    ``samples_per_s`` over all ranks, ``data_share``; on CUDA ``max_memory_mib``, this rank's peak, and
+    under torchrun ``max_memory_mib_all_ranks``), ``train_config.json`` and ``train_world.json``
+    (``world_size``, ``global_batch``, ``backend``).
 
     Example:
         >>> trainer = Trainer(model, loss_fn, dataset, TrainConfig(steps=100, out_dir="runs/x"))  # doctest: +SKIP
@@ -280,6 +287,7 @@ class Trainer:
         log = MetricsLog(self.out_dir, resume=self.step if resume else None) if lead else None
         if lead:
             (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            (self.out_dir / WORLD).write_text(json.dumps(self._world_record(), indent=2) + "\n")
         router = _RouterLosses(self.model)
         routing = RoutingLog(self.model, self.out_dir, resume=self.step if resume else None) if lead else None
         result = TrainResult(self.step)
@@ -302,6 +310,7 @@ class Trainer:
                 if cfg.max_seconds is not None and self.step < cfg.steps:  # every rank stops at the same step
                     out_of_time = bool(flagged_ranks(time.perf_counter() - started >= cfg.max_seconds, self.device))
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time:
+                    row |= self._peak_memory()  # every rank is here at the same step: its all-reduce matches
                     result.train.append({"step": self.step, **row})
                     if log is not None:
                         log.write("train", self.step, row)
@@ -332,6 +341,27 @@ class Trainer:
             result.files = {"checkpoint": self.save_checkpoint(), **(log.finish() if log is not None else {}),
                             **(routing.finish() if routing is not None else {})}
         return result
+
+    def _world_record(self) -> dict[str, Any]:
+        """What ``train_world.json`` holds: the ranks and batch a log's ``samples_per_s`` was measured with."""
+        backend = torch.distributed.get_backend() if self.world > 1 else None
+        return {"world_size": self.world, "batch_size_per_rank": self.config.batch_size,
+                "global_batch": self.global_batch * self.config.grad_accum,  # samples per optimiser step
+                "backend": backend, "device": str(self.device)}
+
+    def _peak_memory(self) -> dict[str, float]:
+        """Peak CUDA memory, MiB: this rank's (``max_memory_mib``) and, under torchrun, the largest of any rank.
+
+        ``torch.cuda.max_memory_allocated`` since the process started (or the caller's last
+        ``reset_peak_memory_stats``). Called at log steps only, on every rank: the max over ranks
+        (``max_memory_mib_all_ranks``) is one all-reduce of a scalar. Nothing on other devices.
+        """
+        if self.device.type != "cuda":
+            return {}
+        mine = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.world == 1:
+            return {"max_memory_mib": mine}
+        return {"max_memory_mib": mine, "max_memory_mib_all_ranks": max_over_ranks(mine, self.device)}
 
     def _optimizer_step(self, batches, router: _RouterLosses) -> dict[str, float]:
         cfg = self.config
