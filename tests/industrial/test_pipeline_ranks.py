@@ -1,4 +1,8 @@
-"""``run_pipeline`` under 2 gloo ranks: both train, only rank 0 evaluates, saves and writes metrics."""
+"""``run_pipeline`` under 2 gloo ranks: both train, only rank 0 evaluates, saves and writes metrics.
+
+An epoch is a pass over the data in global batches (``batch_size x world``): 4 pairs, 2 per rank, 2 ranks
+make one step, not the two a single process with batch 2 would take.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,10 @@ def _rank(rank: int, world: int, init_file: str, data: str, out: str) -> None:
     try:
         torch.set_num_threads(1)
         cfg = PipelineConfig(data=Path(data), out=Path(out) / f"rank{rank}", config="tiny", epochs=1, batch_size=2,
-                             image_size=64, device="cpu", train_pairs=4, eval_pairs=1, max_steps=1, workers=0,
+                             image_size=64, device="cpu", train_pairs=4, eval_pairs=1, workers=0,
                              draw=1, progress=False, cache="packed")
         summary = run_pipeline(cfg)
-        (Path(out) / f"returned{rank}.json").write_text(json.dumps(sorted(summary)))
+        (Path(out) / f"returned{rank}.json").write_text(json.dumps([sorted(summary), summary["steps"]]))
     finally:
         dist.destroy_process_group()
 
@@ -34,5 +38,6 @@ def test_only_rank_zero_evaluates_and_writes(shared_data: Path, tmp_path: Path) 
     assert (tmp_path / "rank0" / "metrics.json").is_file() and (tmp_path / "rank0" / "model").is_dir()
     assert not (tmp_path / "rank1" / "metrics.json").exists() and not (tmp_path / "rank1" / "model").exists()
     assert not (tmp_path / "rank1" / "predictions.png").exists()
-    assert "metrics" in json.loads((tmp_path / "returned0.json").read_text())
-    assert json.loads((tmp_path / "returned1.json").read_text()) == ["rank", "steps"]
+    keys, steps = json.loads((tmp_path / "returned0.json").read_text())
+    assert "metrics" in keys and steps == 1  # one epoch of 4 pairs in global batches of 2 x 2
+    assert json.loads((tmp_path / "returned1.json").read_text()) == [["rank", "steps"], 1]

@@ -40,7 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="encoder: hybrid (CNN stem + ViT) or vit (plain ViT: 16x16 patches from pixels, "
                              "for ablations) (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help="default 24")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 16")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="boards per step and rank (under torchrun the global batch is N x this); default 16")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--image-size", type=int, default=None, help="default 640 (DeepPCB's size)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

@@ -51,7 +51,7 @@ class PipelineConfig:
         config: VLModel named config (``tiny``, ``edge``, ``small``, ``base``).
         stem: the backbone's ``BackboneConfig.stem``: ``"cnn"`` (hybrid) or ``"patch"`` (plain ViT).
         epochs: passes over the training set.
-        batch_size: boards per step.
+        batch_size: boards per step (per rank under torchrun: the global batch is ``batch_size x world``).
         lr: peak AdamW learning rate (linear warm-up, cosine decay).
         weight_decay: AdamW weight decay.
         image_size: boards are resized to ``image_size x image_size`` (DeepPCB is 640).
@@ -393,7 +393,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from vlsdk.train.distributed import dist_info
+    from vlsdk.train.distributed import dist_info, init_from_env
     from vlsdk_industrial.deeppcb import DeepPCBDataset
     from vlsdk_industrial.mixing import MixedDataset
     from vlsdk_industrial.pretrain import pretrain_synthetic, seconds_left
@@ -401,6 +401,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from vlsdk_industrial.transforms import build_transforms
 
     torch.manual_seed(cfg.seed)
+    init_from_env(cfg.device)  # under torchrun: join now, so "cuda" below is this rank's GPU, not every rank's GPU 0
     device = _device(cfg.device)
     started = time.perf_counter()
     train_tf = build_transforms(train=True, size=cfg.image_size, seed=cfg.seed)
@@ -432,7 +433,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                      cfg.synthetic_ratio)
         model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert,
                                stem=cfg.stem).to(device)
-        steps = cfg.epochs * max(1, len(train_set) // cfg.batch_size)
+        steps = cfg.epochs * max(1, len(train_set) // (cfg.batch_size * dist_info()[1]))  # global batches
         steps = min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
         stage = None
         if cfg.synthetic_pretrain_steps:
