@@ -5,11 +5,13 @@
 #
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
-# pcb_pre1200_s1 | vit_large | scaling | base_stride32. Jobs run one after another (six at once starved the 16 CPU cores and the GPU idled);
+# pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu
+# (ddp_base_Ngpu needs N GPUs: kind nvidia-h200, -x2, -x4, -x8). Jobs run one after another (six at once starved the
+# 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
 # per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -145,6 +147,23 @@ base_stride32)  # issue 8: base (12 blocks on stride-32 tokens, patchify stem) b
 pipelines)  # issue 8: end-to-end rows per domain pipeline on the GPU (eager vs torch.compile, batch 1 and 64)
     run 420 pipelines python3 benchmarks/pipelines.py --device cuda --dtype bfloat16 --config small --batch 64 \
         --industrial-size 640 --grid-range 51.2 --grid-resolution 0.2 --data "$D/nuscenes_mini" --out runs/pipelines_gpu
+    ;;
+ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu)  # multi-GPU scaling: base on DeepPCB at 640 px, global
+    # batch 64 on N GPUs (64/N per rank; NCCL; NVLink multicast off), 400 steps = 25,600 boards: 4 min at 107 boards/s
+    # (small trained at 102-108 on an H100, eager); --max-seconds 300 stops a slower run cleanly (all ranks at one
+    # step). --epochs 30 so that --max-steps sets the schedule for every N. OMP_NUM_THREADS=1 for every N (torchrun
+    # sets it itself for N > 1). Rank 0 writes runs/ddp_base_Ngpu/train/{metrics.jsonl,train_config.json,
+    # train_world.json}; they come back in the results tarball. Then, here:
+    # python benchmarks/ddp_scaling.py runs/ddp_base_1gpu runs/ddp_base_2gpu ... --plot ddp_base_loss.png
+    n=${group#ddp_base_}; n=${n%gpu}
+    launch=(python3 -m vlsdk)
+    if [ "$n" != 1 ]; then
+        launch=(python3 -m torch.distributed.run --standalone --nproc_per_node "$n" -m vlsdk)
+        nvidia-smi topo -m >> "$log" 2>&1
+    fi
+    run 420 ddp-base-${n}gpu env OMP_NUM_THREADS=1 NCCL_NVLS_ENABLE=0 "${launch[@]}" pcb --device cuda --amp bf16 \
+        --config base --batch-size $((64 / n)) --workers 14 --epochs 30 --max-steps 400 --max-seconds 300 \
+        --no-progress --out runs/ddp_base_${n}gpu
     ;;
 *) echo "unknown group $group" >&2; exit 2 ;;
 esac
