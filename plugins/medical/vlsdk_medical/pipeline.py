@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 __all__ = ["INTENSITY_AUG", "CasePrediction", "LesionTrainConfig", "add_arguments", "evaluate_held_out",
-           "evaluate_saved_model", "fit_lesion_model", "lesion_loss", "lesion_train_set", "predict_cases",
-           "run_from_args", "train_lesion_segmenter", "write_overlay"]
+           "evaluate_saved_model", "fit_lesion_model", "held_out_cases", "lesion_loss", "lesion_train_set",
+           "predict_cases", "run_from_args", "train_lesion_segmenter", "write_overlay"]
 
 #: training intensity augmentation presets (``--intensity-aug``): ``light`` scales and shifts by
 #: +-10 % with probability 0.3; ``strong`` follows nnU-Net's ranges (scale and shift +-25 %, gamma
@@ -60,6 +60,8 @@ class LesionTrainConfig:
         train_splits: BraTS splits to train on (the full run trains on three patients).
         eval_splits: held-out splits (never trained on).
         exclude_cases: patients of ``train_splits`` left out of training (cross-validation folds).
+        held_out: evaluate on these patients (case ids) and train on every other patient of every
+            split, instead of ``train_splits`` / ``eval_splits`` (leave-one-patient-out runs).
         modalities: channels (``"flair"``, ``"t1c"``).
         context_slices: 2.5D input: also feed the ``N`` slices below and above each slice of every
             modality as channels (``in_chans = len(modalities) * (2N + 1)``; 0: the slice alone).
@@ -105,6 +107,7 @@ class LesionTrainConfig:
     train_splits: Sequence[str] = ("train", "validation")
     eval_splits: Sequence[str] = ("test",)
     exclude_cases: Sequence[str] = ()
+    held_out: Sequence[str] = ()
     modalities: Sequence[str] = ("flair", "t1c")
     context_slices: int = 0
     model: str = "small"
@@ -156,6 +159,10 @@ class LesionTrainConfig:
         cfg.crop_pos_neg = pos_neg
         if not isinstance(cfg.context_slices, int) or cfg.context_slices < 0:
             raise ValueError(f"context_slices must be an int >= 0, got {cfg.context_slices!r}")
+        if cfg.held_out:  # every other patient trains; the held-out ones are excluded from it
+            cfg.held_out = tuple(cfg.held_out)
+            cfg.train_splits, cfg.eval_splits = ("train", "validation", "test"), ()
+            cfg.exclude_cases = tuple(dict.fromkeys((*cfg.exclude_cases, *cfg.held_out)))
         if cfg.intensity_aug not in INTENSITY_AUG:
             raise ValueError(f"intensity_aug must be one of {sorted(INTENSITY_AUG)}, got {cfg.intensity_aug!r}")
         if cfg.classes not in ("whole", "brats"):
@@ -361,6 +368,8 @@ def lesion_train_set(cfg: LesionTrainConfig) -> tuple[Any, int]:
     """
     from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
 
+    if cfg.held_out:
+        held_out_cases(cfg)  # an unknown name fails here, named as held_out
     train_cases = find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
     unknown = sorted(set(cfg.exclude_cases) - {c.case_id for c in train_cases})
     if unknown:
@@ -378,6 +387,27 @@ def lesion_train_set(cfg: LesionTrainConfig) -> tuple[Any, int]:
     # each repeat of a slice gets its own augmentation stream: fresh crops on every visit
     train_set.repeats = max(1, math.ceil(total * cfg.batch_size / n))
     return train_set, total
+
+
+def held_out_cases(cfg: LesionTrainConfig) -> list[Any]:
+    """The patients ``cfg`` evaluates on: ``cfg.held_out`` if given, else those of ``cfg.eval_splits``.
+
+    Args:
+        cfg: a :meth:`LesionTrainConfig.resolved` config.
+
+    Raises:
+        ValueError: a ``held_out`` name that is no patient of the data folder.
+    """
+    from vlsdk_medical.dataset import find_brats_cases
+
+    if not cfg.held_out:
+        return find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
+    cases = find_brats_cases(cfg.data_root, None, cfg.modalities)
+    unknown = sorted(set(cfg.held_out) - {c.case_id for c in cases})
+    if unknown:
+        raise ValueError(f"held_out {unknown} are not patients under {cfg.data_root}; "
+                         f"patients: {[c.case_id for c in cases]}")
+    return [c for c in cases if c.case_id in set(cfg.held_out)]
 
 
 @torch.no_grad()
@@ -407,11 +437,10 @@ def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: st
     Raises:
         ValueError: the model's ``in_chans`` does not fit the modalities and ``cfg.context_slices``.
     """
-    from vlsdk_medical.dataset import find_brats_cases
     from vlsdk_medical.inference import centre_channels
     from vlsdk_medical.metrics import CaseDice, CaseHD95
 
-    eval_cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
+    eval_cases = held_out_cases(cfg)
     after, before = (CaseDice(2), CaseHD95(2)), (CaseDice(2), CaseHD95(2))  # whole tumour: label > 0
     class_dice = CaseDice(5) if cfg.classes == "brats" else None
     shown: dict[str, Any] = {}
@@ -599,6 +628,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-lesion-expert", action="store_true", help="leave out the medical.lesion expert")
     parser.add_argument("--classes", choices=["whole", "brats"], default=d.classes,
                         help="binary whole tumour, or a 5-class head over the BraTS labels")
+    parser.add_argument("--held-out", default=None, metavar="CASE[,CASE]",
+                        help="evaluate on these patients and train on all the others (leave-one-patient-out); "
+                             "default: train on the train and validation splits, evaluate on test")
     parser.add_argument("--eval-slices", type=int, default=None, help="slices per held-out patient (default all)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--no-progress", action="store_true")
@@ -656,6 +688,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         seed=args.seed, progress=not args.no_progress, resume=args.resume, postprocess=args.postprocess,
         min_component_mm3=args.min_component_mm3, threshold=args.threshold,
         threshold_cv=args.threshold_cv, sw_overlap=args.sw_overlap,
+        held_out=tuple(args.held_out.split(",")) if args.held_out else (),
         sw_mode=args.sw_mode, tta=args.tta)
     if args.eval_model is not None:
         if args.threshold_cv:
