@@ -9,6 +9,7 @@ import pytest
 
 import vlsdk_medical.plugin as medical_plugin
 from vlsdk_medical.pipeline import LesionTrainConfig, add_arguments, held_out_cases, run_from_args
+from vlsdk_medical.threshold_cv import cross_validate_threshold
 
 PATIENTS = ["brats_2013_pat0001_1", "brats_2013_pat0004_1", "brats_2013_pat0005_1", "brats_2013_pat0006_1"]
 
@@ -34,10 +35,25 @@ def test_cli_trains_on_every_other_patient(register_plugin, brats_root, tmp_path
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--data", str(brats_root), "--out", str(tmp_path), "--quick", "--max-steps", "1",
-                              "--eval-slices", "2", "--roi-size", "64", "--no-progress",
+                              "--eval-slices", "5", "--roi-size", "64", "--no-progress",
                               "--held-out", "brats_2013_pat0004_1"])
     assert run_from_args(args) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["eval_cases"] == ["brats_2013_pat0004_1"]
     assert results["train_cases"] == [p for p in PATIENTS if p != "brats_2013_pat0004_1"]
     assert "held-out patient brats_2013_pat0004_1" in capsys.readouterr().out
+    # the saved model evaluated on the same held-out patient gives the same Dice
+    again = parser.parse_args(["--data", str(brats_root), "--out", str(tmp_path / "again"), "--eval-slices", "5",
+                               "--roi-size", "64", "--quick", "--held-out", "brats_2013_pat0004_1",
+                               "--eval-model", str(tmp_path / "model")])
+    assert run_from_args(again) == 0
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["dice"] == pytest.approx(results["dice"])
+
+
+def test_threshold_cv_folds_never_see_the_held_out_patient(register_plugin, brats_root, tmp_path):
+    register_plugin(medical_plugin, "medical")
+    cfg = LesionTrainConfig(data_root=str(brats_root), out_dir=str(tmp_path), quick=True, max_steps=1, eval_slices=5,
+                            max_slices_per_case=2, roi_size=64, progress=False, threshold_cv=True,
+                            cv_thresholds=(0.5,), held_out=("brats_2013_pat0006_1",)).resolved()
+    cv = cross_validate_threshold(cfg)
+    assert sorted(cv["folds"]) == [p for p in PATIENTS if p != "brats_2013_pat0006_1"]
