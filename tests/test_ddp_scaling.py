@@ -2,14 +2,15 @@
 
 The Trainer composes every global batch from the same seeded permutation whatever the world size (each
 rank takes its slice), so the 1- and 2-process runs see the same samples at every step: their losses are
-equal up to float noise, not merely alike. A run at a tenth of the learning rate must fail the agreement
-criterion, and a run with another global batch must be refused.
+equal up to float noise, not merely alike. A run at a tenth of the learning rate, or a copy of the baseline
+that drifts away late, must fail the agreement criterion; a run cut short gets no verdict; a run with another
+global batch or another learning rate must be refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -87,12 +88,13 @@ def test_world_size_and_global_batch_are_recorded_and_read(runs: dict[str, Path]
 def test_efficiency_is_per_gpu_throughput_against_one_gpu(runs: dict[str, Path]) -> None:
     base, two = ddp_scaling.compare([ddp_scaling.read_run(runs["one"]), ddp_scaling.read_run(runs["two"])])
 
-    def median_after_warmup(folder: Path) -> float:
-        steps, values = logged(folder, "samples_per_s")
-        return statistics.median(v for s, v in zip(steps, values, strict=True) if s > 0.1 * steps[-1])
+    def wall_clock_rate(folder: Path) -> float:  # images between the last warm-up row and the last row, per second
+        steps, elapsed = logged(folder, "step")[1], logged(folder, "elapsed_s")[1]
+        start = max(k for k, s in enumerate(steps) if s <= 0.1 * steps[-1])
+        return (steps[-1] - steps[start]) * GLOBAL_BATCH / (elapsed[-1] - elapsed[start])
 
-    assert base.images_per_s == pytest.approx(median_after_warmup(runs["one"]))
-    assert two.images_per_s == pytest.approx(median_after_warmup(runs["two"]))
+    assert base.images_per_s == pytest.approx(wall_clock_rate(runs["one"]))
+    assert two.images_per_s == pytest.approx(wall_clock_rate(runs["two"]))
     assert base.efficiency == pytest.approx(1.0)
     assert two.efficiency == pytest.approx(two.images_per_s / 2 / base.images_per_s)
     # CPU runs log no GPU memory: the column stays empty rather than showing a made-up figure
@@ -107,10 +109,30 @@ def test_loss_curves_of_one_and_two_processes_agree_and_a_slower_lr_does_not(run
     assert one_loss[-1] < 0.5 * one_loss[0]  # it learnt: there is a curve to compare, not a flat line
     one = ddp_scaling.read_run(runs["one"])
     same = ddp_scaling.loss_agreement(one, ddp_scaling.read_run(runs["two"]))
-    assert same.steps == STEPS and same.agree and same.noise > 0
+    assert same.steps == STEPS - 2 and same.agree is True and same.noise > 0  # steps 1-2 are the warm-up tenth
     assert same.diff < 1e-3 * same.noise
     slow = ddp_scaling.loss_agreement(one, ddp_scaling.read_run(runs["slow_lr"]))
-    assert not slow.agree, (slow.diff, slow.noise)
+    assert slow.agree is False, (slow.diff, slow.noise)
+
+
+def _shifted(run: ddp_scaling.ScalingRun, offset: float, after_step: int) -> ddp_scaling.ScalingRun:
+    rows = [{**r, "loss": r["loss"] + (offset if r["step"] > after_step else 0.0)} for r in run.rows]
+    return dataclasses.replace(run, rows=rows)
+
+
+def test_a_late_divergence_fails_and_a_run_cut_short_gets_no_verdict(runs: dict[str, Path]) -> None:
+    one = ddp_scaling.read_run(runs["one"])
+    noise = ddp_scaling.loss_agreement(one, one).noise
+    assert ddp_scaling.loss_agreement(one, one).agree is True
+    # the same curve, 3 noise units higher over the last quarter: the whole-run mean alone would miss it
+    late = ddp_scaling.loss_agreement(one, _shifted(one, 3 * noise, after_step=3 * STEPS // 4))
+    assert late.diff <= late.noise and late.tail > ddp_scaling.TAIL_FACTOR * late.noise and late.agree is False
+    # a run that stopped at half the steps (e.g. --max-seconds): no verdict, whatever its losses
+    half = dataclasses.replace(one, rows=one.rows[: STEPS // 2])
+    cut = ddp_scaling.loss_agreement(one, half)
+    assert cut.agree is None and (cut.reached, cut.base_last) == (STEPS // 2, STEPS)
+    row = ddp_scaling.compare([one, half])[1]
+    assert f"no verdict: shared steps end at {STEPS // 2} of {STEPS}" in ddp_scaling.format_table([row])
 
 
 def test_command_prints_the_table_and_writes_the_plot(runs: dict[str, Path], tmp_path: Path,
@@ -125,10 +147,12 @@ def test_command_prints_the_table_and_writes_the_plot(runs: dict[str, Path], tmp
     assert matplotlib.image.imread(plot).shape[:2] == (440, 770)  # 7 x 4 inches at 110 dpi
 
 
-def test_a_run_with_another_global_batch_is_refused(runs: dict[str, Path]) -> None:
+def test_a_run_with_another_global_batch_or_learning_rate_is_refused(runs: dict[str, Path]) -> None:
     one, other = ddp_scaling.read_run(runs["one"]), ddp_scaling.read_run(runs["other_batch"])
-    with pytest.raises(ValueError, match="global batch 2 .* with 4"):
+    with pytest.raises(ValueError, match=r"global batch 2 .* with 4: .* per-rank batch to 4\)"):
         ddp_scaling.compare([one, other])
+    with pytest.raises(ValueError, match=r"differs in \{'lr': \(0.01, 0.001\)\}"):
+        ddp_scaling.compare([one, ddp_scaling.read_run(runs["slow_lr"])])
 
 
 def test_smoothing_is_a_centred_moving_average() -> None:

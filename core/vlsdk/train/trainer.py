@@ -126,8 +126,9 @@ class Trainer:
         collate_fn: the DataLoader's collate function.
 
     Rank 0 writes to ``config.out_dir``: ``metrics.jsonl`` (per logged train step ``loss``, ``lr``,
-    ``samples_per_s`` over all ranks, ``data_share``; on CUDA ``max_memory_mib``, this rank's peak, and
-    under torchrun ``max_memory_mib_all_ranks``), ``train_config.json`` and ``train_world.json``
+    ``samples_per_s`` over all ranks, ``data_share``, ``elapsed_s`` since this ``fit`` call began; on CUDA
+    ``max_memory_mib``, this rank's peak, and under torchrun ``max_memory_mib_all_ranks``),
+    ``train_config.json`` and ``train_world.json``
     (``world_size``, ``global_batch``, ``backend``).
 
     Example:
@@ -311,6 +312,7 @@ class Trainer:
                     out_of_time = bool(flagged_ranks(time.perf_counter() - started >= cfg.max_seconds, self.device))
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time:
                     row |= self._peak_memory()  # every rank is here at the same step: its all-reduce matches
+                    row["elapsed_s"] = time.perf_counter() - started  # wall time: host syncs and collectives count
                     result.train.append({"step": self.step, **row})
                     if log is not None:
                         log.write("train", self.step, row)
