@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,7 +161,7 @@ class LesionTrainConfig:
         if not isinstance(cfg.context_slices, int) or cfg.context_slices < 0:
             raise ValueError(f"context_slices must be an int >= 0, got {cfg.context_slices!r}")
         if cfg.held_out:  # every other patient trains; the held-out ones are excluded from it
-            cfg.held_out = tuple(cfg.held_out)
+            cfg.held_out = (cfg.held_out,) if isinstance(cfg.held_out, str) else tuple(cfg.held_out)
             cfg.train_splits, cfg.eval_splits = ("train", "validation", "test"), ()
             cfg.exclude_cases = tuple(dict.fromkeys((*cfg.exclude_cases, *cfg.held_out)))
         if cfg.intensity_aug not in INTENSITY_AUG:
@@ -235,7 +236,7 @@ def train_lesion_segmenter(config: LesionTrainConfig) -> dict[str, Any]:
         return {"steps": step}
 
     model_dir = model.save_pretrained(out_dir / "model")
-    record_input(model_dir, cfg.modalities, cfg.context_slices)
+    record_input(model_dir, cfg.modalities, cfg.context_slices, [c.case_id for c in train_cases])
     results = _report(model, cfg, device, out_dir)
     results.update({"model_dir": str(model_dir), "steps": step, "threshold_cv": cv,
                     "train_cases": [c.case_id for c in train_cases], "seconds": time.perf_counter() - start})
@@ -313,6 +314,10 @@ def evaluate_saved_model(model_dir: str | Path, config: LesionTrainConfig) -> di
         if saved_mods is not None and list(saved_mods) != list(cfg.modalities):
             raise ValueError(f"{model_dir} was trained on modalities {list(saved_mods)}, not {list(cfg.modalities)}")
         cfg.context_slices = saved_n
+        trained_on = set(recorded.get("train_cases") or ()) & {c.case_id for c in held_out_cases(cfg)}
+        if trained_on:
+            warnings.warn(f"{model_dir} was trained on {sorted(trained_on)}: its Dice there is not a held-out "
+                          "figure (pass --held-out with the patient it was trained without)", stacklevel=2)
     model = vlsdk.VLModel.from_pretrained(model_dir).to(cfg.device)
     check_input_channels(model, len(cfg.modalities), cfg.context_slices)
     out_dir = Path(cfg.out_dir)
@@ -363,9 +368,11 @@ def lesion_train_set(cfg: LesionTrainConfig) -> tuple[Any, int]:
 
     Returns:
         ``(train_set, steps)``: a :class:`~vlsdk_medical.dataset.LesionSliceDataset` whose
-        ``repeats`` cover ``steps`` batches with fresh crops, and ``epochs`` passes capped by
-        ``max_steps``.
+        ``repeats`` cover ``steps`` global batches with fresh crops, and ``epochs`` passes capped
+        by ``max_steps``. Under ``torchrun`` (joined here) a step is ``batch_size`` per rank, so
+        N ranks take 1/N of the steps of one for the same epochs.
     """
+    from vlsdk.train.distributed import init_from_env
     from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
 
     if cfg.held_out:
@@ -381,11 +388,11 @@ def lesion_train_set(cfg: LesionTrainConfig) -> tuple[Any, int]:
                                    max_slices_per_case=cfg.max_slices_per_case, context_slices=cfg.context_slices,
                                    transform_options={"pos": cfg.crop_pos_neg[0], "neg": cfg.crop_pos_neg[1],
                                                       **INTENSITY_AUG[cfg.intensity_aug]})
-    n = len(train_set)
-    total = cfg.epochs * math.ceil(n / cfg.batch_size)
+    n, global_batch = len(train_set), cfg.batch_size * init_from_env(cfg.device)[1]  # per rank x ranks (torchrun)
+    total = cfg.epochs * math.ceil(n / global_batch)
     total = total if cfg.max_steps is None else min(cfg.max_steps, total)
     # each repeat of a slice gets its own augmentation stream: fresh crops on every visit
-    train_set.repeats = max(1, math.ceil(total * cfg.batch_size / n))
+    train_set.repeats = max(1, math.ceil(total * global_batch / n))
     return train_set, total
 
 
@@ -413,7 +420,7 @@ def held_out_cases(cfg: LesionTrainConfig) -> list[Any]:
 @torch.no_grad()
 def evaluate_held_out(model: torch.nn.Module, cfg: LesionTrainConfig, device: str | torch.device,
                       head: str = "lesion") -> dict[str, Any]:
-    """Whole-tumour Dice and HD95 of ``model`` on the held-out patients ``cfg.eval_splits``.
+    """Whole-tumour Dice and HD95 of ``model`` on the held-out patients (:func:`held_out_cases`).
 
     Full slices, sliding-window inference (``cfg.sw_overlap``, ``cfg.sw_mode``, ``cfg.tta``),
     ``cfg.threshold`` (binary head) or argmax, then ``cfg.postprocess`` per patient volume (see
@@ -630,7 +637,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="binary whole tumour, or a 5-class head over the BraTS labels")
     parser.add_argument("--held-out", default=None, metavar="CASE[,CASE]",
                         help="evaluate on these patients and train on all the others (leave-one-patient-out); "
-                             "default: train on the train and validation splits, evaluate on test")
+                             "default: train on the train and validation splits (train only with --quick), "
+                             "evaluate on test")
     parser.add_argument("--eval-slices", type=int, default=None, help="slices per held-out patient (default all)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--no-progress", action="store_true")
@@ -688,7 +696,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         seed=args.seed, progress=not args.no_progress, resume=args.resume, postprocess=args.postprocess,
         min_component_mm3=args.min_component_mm3, threshold=args.threshold,
         threshold_cv=args.threshold_cv, sw_overlap=args.sw_overlap,
-        held_out=tuple(args.held_out.split(",")) if args.held_out else (),
+        held_out=tuple(c.strip() for c in (args.held_out or "").split(",") if c.strip()),
         sw_mode=args.sw_mode, tta=args.tta)
     if args.eval_model is not None:
         if args.threshold_cv:
