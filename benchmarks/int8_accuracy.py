@@ -166,9 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _one_held_out_slice(cfg: Any) -> torch.Tensor:
     """The held-out patient's middle brain slice as ``(1, C, H, W)`` (for the latency figure)."""
-    from vlsdk_medical.dataset import LesionSliceDataset, find_brats_cases
+    from vlsdk_medical.dataset import LesionSliceDataset
+    from vlsdk_medical.pipeline import held_out_cases
 
-    cases = find_brats_cases(cfg.data_root, cfg.eval_splits, cfg.modalities)
+    cases = held_out_cases(cfg)
     ds = LesionSliceDataset(cases[:1], transform=None, slices="foreground", seed=cfg.seed)
     return ds[len(ds) // 2]["image"][None].float()
 

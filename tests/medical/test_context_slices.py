@@ -135,7 +135,8 @@ def test_model_trained_with_context_is_evaluated_and_used_with_the_same_channels
     model_dir = tmp_path / "run" / "model"
     saved = json.loads((model_dir / "config.json").read_text())
     assert saved["backbone"]["in_chans"] == 2 * 3
-    assert saved[INPUT_KEY] == {"modalities": ["flair", "t1c"], "num_modalities": 2, "context_slices": 1}
+    assert saved[INPUT_KEY] == {"modalities": ["flair", "t1c"], "num_modalities": 2, "context_slices": 1,
+                               "train_cases": ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]}  # quick: "train"
 
     # --eval-model: the recorded context is used (the config's default 0 does not override it)
     again = evaluate_saved_model(model_dir, LesionTrainConfig(**common, out_dir=str(tmp_path / "eval")))

@@ -48,6 +48,11 @@ def test_cli_trains_on_every_other_patient(register_plugin, brats_root, tmp_path
                                "--eval-model", str(tmp_path / "model")])
     assert run_from_args(again) == 0
     assert json.loads((tmp_path / "again" / "results.json").read_text())["dice"] == pytest.approx(results["dice"])
+    # without --held-out it would score pat0001, which this model trained on: said, not silently reported
+    default = parser.parse_args(["--data", str(brats_root), "--out", str(tmp_path / "default"), "--eval-slices", "5",
+                                 "--roi-size", "64", "--quick", "--eval-model", str(tmp_path / "model")])
+    with pytest.warns(UserWarning, match=r"was trained on \['brats_2013_pat0001_1'\]"):
+        assert run_from_args(default) == 0
 
 
 def test_threshold_cv_folds_never_see_the_held_out_patient(register_plugin, brats_root, tmp_path):

@@ -107,19 +107,21 @@ def check_input_channels(model: torch.nn.Module, num_modalities: int, context_sl
                          "context_slices it was trained with")
 
 
-def record_input(model_dir: str | Path, modalities: Sequence[str] | int, context_slices: int) -> None:
+def record_input(model_dir: str | Path, modalities: Sequence[str] | int, context_slices: int,
+                 train_cases: Sequence[str] = ()) -> None:
     """Record the input a saved model takes in its ``config.json`` (entry :data:`INPUT_KEY`).
 
     Args:
         model_dir: a ``save_pretrained`` folder.
         modalities: the channel names (or their number).
         context_slices: ``N`` of :func:`stack_context`.
+        train_cases: the patients it was trained on (a later evaluation on one of them warns).
     """
     path = Path(model_dir) / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     names = list(modalities) if not isinstance(modalities, int) else None
     config[INPUT_KEY] = {"modalities": names, "num_modalities": len(names) if names is not None else modalities,
-                         "context_slices": int(context_slices)}
+                         "context_slices": int(context_slices), "train_cases": list(train_cases)}
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
