@@ -149,10 +149,11 @@ pipelines)  # issue 8: end-to-end rows per domain pipeline on the GPU (eager vs 
         --industrial-size 640 --grid-range 51.2 --grid-resolution 0.2 --data "$D/nuscenes_mini" --out runs/pipelines_gpu
     ;;
 ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu)  # multi-GPU scaling: base on DeepPCB at 640 px, global
-    # batch 64 on N GPUs (64/N per rank; NCCL; NVLink multicast off), 400 steps = 25,600 boards: 4 min at 107 boards/s
-    # (small trained at 102-108 on an H100, eager); --max-seconds 300 stops a slower run cleanly (all ranks at one
-    # step). --epochs 30 so that --max-steps sets the schedule for every N. OMP_NUM_THREADS=1 for every N (torchrun
-    # sets it itself for N > 1). Rank 0 writes runs/ddp_base_Ngpu/train/{metrics.jsonl,train_config.json,
+    # batch 64 on N GPUs (64/N per rank; NCCL; NVLink multicast off), 1000 steps = 64,000 boards: 250 s at the
+    # 258 boards/s one H200 trained at (session 9), 100 logged points for the loss comparison; --max-seconds 330
+    # stops a slower run cleanly (all ranks at one step; ddp_scaling.py then gives no loss verdict). --epochs 70
+    # (15 global batches each) so that --max-steps sets the schedule for every N. OMP_NUM_THREADS=1 for every N
+    # (torchrun sets it itself for N > 1). Rank 0 writes runs/ddp_base_Ngpu/train/{metrics.jsonl,train_config.json,
     # train_world.json}; they come back in the results tarball. Then, here:
     # python benchmarks/ddp_scaling.py runs/ddp_base_1gpu runs/ddp_base_2gpu ... --plot ddp_base_loss.png
     n=${group#ddp_base_}; n=${n%gpu}
@@ -162,7 +163,7 @@ ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu)  # multi-GPU scaling: b
         nvidia-smi topo -m >> "$log" 2>&1
     fi
     run 420 ddp-base-${n}gpu env OMP_NUM_THREADS=1 NCCL_NVLS_ENABLE=0 "${launch[@]}" pcb --device cuda --amp bf16 \
-        --config base --batch-size $((64 / n)) --workers 14 --epochs 30 --max-steps 400 --max-seconds 300 \
+        --config base --batch-size $((64 / n)) --workers 14 --epochs 70 --max-steps 1000 --max-seconds 330 \
         --no-progress --out runs/ddp_base_${n}gpu
     ;;
 *) echo "unknown group $group" >&2; exit 2 ;;
