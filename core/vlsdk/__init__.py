@@ -5,7 +5,11 @@ is built.
 
 Example:
     >>> import vlsdk
-    >>> model = vlsdk.VLModel("tiny", in_chans=1)
+    >>> vlsdk.list_models()
+    ['base', 'edge', 'small', 'tiny']
+    >>> model = vlsdk.create_model("tiny", in_chans=1)
+    >>> model.metadata.input.channels
+    ('channel_0',)
     >>> model.add_head("seg", task="segmentation", num_classes=2)  # doctest: +SKIP
 """
 
@@ -35,6 +39,10 @@ _EXPORTS = {
     "ByteTextEncoder": "vlsdk.models.text",
     "HFTextEncoder": "vlsdk.models.hf_text",
     "count_parameters": "vlsdk.models.params",
+    "create_model": "vlsdk.models.zoo",
+    "list_models": "vlsdk.models.zoo",
+    "ModelMetadata": "vlsdk.models.metadata",
+    "InputSpec": "vlsdk.models.metadata",
     "hookimpl": "vlsdk.plugins.markers",
     "get_registry": "vlsdk.plugins",
     "load_plugins": "vlsdk.plugins",
@@ -52,10 +60,12 @@ if TYPE_CHECKING:
     from vlsdk.models.features import EncoderFeatures, ExpertContext, RouterStats
     from vlsdk.models.gate import CrossModalGate
     from vlsdk.models.hf_text import HFTextEncoder
+    from vlsdk.models.metadata import InputSpec, ModelMetadata
     from vlsdk.models.model import ModelOutput, VLModel
     from vlsdk.models.moe import DynamicMoE
     from vlsdk.models.params import count_parameters
     from vlsdk.models.text import ByteTextEncoder, ByteTokenizer
+    from vlsdk.models.zoo import create_model, list_models
     from vlsdk.plugins import MissingExtraError, get_registry, load_plugins, plugin_infos, require_extra
     from vlsdk.plugins.markers import hookimpl
 

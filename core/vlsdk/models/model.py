@@ -15,6 +15,7 @@ from torch import nn
 from vlsdk.models.config import BackboneConfig, get_config
 from vlsdk.models.encoder import HybridEncoder
 from vlsdk.models.features import EncoderFeatures
+from vlsdk.models.metadata import InputSpec, ModelMetadata, default_channels
 from vlsdk.models.moe import DynamicMoE, split_expert_name
 from vlsdk.models.text import ByteTextEncoder, TextFeatures
 
@@ -80,7 +81,8 @@ class VLModel(nn.Module):
 
     Domain experts and heads are added at run time, by their registered names (plugins
     register them) or as module objects, and survive :meth:`save_pretrained` /
-    :meth:`from_pretrained`.
+    :meth:`from_pretrained`, as does :attr:`metadata` (what the model is for: class names per
+    head, the meaning of each input channel, its scaling and image size, how it was trained).
 
     Args:
         config: a :class:`BackboneConfig` or the name of a named config (``"tiny"``,
@@ -116,6 +118,8 @@ class VLModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.expert_specs: dict[str, ExpertSpec] = {}
         self.head_specs: dict[str, HeadSpec] = {}
+        #: What the model is for; saved in ``config.json`` ("metadata") and rendered in the model card.
+        self.metadata: ModelMetadata = ModelMetadata(input=InputSpec(default_channels(config.in_chans)))
 
     # -- experts ----------------------------------------------------------------------------
     @property
@@ -330,22 +334,33 @@ class VLModel(nn.Module):
         return self
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        """Write ``config.json`` (with :attr:`metadata`), ``model.safetensors`` and the model card ``README.md``.
+
+        Raises:
+            ValueError: :attr:`metadata` does not fit the model (channel count, head names).
+        """
         from vlsdk.models.checkpoint import save_pretrained
 
         return save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, experts: Mapping[str, Callable[..., nn.Module]] | None = None,
-                        map_location: str | torch.device = "cpu") -> VLModel:
-        """Rebuild a model saved by :meth:`save_pretrained`, in eval mode.
+                        map_location: str | torch.device = "cpu", verify: bool = True,
+                        check_finite: bool = True) -> VLModel:
+        """Rebuild a model saved by :meth:`save_pretrained` (with its :attr:`metadata`), in eval mode.
 
         Args:
             directory: the checkpoint directory.
             experts: factories for experts that were added as module objects rather than by a
                 registered name (``name -> factory(dim, **options)``).
             map_location: device for the weights.
+            verify: check the weights against the SHA-256 recorded in ``config.json``.
+            check_finite: refuse weights holding NaN or inf.
+
+        Raises:
+            ValueError: a damaged checkpoint, naming the file and the field or tensors.
         """
         from vlsdk.models.checkpoint import from_pretrained
 
-        return from_pretrained(cls, directory, experts=experts, map_location=map_location)
+        return from_pretrained(cls, directory, experts=experts, map_location=map_location, verify=verify,
+                               check_finite=check_finite)
