@@ -1,21 +1,25 @@
 """nuScenes-format logs through nuscenes-devkit: LiDAR sweeps, camera views and 3D boxes per sample.
 
-The tables are read by ``nuscenes.nuscenes.NuScenes`` (never re-parsed here), points by
+The tables are read by ``nuscenes.nuscenes.NuScenes`` (re-read here only to name the record that
+holds a missing token in an error message), points by
 ``LidarPointCloud.from_file`` and boxes by ``NuScenes.get_sample_data``, which moves them into the
-LiDAR frame. Sensor channels are options, so a rig with other camera or LiDAR names works without
-code changes.
+LiDAR frame. Sensor channels, the table version and the category names are options, so another
+fleet's nuScenes-schema logs (Lyft Level 5, an in-house rig) work without code changes.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import Counter
 from collections.abc import Sequence
 from functools import reduce
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from vlsdk_driving.categories import CategoryMap, resolve_category_map
 from vlsdk_driving.sample import Boxes3D, CameraView, DrivingSample, class_index
 
 __all__ = ["NuScenesDataset", "read_lidar_file", "POINT_FIELDS", "DataWarning"]
@@ -68,9 +72,12 @@ def read_lidar_file(path: str | Path, token: str = "", record_floats: int = 5) -
 class NuScenesDataset:
     """A map-style dataset of :class:`DrivingSample` over a nuScenes-format log.
 
+    Works for other fleets that write the nuScenes schema (Lyft Level 5, an in-house rig): the
+    table version, the LiDAR and camera channels and the category names are options.
+
     Args:
         dataroot: the folder holding ``<version>/*.json``, ``samples/`` and ``sweeps/``.
-        version: the table version folder, e.g. ``"v1.0-mini"``.
+        version: the table version folder, e.g. ``"v1.0-mini"``, ``"v1.0-trainval"``.
         lidar_channel: the LiDAR sensor channel whose frame everything is expressed in.
         camera_channels: camera channels to attach; ``None`` takes every camera the tables list,
             ``()`` none.
@@ -78,12 +85,25 @@ class NuScenesDataset:
             ``prev``), each moved into the keyframe's LiDAR frame, with its time lag as a column.
         min_distance: drop points closer than this to the sensor in the xy plane (the ego car);
             0 keeps all.
+        category_map: annotation category name -> detection class (``None`` value: drop), e.g.
+            :data:`~vlsdk_driving.categories.LYFT_CATEGORY_MAP`, or a name/JSON path that
+            :func:`~vlsdk_driving.categories.resolve_category_map` accepts; ``None`` uses the
+            devkit's nuScenes mapping. Annotations whose category maps to nothing are dropped,
+            counted per name in :attr:`dropped_categories` and warned about once.
+        on_error: what a non-finite translation, size or rotation of an annotation, or a
+            non-finite calibration or ego pose, does: ``"raise"`` a ``ValueError`` naming the table
+            file, the record and the field; ``"skip"`` the annotation (or the samples that use the
+            calibration or pose), counted in :attr:`skipped` and warned about once.
         verbose: let the devkit print its loading report.
+
+    ``prev``/``next`` links to records missing from the tables are warned about once: a box whose
+    annotation has one gets a NaN velocity, and multi-sweep merging stops at a missing sweep.
 
     Raises:
         FileNotFoundError: ``dataroot/version`` does not exist.
-        ValueError: a channel is not in the sensor table, or a table references a token that does
-            not exist (the message names the table and the token).
+        ValueError: a channel is not in the sensor table, a table references a token that does
+            not exist (the message names the table file and the token), or (``on_error="raise"``)
+            a non-finite value.
 
     Example:
         >>> ds = NuScenesDataset("../shared/data/nuscenes_mini")  # doctest: +SKIP
@@ -93,22 +113,28 @@ class NuScenesDataset:
 
     def __init__(self, dataroot: str | Path, version: str = "v1.0-mini", *, lidar_channel: str = "LIDAR_TOP",
                  camera_channels: Sequence[str] | None = None, nsweeps: int = 1, min_distance: float = 0.0,
-                 verbose: bool = False) -> None:
+                 category_map: str | Path | CategoryMap | None = None,
+                 on_error: Literal["raise", "skip"] = "raise", verbose: bool = False) -> None:
         if not isinstance(nsweeps, int) or nsweeps < 1:
             raise ValueError(f"nsweeps must be an int >= 1, got {nsweeps!r}")
         if min_distance < 0:
             raise ValueError(f"min_distance must be >= 0, got {min_distance!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.dataroot = Path(dataroot)
-        table_root = self.dataroot / version
-        if not table_root.is_dir():
-            raise FileNotFoundError(f"nuScenes tables not found: {table_root} is not a folder")
+        self.table_root = self.dataroot / version
+        if not self.table_root.is_dir():
+            raise FileNotFoundError(f"nuScenes tables not found: {self.table_root} is not a folder")
         from nuscenes.nuscenes import NuScenes
 
+        self.category_map = resolve_category_map(category_map)
+        self.on_error = on_error
         try:
             self.nusc = NuScenes(version=version, dataroot=str(self.dataroot), verbose=verbose)
         except KeyError as exc:
-            raise ValueError(f"nuScenes tables in {table_root}: a record references the missing token "
-                             f"{exc.args[0]!r}") from None
+            token = exc.args[0]
+            raise ValueError(f"nuScenes tables in {self.table_root}: {_referrer(self.table_root, token)} references "
+                             f"a record that no table holds (missing token {token!r})") from None
         self.version = version
         self.lidar_channel = lidar_channel
         self.nsweeps = nsweeps
@@ -116,32 +142,148 @@ class NuScenesDataset:
         modality = {s["channel"]: s["modality"] for s in self.nusc.sensor}
         if modality.get(lidar_channel) != "lidar":
             lidars = sorted(c for c, m in modality.items() if m == "lidar")
-            raise ValueError(f"unknown LiDAR channel {lidar_channel!r} in {table_root}/sensor.json; "
+            raise ValueError(f"unknown LiDAR channel {lidar_channel!r} in {self.table_root}/sensor.json; "
                              f"LiDAR channels: {lidars}")
         cameras = sorted(c for c, m in modality.items() if m == "camera")
         if camera_channels is None:
             camera_channels = cameras
         unknown = [c for c in camera_channels if c not in cameras]
         if unknown:
-            raise ValueError(f"unknown camera channel(s) {unknown} in {table_root}/sensor.json; "
+            raise ValueError(f"unknown camera channel(s) {unknown} in {self.table_root}/sensor.json; "
                              f"camera channels: {cameras}")
         self.camera_channels = tuple(camera_channels)
-        self._check_references(table_root)
-        self.sample_tokens = [s["token"] for s in self.nusc.sample]
-        #: what was skipped so far (non-detection categories, NaN points, bad boxes), by reason.
+        #: what was skipped so far (non-detection categories, NaN points, bad boxes, ...), by reason.
         self.skipped: Counter[str] = Counter()
+        #: annotations dropped because their category maps to no detection class, by category name.
+        self.dropped_categories: Counter[str] = Counter()
+        #: ``(table, token, "prev" | "next")`` of links to records missing from the tables.
+        self.dangling_links: set[tuple[str, str, str]] = set()
+        self._bad_annotations: set[str] = set()
+        self._bad_sensor_records: set[str] = set()  # calibrated_sensor / ego_pose tokens (on_error="skip")
+        self._check_links()
+        self._check_finite()
+        self._count_categories()
+        self.sample_tokens = [s["token"] for s in self.nusc.sample if self._usable(s)]
 
-    def _check_references(self, table_root: Path) -> None:
-        known = {r["token"] for r in self.nusc.sample_data}
-        for r in self.nusc.sample_data:
-            for key in ("prev", "next"):
-                if r[key] and r[key] not in known:
-                    raise ValueError(f"{table_root}/sample_data.json: record {r['token']} has {key}={r[key]!r}, "
-                                     "a sample_data token that does not exist")
+    # -- table checks (once, at construction) ------------------------------------------------
+    def _check_links(self) -> None:
+        for table in ("sample_data", "sample_annotation"):
+            records = getattr(self.nusc, table)
+            known = {r["token"] for r in records}
+            self.dangling_links |= {(table, r["token"], key) for r in records for key in ("prev", "next")
+                                    if r[key] and r[key] not in known}
+        for table in ("sample_data", "sample_annotation"):
+            links = sorted((tok, key) for t, tok, key in self.dangling_links if t == table)
+            if links:
+                tok, key = links[0]
+                effect = "their boxes get NaN velocities" if table == "sample_annotation" else \
+                    "multi-sweep merging stops there"
+                warnings.warn(f"nuScenes {self.table_root}/{table}.json: {len(links)} prev/next link(s) point to "
+                              f"records missing from the table (first: record {tok} {key}="
+                              f"{self.nusc.get(table, tok)[key]!r}); {effect}", DataWarning, stacklevel=3)
         for s in self.nusc.sample:
             if self.lidar_channel not in s["data"]:
-                raise ValueError(f"{table_root}: sample {s['token']} has no {self.lidar_channel} keyframe "
+                raise ValueError(f"{self.table_root}: sample {s['token']} has no {self.lidar_channel} keyframe "
                                  f"sample_data (channels: {sorted(s['data'])})")
+
+    def _check_finite(self) -> None:
+        checks = (("sample_annotation", ("translation", "size", "rotation")),
+                  ("calibrated_sensor", ("translation", "rotation", "camera_intrinsic")),
+                  ("ego_pose", ("translation", "rotation")))
+        for table, fields in checks:
+            bad = _nonfinite_records(getattr(self.nusc, table), fields)
+            if not bad:
+                continue
+            record, field = bad[0]
+            detail = (f"{self.table_root}/{table}.json: record {record['token']} has a non-finite {field} "
+                      f"{record[field]!r}; expected finite numbers ({len(bad)} such value(s) in the table)")
+            if self.on_error == "raise":
+                raise ValueError(detail)
+            tokens = {r["token"] for r, _ in bad}
+            if table == "sample_annotation":
+                self._bad_annotations |= tokens
+                effect = "those annotations are skipped"
+            else:
+                self._bad_sensor_records |= tokens
+                effect = "samples using them are skipped"
+            self.skipped[f"nonfinite_{table}"] += len(tokens)
+            warnings.warn(f"nuScenes {detail}; {effect} (on_error='skip')", DataWarning, stacklevel=3)
+
+    def _count_categories(self) -> None:
+        names = Counter(r["category_name"] for r in self.nusc.sample_annotation)
+        self.dropped_categories = Counter({n: c for n, c in names.items() if self.detection_name(n) is None})
+        if self.dropped_categories:
+            listed = ", ".join(f"{n} {c}" for n, c in self.dropped_categories.most_common())
+            which = "the devkit's nuScenes mapping" if self.category_map is None else "the category map"
+            warnings.warn(f"nuScenes {self.table_root}: {sum(self.dropped_categories.values())} annotation(s) of "
+                          f"categories outside {which} are dropped: {listed}", DataWarning, stacklevel=3)
+
+    def _usable(self, sample: dict) -> bool:
+        if not self._bad_sensor_records:
+            return True
+        for channel in (self.lidar_channel, *self.camera_channels):
+            sd = self.get("sample_data", sample["data"][channel], f"sample {sample['token']}") \
+                if channel in sample["data"] else None
+            if sd and {sd["calibrated_sensor_token"], sd["ego_pose_token"]} & self._bad_sensor_records:
+                self.skipped["nonfinite_pose_sample"] += 1
+                return False
+        return True
+
+    # -- lookups -------------------------------------------------------------------------------
+    def get(self, table: str, token: str, referrer: str = "") -> dict:
+        """``NuScenes.get`` whose miss names the table file and the token instead of a bare ``KeyError``.
+
+        Args:
+            table: the table name, e.g. ``"sample_data"``.
+            token: the record token.
+            referrer: who holds the reference, for the message.
+
+        Raises:
+            ValueError: no such record.
+        """
+        try:
+            return self.nusc.get(table, token)
+        except KeyError:
+            by = f" (referenced by {referrer})" if referrer else ""
+            raise ValueError(f"{self.table_root}/{table}.json has no record {token!r}{by}") from None
+
+    def detection_name(self, category: str) -> str | None:
+        """The detection class of an annotation category name (``None``: dropped).
+
+        Args:
+            category: the category name of the ``category`` table.
+        """
+        if self.category_map is None:
+            from nuscenes.eval.detection.utils import category_to_detection_name
+
+            return category_to_detection_name(category)
+        return self.category_map.get(category)
+
+    def is_usable_annotation(self, token: str) -> bool:
+        """Whether an annotation has finite geometry (``False`` only under ``on_error="skip"``).
+
+        Args:
+            token: the sample_annotation token.
+        """
+        return token not in self._bad_annotations
+
+    def box_velocity(self, annotation_token: str) -> np.ndarray:
+        """``(3,)`` global-frame velocity of an annotation (``NuScenes.box_velocity``), NaN where unknown.
+
+        An annotation with a ``prev``/``next`` link to a missing record gets NaN (warned about at
+        construction, counted in :attr:`skipped` as ``dangling_link_velocity``).
+
+        Args:
+            annotation_token: the sample_annotation token.
+        """
+        if any(("sample_annotation", annotation_token, k) in self.dangling_links for k in ("prev", "next")):
+            self.skipped["dangling_link_velocity"] += 1
+            return np.full(3, np.nan)
+        try:
+            return self.nusc.box_velocity(annotation_token)
+        except KeyError as exc:
+            raise ValueError(f"{self.table_root}: box_velocity of sample_annotation {annotation_token}: no record "
+                             f"{exc.args[0]!r} in sample_annotation.json or sample.json") from None
 
     def __len__(self) -> int:
         return len(self.sample_tokens)
@@ -155,11 +297,36 @@ class NuScenesDataset:
         from nuscenes.utils.geometry_utils import transform_matrix
         from pyquaternion import Quaternion
 
-        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        pose = self.nusc.get("ego_pose", sd["ego_pose_token"])
+        cs = self.get("calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
+        pose = self.get("ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
         global_from_car = transform_matrix(pose["translation"], Quaternion(pose["rotation"]))
         car_from_sensor = transform_matrix(cs["translation"], Quaternion(cs["rotation"]))
         return global_from_car @ car_from_sensor
+
+    def lidar_token(self, sample_token: str) -> str:
+        """The keyframe LiDAR sample_data token of a sample.
+
+        Args:
+            sample_token: the sample token.
+        """
+        return self.get("sample", sample_token)["data"][self.lidar_channel]
+
+    def global_from_lidar(self, sample_token: str) -> tuple[np.ndarray, np.ndarray]:
+        """The global-from-LiDAR transform of a sample's keyframe: ``(4, 4)`` matrix and quaternion.
+
+        Args:
+            sample_token: the sample token.
+
+        Returns:
+            ``(matrix, quaternion w, x, y, z)``: ego pose times the LiDAR's calibrated sensor.
+        """
+        from pyquaternion import Quaternion
+
+        sd = self.get("sample_data", self.lidar_token(sample_token), f"sample {sample_token}")
+        cs = self.get("calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
+        pose = self.get("ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+        q = Quaternion(pose["rotation"]) * Quaternion(cs["rotation"])
+        return self._pose(sd), q.elements
 
     def load_points(self, lidar_token: str) -> np.ndarray:
         """The merged ``(N, 5)`` points (see :data:`POINT_FIELDS`) of a keyframe LiDAR sample_data.
@@ -167,7 +334,7 @@ class NuScenesDataset:
         Args:
             lidar_token: the keyframe's LiDAR sample_data token.
         """
-        ref = self.nusc.get("sample_data", lidar_token)
+        ref = self.get("sample_data", lidar_token)
         ref_from_global = np.linalg.inv(self._pose(ref))
         sd, chunks = ref, []
         for _ in range(self.nsweeps):
@@ -185,9 +352,12 @@ class NuScenesDataset:
                 pts[:, :3] = pts[:, :3].astype(np.float64) @ t[:3, :3].T + t[:3, 3]  # float64, as the devkit
             lag = 1e-6 * (ref["timestamp"] - sd["timestamp"])
             chunks.append(np.concatenate([pts, np.full((len(pts), 1), lag, np.float32)], 1))
-            if not sd["prev"]:
+            if not sd["prev"] or ("sample_data", sd["token"], "prev") in self.dangling_links:
                 break
-            sd = self.nusc.get("sample_data", sd["prev"])
+            sd = self.get("sample_data", sd["prev"], f"sample_data {sd['token']} prev")
+            if {sd["calibrated_sensor_token"], sd["ego_pose_token"]} & self._bad_sensor_records:
+                self.skipped["nonfinite_pose_sweep"] += 1
+                break
         points = np.concatenate(chunks, 0)
         if len(points) == 0:
             raise ValueError(f"empty LiDAR sweep: no finite points in {ref['filename']} (sample_data {ref['token']})")
@@ -196,30 +366,35 @@ class NuScenesDataset:
     def load_boxes(self, lidar_token: str) -> Boxes3D:
         """The annotated boxes of a keyframe, in its LiDAR frame, via ``NuScenes.get_sample_data``.
 
-        Boxes of categories outside the 10 detection classes and boxes with a non-positive size
-        are skipped and counted in :attr:`skipped`.
+        Boxes whose category maps to no detection class (see ``category_map``) and boxes with a
+        non-positive size are skipped and counted in :attr:`skipped`; so are boxes with
+        non-finite geometry under ``on_error="skip"``.
 
         Args:
             lidar_token: the keyframe's LiDAR sample_data token.
         """
-        from nuscenes.eval.detection.utils import category_to_detection_name
-
-        _, boxes, _ = self.nusc.get_sample_data(lidar_token)
-        rot = np.linalg.inv(self._pose(self.nusc.get("sample_data", lidar_token)))[:3, :3]
+        try:
+            _, boxes, _ = self.nusc.get_sample_data(lidar_token)
+        except KeyError as exc:
+            raise ValueError(f"{self.table_root}: sample_data {lidar_token}: a record it references is missing "
+                             f"(token {exc.args[0]!r})") from None
+        rot = np.linalg.inv(self._pose(self.get("sample_data", lidar_token)))[:3, :3]
         rows, labels, vels, tokens = [], [], [], []
         for box in boxes:
-            name = category_to_detection_name(box.name)
+            name = self.detection_name(box.name)
             if name is None:
                 self.skipped["non_detection_category"] += 1
                 continue
+            if not self.is_usable_annotation(box.token):
+                self.skipped["nonfinite_box"] += 1
+                continue
             w, length, h = (float(v) for v in box.wlh)
-            if not (w > 0 and length > 0 and h > 0) or not np.isfinite(box.center).all():
-                self._skip("bad_box", f"sample_annotation {box.token} with size {list(box.wlh)} / centre "
-                           f"{list(box.center)}")
+            if not (w > 0 and length > 0 and h > 0):
+                self._skip("bad_box", f"sample_annotation {box.token} with size {list(box.wlh)}")
                 continue
             rows.append([*box.center, length, w, h, box.orientation.yaw_pitch_roll[0]])
             labels.append(class_index(name))
-            v = self.nusc.box_velocity(box.token)
+            v = self.box_velocity(box.token)
             vels.append((rot @ v)[:2] if np.isfinite(v).all() else [np.nan, np.nan])
             tokens.append(box.token)
         if not rows:
@@ -235,11 +410,11 @@ class NuScenesDataset:
             if token is None:
                 raise ValueError(f"sample {sample['token']} has no {channel} sample_data "
                                  f"(channels: {sorted(sample['data'])})")
-            sd = self.nusc.get("sample_data", token)
-            cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            sd = self.get("sample_data", token, f"sample {sample['token']}")
+            cs = self.get("calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {token}")
             views[channel] = CameraView(
                 channel=channel,
-                image_path=Path(self.nusc.get_sample_data_path(token)),
+                image_path=self.dataroot / sd["filename"],
                 intrinsic=np.array(cs["camera_intrinsic"], dtype=np.float64),
                 lidar_to_camera=np.linalg.inv(self._pose(sd)) @ lidar_to_global,
                 image_size=(int(sd["width"]), int(sd["height"])),
@@ -250,9 +425,9 @@ class NuScenesDataset:
     def __getitem__(self, index: int) -> DrivingSample:
         if not -len(self) <= index < len(self):
             raise IndexError(f"sample index {index} out of range for {len(self)} samples")
-        sample = self.nusc.get("sample", self.sample_tokens[index])
+        sample = self.get("sample", self.sample_tokens[index])
         lidar_token = sample["data"][self.lidar_channel]
-        lidar_sd = self.nusc.get("sample_data", lidar_token)
+        lidar_sd = self.get("sample_data", lidar_token, f"sample {sample['token']}")
         return DrivingSample(
             token=sample["token"],
             points=self.load_points(lidar_token),
@@ -267,3 +442,38 @@ class NuScenesDataset:
     def __repr__(self) -> str:
         return (f"NuScenesDataset({str(self.dataroot)!r}, {self.version!r}, {len(self)} samples, "
                 f"lidar={self.lidar_channel!r}, cameras={list(self.camera_channels)})")
+
+
+def _finite(value: object) -> bool:
+    try:
+        return bool(np.isfinite(np.asarray(value, dtype=np.float64)).all())
+    except (TypeError, ValueError):
+        return False
+
+
+def _nonfinite_records(records: Sequence[dict], fields: Sequence[str]) -> list[tuple[dict, str]]:
+    """``(record, field)`` of every record whose field holds a non-finite or non-numeric value."""
+    bad = []
+    for field in fields:
+        values = [r.get(field) for r in records]
+        try:
+            arr = np.asarray(values, dtype=np.float64).reshape(len(records), -1)
+            rows = np.flatnonzero(~np.isfinite(arr).all(1)).tolist()
+        except (TypeError, ValueError):  # ragged (camera_intrinsic is [] off cameras) or non-numeric
+            rows = [i for i, v in enumerate(values) if not _finite(v)]
+        bad += [(records[i], field) for i in rows]
+    return bad
+
+
+def _referrer(table_root: Path, token: str) -> str:
+    """Which table record holds ``token`` in a field (the error path of a failed table load)."""
+    for path in sorted(table_root.glob("*.json")):
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for record in records if isinstance(records, list) else []:
+            for field, value in record.items():
+                if field != "token" and (value == token or isinstance(value, list) and token in value):
+                    return f"{path.name} record {record.get('token')!r} field {field!r}"
+    return "a record"
