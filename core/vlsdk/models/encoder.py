@@ -56,6 +56,7 @@ class HybridEncoder(nn.Module):
         config: the backbone configuration (see :func:`vlsdk.get_config`).
 
     Example:
+        >>> from vlsdk.models.config import get_config
         >>> enc = HybridEncoder(get_config("tiny"))
         >>> feats = enc.forward_features(torch.zeros(1, 3, 64, 64))
         >>> sorted(feats.pyramid), feats.grid

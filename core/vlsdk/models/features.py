@@ -70,8 +70,8 @@ class RouterStats:
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
         >>> st = RouterStats(["generic.0", "generic.1"], topk_idx=logits.argmax(1, keepdim=True),
         ...                  topk_weight=torch.ones(3, 1), logits=logits)
-        >>> st.tokens_per_expert.tolist(), round(float(st.aux_loss), 3)
-        ([2, 1], 1.0)
+        >>> st.tokens_per_expert.tolist(), round(float(st.aux_loss), 3)  # 2:1 split, above 1.0
+        ([2, 1], 1.085)
     """
 
     def __init__(self, expert_names: list[str], tokens_per_expert: torch.Tensor | None = None,

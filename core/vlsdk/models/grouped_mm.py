@@ -60,7 +60,7 @@ def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Te
         offs: ``(E,)`` int32 cumulative row counts (end of each group's rows in ``a``).
 
     Example:
-        >>> a, b = torch.randn(5, 4), torch.randn(2, 4, 3)
+        >>> a, b = torch.randn(5, 8), torch.randn(2, 8, 4)  # row strides a multiple of 16 bytes
         >>> y = grouped_mm(a, b, torch.tensor([2, 5], dtype=torch.int32))
         >>> torch.allclose(y[:2], a[:2] @ b[0]) and torch.allclose(y[2:], a[2:] @ b[1])
         True

@@ -91,7 +91,7 @@ class VLModel(nn.Module):
 
     Example:
         >>> model = VLModel("tiny", in_chans=1)
-        >>> model.add_head("seg", task="segmentation", num_classes=2)
+        >>> head = model.add_head("seg", task="segmentation", num_classes=2)
         >>> out = model(torch.zeros(1, 1, 64, 64), heads=["seg"])
         >>> out["seg"].logits.shape
         torch.Size([1, 2, 64, 64])

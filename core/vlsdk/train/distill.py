@@ -63,7 +63,7 @@ class Distiller(nn.Module):
     Example:
         >>> distiller = Distiller(student, teacher)  # doctest: +SKIP
         >>> losses = distiller(images)  # {"loss", "feature", "seg", ...}  # doctest: +SKIP
-        >>> out = student(images, heads=distiller.heads)  # one student pass for label and KD losses
+        >>> out = student(images, heads=distiller.heads)  # one pass for label and KD losses  # doctest: +SKIP
         >>> losses = distiller(images, student_out=out)  # doctest: +SKIP
     """
 

@@ -9,7 +9,7 @@ over training as ``routing.png`` (next to ``curves.png``).
 
 Example:
     >>> log = RoutingLog(model, "runs/x")  # doctest: +SKIP
-    >>> ...  # training forwards
+    >>> # training forwards
     >>> log.snapshot(step=100)  # doctest: +SKIP
     >>> log.finish()  # doctest: +SKIP
     {'routing_jsonl': PosixPath('runs/x/routing.jsonl'), 'routing_png': PosixPath('runs/x/routing.png')}
