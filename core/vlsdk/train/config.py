@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from vlsdk.settings import convert, settings_from
 
 __all__ = ["TrainConfig", "load_train_config"]
 
@@ -33,7 +35,8 @@ class TrainConfig:
         save_every: checkpoint every N steps (0: only at the end).
         log_every: write a log row every N steps.
         seed: seeds data order, initialisation-time randomness and dropout.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or any other device string
+            ``torch.device`` accepts.
         num_workers: DataLoader worker processes.
         out_dir: where checkpoints, ``metrics.csv``/``metrics.jsonl`` and ``curves.png`` go.
         progress: show a progress bar.
@@ -43,6 +46,17 @@ class TrainConfig:
             at the first step boundary after it (the final evaluation, log row and checkpoint
             are written as at ``steps``; the schedule still spans ``steps``; ``fit(resume=True)``
             continues). Under ``torchrun`` the ranks agree on the step. ``None``: no budget.
+        max_skipped_steps: how many optimiser steps in a row may be skipped because a loss or the
+            gradient norm is non-finite; the next one stops the run with ``FloatingPointError``
+            (the last checkpoint is kept). 0 stops at the first non-finite step.
+
+    Values from files and the command line are converted by :func:`vlsdk.settings.convert`
+    (``lr: 1e-3``, which YAML reads as a string, becomes a float); a value of the wrong type
+    (``batch_size: 2.5``, ``steps: true``) or an unknown device (``"cdua"``) is a ``ValueError``
+    naming the option.
+
+    Raises:
+        ValueError: a value of the wrong type or out of range, naming the option.
     """
 
     steps: int = 1000
@@ -53,7 +67,7 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.01
     clip_grad: float | None = 1.0
-    amp: str = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 1e-3
     eval_every: int = 0
@@ -66,37 +80,53 @@ class TrainConfig:
     progress: bool = True
     progress_label: str = "train"
     max_seconds: float | None = None
+    max_skipped_steps: int = 10
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, convert(getattr(self, f.name), hints[f.name], f"TrainConfig: {f.name}"))
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "save_every", "num_workers"):
+        for name in ("warmup_steps", "eval_every", "save_every", "num_workers", "max_skipped_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
-            raise ValueError(f"amp must be one of 'auto', 'off', 'bf16', 'fp16', got {self.amp!r}")
         if self.max_seconds is not None and not self.max_seconds >= 0:
             raise ValueError(f"max_seconds must be >= 0 or None, got {self.max_seconds}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        _check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a dict; an unknown key names the closest valid one."""
-        known = {f.name: f for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {sorted(known)}"
-                raise ValueError(f"{source}: unknown training option {key!r}{hint}")
-        return cls(**values)
+        """Build from a dict of raw values, each converted to its field's type.
+
+        Args:
+            values: option name -> value (as YAML, JSON or the command line gave it).
+            source: where the values came from, named in errors (a file name, ``"command line"``).
+
+        Raises:
+            ValueError: an unknown key (naming the closest valid one), a value of the wrong type
+                or out of range; the message starts with ``source``.
+        """
+        try:
+            return settings_from(cls, values, source)
+        except ValueError as err:
+            if str(err).startswith(f"{source}:"):
+                raise
+            raise ValueError(f"{source}: {err}") from None
 
     def override(self, assignments: list[str]) -> TrainConfig:
-        """Apply ``key=value`` strings (values parsed as JSON when they parse, else kept as text)."""
+        """Apply ``key=value`` strings (values parsed as JSON when they parse, else kept as text).
+
+        Raises:
+            ValueError: an item without ``=``, an unknown key or a value of the wrong type.
+        """
         values = self.to_dict()
         for item in assignments:
             key, eq, raw = item.partition("=")
@@ -110,7 +140,16 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML or JSON file (top level: the :class:`TrainConfig` fields) and apply overrides."""
+    """Read a YAML or JSON file (top level: the :class:`TrainConfig` fields) and apply overrides.
+
+    Args:
+        path: a ``.yaml``/``.yml`` or JSON file.
+        overrides: ``key=value`` strings applied on top (see :meth:`TrainConfig.override`).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file does not parse, is not a mapping, or holds a bad option (named with the file).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} does not exist")
@@ -128,3 +167,20 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
         raise ValueError(f"training config {path} must hold a mapping of options, got {type(values).__name__}")
     config = TrainConfig.from_dict(values, source=str(path))
     return config.override(overrides) if overrides else config
+
+
+def _check_device(device: str) -> None:
+    """``"auto"`` or a device string ``torch.device`` parses (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ...)."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        import difflib
+
+        close = difflib.get_close_matches(device, ["auto", "cpu", "cuda", "mps", "xpu"], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or another "
+                         f"torch device, got {device!r}{hint} ({err})") from None
