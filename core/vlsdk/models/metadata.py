@@ -53,10 +53,12 @@ def _numbers(value: Any, where: str, n: int, kind: type, expected: str) -> tuple
         raise _fail(where, expected, value)
     out = []
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and int(v) != v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise _fail(where, expected, value)
         if not math.isfinite(v) or v <= 0:
             raise _fail(where, expected + " (finite, > 0)", value)
+        if kind is int and int(v) != v:
+            raise _fail(where, expected, value)
         out.append(kind(v))
     return tuple(out)
 
