@@ -28,6 +28,11 @@ _EXPORTS = {
     "head_outputs_from_onnx": "vlsdk.export.onnx",
     "check_parity": "vlsdk.export.parity",
     "run_onnx": "vlsdk.export.parity",
+    "verify_parity": "vlsdk.export.parity",
+    "parity_table": "vlsdk.export.parity",
+    "ParityError": "vlsdk.export.parity",
+    "TracerWarningError": "vlsdk.export.tracing",
+    "read_props": "vlsdk.export.metadata_props",
     "quantize_onnx": "vlsdk.export.quantize",
     "int8_drift": "vlsdk.export.quantize",
     "float_node_names": "vlsdk.export.quantize",
@@ -43,6 +48,11 @@ __all__ = [
     "head_outputs_from_onnx",
     "check_parity",
     "run_onnx",
+    "verify_parity",
+    "parity_table",
+    "ParityError",
+    "TracerWarningError",
+    "read_props",
     "quantize_onnx",
     "int8_drift",
     "float_node_names",
@@ -59,9 +69,11 @@ if TYPE_CHECKING:
         read_metadata,
         to_onnx,
     )
-    from vlsdk.export.parity import check_parity, run_onnx
+    from vlsdk.export.metadata_props import read_props
+    from vlsdk.export.parity import ParityError, check_parity, parity_table, run_onnx, verify_parity
     from vlsdk.export.quantize import float_node_names, int8_drift, quantize_onnx
     from vlsdk.export.runtime import OnnxModel
+    from vlsdk.export.tracing import TracerWarningError
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -35,15 +35,27 @@ def configure_export(parser: argparse.ArgumentParser) -> None:
                       help="heads to export (default: all; none given: the feature pyramid)")
     onnx.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     onnx.add_argument("--static-batch", action="store_true", help="fix the batch size instead of a dynamic axis")
+    onnx.add_argument("--dynamic-size", action="store_true",
+                      help="make the spatial axes dynamic too (parity is then also checked at a second size)")
+    onnx.add_argument("--allow-tracer-warnings", action="store_true",
+                      help="export even though the tracer warned that a value of the example input was frozen "
+                           "into the graph (the warnings are printed and recorded in the file)")
     onnx.add_argument("--int8", action="store_true",
                       help="also write FILE.int8.onnx (onnxruntime dynamic INT8, routers and shared experts float)")
     onnx.add_argument("--no-check", action="store_true",
-                      help="skip the onnxruntime-vs-PyTorch parity check on a random batch")
-    onnx.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (exit 1 above it; default 1e-4)")
+                      help="skip the onnxruntime-vs-PyTorch parity check (two batch sizes; two image sizes with "
+                           "--dynamic-size)")
+    onnx.add_argument("--atol", type=float, default=1e-4,
+                      help="parity tolerance, absolute part (exit 1 above atol + rtol x |reference|; default 1e-4)")
+    onnx.add_argument("--rtol", type=float, default=1e-4, help="parity tolerance, relative part (default 1e-4)")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Run ``vlsdk export onnx``; exit 1 when the parity check fails or the model cannot be read.
+    """Run ``vlsdk export onnx``; exit 1 when a check fails or the model cannot be read.
+
+    Prints the file's metadata (task, class names, input channels, scaling, image size), the
+    parity table (one row per batch size, image size and output) and any tracer warning let
+    through by ``--allow-tracer-warnings``. On a failed check no file is left at ``--out``.
 
     Args:
         args: parsed :func:`configure_export` options.
@@ -52,9 +64,12 @@ def run_export(args: argparse.Namespace) -> int:
 
     import torch
 
-    from vlsdk.export.onnx import DEFAULT_OPSET, to_onnx
-    from vlsdk.export.parity import check_parity
+    from vlsdk.export.metadata_props import read_props
+    from vlsdk.export.onnx import DEFAULT_OPSET, read_metadata, to_onnx
+    from vlsdk.export.parity import ParityCase, ParityError, parity_table
     from vlsdk.export.quantize import int8_drift, quantize_onnx
+    from vlsdk.export.tracing import TracerWarningError
+    from vlsdk.models.checkpoint import read_config
     from vlsdk.models.model import VLModel
 
     if args.export_format != "onnx":  # pragma: no cover - argparse only offers onnx
@@ -62,32 +77,46 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     try:
         model = VLModel.from_pretrained(args.model).eval()
+        metadata = read_config(args.model).get("metadata")
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: cannot load a model from {args.model}: {exc}")
         return 1
     try:
         path = to_onnx(model, args.out, heads=args.heads, image_size=tuple(args.image_size),
-                       opset=args.opset or DEFAULT_OPSET, dynamic_batch=not args.static_batch)
-    except ValueError as exc:
+                       opset=args.opset or DEFAULT_OPSET, dynamic_batch=not args.static_batch,
+                       dynamic_size=args.dynamic_size, verify=not args.no_check, atol=args.atol, rtol=args.rtol,
+                       allow_tracer_warnings=args.allow_tracer_warnings, metadata=metadata)
+    except ParityError as exc:
+        print(parity_table(exc.cases))
         print(f"error: {exc}")
         return 1
+    except TracerWarningError as exc:
+        print(f"error: {exc}")
+        return 1
+    except ValueError as exc:
+        where = f" (metadata block of {Path(args.model) / 'config.json'})" if "metadata field" in str(exc) else ""
+        print(f"error: {exc}{where}")
+        return 1
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    status = 0
-    images = torch.randn(2, model.config.in_chans, *args.image_size, generator=torch.Generator().manual_seed(0))
-    if not args.no_check:
-        errors = check_parity(model, path, images)
-        worst = max(errors.values(), default=0.0)
-        for name, err in errors.items():
-            print(f"  parity {name}: max abs error {err:.2e}")
-        if worst > args.atol:
-            print(f"error: parity {worst:.2e} above --atol {args.atol:.0e}")
-            status = 1
+    for key, value in read_props(path).items():
+        print(f"  {key}: {value}")
+    meta = read_metadata(path)
+    if meta["tracer_warnings"]:
+        print(f"  tracer warnings allowed by --allow-tracer-warnings ({len(meta['tracer_warnings'])}):")
+        for line in meta["tracer_warnings"]:
+            print(f"    {line}")
+    if "parity" in meta:
+        cases = [ParityCase(**{**c, "image_size": tuple(c["image_size"]), "shape": tuple(c["shape"])})
+                 for c in meta["parity"]["cases"]]
+        print(f"parity (onnxruntime vs PyTorch, atol {args.atol:.0e} + rtol {args.rtol:.0e} x |reference|):")
+        print(parity_table(cases))
     if args.int8:
+        images = torch.randn(2, model.config.in_chans, *args.image_size, generator=torch.Generator().manual_seed(0))
         int8_path = quantize_onnx(path, Path(args.out).with_suffix(".int8.onnx"))
         print(f"wrote {int8_path} ({int8_path.stat().st_size / 2**20:.1f} MiB)")
         for name, row in int8_drift(path, int8_path, images).items():
             print(f"  int8 drift {name}: rel rms {row['rel_rms']:.2e}, max abs {row['max_abs']:.2e}")
-    return status
+    return 0
 
 
 #: ``vlsdk export onnx --model DIR --out FILE [--int8] [--image-size H W]``.

@@ -29,9 +29,17 @@ reads (it compiles with ``fullgraph=True``); its node names would differ.
 warns and parity then holds only where no expert overflows. Top-k ties resolve to the lower
 expert index in onnxruntime's ``TopK``, as in ``torch.topk`` on CPU.
 
-**Fixed image size, dynamic batch.** The position embedding, the interpolation sizes of the heads
-and the detection anchors are computed from the image size, so they are constants of the graph:
-export once per deployment resolution. The batch dimension is dynamic (``dynamic_batch=True``).
+**Fixed image size, dynamic batch.** By default the image size is fixed in the graph: export once
+per deployment resolution. The batch dimension is dynamic (``dynamic_batch=True``).
+``dynamic_size=True`` makes the spatial axes dynamic as well (the encoder builds its position
+embedding in the graph when traced); parity is then also checked at a second size.
+
+**Nothing unchecked is certified.** :func:`to_onnx` keeps a file only when (1) the tracer raised
+no warning other than the reviewed ones of the core's model
+(:data:`~vlsdk.export.tracing.KNOWN_TRACER_WARNINGS`; ``allow_tracer_warnings=True`` overrides, and
+the file records it), (2) every expert's weights are in the graph and (3) onnxruntime agrees with
+PyTorch on every output at the traced batch size and another one, and at a second image size when
+the spatial axes are dynamic (:func:`~vlsdk.export.parity.verify_parity`; its table is recorded).
 
 **Outputs** (named ``"<head>.<field>"``; see :data:`TASK_OUTPUTS`):
 
@@ -43,8 +51,11 @@ export once per deployment resolution. The batch dimension is dynamic (``dynamic
 - any other head: every tensor field of its output dataclass (or the tensor itself).
 - no head: ``features.s<stride>`` for each map of the encoder's pyramid.
 
-The head layout (tasks, classes, level sizes, image size), the experts of each MoE layer and the
-vlsdk version are stored as JSON in the model's ``metadata_props["vlsdk"]`` (:func:`read_metadata`).
+The head layout (tasks, classes, level sizes, image size), the experts of each MoE layer, the
+vlsdk version and the parity table are stored as JSON in the model's ``metadata_props["vlsdk"]``
+(:func:`read_metadata`); what a deployment needs to feed the model and read its outputs (task,
+class names, input channels, scaling, image size) is also written as flat keys
+(:mod:`vlsdk.export.metadata_props`).
 """
 
 from __future__ import annotations
@@ -104,6 +115,7 @@ class ExportWrapper(nn.Module):
 
     Attributes:
         output_names: ``"<head>.<field>"`` of each output, in order (filled by :meth:`describe`).
+        output_ranks: output name -> number of axes (filled by :meth:`describe`).
         batch_free: the output names without a batch axis (detection anchors and strides).
 
     Example:
@@ -125,6 +137,7 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.head_names = names
         self.output_names: list[str] = []
+        self.output_ranks: dict[str, int] = {}
         self.batch_free: set[str] = set()
 
     def _flatten(self, head: str, output: Any) -> list[tuple[str, torch.Tensor]]:
@@ -166,6 +179,7 @@ class ExportWrapper(nn.Module):
         """Run once on ``images``; fill :attr:`output_names` / :attr:`batch_free`; the head layout."""
         named, out = self._named(images)
         self.output_names = [n for n, _ in named]
+        self.output_ranks = {n: t.dim() for n, t in named}
         self.batch_free = set()
         layout: dict[str, Any] = {}
         for head in self.head_names:
@@ -233,30 +247,49 @@ def _check_args(model: Any, image_size: Any, in_chans: int | None, opset: int) -
 
 def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = None,
             image_size: Sequence[int] = (224, 224), in_chans: int | None = None, opset: int = DEFAULT_OPSET,
-            dynamic_batch: bool = True, batch_size: int = 2, example: torch.Tensor | None = None,
-            check_experts: bool = True) -> Path:
+            dynamic_batch: bool = True, dynamic_size: bool = False, batch_size: int = 2,
+            example: torch.Tensor | None = None, check_experts: bool = True, verify: bool = True,
+            atol: float = 1e-4, rtol: float = 1e-4, allow_tracer_warnings: bool = False,
+            metadata: Mapping[str, Any] | None = None) -> Path:
     """Export ``model`` (encoder, MoE routing, every expert, the chosen heads) to an ONNX file.
 
     The model is left as it was (training flags, sparse/dense MoE flags, weights). See the
-    module docstring for the static MoE path, the exporter choice and the output names.
+    module docstring for the static MoE path, the exporter choice and the output names. A file
+    is only left at ``path`` when every check passed: on any error below it is removed.
 
     Args:
         model: a :class:`~vlsdk.VLModel`.
         path: the ``.onnx`` file to write (parent folders are created).
         heads: head names to export (default: every attached head; ``[]``: the feature pyramid).
-        image_size: ``(H, W)`` of the input images; fixed in the graph.
+        image_size: ``(H, W)`` of the input images (the traced size).
         in_chans: input channels; only checked against ``model.config.in_chans``.
         opset: ONNX opset, in ``[13, 20]``.
         dynamic_batch: make the batch axis of the input and outputs dynamic.
+        dynamic_size: make the spatial axes dynamic too. The core's encoder, segmentation and
+            depth heads compute their sizes in the graph; the detection neck decides at trace time
+            whether to resize a level (``heads/detection.py``), so a detection head needs
+            ``allow_tracer_warnings=True`` and holds only at sizes whose grids halve alike; the
+            parity check at a second size is what tells.
         batch_size: batch of the example input used for tracing (2 avoids size-1 specialisation).
         example: the tracing input ``(B, C, H, W)``; default ``randn`` (seeded) of ``batch_size``.
         check_experts: raise when an expert's weights are missing from the written graph.
+        verify: run :func:`~vlsdk.export.parity.verify_parity` (traced and another batch size;
+            a second image size when ``dynamic_size``) and record its table in the metadata.
+        atol, rtol: parity tolerance per element, ``atol + rtol * |reference|``.
+        allow_tracer_warnings: export even though the tracer warned of values frozen into the
+            graph (other than :data:`~vlsdk.export.tracing.KNOWN_TRACER_WARNINGS`); the warnings
+            are then warned about once and recorded in the metadata (``"tracer_warnings"``).
+        metadata: the saved model's ``config.json`` ``"metadata"`` block (task, class names, input
+            channels, scaling), written as flat ``metadata_props`` (:mod:`vlsdk.export.metadata_props`).
 
     Returns:
         the path written.
 
     Raises:
-        ValueError: bad arguments (unknown head, wrong ``in_chans``, bad ``image_size`` or opset).
+        ValueError: bad arguments (unknown head, wrong ``in_chans``, bad ``image_size`` or opset,
+            a malformed ``metadata`` block).
+        TracerWarningError: the tracer warned, naming each warning's text and source line.
+        ParityError: onnxruntime disagrees with PyTorch; names the output, batch, size, shape, error.
         RuntimeError: an expert is missing from the graph (:func:`missing_experts`).
 
     Example:
@@ -266,6 +299,10 @@ def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = N
     """
     import onnx
 
+    from vlsdk.export.metadata_props import model_props
+    from vlsdk.export.parity import ParityError, verify_parity
+    from vlsdk.export.tracing import TracerWarningError, capture_tracer_warnings, unexpected
+
     size, channels = _check_args(model, image_size, in_chans, opset)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -274,7 +311,7 @@ def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = N
     if capped:
         warnings.warn(f"MoE layers {capped} have a capacity_factor: the exported graph is dropless (every "
                       f"assignment counts), so it differs from the PyTorch sparse path wherever an expert "
-                      f"overflows its capacity", UserWarning, stacklevel=2)
+                      f"overflows its capacity; parity is checked against the dense path", UserWarning, stacklevel=2)
     param = next(model.parameters())
     if example is None:
         gen = torch.Generator().manual_seed(0)
@@ -282,52 +319,98 @@ def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = N
     elif tuple(example.shape[1:]) != (channels, *size):
         raise ValueError(f"example must have shape (B, {channels}, {size[0]}, {size[1]}), got {tuple(example.shape)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with export_mode(model):
         live = live_moe_layers(wrapper, example)
     with export_mode(model), torch.no_grad():
         layout = wrapper.describe(example)
-        names = wrapper.output_names
-        axes = None
-        if dynamic_batch:
-            axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in names if n not in wrapper.batch_free}}
-        with warnings.catch_warnings():
-            # the tracer warns about every shape check it turns into a constant; the dense path has
-            # no data-dependent branch, and parity tests cover the rest
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript.*")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message="The feature will be removed")
+    props = model_props(in_chans=channels, heads=layout, image_size=size, dynamic_size=dynamic_size,
+                        metadata=metadata)
+    names = wrapper.output_names
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with export_mode(model), torch.no_grad(), capture_tracer_warnings() as issues:
             torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=["images"], output_names=names, dynamic_axes=axes,
+                              input_names=["images"], output_names=names,
+                              dynamic_axes=_dynamic_axes(wrapper, dynamic_batch, dynamic_size),
                               do_constant_folding=True)
-    from vlsdk.version import __version__
+        frozen = unexpected(issues, dynamic_size)
+        if frozen and not allow_tracer_warnings:
+            listing = "\n  ".join(i.describe() for i in frozen)
+            raise TracerWarningError(
+                f"the tracer froze values of the example input into the graph ({len(frozen)} warning(s)); the "
+                f"file would be right for that input only:\n  {listing}\nfix the code at those lines, or pass "
+                f"allow_tracer_warnings=True (vlsdk export onnx --allow-tracer-warnings) to export anyway", frozen)
+        if frozen:
+            warnings.warn(f"exporting despite {len(frozen)} tracer warning(s) (allow_tracer_warnings=True): "
+                          + "; ".join(i.describe() for i in frozen), UserWarning, stacklevel=2)
+        from vlsdk.version import __version__
 
-    proto = onnx.load(str(path))
-    meta = {
-        "vlsdk_version": __version__,
-        "config": model.config.name,
-        "image_size": list(size),
-        "in_chans": channels,
-        "opset": opset,
-        "exporter": "torchscript",
-        "dynamic_batch": dynamic_batch,
-        "inputs": ["images"],
-        "outputs": names,
-        "heads": layout,
-        "experts": [list(layer.expert_names) for layer in model.moe_layers],
-        "domain_experts": sorted(model.expert_specs),
-        "unused_moe_layers": [i for i in range(len(model.moe_layers)) if i not in live],
-    }
+        proto = onnx.load(str(path))
+        meta = {
+            "vlsdk_version": __version__,
+            "config": model.config.name,
+            "image_size": list(size),
+            "in_chans": channels,
+            "opset": opset,
+            "exporter": "torchscript",
+            "dynamic_batch": dynamic_batch,
+            "dynamic_size": dynamic_size,
+            "batch_size": int(example.shape[0]),
+            "inputs": ["images"],
+            "outputs": names,
+            "heads": layout,
+            "experts": [list(layer.expert_names) for layer in model.moe_layers],
+            "domain_experts": sorted(model.expert_specs),
+            "unused_moe_layers": [i for i in range(len(model.moe_layers)) if i not in live],
+            "allow_tracer_warnings": bool(allow_tracer_warnings),
+            "tracer_warnings": [i.describe() for i in frozen],
+            "metadata": dict(metadata or {}),
+        }
+        _set_metadata(proto, meta, props)
+        if check_experts:
+            missing = missing_experts(model, proto, layers=live)
+            if missing:
+                raise RuntimeError(f"the exported graph {path} lacks the weights of expert(s) {missing}; "
+                                   f"the MoE layers were not exported on their static path")
+        if verify:
+            from vlsdk.export.parity import session
+
+            try:
+                cases = verify_parity(model, session(proto.SerializeToString()), atol=atol, rtol=rtol,
+                                      dense=bool(capped))
+            except ParityError as err:
+                raise ParityError(f"{path}: {err}", err.cases) from None
+            meta["parity"] = {"atol": atol, "rtol": rtol, "cases": [dataclasses.asdict(c) for c in cases]}
+            _set_metadata(proto, meta, props)
+        onnx.save(proto, str(path))
+    except BaseException:
+        path.unlink(missing_ok=True)  # never leave an unchecked file where a checked one was asked for
+        raise
+    return path
+
+
+def _set_metadata(proto: Any, meta: Mapping[str, Any], props: Mapping[str, str]) -> None:
     del proto.metadata_props[:]
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "vlsdk"
-    onnx.save(proto, str(path))
-    if check_experts:
-        missing = missing_experts(model, proto, layers=live)
-        if missing:
-            raise RuntimeError(f"the exported graph {path} lacks the weights of expert(s) {missing}; "
-                               f"the MoE layers were not exported on their static path")
-    return path
+
+
+def _dynamic_axes(wrapper: ExportWrapper, batch: bool, spatial: bool) -> dict[str, dict[int, str]] | None:
+    """The exporter's ``dynamic_axes``: batch axes; with ``spatial`` every other output axis too."""
+    if not (batch or spatial):
+        return None
+    axes: dict[str, dict[int, str]] = {"images": {**({0: "batch"} if batch else {}),
+                                                  **({2: "height", 3: "width"} if spatial else {})}}
+    for name in wrapper.output_names:
+        has_batch = name not in wrapper.batch_free
+        out: dict[int, str] = {0: "batch"} if batch and has_batch else {}
+        if spatial:
+            out |= {i: f"{name}.{i}" for i in range(int(has_batch), wrapper.output_ranks[name])}
+        if out:
+            axes[name] = out
+    return axes
 
 
 def read_metadata(onnx_model: str | Path | Any) -> dict[str, Any]:

@@ -150,8 +150,11 @@ def _copy_metadata(src: Path, dst: Path, mode: str, keep_float: list[str]) -> No
     model = onnx.load(str(dst))
     meta = json.loads(source[METADATA_KEY])
     meta["quantization"] = {"mode": mode, "keep_float": keep_float}
+    meta.pop("parity", None)  # the FP32 file's table; the INT8 graph's error is int8_drift's to tell
+    source[METADATA_KEY] = json.dumps(meta)
     del model.metadata_props[:]
-    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    for key, value in source.items():  # the flat keys (task, class names, ...) too
+        model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(dst))
 
 
