@@ -9,7 +9,9 @@ Layout (``<root>`` holds ``PCBData/`` or is it)::
 
 ``type`` is 1 open, 2 short, 3 mousebite, 4 spur, 5 spurious copper, 6 pin-hole; labels are
 ``type - 1`` (see :data:`~vlsdk_industrial.samples.DEEPPCB_CLASSES`). An empty annotation file is a
-defect-free board.
+defect-free board. A non-finite value (``nan``, ``inf``) is an error naming the file, the line and
+the field. Samples carry ``"image_id"``: the pair's line in the list file (unique, increasing in
+dataset order, so COCO output and :class:`~vlsdk.metrics.detection.DetectionMAP` rank ties alike).
 
 Decoding a 640 x 640 JPEG pair costs a few milliseconds a sample, every epoch; ``cache="uint8"``
 decodes every pair once and keeps the exact pixels in RAM (0.8 MB a pair with its template),
@@ -58,6 +60,7 @@ class DeepPCBRecord:
         boxes: ``(n, 4)`` float32 xyxy pixels.
         labels: ``(n,)`` int64, ``type - 1``.
         lines: ``(n,)`` 1-based line of each box in ``annotation``.
+        list_line: the pair's 1-based line in the list file (its ``image_id``).
     """
 
     image: Path
@@ -66,6 +69,7 @@ class DeepPCBRecord:
     boxes: np.ndarray
     labels: np.ndarray
     lines: np.ndarray
+    list_line: int = 0
 
 
 def parse_deeppcb_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,8 +83,9 @@ def parse_deeppcb_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray, 
         ``boxes (n, 4) float32``, ``labels (n,) int64`` (``type - 1``) and the 1-based ``lines (n,)``.
 
     Raises:
-        DataError: naming the file and line, for a line that is not five numbers, an unknown
-            type, or a box with ``x2 <= x1`` or ``y2 <= y1`` or negative coordinates.
+        DataError: naming the file and line, for a line that is not five numbers, a non-finite
+            value (naming the field), an unknown type, or a box with ``x2 <= x1`` or ``y2 <= y1``
+            or negative coordinates.
     """
     path = Path(path)
     try:
@@ -106,6 +111,11 @@ def parse_deeppcb_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray, 
         return boxes, types, np.zeros((0,), np.int64)
     table = np.asarray(rows, np.float64)
     lines_arr = np.asarray(lines, np.int64)
+    finite = np.isfinite(table)
+    if not finite.all():
+        k, j = (int(v[0]) for v in np.nonzero(~finite))
+        field = ("x1", "y1", "x2", "y2", "type")[j]
+        raise DataError(path, f"{field} is {table[k, j]}; expected a finite number", int(lines_arr[k]), field=field)
     boxes, types = table[:, :4], table[:, 4]
     bad_type = (types != np.round(types)) | (types < 1) | (types > len(DEEPPCB_CLASSES))
     if bad_type.any():
@@ -152,7 +162,7 @@ def read_deeppcb_list(list_file: str | Path) -> list[tuple[int, Path, Path, Path
 
 
 class DeepPCBDataset:
-    """DeepPCB pairs as industrial samples (see :mod:`vlsdk_industrial.samples`).
+    """DeepPCB pairs as samples (see :mod:`vlsdk.data.samples`).
 
     Annotations and file existence are checked when the dataset is built; images are decoded in
     ``__getitem__`` (or all at once with ``check_images=True``). Each sample has ``"image"``
@@ -215,7 +225,7 @@ class DeepPCBDataset:
                 for path, what in ((image, "image"), (temp, "template"), (ann, "annotation")):
                     if not path.is_file():
                         raise DataError(list_file, f"listed {what} {str(path)!r} does not exist", line)
-                record = DeepPCBRecord(image, temp, ann, *parse_deeppcb_annotation(ann))
+                record = DeepPCBRecord(image, temp, ann, *parse_deeppcb_annotation(ann), list_line=line)
                 if check_images or cache != "none":
                     self._store(self._load(record))
             except DataError as exc:
@@ -268,8 +278,14 @@ class DeepPCBDataset:
         return sum(a.nbytes for a in self._cached)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """The sample at ``index`` (raises :class:`DataError` for an unreadable image)."""
+        """The sample at ``index`` (``image_id``: the pair's line in the list file; ``size``: ``(H, W)``).
+
+        Raises:
+            DataError: an unreadable image, or a box outside it.
+        """
         record = self.records[index]
-        sample = {"image": self._image(index), "boxes": record.boxes.copy(), "labels": record.labels.copy(),
-                  "path": str(record.image), "template_path": str(record.template), "index": index}
+        image = self._image(index)
+        sample = {"image": image, "boxes": record.boxes.copy(), "labels": record.labels.copy(),
+                  "path": str(record.image), "template_path": str(record.template), "image_id": record.list_line,
+                  "index": index, "size": image.shape[:2]}
         return self.transform(sample) if self.transform is not None else sample
