@@ -12,7 +12,7 @@ import pytest
 from torch import nn
 
 from vlsdk.cli import main
-from vlsdk.plugins import hookimpl
+from vlsdk.plugins import PluginHost, hookimpl, use_host
 from vlsdk.version import __version__
 
 
@@ -184,8 +184,10 @@ def test_listing_commands(acme, capsys, kind, name, obj):
     assert rows[name]["version"] == "2.0" and rows[name]["object"] == obj
 
 
-def test_empty_listing(plugin_host, capsys):
-    status, out, _ = run_cli(capsys, "datasets")
+def test_empty_listing(capsys):
+    core_without_datasets = ("vlsdk.plugins.builtin", "vlsdk.cli.builtin")
+    with use_host(PluginHost(discover=False, core_modules=core_without_datasets)):
+        status, out, _ = run_cli(capsys, "datasets")
     assert status == 0 and "No datasets registered." in out
 
 

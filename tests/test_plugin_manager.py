@@ -325,19 +325,49 @@ def test_register_plugin_attributes_and_unregisters(plugin_host, register_plugin
         register_plugin(ExpertPlugin(), "vlsdk")
 
 
-def test_replacement_is_restored_on_unregister(plugin_host, register_plugin):
+class Replacer:
+    @hookimpl
+    def vlsdk_register_experts(self, register):
+        register("vtobj.linear", nn.Identity, replace=True)
+
+
+def test_replacement_is_restored_on_unregister(plugin_host, register_plugin, monkeypatch):
+    monkeypatch.setenv("VLSDK_ALLOW_REPLACE", "vtother, vtreplacer")
     first = ExpertPlugin()
     register_plugin(first, "vtfirst")
 
-    class Replacer:
-        @hookimpl
-        def vlsdk_register_experts(self, register):
-            register("vtobj.linear", nn.Identity, replace=True)
-
-    register_plugin(Replacer(), "vtreplacer")
+    with pytest.warns(VlsdkPluginWarning, match="plugin 'vtreplacer' replaced experts 'vtobj.linear' "
+                      "of plugin 'vtfirst'.*VLSDK_ALLOW_REPLACE"):
+        info = register_plugin(Replacer(), "vtreplacer")
+    assert [(r.kind, r.name, r.previous) for r in info.replaced] == [
+        ("experts", "vtobj.linear", "plugin 'vtfirst'")
+    ]
     assert get_registry("experts").get("vtobj.linear").plugin == "vtreplacer"
     plugin_host.unregister_plugin("vtreplacer")
     assert get_registry("experts").get("vtobj.linear").plugin == "vtfirst"
+
+
+def test_replacing_another_plugins_entry_needs_the_users_opt_in(plugin_host, register_plugin):
+    register_plugin(ExpertPlugin(), "vtfirst")
+    with pytest.warns(VlsdkPluginWarning, match="VLSDK_ALLOW_REPLACE=vtreplacer"):
+        info = register_plugin(Replacer(), "vtreplacer", strict=False)
+    assert info.status == "error" and "ReplaceNotAllowedError" in info.error
+    assert "plugin 'vtfirst'" in info.error and info.registered == {}
+    assert get_registry("experts").get("vtobj.linear").plugin == "vtfirst"
+    assert plugin_host.pm.get_plugin("vtreplacer") is None
+
+
+def test_replacing_its_own_entry_needs_no_opt_in(plugin_host, register_plugin):
+    class Twice:
+        @hookimpl
+        def vlsdk_register_experts(self, register):
+            register("vtobj.linear", nn.Linear)
+            register("vtobj.linear", nn.Identity, replace=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = register_plugin(Twice(), "vttwice")
+    assert info.replaced == () and get_registry("experts").get("vtobj.linear").obj is nn.Identity
 
 
 def test_duplicate_between_plugins_names_both(plugin_host, register_plugin):

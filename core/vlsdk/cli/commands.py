@@ -1,9 +1,9 @@
 """The core commands: ``plugins``, ``experts``, ``heads``, ``datasets`` and ``info``.
 
-They are registered by the core plugin (:mod:`vlsdk.plugins.builtin`) through the same
-``vlsdk_register_commands`` hook as plugin commands. Add a core command by appending a
+They are registered by the core plugin ``vlsdk`` (its module :mod:`vlsdk.cli.builtin`) through
+the same ``vlsdk_register_commands`` hook as plugin commands. Add a core command by appending a
 :class:`~vlsdk.plugins.commands.Command` to :data:`CORE_COMMANDS` (or a module of its own
-registered from the core plugin's hook).
+listed in :data:`vlsdk.plugins.manager.CORE_PLUGIN_MODULES`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from collections import Counter
 from typing import Any
 
 from vlsdk.cli.output import format_count, format_table, qualified_name
-from vlsdk.cli.train import TRAIN_COMMAND
+from vlsdk.cli.train import EVAL_COMMAND, TRAIN_COMMAND
 from vlsdk.demo import DEMO_COMMAND
 from vlsdk.export.cli import EXPORT_COMMAND
 from vlsdk.inspect.cli import ROUTING_COMMAND
+from vlsdk.plugins import _env
 from vlsdk.plugins.commands import Command
-from vlsdk.plugins.manager import get_host
+from vlsdk.plugins.manager import PluginInfo, get_host
 from vlsdk.plugins.registry import RegistryEntry
 from vlsdk.predict import PREDICT_COMMAND
 
@@ -67,6 +68,10 @@ def _run_plugins(args: argparse.Namespace) -> int:
             print(f"    hooks: {', '.join(info.hooks)}")
         for kind, names in info.registered.items():
             print(f"    {kind}: {', '.join(names)}")
+        for replaced in info.replaced:
+            print(f"    replaced: {replaced.kind} {replaced.name!r} of {replaced.previous}")
+        if info.load_ms is not None:
+            print(f"    load time: {_load_time(info)}")
         if info.error:
             label = "reason" if info.status == "disabled" else "error"
             print(f"    {label}: {_indent(info.error)}")
@@ -78,6 +83,18 @@ def _run_plugins(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {status_}" for status_, n in counts.items())
     print(f"{len(infos)} plugins: {summary}")
     return status
+
+
+def _load_time(info: PluginInfo) -> str:
+    """``"12.3 ms"``, flagged when over ``VLSDK_SLOW_PLUGIN_SECONDS``."""
+    text = f"{info.load_ms:.1f} ms"
+    try:
+        limit = _env.slow_seconds()
+    except ValueError:
+        return text
+    if info.load_ms is not None and info.load_ms > 1000 * limit:
+        text += f" (slow: over {limit:g} s, {_env.SLOW})"
+    return text
 
 
 def _indent(text: str) -> str:
@@ -293,4 +310,5 @@ CORE_COMMANDS: tuple[Command, ...] = (
     DEMO_COMMAND,
     PREDICT_COMMAND,
     TRAIN_COMMAND,
+    EVAL_COMMAND,
 )

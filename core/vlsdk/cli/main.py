@@ -1,8 +1,13 @@
 """``main()``: load the plugins, build the parser from the commands registry, run one command.
 
+``vlsdk``, ``vlsdk --help`` and ``vlsdk --version`` (no command named) load no plugin: their parser
+holds the core commands only. A command loads every plugin first.
+
 A broken plugin never breaks the command line: its load error is printed as a warning and its
-commands are left out; a plugin command whose ``configure`` raises is reported when invoked; a
-command that raises prints a one-line error (``--traceback`` for the rest) and exits with 1.
+commands are left out; a command of a built-in plugin that is not loaded (``vlsdk pcb`` without
+the ``industrial`` extra) says which extra to install; a plugin command whose ``configure`` raises
+is reported when invoked; a command that raises prints a one-line error (``--traceback`` for the
+rest) and exits with 1.
 """
 
 from __future__ import annotations
@@ -15,14 +20,22 @@ import warnings
 from collections.abc import Sequence
 
 from vlsdk.plugins import _env
-from vlsdk.plugins.errors import VlsdkPluginWarning
+from vlsdk.plugins.errors import UnknownNameError, VlsdkPluginWarning
 from vlsdk.plugins.manager import PluginHost, get_host
 from vlsdk.plugins.registry import RegistryEntry
 from vlsdk.version import __version__
 
-__all__ = ["build_parser", "main"]
+__all__ = ["PLUGIN_COMMANDS", "build_parser", "main"]
 
 _CORE = "vlsdk"
+
+#: command -> the built-in plugin that registers it; explains a command whose plugin is not loaded.
+PLUGIN_COMMANDS: dict[str, str] = {
+    "pcb": "industrial",
+    "medical-lesion": "medical",
+    "dicom-info": "medical",
+    "driving-detect": "driving",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,9 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     host = get_host()
+    words = [arg for arg in args_list if not arg.startswith("-")]
+    if not words:  # --help, --version or nothing: the core is enough
+        return _top_level(host, args_list)
     failed = _load_plugins(host)
     if failed is not None:
         return failed
+    unavailable = _unavailable_command(host, words[0])
+    if unavailable is not None:
+        print(unavailable, file=sys.stderr)
+        return 1
     parser, broken = build_parser(host)
     try:
         args, extras = parser.parse_known_args(args_list)
@@ -61,13 +81,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(entry, args)
 
 
-def _load_plugins(host: PluginHost) -> int | None:
+def _top_level(host: PluginHost, args_list: list[str]) -> int:
+    """``vlsdk [--help | --version]``: parse with the core commands, loading no plugin."""
+    if not host.loaded:
+        failed = _load_plugins(host, core_only=True)
+        if failed is not None:
+            return failed
+    parser, _ = build_parser(host, load=False, configure=False)
+    try:
+        parser.parse_args(args_list)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return _exit_status(exc)
+    parser.print_help()
+    return 0
+
+
+def _unavailable_command(host: PluginHost, word: str) -> str | None:
+    """Why ``word`` is no command: its plugin (or a plugin of that name) is not loaded."""
+    if word in host.registry("commands"):
+        return None
+    plugin = PLUGIN_COMMANDS.get(word, word)
+    try:
+        info = host.plugin_info(plugin)
+    except UnknownNameError:
+        return None
+    if info.status == "loaded":
+        return None
+    what = (
+        f"the command {word!r} comes from {info.origin}"
+        if word in PLUGIN_COMMANDS
+        else f"{word!r} is {info.origin}"
+    )
+    lines = [f"vlsdk {word}: error: {what}, which is not loaded ({info.status}): {info.error}"]
+    if info.extra:
+        lines.append(
+            f"To fix it, install the {info.extra!r} extra: {info.hint} "
+            f'(from a checkout: pip install -e ".[{info.extra}]")'
+        )
+    elif info.status == "error":
+        lines.append("Run `vlsdk plugins --verbose` for the traceback.")
+    return "\n".join(lines)
+
+
+def _load_plugins(host: PluginHost, *, core_only: bool = False) -> int | None:
     """Load plugins, printing their warnings briefly; an exit status if strict loading failed."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", VlsdkPluginWarning)
         try:
-            host.load()
-        except Exception:  # noqa: BLE001 - strict mode re-raised a plugin's error
+            host.load_core() if core_only else host.load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # noqa: BLE001 - strict mode re-raised a plugin's error
             print(
                 f"vlsdk: error: a plugin failed to load and {_env.STRICT} is set:",
                 file=sys.stderr,
@@ -84,18 +148,35 @@ def _load_plugins(host: PluginHost) -> int | None:
     return None
 
 
-def build_parser(host: PluginHost) -> tuple[argparse.ArgumentParser, dict[str, str]]:
+def build_parser(
+    host: PluginHost, *, load: bool = True, configure: bool = True
+) -> tuple[argparse.ArgumentParser, dict[str, str]]:
     """The argument parser with one subcommand per registered command.
+
+    Args:
+        host: the plugin host whose ``commands`` registry to read.
+        load: load the plugins first (``False``: the commands registered so far).
+        configure: call each command's ``configure`` (``False``: names and help only, enough
+            for ``vlsdk --help``).
 
     Returns:
         ``(parser, broken)`` where ``broken`` maps the commands whose ``configure`` raised to
         the error to report when they are invoked.
     """
+    epilog = (
+        "Run `vlsdk COMMAND --help` for a command's options. Plugins add commands "
+        "through the vlsdk_register_commands hook; `vlsdk plugins` lists them."
+    )
+    if not host.loaded:
+        by_plugin: dict[str, list[str]] = {}
+        for command, plugin in PLUGIN_COMMANDS.items():
+            by_plugin.setdefault(plugin, []).append(command)
+        listed = "; ".join(f"{', '.join(names)} ({plugin})" for plugin, names in by_plugin.items())
+        epilog += f" Plugins are loaded when a command runs; the built-in ones add: {listed}."
     parser = argparse.ArgumentParser(
         prog="vlsdk",
         description="vlsdk: vertical-domain computer vision. Core and plugin commands.",
-        epilog="Run `vlsdk COMMAND --help` for a command's options. Plugins add commands "
-        "through the vlsdk_register_commands hook; `vlsdk plugins` lists them.",
+        epilog=epilog,
     )
     parser.add_argument("--version", action="version", version=f"vlsdk {__version__}")
     parser.add_argument(
@@ -103,18 +184,20 @@ def build_parser(host: PluginHost) -> tuple[argparse.ArgumentParser, dict[str, s
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     broken: dict[str, str] = {}
-    for entry in host.registry("commands").entries():
+    for entry in host.registry("commands", load=load).entries():
         command = entry.obj
         help_ = command.help if entry.plugin == _CORE else f"{command.help} [{entry.origin}]"
         sub = subparsers.add_parser(
             command.name, help=help_, description=command.description or command.help
         )
         sub.set_defaults(_vlsdk_entry=entry)
-        if command.configure is None:
+        if command.configure is None or not configure:
             continue
         try:
             command.configure(sub)
-        except Exception as exc:  # noqa: BLE001 - a plugin's configure() must not break the CLI
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a plugin's configure() must not break the CLI
             broken[command.name] = (
                 f"command unavailable: its configure() from {entry.origin} raised "
                 f"{type(exc).__name__}: {exc}"

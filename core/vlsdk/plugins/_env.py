@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import os
+
+__all__ = [
+    "ALLOW_REPLACE",
+    "DISABLE",
+    "LOAD",
+    "SLOW",
+    "SLOW_DEFAULT_SECONDS",
+    "STRICT",
+    "name_list",
+    "slow_seconds",
+    "strict_plugins",
+]
 
 STRICT = "VLSDK_STRICT_PLUGINS"
 LOAD = "VLSDK_LOAD_PLUGINS"
 DISABLE = "VLSDK_DISABLE_PLUGINS"
+ALLOW_REPLACE = "VLSDK_ALLOW_REPLACE"
+SLOW = "VLSDK_SLOW_PLUGIN_SECONDS"
+
+#: A plugin that takes longer than this to import and register is warned about.
+SLOW_DEFAULT_SECONDS = 2.0
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -22,3 +40,21 @@ def name_list(variable: str) -> list[str] | None:
     if value is None:
         return None
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def slow_seconds() -> float:
+    """``VLSDK_SLOW_PLUGIN_SECONDS``: the load time above which a plugin is warned about.
+
+    Raises:
+        ValueError: the variable is set but is not a finite number >= 0.
+    """
+    value = os.environ.get(SLOW, "").strip()
+    if not value:
+        return SLOW_DEFAULT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{SLOW}: expected a number of seconds >= 0, got {value!r}")
+    return seconds

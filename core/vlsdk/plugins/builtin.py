@@ -1,7 +1,9 @@
-"""The core plugin ``vlsdk``: the core heads, the generic expert and the core CLI commands.
+"""The core plugin ``vlsdk``'s heads and generic expert.
 
-Registered directly by :class:`vlsdk.plugins.manager.PluginHost` (not through an entry point) and
-first, so the core's names belong to ``vlsdk``. It goes through the same hooks as any plugin.
+One of the core plugin's modules (:data:`vlsdk.plugins.manager.CORE_PLUGIN_MODULES`; the core
+commands are in :mod:`vlsdk.cli.builtin`). :class:`vlsdk.plugins.manager.PluginHost` registers
+them directly (not through an entry point) and first, so the core's names belong to ``vlsdk``.
+They go through the same hooks as any plugin.
 
 Each core object is imported inside its hook. A core module that is not part of this install
 yet is skipped; one that fails to import is reported with a :class:`VlsdkPluginWarning` (raised
@@ -19,8 +21,9 @@ from vlsdk.plugins.errors import VlsdkPluginWarning
 from vlsdk.plugins.markers import hookimpl
 
 if TYPE_CHECKING:
-    from vlsdk.plugins.commands import CommandRegistrar
     from vlsdk.plugins.registry import Registrar
+
+__all__ = ["CORE_EXPERTS", "CORE_HEADS", "PLUGIN_NAME", "vlsdk_register_experts", "vlsdk_register_heads"]
 
 #: The plugin name of the core.
 PLUGIN_NAME = "vlsdk"
@@ -47,7 +50,9 @@ def _load(kind: str, name: str, module: str, attr: str) -> Any | None:
         if exc.name in {".".join(parts[: i + 1]) for i in range(len(parts))}:
             return None  # not part of this install (yet)
         problem: BaseException = exc
-    except Exception as exc:  # noqa: BLE001 - a broken core module is reported, not fatal
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a broken core module is reported, not fatal
         problem = exc
     if _env.strict_plugins():
         raise problem
@@ -78,11 +83,3 @@ def vlsdk_register_experts(register: Registrar) -> None:
     """The core expert ``generic.mlp``."""
     _register_table(register, "expert", CORE_EXPERTS)
 
-
-@hookimpl
-def vlsdk_register_commands(register: CommandRegistrar) -> None:
-    """The core commands: ``plugins``, ``experts``, ``heads``, ``datasets``, ``info``."""
-    from vlsdk.cli.commands import CORE_COMMANDS
-
-    for command in CORE_COMMANDS:
-        register(command.name, command)

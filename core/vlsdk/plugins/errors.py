@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "DuplicateNameError",
     "MissingExtraError",
+    "ReplaceNotAllowedError",
     "UnknownNameError",
     "VlsdkPluginWarning",
     "require_extra",
@@ -160,6 +161,26 @@ class DuplicateNameError(ValueError):
             f"different object under the same name. Rename one of them, disable a plugin with "
             f"VLSDK_DISABLE_PLUGINS, or pass replace=True to override on purpose."
         )
+
+
+class ReplaceNotAllowedError(DuplicateNameError):
+    """A plugin passed ``replace=True`` over an entry that another plugin registered.
+
+    Replacing another plugin's entry needs the user's opt-in: the replacing plugin's name in
+    ``VLSDK_ALLOW_REPLACE`` (comma-separated). Without it the registration fails like a
+    duplicate. Replacing the plugin's own entry is always allowed.
+    """
+
+    def __init__(self, kind: str, name: str, existing: str, incoming: str, *, plugin: str) -> None:
+        super().__init__(kind, name, existing, incoming)
+        self.args = (
+            f"{kind}: {name!r} is registered by {existing}; {incoming} asked to replace it "
+            f"(replace=True), which another plugin may do only when the user allows it: "
+            f"set VLSDK_ALLOW_REPLACE={plugin} (comma-separated plugin names).",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class UnknownNameError(KeyError):

@@ -2,19 +2,22 @@
 
 A :class:`PluginHost` owns a ``pluggy.PluginManager("vlsdk")``, one :class:`Registry` per kind
 and the load report (one :class:`PluginInfo` per plugin). Loading is lazy and idempotent: nothing
-is imported until a registry is first asked for. Then the core plugin ``vlsdk``
-(:mod:`vlsdk.plugins.builtin`) is registered, followed by every entry point of the
+is imported until a registry is first asked for. Then the core plugin ``vlsdk`` is registered:
+the modules of :data:`CORE_PLUGIN_MODULES`, imported by name (so this package imports nothing of
+the command line or of training) and all attributed to ``vlsdk``. Then every entry point of the
 ``vlsdk.plugins`` group, each on its own:
 
-1. the entry point is loaded (an import error marks the plugin ``"error"``; a
-   :class:`MissingExtraError` marks it ``"missing-extra"`` with its install hint);
+1. the entry point is loaded (anything it raises, ``SystemExit`` included, marks the plugin
+   ``"error"``; a :class:`MissingExtraError` marks it ``"missing-extra"`` with its install hint;
+   only ``KeyboardInterrupt`` goes through);
 2. it is registered with pluggy and ``check_pending()`` is run (an unknown hook or hook argument
    marks it ``"error"`` and unregisters it);
 3. its ``vlsdk_register_<kind>`` hooks are called for it alone, each with a registrar bound to
    the registry and to the plugin (a raise, a bad name, a duplicate or an object of the wrong
    type marks it ``"error"`` and rolls back everything it registered).
 
-A broken plugin is warned about once (:class:`VlsdkPluginWarning`) and the others carry on.
+A broken plugin is warned about once (:class:`VlsdkPluginWarning`) and the others carry on. Each
+plugin's load time (import and registration) is recorded; a slow one is warned about.
 
 Environment switches, read when plugins are loaded:
 
@@ -22,8 +25,12 @@ Environment switches, read when plugins are loaded:
   not an error: it is reported, never raised).
 - ``VLSDK_LOAD_PLUGINS=a,b``: load only these entry points (set but empty: none).
 - ``VLSDK_DISABLE_PLUGINS=a,b``: do not load these (status ``"disabled"``).
+- ``VLSDK_ALLOW_REPLACE=a,b``: these plugins may replace (``replace=True``) entries that another
+  plugin registered; each replacement is warned about and shown by ``vlsdk plugins``. Without it
+  such a registration fails like a duplicate. A plugin may always replace its own entries.
+- ``VLSDK_SLOW_PLUGIN_SECONDS=2``: warn about a plugin that takes longer to load.
 
-The switches apply to entry points; the core plugin ``vlsdk`` always loads.
+The load switches apply to entry points; the core plugin ``vlsdk`` always loads.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import functools
 import importlib.metadata
 import logging
 import os
+import sys
 import threading
+import time
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,10 +69,12 @@ if TYPE_CHECKING:
     from vlsdk.heads.base import Head
 
 __all__ = [
+    "CORE_PLUGIN_MODULES",
     "ENTRY_POINT_GROUP",
     "KINDS",
     "PluginHost",
     "PluginInfo",
+    "Replacement",
     "build_expert",
     "build_head",
     "get_host",
@@ -77,6 +88,14 @@ logger = logging.getLogger(__name__)
 
 #: The entry-point group plugins are declared in.
 ENTRY_POINT_GROUP = "vlsdk.plugins"
+
+#: The modules of the core plugin ``vlsdk``, imported by name in this order; each may implement
+#: any hook (two may implement the same one). A module that does not exist is skipped.
+CORE_PLUGIN_MODULES: tuple[str, ...] = (
+    "vlsdk.plugins.builtin",
+    "vlsdk.cli.builtin",
+    "vlsdk.tasks.builtin",
+)
 
 #: The registry kinds; plugins fill each through the hook ``vlsdk_register_<kind>``.
 KINDS: tuple[str, ...] = (
@@ -107,7 +126,8 @@ CONTRACTS: dict[str, str] = {
     "commands": "Command(name, run(args) -> int | None, help, configure(parser))",
     "input_readers": "vlsdk.predict_io.InputReader(suffixes, read(path, model, model_dir) -> PredictInput)",
     "output_writers": "vlsdk.predict_io.OutputWriter(task, write(prediction: HeadPrediction) -> dict)",
-    "tasks": "vlsdk.train.recipes.TrainRecipe (TrainRecipe.from_dataclass(...) or .from_argparse(...))",
+    "tasks": "a vlsdk.tasks.Task subclass (settings_type, datasets, build_model, loss, evaluate; legacy: a "
+             "vlsdk.train.recipes.TrainRecipe wrapping a pipeline)",
 }
 
 _EXPERT_NAME = r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*"
@@ -122,35 +142,59 @@ def _callable_factory(obj: Any) -> str | None:
     return f"expected a callable factory, got {type(obj).__name__} {_short(obj)}"
 
 
-def _recipe(obj: Any) -> str | None:
-    from vlsdk.train.recipes import TrainRecipe  # imported on first registration only
-
-    if isinstance(obj, TrainRecipe):
-        return None
-    return f"expected a vlsdk.train.recipes.TrainRecipe, got {type(obj).__name__} {_short(obj)}"
-
-
 def _command(obj: Any) -> str | None:
     if isinstance(obj, Command):
         return None
     return f"expected a vlsdk.plugins.commands.Command, got {type(obj).__name__} {_short(obj)}"
 
 
-#: registry kind -> the class its entries must be (in :mod:`vlsdk.predict_io`).
-_PREDICT_IO = {"input_readers": "InputReader", "output_writers": "OutputWriter"}
+#: registry kind -> (module, class) its entries must be instances of. Looked up in ``sys.modules``
+#: only: an instance implies its class's module is imported, so the host never imports them.
+_INSTANCE_OF: dict[str, tuple[str, str]] = {
+    "input_readers": ("vlsdk.predict_io", "InputReader"),
+    "output_writers": ("vlsdk.predict_io", "OutputWriter"),
+}
 
 
-def _instance_of(cls_name: str, obj: Any) -> str | None:
-    from vlsdk import predict_io
+def _task(obj: Any) -> str | None:
+    """A task class (its module defines ``Task`` subclasses) or a legacy pipeline recipe, by shape.
 
-    if isinstance(obj, getattr(predict_io, cls_name)):
+    Checked by what the object has, so the host imports neither ``vlsdk.tasks`` nor ``vlsdk.train``.
+    """
+    if isinstance(obj, type) and all(callable(getattr(obj, a, None)) for a in ("datasets", "build_model", "loss",
+                                                                                "evaluate")):
         return None
-    return f"expected a vlsdk.predict_io.{cls_name}, got {type(obj).__name__} {_short(obj)}"
+    if callable(getattr(obj, "run", None)) and hasattr(obj, "options") and hasattr(obj, "resolve"):
+        return None  # a legacy vlsdk.train.recipes.TrainRecipe
+    return (f"expected a vlsdk.tasks.Task subclass (or a legacy vlsdk.train.recipes.TrainRecipe), "
+            f"got {type(obj).__name__} {_short(obj)}")
+
+
+def _instance_of(module: str, cls_name: str, obj: Any) -> str | None:
+    cls = getattr(sys.modules.get(module), cls_name, None)
+    if isinstance(cls, type) and isinstance(obj, cls):
+        return None
+    return f"expected a {module}.{cls_name}, got {type(obj).__name__} {_short(obj)}"
 
 
 def _short(obj: Any, limit: int = 60) -> str:
     text = repr(obj)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One registry entry of another plugin that a plugin replaced (allowed by the user).
+
+    Attributes:
+        kind: the registry kind, e.g. ``"experts"``.
+        name: the entry's name.
+        previous: who had registered it, e.g. ``"plugin 'medical' (vlsdk 0.1.0)"``.
+    """
+
+    kind: str
+    name: str
+    previous: str
 
 
 @dataclass(frozen=True)
@@ -169,6 +213,10 @@ class PluginInfo:
         hint: how to fix it, e.g. ``pip install "vlsdk[medical]"``.
         entry_point: the entry point's target, e.g. ``"vlsdk_medical.plugin"``.
         traceback: the formatted traceback of the error, if any.
+        load_ms: milliseconds spent importing and registering it (``None`` if not tried).
+        replaced: the entries of other plugins it replaced (see ``VLSDK_ALLOW_REPLACE``).
+        extra: the extra of ``distribution`` that would make it load (status
+            ``"missing-extra"``), e.g. ``"industrial"``.
     """
 
     name: str
@@ -181,6 +229,9 @@ class PluginInfo:
     hint: str | None = None
     entry_point: str | None = None
     traceback: str | None = field(default=None, repr=False, compare=False)
+    load_ms: float | None = field(default=None, compare=False)
+    replaced: tuple[Replacement, ...] = ()
+    extra: str | None = None
 
     @property
     def origin(self) -> str:
@@ -192,6 +243,7 @@ class PluginInfo:
         data = asdict(self)
         data["hooks"] = list(self.hooks)
         data["registered"] = {kind: list(names) for kind, names in self.registered.items()}
+        data["replaced"] = [asdict(item) for item in self.replaced]
         if not with_traceback:
             data.pop("traceback")
         return data
@@ -202,9 +254,11 @@ class PluginHost:
 
     Args:
         discover: discover plugins from the ``group`` entry points (tests turn it off).
-        builtin: register the core plugin ``vlsdk`` (:mod:`vlsdk.plugins.builtin`).
+        builtin: register the core plugin ``vlsdk`` (the modules of ``core_modules``).
         group: the entry-point group.
         strict: re-raise plugin errors; ``None`` reads ``VLSDK_STRICT_PLUGINS`` at load time.
+        core_modules: the dotted names of the core plugin's modules; one that does not exist
+            (``ModuleNotFoundError`` for it or a parent package) is skipped silently.
 
     Example:
         >>> host = PluginHost(discover=False)
@@ -221,16 +275,20 @@ class PluginHost:
         builtin: bool = True,
         group: str = ENTRY_POINT_GROUP,
         strict: bool | None = None,
+        core_modules: Sequence[str] = CORE_PLUGIN_MODULES,
     ) -> None:
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.group = group
         self.discover = discover
         self.builtin = builtin
+        self.core_modules = tuple(core_modules)
         self._strict = strict
         self._registries: dict[str, Registry] = {kind: self._make_registry(kind) for kind in KINDS}
         self._infos: dict[str, PluginInfo] = {}
         self._changes: dict[str, list[Change]] = {}
+        self._members: dict[str, list[tuple[str, object]]] = {}
+        self._warned_slow_switch = False
         self._lock = threading.RLock()
         self._loaded = False
         self._loading = False
@@ -243,14 +301,10 @@ class PluginHost:
                 "Expert names look like '<group>.<name>' made of Python identifiers, "
                 "e.g. 'medical.lesion'."
             )
-        elif kind in _PREDICT_IO:
-            options = {"validate": functools.partial(_instance_of, _PREDICT_IO[kind])}
+        elif kind in ("input_readers", "output_writers"):
+            options = {"validate": functools.partial(_instance_of, *_INSTANCE_OF[kind])}
         elif kind == "tasks":
-            options = {
-                "validate": _recipe,
-                "name_pattern": _EXPERT_NAME,
-                "name_help": "Task names look like '<domain>.<task>', e.g. 'medical.lesion'.",
-            }
+            options = {"validate": _task}
         elif kind == "commands":
             options = {
                 "validate": _command,
@@ -272,13 +326,22 @@ class PluginHost:
         """Whether plugin errors are re-raised."""
         return _env.strict_plugins() if self._strict is None else self._strict
 
-    def registry(self, kind: str) -> Registry:
-        """The registry of ``kind`` (one of :data:`KINDS`), loading plugins first."""
+    def registry(self, kind: str, *, load: bool = True) -> Registry:
+        """The registry of ``kind`` (one of :data:`KINDS`), loading plugins first.
+
+        Args:
+            kind: the registry kind.
+            load: load the plugins first (``False``: what is registered so far).
+
+        Raises:
+            UnknownNameError: ``kind`` is not one of :data:`KINDS`.
+        """
         try:
             registry = self._registries[kind]
         except (KeyError, TypeError):
             raise UnknownNameError("registry kinds", kind, KINDS) from None
-        self.load()
+        if load:
+            self.load()
         return registry
 
     def plugin_infos(self) -> list[PluginInfo]:
@@ -308,17 +371,57 @@ class PluginHost:
                 return list(self._infos.values())
             self._loading = True
             try:
-                if self.builtin and _BUILTIN_NAME not in self._infos:
-                    from vlsdk.plugins import builtin
-                    from vlsdk.version import __version__
-
-                    self._add(builtin, _BUILTIN_NAME, "vlsdk", __version__, None)
+                self.load_core()
                 if self.discover:
                     self._load_entry_points()
                 self._loaded = True
             finally:
                 self._loading = False
             return list(self._infos.values())
+
+    def load_core(self) -> PluginInfo | None:
+        """Register the core plugin ``vlsdk`` only (idempotent; no entry point is read).
+
+        Each of its modules registers on its own: one whose import or hooks fail is warned about
+        and rolled back, the others stay (``VLSDK_STRICT_PLUGINS=1`` re-raises instead).
+
+        Returns:
+            Its :class:`PluginInfo`, or ``None`` when this host has no core plugin.
+        """
+        with self._lock:
+            if not self.builtin or _BUILTIN_NAME in self._infos:
+                return self._infos.get(_BUILTIN_NAME)
+            from vlsdk.version import __version__
+
+            started = time.perf_counter()
+            info = PluginInfo(_BUILTIN_NAME, "vlsdk", __version__, "loaded")
+            changes: list[Change] = []
+            done: list[tuple[str, object]] = []
+            for name in self.core_modules:
+                module_changes: list[Change] = []
+                module_done: list[tuple[str, object]] = []
+                try:
+                    module = _import_core_module(name)
+                    if module is None:
+                        continue  # not part of this install (yet)
+                    self._register_members([(name, module)], info, module_changes, module_done)
+                except BaseException as exc:  # noqa: BLE001 - one broken core module is skipped
+                    self._undo(module_changes, module_done)
+                    if isinstance(exc, KeyboardInterrupt) or self.strict:
+                        raise
+                    warnings.warn(
+                        f"vlsdk: core plugin module {name} failed to load and was skipped: "
+                        f"{type(exc).__name__}: {exc}",
+                        VlsdkPluginWarning,
+                        stacklevel=4,
+                    )
+                    continue
+                changes += module_changes
+                done += module_done
+            hooks = {hook for _, obj in done for hook in self._hooks_of(obj)}
+            info = self._store(replace(info, hooks=tuple(sorted(hooks))), changes, done, started)
+            self._warn_if_slow(info)
+            return info
 
     def _load_entry_points(self) -> None:
         only = _env.name_list(_env.LOAD)
@@ -356,53 +459,146 @@ class PluginHost:
                 reason = f"listed in {_env.DISABLE}"
                 self._infos[ep.name] = replace(info, status="disabled", error=reason)
                 continue
+            started = time.perf_counter()
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - isolate each plugin
-                self._fail(info, exc)
-                continue
-            self._add(plugin, ep.name, distribution, version, ep.value)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - isolate each plugin, SystemExit too
+                info = self._fail(replace(info, load_ms=_elapsed_ms(started)), exc)
+            else:
+                info = self._add([(ep.name, plugin)], ep.name, distribution, version, ep.value,
+                                 started=started)
+            self._warn_if_slow(info)
+
+    def _warn_if_slow(self, info: PluginInfo) -> None:
+        """Warn about a plugin whose load took longer than ``VLSDK_SLOW_PLUGIN_SECONDS``."""
+        try:
+            limit = _env.slow_seconds()
+        except ValueError as exc:  # a bad switch must not stop loading: say so, use the default
+            if not self._warned_slow_switch:
+                self._warned_slow_switch = True
+                warnings.warn(
+                    f"{exc}; using {_env.SLOW_DEFAULT_SECONDS:g} s", VlsdkPluginWarning, stacklevel=5
+                )
+            limit = _env.SLOW_DEFAULT_SECONDS
+        if info.load_ms is None or info.load_ms <= 1000 * limit:
+            return
+        warnings.warn(
+            f"vlsdk {info.origin} is slow to load: {info.load_ms / 1000:.2f} s to import and "
+            f"register (warned above {limit:g} s; set {_env.SLOW} to change, or "
+            f"{_env.DISABLE}={info.name} to skip it)",
+            VlsdkPluginWarning,
+            stacklevel=5,
+        )
 
     def _add(
         self,
-        plugin: object,
+        members: Sequence[tuple[str, object]],
         name: str,
         distribution: str | None,
         version: str | None,
         entry_point: str | None,
         *,
         strict: bool | None = None,
+        started: float | None = None,
     ) -> PluginInfo:
-        """Register one plugin with pluggy, validate it and call its register hooks."""
+        """Register one plugin, made of ``members`` ``(pluggy name, object)``, and call its hooks.
+
+        All or nothing: anything a member raises (``KeyboardInterrupt`` aside) marks the plugin
+        ``"error"`` and rolls back all it registered.
+        """
+        started = time.perf_counter() if started is None else started
         info = PluginInfo(
             name,
             distribution,
             version,
             "loaded",
-            hooks=self._hooks_of(plugin),
+            hooks=tuple(sorted({hook for _, obj in members for hook in self._hooks_of(obj)})),
             entry_point=entry_point,
         )
         changes: list[Change] = []
+        done: list[tuple[str, object]] = []
         try:
-            if plugin is None:
-                raise TypeError(f"plugin {name!r} is None: its entry point names no object")
-            if self.pm.register(plugin, name=name) is None:
-                self._infos[name] = replace(info, status="disabled", error="blocked in pluggy")
+            if not self._register_members(members, info, changes, done):
+                self._undo(changes, done)
+                info = replace(info, status="disabled", error="blocked in pluggy")
+                self._infos[name] = replace(info, load_ms=_elapsed_ms(started))
                 return self._infos[name]
-            self.pm.check_pending()
-            self._check_no_defaults(plugin, name)
-            self._call_register_hooks(plugin, info, changes)
-        except Exception as exc:  # noqa: BLE001 - isolate each plugin
-            _rollback(changes)
-            if self.pm.get_plugin(name) is plugin:
-                self.pm.unregister(plugin=plugin, name=name)
-            return self._fail(info, exc, strict=strict)
+        except BaseException as exc:  # noqa: BLE001 - isolate each plugin, SystemExit too
+            self._undo(changes, done)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return self._fail(replace(info, load_ms=_elapsed_ms(started)), exc, strict=strict)
+        return self._store(info, changes, done, started)
+
+    def _register_members(
+        self,
+        members: Sequence[tuple[str, object]],
+        info: PluginInfo,
+        changes: list[Change],
+        done: list[tuple[str, object]],
+    ) -> bool:
+        """Register ``members`` with pluggy, check them and call their register hooks.
+
+        Appends to ``changes`` and ``done`` as it goes (for :meth:`_undo`); ``False`` when pluggy
+        blocks a member.
+
+        Raises:
+            BaseException: whatever a member or one of its hooks raised.
+        """
+        for member_name, obj in members:
+            if obj is None:
+                raise TypeError(f"plugin {info.name!r} is None: its entry point names no object")
+            if self.pm.register(obj, name=member_name) is None:
+                return False
+            done.append((member_name, obj))
+        self.pm.check_pending()
+        for _, obj in done:
+            self._check_no_defaults(obj, info.name)
+        self._call_register_hooks([obj for _, obj in done], info, changes)
+        return True
+
+    def _undo(self, changes: list[Change], done: list[tuple[str, object]]) -> None:
+        """Roll back ``changes`` and unregister the ``done`` members from pluggy."""
+        _rollback(changes)
+        for member_name, obj in done:
+            if self.pm.get_plugin(member_name) is obj:
+                self.pm.unregister(plugin=obj, name=member_name)
+        done.clear()
+
+    def _store(
+        self,
+        info: PluginInfo,
+        changes: list[Change],
+        done: list[tuple[str, object]],
+        started: float,
+    ) -> PluginInfo:
+        """Record a loaded plugin: what it registered and replaced, its load time."""
         registered: dict[str, list[str]] = {}
         for registry, entry_name, _previous, _entry in changes:
             registered.setdefault(registry.kind, []).append(entry_name)
-        info = replace(info, registered={k: tuple(v) for k, v in registered.items()})
-        self._infos[name] = info
-        self._changes[name] = changes
+        replaced = tuple(
+            Replacement(registry.kind, entry_name, previous.origin)
+            for registry, entry_name, previous, _entry in changes
+            if previous is not None and previous.plugin != info.name
+        )
+        info = replace(
+            info,
+            registered={k: tuple(v) for k, v in registered.items()},
+            replaced=replaced,
+            load_ms=_elapsed_ms(started),
+        )
+        self._infos[info.name] = info
+        self._changes[info.name] = changes
+        self._members[info.name] = done
+        if replaced:
+            listed = "; ".join(f"{r.kind} {r.name!r} of {r.previous}" for r in replaced)
+            warnings.warn(
+                f"vlsdk {info.origin} replaced {listed} (allowed by {_env.ALLOW_REPLACE})",
+                VlsdkPluginWarning,
+                stacklevel=5,
+            )
         return info
 
     def _hooks_of(self, plugin: object) -> tuple[str, ...]:
@@ -429,16 +625,25 @@ class PluginHost:
                         "never pass them; remove the default",
                     )
 
-    def _call_register_hooks(self, plugin: object, info: PluginInfo, changes: list[Change]) -> None:
-        """Call ``plugin``'s ``vlsdk_register_<kind>`` hooks, and only its, kind by kind."""
-        others = [p for p in self.pm.get_plugins() if p is not plugin]
+    def _call_register_hooks(
+        self, objects: Sequence[object], info: PluginInfo, changes: list[Change]
+    ) -> None:
+        """Call the ``vlsdk_register_<kind>`` hooks of ``objects``, and only theirs, kind by kind."""
+        ids = {id(obj) for obj in objects}
+        others = [p for p in self.pm.get_plugins() if id(p) not in ids]
+        allowed = info.name in (_env.name_list(_env.ALLOW_REPLACE) or ())
         for kind in KINDS:
             caller = self.pm.subset_hook_caller(f"vlsdk_register_{kind}", others)
-            if not any(impl.plugin is plugin for impl in caller.get_hookimpls()):
+            if not any(id(impl.plugin) in ids for impl in caller.get_hookimpls()):
                 continue
             registrar_type = CommandRegistrar if kind == "commands" else Registrar
             registrar = registrar_type(
-                self._registries[kind], info.name, info.distribution, info.version, changes
+                self._registries[kind],
+                info.name,
+                info.distribution,
+                info.version,
+                changes,
+                allow_replace=allowed,
             )
             caller(register=registrar)
 
@@ -452,6 +657,7 @@ class PluginHost:
             status="missing-extra" if missing else "error",
             error=f"{type(exc).__name__}: {exc}",
             hint=exc.hint if isinstance(exc, MissingExtraError) else None,
+            extra=exc.extra if isinstance(exc, MissingExtraError) else None,
             registered={},
             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         )
@@ -533,7 +739,7 @@ class PluginHost:
                     f"({self._infos[name].status}); unregister_plugin({name!r}) first"
                 )
             try:
-                return self._add(plugin, name, distribution, version, None, strict=strict)
+                return self._add([(name, plugin)], name, distribution, version, None, strict=strict)
             except BaseException:
                 self._infos.pop(name, None)
                 raise
@@ -546,9 +752,9 @@ class PluginHost:
             except KeyError:
                 raise UnknownNameError("plugins", name, self._infos) from None
             _rollback(self._changes.pop(name, []))
-            plugin = self.pm.get_plugin(name)
-            if plugin is not None:
-                self.pm.unregister(plugin=plugin, name=name)
+            for member_name, obj in self._members.pop(name, []):
+                if self.pm.get_plugin(member_name) is obj:
+                    self.pm.unregister(plugin=obj, name=member_name)
             return info
 
     # -- building ------------------------------------------------------------------------------
@@ -584,6 +790,26 @@ def _core_object(kind: str, name: str) -> str | None:
 
     table = {"heads": builtin.CORE_HEADS, "experts": builtin.CORE_EXPERTS}.get(kind, {})
     return ".".join(table[name]) if name in table else None
+
+
+def _import_core_module(name: str) -> object | None:
+    """Import a core plugin module by name; ``None`` if it (or its package) does not exist."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name in _parents(name):
+            return None
+        raise
+
+
+def _parents(module: str) -> set[str]:
+    """``"a.b.c" -> {"a", "a.b", "a.b.c"}``."""
+    parts = module.split(".")
+    return {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
+def _elapsed_ms(started: float) -> float:
+    return round(1000 * (time.perf_counter() - started), 1)
 
 
 def _rollback(changes: list[Change]) -> None:

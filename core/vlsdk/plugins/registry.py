@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from vlsdk.plugins.errors import DuplicateNameError, UnknownNameError
+from vlsdk.plugins.errors import DuplicateNameError, ReplaceNotAllowedError, UnknownNameError
 
 __all__ = ["Registrar", "Registry", "RegistryEntry", "describe_origin"]
 
@@ -235,12 +235,17 @@ class Registrar:
     the plugin, its distribution and version; the host keeps the list of changes so that it can
     roll a failing plugin back, or unregister a plugin later.
 
+    ``replace=True`` over an entry of *another* plugin (or of a direct registration) raises
+    :class:`ReplaceNotAllowedError` unless ``allow_replace`` is true (the host sets it from
+    ``VLSDK_ALLOW_REPLACE``); replacing the plugin's own entry is always allowed.
+
     Attributes:
         registry: the registry written to.
         plugin: the plugin name entries are attributed to.
         distribution: the plugin's distribution, if known.
         version: the distribution's version, if known.
         changes: the registrations made so far (for rollback).
+        allow_replace: whether this plugin may replace another plugin's entries.
     """
 
     def __init__(
@@ -250,8 +255,11 @@ class Registrar:
         distribution: str | None = None,
         version: str | None = None,
         changes: list[Change] | None = None,
+        *,
+        allow_replace: bool = False,
     ) -> None:
         self.registry = registry
+        self.allow_replace = allow_replace
         self.plugin = plugin
         self.distribution = distribution
         self.version = version
@@ -270,8 +278,25 @@ class Registrar:
     def __call__(
         self, name: str, obj: Any, *, replace: bool = False, **metadata: Any
     ) -> RegistryEntry:
-        """Register ``obj`` under ``name`` for this plugin; see :meth:`Registry.register`."""
+        """Register ``obj`` under ``name`` for this plugin; see :meth:`Registry.register`.
+
+        Raises:
+            ReplaceNotAllowedError: ``replace=True`` over another plugin's entry without the
+                user's opt-in (``VLSDK_ALLOW_REPLACE``).
+            DuplicateNameError, ValueError, TypeError: as :meth:`Registry.register`.
+        """
         previous = self.registry._entries.get(name) if isinstance(name, str) else None
+        if (
+            replace
+            and previous is not None
+            and previous.plugin != self.plugin
+            and previous.obj is not obj
+            and not self.allow_replace
+        ):
+            incoming = describe_origin(self.plugin, self.distribution, self.version)
+            raise ReplaceNotAllowedError(
+                self.kind, name, previous.origin, incoming, plugin=self.plugin or "NAME"
+            )
         entry = self.registry.register(
             name,
             obj,
