@@ -25,6 +25,7 @@ import torch
 from vlsdk_driving.bev import BEVGrid, PillarEncoder
 from vlsdk_driving.metrics import NuScenesDetectionAP
 from vlsdk_driving.nuscenes_adapter import POINT_FIELDS
+from vlsdk_driving.nuscenes_source import add_source_arguments
 from vlsdk_driving.sample import DETECTION_CLASSES, Boxes3D, DrivingSample
 from vlsdk_driving.training import HEAD, augment, train_detector
 
@@ -381,6 +382,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: 1 with --quick on a CPU, which is fastest on shared "
                              "2-core runners, else torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_source_arguments(parser)  # --version, --lidar-channel, --camera-channels, --category-map of --nuscenes
 
 
 def _default_nuscenes() -> Path | None:
@@ -407,6 +409,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from vlsdk.train.distributed import barrier, init_from_env
     from vlsdk_driving.metrics import format_ap_table
     from vlsdk_driving.nuscenes_adapter import NuScenesDataset
+    from vlsdk_driving.nuscenes_eval import report_devkit_evaluation
+    from vlsdk_driving.nuscenes_source import NuScenesSource
     from vlsdk_driving.synth import NuScenesSceneSynthesizer, SceneRandomization
 
     t0 = time.perf_counter()
@@ -461,17 +465,21 @@ def run_demo(args: argparse.Namespace) -> int:
                                         f"{time.perf_counter() - t0:.1f} s)"))
     metrics: dict[str, Any] = {"synthetic": synth_result, "steps": trained.step, "final_loss": final_loss,
                                "out_of_time": trained.out_of_time}
+    metrics["synthetic_devkit"] = report_devkit_evaluation(  # submission JSON + DetectionEval: mAP, NDS, TP errors
+        test_ds, preds, out / "nuscenes_eval" / "synthetic", "held-out synthetic scenes (nuscenes-devkit DetectionEval)")
     render_bev(test[0], preds[0], out / "bev_synthetic.png", grid,
                title="held-out synthetic scene: ground truth (green), predictions (red)")
     real_root = args.nuscenes or _default_nuscenes()
     if real_root is not None:
-        real_ds = NuScenesDataset(real_root, min_distance=1.0)
+        real_ds = NuScenesSource.from_args(args).open(real_root, min_distance=1.0)
         real = [real_ds[i] for i in range(len(real_ds))]
         real_preds = predict(detector, real, device=args.device, amp=amp)
         real_result = evaluate_detector(real_preds, real, grid)
         print(format_ap_table(real_result, f"real nuScenes keyframe(s) in {real_root} "
                                            f"({time.perf_counter() - t0:.1f} s)"))
         metrics["nuscenes"] = real_result
+        metrics["nuscenes_devkit"] = report_devkit_evaluation(
+            real_ds, real_preds, out / "nuscenes_eval" / "nuscenes", f"{real_root} (nuscenes-devkit DetectionEval)")
         render_bev(real[0], real_preds[0], out / "bev_nuscenes.png", grid,
                    title=f"real nuScenes {real[0].token[:12]}: ground truth (green), predictions (red)")
         cam = "CAM_FRONT" if "CAM_FRONT" in real[0].cameras else next(iter(real[0].cameras), None)

@@ -9,8 +9,11 @@ range noise, point dropout, the LiDAR's mounting yaw and a few unannotated backg
 
 The output has the devkit's 13 tables in ``<root>/<version>/``, ``samples/LIDAR_TOP/*.pcd.bin``
 (5 float32 per point: x, y, z, intensity, ring), ``samples/CAM_*/*.jpg`` (one front camera or the
-six nuScenes cameras with their calibrations) and a placeholder map PNG; annotation ``prev``/``next``
-links make ``NuScenes.box_velocity`` work. With ``sweeps > 0`` non-keyframe LiDAR sweeps at 20 Hz go
+six nuScenes cameras with their calibrations), a placeholder map PNG and ``<version>/splits.json``
+naming every scene in the split :data:`SYNTHETIC_SPLIT`, the devkit's custom-split file, so
+``DetectionEval(nusc, config, result_path, eval_set="synthetic")`` evaluates on them; annotation
+``prev``/``next`` links make ``NuScenes.box_velocity`` work. ``category_names`` writes another
+fleet's category names (e.g. Lyft's) instead of nuScenes' fine categories. With ``sweeps > 0`` non-keyframe LiDAR sweeps at 20 Hz go
 to ``sweeps/LIDAR_TOP/`` (``is_key_frame`` false, each with its own ego pose along the trajectory,
 linked ``prev``/``next`` with the keyframes), so multi-sweep merging (``NuScenesDataset(nsweeps=10)``,
 the devkit's ``LidarPointCloud.from_file_multisweep``) has real history to merge. The sensor rig
@@ -38,7 +41,7 @@ from vlsdk_driving.synth_sensors import (
 )
 
 __all__ = ["CLASS_SIZES", "CLASS_SPEEDS", "FINE_CATEGORY", "SceneRandomization", "NuScenesSceneSynthesizer",
-           "raycast_boxes", "NUSCENES_CAMERAS", "SWEEP_INTERVAL"]
+           "raycast_boxes", "NUSCENES_CAMERAS", "SWEEP_INTERVAL", "SYNTHETIC_SPLIT"]
 
 #: Mean ``(length, width, height)`` per class, metres (about the nuScenes means).
 CLASS_SIZES: dict[str, tuple[float, float, float]] = {
@@ -58,6 +61,8 @@ FINE_CATEGORY: dict[str, str] = {
     "motorcycle": "vehicle.motorcycle", "pedestrian": "human.pedestrian.adult",
     "traffic_cone": "movable_object.trafficcone", "barrier": "movable_object.barrier",
 }
+#: The custom split (``<version>/splits.json``) that holds every written scene.
+SYNTHETIC_SPLIT = "synthetic"
 #: Seconds between LiDAR sweeps (20 Hz); keyframes are 10 sweeps (0.5 s) apart.
 SWEEP_INTERVAL = 0.05
 _KEYFRAME_INTERVAL = 0.5
@@ -131,6 +136,8 @@ class NuScenesSceneSynthesizer:
             nuScenes has 9, filling the 0.5 s between keyframes), 0 to 9.
         image_size: ``(width, height)`` of the camera images.
         randomization: the randomisation ranges.
+        category_names: the category name written for some detection classes (default
+            :data:`FINE_CATEGORY`), e.g. ``{"truck": "other_vehicle"}`` for a Lyft-style table.
 
     The keyframes, their boxes and the first camera's images do not depend on ``sweeps`` or on
     the other cameras: those draw from their own generator.
@@ -145,7 +152,8 @@ class NuScenesSceneSynthesizer:
     def __init__(self, num_scenes: int = 2, samples_per_scene: int = 3, *, version: str = "v1.0-mini",
                  lidar_channel: str = "LIDAR_TOP", camera_channel: str | None = "CAM_FRONT",
                  camera_channels: Sequence[str] | None = None, sweeps: int = 0,
-                 image_size: Sequence[int] = (320, 180), randomization: SceneRandomization | None = None) -> None:
+                 image_size: Sequence[int] = (320, 180), randomization: SceneRandomization | None = None,
+                 category_names: Mapping[str, str] | None = None) -> None:
         if not isinstance(num_scenes, int) or num_scenes < 1:
             raise ValueError(f"num_scenes must be an int >= 1, got {num_scenes!r}")
         if not isinstance(samples_per_scene, int) or samples_per_scene < 1:
@@ -156,6 +164,10 @@ class NuScenesSceneSynthesizer:
         if not isinstance(sweeps, int) or not 0 <= sweeps <= between:
             raise ValueError(f"sweeps must be an int from 0 to {between} (20 Hz sweeps between 2 Hz keyframes), "
                              f"got {sweeps!r}")
+        names = dict(category_names or {})
+        if set(names) - set(DETECTION_CLASSES) or not all(isinstance(v, str) and v for v in names.values()):
+            raise ValueError(f"category_names must map detection classes {DETECTION_CLASSES} to non-empty names, "
+                             f"got {names}")
         if camera_channels is not None:
             unknown = [c for c in camera_channels if c not in NUSCENES_CAMERAS]
             if unknown or len(set(camera_channels)) != len(camera_channels):
@@ -176,6 +188,8 @@ class NuScenesSceneSynthesizer:
         self.sweeps = sweeps
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.randomization = randomization or SceneRandomization()
+        #: detection class -> the category name written to ``category.json``.
+        self.category_names: dict[str, str] = {**FINE_CATEGORY, **names}
         #: sample token -> the boxes placed, in that sample's LiDAR frame (filled by :meth:`write`).
         self.truth: dict[str, Boxes3D] = {}
 
@@ -255,8 +269,8 @@ class NuScenesSceneSynthesizer:
             "category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log",
             "scene", "sample", "sample_data", "sample_annotation", "map")}
         cat_tokens = {name: _token(rng) for name in DETECTION_CLASSES}
-        tables["category"] = [{"token": cat_tokens[n], "name": FINE_CATEGORY[n], "description": f"synthetic {n}"}
-                              for n in DETECTION_CLASSES]
+        tables["category"] = [{"token": cat_tokens[n], "name": self.category_names[n],
+                               "description": f"synthetic {n}"} for n in DETECTION_CLASSES]
         for i, level in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"), 1):
             tables["visibility"].append({"token": str(i), "level": level, "description": f"visibility {level}"})
         lidar_sensor, first_cam = _token(rng), _token(rng)
@@ -280,6 +294,7 @@ class NuScenesSceneSynthesizer:
         table_dir.mkdir(parents=True, exist_ok=True)
         for name, rows in tables.items():
             (table_dir / f"{name}.json").write_text(json.dumps(rows, indent=0))
+        (table_dir / "splits.json").write_text(json.dumps({SYNTHETIC_SPLIT: [s["name"] for s in tables["scene"]]}))
         return root
 
     def _write_scene(self, root: Path, tables: dict[str, list[dict]], name: str, timestamp: int,
