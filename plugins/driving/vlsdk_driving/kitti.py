@@ -12,6 +12,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -32,6 +33,9 @@ KITTI_TO_DETECTION: dict[str, str] = {
 }
 
 _CALIB_SHAPES = {"P2": (3, 4), "R0_rect": (3, 3), "Tr_velo_to_cam": (3, 4)}
+#: The numeric columns 2-15 of a KITTI label line, by name (for error messages).
+_LABEL_FIELDS = ("truncated", "occluded", "alpha", "bbox_left", "bbox_top", "bbox_right", "bbox_bottom", "height",
+                 "width", "length", "x", "y", "z", "rotation_y")
 
 
 def read_kitti_velodyne(path: str | Path) -> np.ndarray:
@@ -64,8 +68,8 @@ def read_kitti_calib(path: str | Path) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: a line that is not ``key: numbers``, or a missing/mis-sized ``P2``,
-            ``R0_rect`` or ``Tr_velo_to_cam`` (the message names the file and line).
+        ValueError: a line that is not ``key: numbers``, a non-finite value, or a missing/mis-sized
+            ``P2``, ``R0_rect`` or ``Tr_velo_to_cam`` (the message names the file, line and key).
     """
     path = Path(path)
     if not path.is_file():
@@ -81,6 +85,10 @@ def read_kitti_calib(path: str | Path) -> dict[str, np.ndarray]:
             calib[key.strip()] = np.array([float(v) for v in values.split()], dtype=np.float64)
         except ValueError as exc:
             raise ValueError(f"{path}:{lineno}: expected 'key: numbers', got {line!r} ({exc})") from None
+        bad = np.flatnonzero(~np.isfinite(calib[key.strip()]))
+        if len(bad):
+            raise ValueError(f"{path}:{lineno}: calibration {key.strip()} has {len(bad)} non-finite value(s) (first at "
+                             f"position {int(bad[0])}: {values.split()[bad[0]]}); expected finite numbers")
     for key, shape in _CALIB_SHAPES.items():
         if key not in calib or calib[key].size != shape[0] * shape[1]:
             raise ValueError(f"{path}: expected {key} with {shape[0] * shape[1]} values, got "
@@ -94,8 +102,8 @@ def _homogeneous(m: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_kitti_labels(path: str | Path, rect_from_velo: np.ndarray,
-                      skipped: Counter[str] | None = None) -> Boxes3D:
+def read_kitti_labels(path: str | Path, rect_from_velo: np.ndarray, skipped: Counter[str] | None = None,
+                      on_error: Literal["raise", "skip"] = "raise") -> Boxes3D:
     """3D boxes of a KITTI ``label_2/*.txt`` file, moved into the Velodyne frame.
 
     Args:
@@ -104,17 +112,23 @@ def read_kitti_labels(path: str | Path, rect_from_velo: np.ndarray,
         rect_from_velo: ``(4, 4)`` ``R0_rect @ Tr_velo_to_cam``.
         skipped: a counter for skipped lines (types outside :data:`KITTI_TO_DETECTION`, boxes
             with a non-positive size); warned about, never silent.
+        on_error: a label of a kept type with a non-finite number (NaN, inf): ``"raise"`` a
+            ``ValueError`` naming the file, line and column; ``"skip"`` the line (counted as
+            ``nonfinite_label``, one warning per file).
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: a line without 15 numeric columns (the message names file and line).
+        ValueError: a line without 15 numeric columns, or a non-finite number in a kept label
+            (``on_error="raise"``); the message names file, line and column.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"KITTI label file is missing: {path}")
     skipped = Counter() if skipped is None else skipped
     velo_from_rect = np.linalg.inv(rect_from_velo)
-    rows, labels = [], []
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    rows, labels, nonfinite = [], [], []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -132,6 +146,13 @@ def read_kitti_labels(path: str | Path, rect_from_velo: np.ndarray,
                 warnings.warn(f"{path}:{lineno}: skipped KITTI type {kind!r} (no nuScenes detection class)",
                               DataWarning, stacklevel=2)
             continue
+        bad = [f for f, v in zip(_LABEL_FIELDS, values, strict=True) if not np.isfinite(v)]
+        if bad:
+            detail = f"{path}:{lineno}: non-finite {', '.join(bad)} in a {kind} label; expected finite numbers"
+            if on_error == "raise":
+                raise ValueError(detail)
+            nonfinite.append(detail)
+            continue
         h, w, length, x, y, z, ry = values[7:14]
         if not (h > 0 and w > 0 and length > 0):
             skipped["bad_box"] += 1
@@ -142,14 +163,18 @@ def read_kitti_labels(path: str | Path, rect_from_velo: np.ndarray,
         heading = velo_from_rect[:3, :3] @ np.array([np.cos(ry), 0.0, -np.sin(ry)])
         rows.append([*centre[:3], length, w, h, np.arctan2(heading[1], heading[0])])
         labels.append(class_index(KITTI_TO_DETECTION[kind]))
+    if nonfinite:
+        skipped["nonfinite_label"] += len(nonfinite)
+        warnings.warn(f"skipped {len(nonfinite)} label line(s) with non-finite numbers (on_error='skip'); first: "
+                      f"{nonfinite[0]}", DataWarning, stacklevel=2)
     if not rows:
         return Boxes3D.empty()
     return Boxes3D(np.array(rows), np.array(labels))
 
 
 def load_kitti_frame(velodyne: str | Path, calib: str | Path, label: str | Path | None = None,
-                     image: str | Path | None = None, frame_id: str | None = None,
-                     skipped: Counter[str] | None = None) -> DrivingSample:
+                     image: str | Path | None = None, frame_id: str | None = None, skipped: Counter[str] | None = None,
+                     on_error: Literal["raise", "skip"] = "raise") -> DrivingSample:
     """One KITTI frame as a :class:`DrivingSample` in the Velodyne frame.
 
     Args:
@@ -159,6 +184,9 @@ def load_kitti_frame(velodyne: str | Path, calib: str | Path, label: str | Path 
         image: the ``image_2`` picture (``None``: no camera view).
         frame_id: the sample token (default: the scan's stem).
         skipped: a counter for skipped points and labels.
+        on_error: what a non-finite number in a label does (see :func:`read_kitti_labels`);
+            non-finite calibration values always raise, non-finite points are always dropped
+            (counted, warned).
 
     Example:
         >>> s = load_kitti_frame("velodyne/000008.bin", "calib/000008.txt", "label_2/000008.txt")  # doctest: +SKIP
@@ -176,7 +204,7 @@ def load_kitti_frame(velodyne: str | Path, calib: str | Path, label: str | Path 
     points = np.concatenate([raw[:, :3], raw[:, 3:4] * 255.0, np.zeros((len(raw), 1), np.float32)], 1)
     cal = read_kitti_calib(calib)
     rect_from_velo = _homogeneous(cal["R0_rect"]) @ _homogeneous(cal["Tr_velo_to_cam"])
-    boxes = Boxes3D.empty() if label is None else read_kitti_labels(label, rect_from_velo, skipped)
+    boxes = Boxes3D.empty() if label is None else read_kitti_labels(label, rect_from_velo, skipped, on_error)
     cameras = {}
     if image is not None:
         from PIL import Image
@@ -208,6 +236,8 @@ class KittiDataset:
         label_dir: folder of ``<id>.txt`` labels (``None``/absent: no boxes).
         image_dir: folder of ``<id>.png`` images (``None``/absent: no camera).
         frame_ids: only these frames (default: every scan in ``velodyne_dir``, sorted).
+        on_error: ``"raise"`` on a label line with a non-finite number (naming file, line and
+            column) or ``"skip"`` it, counted in :attr:`skipped` and warned about.
 
     Raises:
         ValueError: neither ``root`` nor ``velodyne_dir`` and ``calib_dir`` given.
@@ -216,7 +246,8 @@ class KittiDataset:
 
     def __init__(self, root: str | Path | None = None, *, velodyne_dir: str | Path | None = None,
                  calib_dir: str | Path | None = None, label_dir: str | Path | None = None,
-                 image_dir: str | Path | None = None, frame_ids: Sequence[str] | None = None) -> None:
+                 image_dir: str | Path | None = None, frame_ids: Sequence[str] | None = None,
+                 on_error: Literal["raise", "skip"] = "raise") -> None:
         base = Path(root) if root is not None else None
 
         def pick(given: str | Path | None, sub: str) -> Path | None:
@@ -238,6 +269,7 @@ class KittiDataset:
             if not (self.calib_dir / f"{i}.txt").is_file():
                 raise FileNotFoundError(f"KITTI frame {i}: calibration {self.calib_dir / f'{i}.txt'} is missing")
         self.frame_ids = ids
+        self.on_error = on_error
         #: what was skipped so far (DontCare and other types, NaN points, bad boxes), by reason.
         self.skipped: Counter[str] = Counter()
 
@@ -250,4 +282,5 @@ class KittiDataset:
         image = self.image_dir / f"{i}.png" if self.image_dir is not None else None
         return load_kitti_frame(self.velodyne_dir / f"{i}.bin", self.calib_dir / f"{i}.txt",
                                 label if label is not None and label.is_file() else None,
-                                image if image is not None and image.is_file() else None, i, self.skipped)
+                                image if image is not None and image.is_file() else None, i, self.skipped,
+                                self.on_error)
