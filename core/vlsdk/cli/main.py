@@ -82,12 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _top_level(host: PluginHost, args_list: list[str]) -> int:
-    """``vlsdk [--help | --version]``: parse with the core commands, loading no plugin."""
-    if not host.loaded:
-        failed = _load_plugins(host, core_only=True)
-        if failed is not None:
-            return failed
-    parser, _ = build_parser(host, load=False, configure=False)
+    """``vlsdk [--help | --version]``: parse with the commands known so far, loading no plugin.
+
+    Before plugins are loaded these are :data:`vlsdk.cli.commands.CORE_COMMANDS`, read without
+    the plugin host (whose core plugin imports torch for its heads).
+    """
+    if host.loaded:
+        entries = host.registry("commands").entries()
+    else:
+        from vlsdk.cli.commands import CORE_COMMANDS
+
+        entries = [RegistryEntry(c.name, c, _CORE, "vlsdk", __version__) for c in CORE_COMMANDS]
+    parser, _ = _parser(entries, plugins_loaded=host.loaded, configure=False)
     try:
         parser.parse_args(args_list)
     except SystemExit as exc:  # --help, --version, usage errors
@@ -123,12 +129,12 @@ def _unavailable_command(host: PluginHost, word: str) -> str | None:
     return "\n".join(lines)
 
 
-def _load_plugins(host: PluginHost, *, core_only: bool = False) -> int | None:
+def _load_plugins(host: PluginHost) -> int | None:
     """Load plugins, printing their warnings briefly; an exit status if strict loading failed."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", VlsdkPluginWarning)
         try:
-            host.load_core() if core_only else host.load()
+            host.load()
         except KeyboardInterrupt:
             raise
         except BaseException:  # noqa: BLE001 - strict mode re-raised a plugin's error
@@ -148,26 +154,25 @@ def _load_plugins(host: PluginHost, *, core_only: bool = False) -> int | None:
     return None
 
 
-def build_parser(
-    host: PluginHost, *, load: bool = True, configure: bool = True
-) -> tuple[argparse.ArgumentParser, dict[str, str]]:
-    """The argument parser with one subcommand per registered command.
-
-    Args:
-        host: the plugin host whose ``commands`` registry to read.
-        load: load the plugins first (``False``: the commands registered so far).
-        configure: call each command's ``configure`` (``False``: names and help only, enough
-            for ``vlsdk --help``).
+def build_parser(host: PluginHost) -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The argument parser with one subcommand per registered command (loads the plugins).
 
     Returns:
         ``(parser, broken)`` where ``broken`` maps the commands whose ``configure`` raised to
         the error to report when they are invoked.
     """
+    return _parser(host.registry("commands").entries(), plugins_loaded=True, configure=True)
+
+
+def _parser(
+    entries: Sequence[RegistryEntry], *, plugins_loaded: bool, configure: bool
+) -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The parser of ``entries``; ``configure=False`` adds names and help only (top level)."""
     epilog = (
         "Run `vlsdk COMMAND --help` for a command's options. Plugins add commands "
         "through the vlsdk_register_commands hook; `vlsdk plugins` lists them."
     )
-    if not host.loaded:
+    if not plugins_loaded:
         by_plugin: dict[str, list[str]] = {}
         for command, plugin in PLUGIN_COMMANDS.items():
             by_plugin.setdefault(plugin, []).append(command)
@@ -184,7 +189,7 @@ def build_parser(
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     broken: dict[str, str] = {}
-    for entry in host.registry("commands", load=load).entries():
+    for entry in entries:
         command = entry.obj
         help_ = command.help if entry.plugin == _CORE else f"{command.help} [{entry.origin}]"
         sub = subparsers.add_parser(

@@ -326,12 +326,8 @@ class PluginHost:
         """Whether plugin errors are re-raised."""
         return _env.strict_plugins() if self._strict is None else self._strict
 
-    def registry(self, kind: str, *, load: bool = True) -> Registry:
+    def registry(self, kind: str) -> Registry:
         """The registry of ``kind`` (one of :data:`KINDS`), loading plugins first.
-
-        Args:
-            kind: the registry kind.
-            load: load the plugins first (``False``: what is registered so far).
 
         Raises:
             UnknownNameError: ``kind`` is not one of :data:`KINDS`.
@@ -340,8 +336,7 @@ class PluginHost:
             registry = self._registries[kind]
         except (KeyError, TypeError):
             raise UnknownNameError("registry kinds", kind, KINDS) from None
-        if load:
-            self.load()
+        self.load()
         return registry
 
     def plugin_infos(self) -> list[PluginInfo]:
@@ -371,7 +366,7 @@ class PluginHost:
                 return list(self._infos.values())
             self._loading = True
             try:
-                self.load_core()
+                self._load_core()
                 if self.discover:
                     self._load_entry_points()
                 self._loaded = True
@@ -379,8 +374,8 @@ class PluginHost:
                 self._loading = False
             return list(self._infos.values())
 
-    def load_core(self) -> PluginInfo | None:
-        """Register the core plugin ``vlsdk`` only (idempotent; no entry point is read).
+    def _load_core(self) -> PluginInfo | None:
+        """Register the core plugin ``vlsdk`` (idempotent).
 
         Each of its modules registers on its own: one whose import or hooks fail is warned about
         and rolled back, the others stay (``VLSDK_STRICT_PLUGINS=1`` re-raises instead).
@@ -419,9 +414,8 @@ class PluginHost:
                 changes += module_changes
                 done += module_done
             hooks = {hook for _, obj in done for hook in self._hooks_of(obj)}
-            info = self._store(replace(info, hooks=tuple(sorted(hooks))), changes, done, started)
-            self._warn_if_slow(info)
-            return info
+            # its load time is reported, never warned about: it imports torch for every plugin
+            return self._store(replace(info, hooks=tuple(sorted(hooks))), changes, done, started)
 
     def _load_entry_points(self) -> None:
         only = _env.name_list(_env.LOAD)
