@@ -1,0 +1,111 @@
+"""Build registered components (datasets, transforms, metrics, synthesizers) from config specs.
+
+A spec is a registered name, or a mapping with ``name`` and the factory's options::
+
+    dataset: coco                                   # a name
+    dataset: {name: coco, annotations: train.json}  # a name and options
+    transforms: [resize, {name: flip, p: 0.5}]      # a pipeline
+
+The task may offer context by keyword (``root``, ``size``, ``seed``, ``train``, ``transform``,
+``class_names``...): each is passed only when the factory takes a parameter of that name and the
+spec does not set it, so a plugin's factory states what it needs in its own signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from vlsdk.plugins.errors import UnknownNameError
+from vlsdk.plugins.manager import get_registry
+
+__all__ = ["Compose", "build", "build_pipeline", "spec_name"]
+
+Spec = str | Mapping[str, Any]
+
+
+def spec_name(spec: Spec, where: str) -> tuple[str, dict[str, Any]]:
+    """``(name, options)`` of a spec; errors name ``where`` (e.g. ``"config.yaml: metric"``)."""
+    if isinstance(spec, str) and spec:
+        return spec, {}
+    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+        return spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    raise ValueError(f"{where}: expected a registered name or a mapping with 'name' and options, got {spec!r}")
+
+
+def build(kind: str, spec: Spec, where: str, **context: Any) -> Any:
+    """The component of registry ``kind`` named by ``spec``, built with its options and the context it takes.
+
+    Args:
+        kind: the registry (``"datasets"``, ``"transforms"``, ``"metrics"``, ``"synthesizers"``).
+        spec: a name or ``{name: ..., **options}``.
+        where: the config key, for errors.
+        **context: values offered to the factory by parameter name.
+
+    Raises:
+        ValueError: an unknown name (naming the closest registered one), or options the factory
+            rejects (naming the factory and the key).
+    """
+    name, options = spec_name(spec, where)
+    try:
+        entry = get_registry(kind).get(name)
+    except UnknownNameError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    factory: Callable[..., Any] = entry.obj
+    accepted = _parameters(factory)
+    offered = {k: v for k, v in context.items() if k not in options and (accepted is None or k in accepted)}
+    if accepted is not None:
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise ValueError(f"{where}: {kind[:-1]} {name!r} ({entry.origin}) takes no option {unknown[0]!r}; "
+                             f"its options: {', '.join(sorted(accepted)) or 'none'}")
+    try:
+        return factory(**options, **offered)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: building {kind[:-1]} {name!r} ({entry.origin}) failed: {exc}") from exc
+
+
+def build_pipeline(specs: Sequence[Spec] | None, where: str, **context: Any) -> Compose | None:
+    """A :class:`Compose` of registered transforms (``None`` for no transform)."""
+    if not specs:
+        return None
+    if isinstance(specs, (str, Mapping)):
+        specs = [specs]
+    return Compose([build("transforms", s, f"{where}[{i}]", **context) for i, s in enumerate(specs)])
+
+
+class Compose:
+    """Apply transforms in order: ``sample -> sample``.
+
+    Args:
+        transforms: callables ``sample -> sample``.
+
+    Example:
+        >>> Compose([lambda s: s + 1, lambda s: s * 2])(1)
+        4
+    """
+
+    def __init__(self, transforms: Sequence[Callable[[Any], Any]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Any) -> Any:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+    @property
+    def dropped(self) -> int:
+        """Boxes the transforms dropped (the sum of their ``dropped`` counters, where they keep one)."""
+        return sum(int(getattr(t, "dropped", 0)) for t in self.transforms)
+
+
+def _parameters(factory: Callable[..., Any]) -> set[str] | None:
+    """The keyword names ``factory`` takes (``None`` when it takes ``**kwargs`` or cannot be inspected)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

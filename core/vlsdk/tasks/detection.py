@@ -1,0 +1,177 @@
+"""``detection``: a box detector composed from registered parts, for any dataset adapter.
+
+A config names the dataset adapter (``coco``, ``voc``, ``industrial.deeppcb``...), the transforms,
+the metric, the experts to insert and the head, all by registered name; no Python is needed::
+
+    task: detection
+    dataset: {name: coco, annotations: annotations.json}
+    experts: [industrial.pcb_defect]
+    image_size: 512
+
+Samples follow the core format (:mod:`vlsdk.data.samples`): ``image`` ``(H, W, C)`` uint8,
+``boxes`` ``(n, 4)`` xyxy pixels, ``labels`` ``(n,)``. Evaluation reports COCO mAP@0.5:0.95 (the
+primary metric ``map``), mAP@0.5, mAP@0.75 and DeepPCB's IoU > 0.33 criterion, per class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlsdk.tasks.components import build
+from vlsdk.tasks.data import split_datasets, synthetic_set
+from vlsdk.tasks.protocol import Stage, Task
+from vlsdk.tasks.runner import autocast, model_device
+from vlsdk.tasks.settings import RunSettings, help_field
+
+if TYPE_CHECKING:
+    from vlsdk.models.model import VLModel
+
+__all__ = ["DetectionSettings", "DetectionTask", "class_names", "float_output"]
+
+#: A component named by its registered name, or ``{name: ..., **options}``.
+ComponentSpec = Any
+
+
+@dataclass
+class DetectionSettings(RunSettings):
+    """Settings of :class:`DetectionTask` (every :class:`RunSettings` field, and these)."""
+
+    out: Path = help_field(Path("runs/detection"), "output folder: model/, metrics.json, report/, pictures")
+    dataset: ComponentSpec = help_field({"name": "coco"}, "dataset adapter (registered name, or {name, options})")
+    val_dataset: ComponentSpec = help_field(None, "validation adapter (none: hold out val_fraction of dataset)")
+    val_fraction: float = help_field(0.2, "share of the dataset held out for validation when no val_dataset")
+    channels: int = help_field(3, "input channels the adapter delivers (1 grey, 3 RGB)")
+    image_size: int = help_field(512, "samples are resized to image_size x image_size (a multiple of 32)")
+    transforms: ComponentSpec = help_field(["resize", "flip"], "training transforms by registered name")
+    eval_transforms: ComponentSpec = help_field(["resize"], "evaluation transforms by registered name")
+    metric: ComponentSpec = help_field("detection.map", "the metric by registered name")
+    experts: list[str] = help_field([], "registered experts inserted into every MoE layer")
+    head: str = help_field("detection", "the registered head")
+    synthesizer: ComponentSpec = help_field(None, "registered synthesizer for pre-training and mixing")
+    synthetic_pretrain_steps: int = help_field(0, "steps on synthetic samples only, before training")
+    synthetic_samples: int = help_field(1000, "synthetic samples in the pre-training set")
+    score_threshold: float = help_field(0.3, "detections drawn and predicted from this score up")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")
+        if self.synthetic_pretrain_steps < 0 or self.synthetic_samples < 1:
+            raise ValueError("synthetic_pretrain_steps must be >= 0 and synthetic_samples >= 1")
+        if self.synthetic_pretrain_steps and self.synthesizer is None:
+            raise ValueError("synthetic_pretrain_steps needs a synthesizer (a registered name)")
+
+
+def float_output(output: Any) -> Any:
+    """A head output dataclass with its tensors cast to float32 (for losses and decoding after autocast)."""
+    import torch
+
+    return dataclasses.replace(output, **{f.name: getattr(output, f.name).float() for f in dataclasses.fields(output)
+                                          if isinstance(getattr(output, f.name), torch.Tensor)})
+
+
+def class_names(data: Any) -> tuple[str, ...]:
+    """A dataset's ``classes`` (required of detection and segmentation adapters)."""
+    names = getattr(data, "classes", None)
+    if not names:
+        raise ValueError(f"dataset {type(data).__name__} has no 'classes' attribute naming its labels")
+    return tuple(str(n) for n in names)
+
+
+class DetectionTask(Task):
+    """Box detection on any registered dataset adapter (see the module docstring)."""
+
+    name = "detection"
+    settings_type = DetectionSettings
+    primary_metric = "map"
+    description = "box detection on any registered dataset adapter (COCO, VOC, DeepPCB...): COCO mAP"
+    quick = {"model": "tiny", "image_size": 128, "batch_size": 2, "max_steps": 4, "epochs": 1, "draw": 2,
+             "progress": False, "synthetic_samples": 8}
+    head = "detection"
+
+    def datasets(self, settings: DetectionSettings, split: str) -> Any:
+        return split_datasets(settings, split, train_transforms=settings.transforms,
+                              eval_transforms=settings.eval_transforms, size=settings.image_size,
+                              channels=settings.channels, on_error="skip")
+
+    def stages(self, settings: DetectionSettings) -> list[Stage]:
+        if not settings.synthetic_pretrain_steps:
+            return []
+        from vlsdk.tasks.components import build_pipeline
+
+        transform = build_pipeline(settings.transforms, "transforms", train=True, seed=settings.seed,
+                                   size=settings.image_size, channels=settings.channels)
+        data = synthetic_set(settings.synthesizer, settings.synthetic_samples, settings.seed, transform,
+                             channels=settings.channels)
+        return [Stage("pretrain", data, settings.synthetic_pretrain_steps)]
+
+    def build_model(self, settings: DetectionSettings, data: Any) -> VLModel:
+        from vlsdk import VLModel
+
+        image = data[0]["image"]
+        model = VLModel(settings.model, in_chans=int(image.shape[-1]), text=None)
+        for expert in settings.experts:
+            if model.moe_layers:
+                model.add_expert(expert, init_bias=0.0)
+        model.add_head(self.head, task=settings.head, num_classes=len(class_names(data)))
+        return model
+
+    def loss(self, model: VLModel, batch: Any) -> Any:
+        images, targets, _ = batch
+        out = model(images, heads=[self.head])
+        return model.heads[self.head].loss(float_output(out[self.head]), targets)
+
+    def _detect(self, model: VLModel, data: Any, settings: DetectionSettings, score_threshold: float):
+        """Yield ``(detections, targets, samples)`` per batch of ``data``."""
+        from torch.utils.data import DataLoader
+
+        device = model_device(model)
+        loader = DataLoader(data, batch_size=settings.batch_size, shuffle=False, collate_fn=self.collate,
+                            num_workers=settings.num_workers)
+        head = model.heads[self.head]
+        for images, targets, samples in loader:
+            with autocast(settings, device):
+                out = model(images.to(device), heads=[self.head])
+            yield head.decode(float_output(out[self.head]), score_threshold=score_threshold), targets, samples
+
+    def evaluate(self, model: VLModel, data: Any, settings: DetectionSettings) -> dict[str, Any]:
+        names = class_names(data)
+        metric = build("metrics", settings.metric, "metric", class_names=names)
+        for dets, targets, _ in self._detect(model, data, settings, score_threshold=0.001):
+            metric.update([{"boxes": d.boxes.cpu().numpy(), "scores": d.scores.cpu().numpy(),
+                            "labels": d.labels.cpu().numpy()} for d in dets], targets)
+        result = metric.compute()
+        return result.as_dict() if hasattr(result, "as_dict") else dict(result)
+
+    def predict(self, model: VLModel, data: Any, settings: DetectionSettings) -> list[dict[str, Any]]:
+        import numpy as np
+
+        names, rows = class_names(data), []
+        for dets, _, samples in self._detect(model, data, settings, settings.score_threshold):
+            for d, s in zip(dets, samples, strict=True):
+                h, w = s.get("size", (settings.image_size, settings.image_size))
+                scale = np.array([w / settings.image_size, h / settings.image_size] * 2)
+                rows.append({"path": s.get("path"), "image_id": s.get("image_id"),
+                             "boxes": (d.boxes.cpu().numpy() * scale).round(2).tolist(),
+                             "scores": d.scores.cpu().numpy().round(4).tolist(),
+                             "labels": [names[int(k)] for k in d.labels.cpu()]})
+        return rows
+
+    def metadata(self, settings: DetectionSettings, data: Any) -> dict[str, Any]:
+        names = class_names(data)
+        channels = getattr(data, "channel_names", None) or (("gray",) if settings.channels == 1 else ("r", "g", "b"))
+        return {"task": self.name, "class_names": {self.head: list(names)},
+                "input": {"channels": list(channels), "scaling": "divide_255",
+                          "image_size": [settings.image_size, settings.image_size]}}
+
+    def render(self, model: VLModel, data: Any, settings: DetectionSettings, path: Path) -> Path | None:
+        from vlsdk.tasks.drawing import draw_boxes_grid
+
+        names, tiles = class_names(data), []
+        subset = [data[i] for i in range(min(settings.draw, len(data)))]
+        for dets, _, samples in self._detect(model, subset, settings, settings.score_threshold):
+            tiles += [(s, d) for d, s in zip(dets, samples, strict=True)]
+        return draw_boxes_grid(tiles, names, path)

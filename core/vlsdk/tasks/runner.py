@@ -1,0 +1,305 @@
+"""The runner: what every task repeats, written once.
+
+:func:`train` seeds, joins ``torchrun``, resolves the device and precision, turns epochs into steps
+against the global batch, runs the task's extra stages and the main stage with the core
+:class:`~vlsdk.train.Trainer` under one time budget, then on rank 0 evaluates, saves the model
+(``save_pretrained`` plus ``task.json``), writes ``metrics.json``, the pictures and ``report.html``.
+:func:`load` and :func:`evaluate` bring a saved task model back.
+
+Output folder (``settings.out``)::
+
+    model/            config.json, model.safetensors, task.json (task name and settings)
+    train/            the Trainer's checkpoint, metrics.jsonl, curves.png (one folder per stage)
+    metrics.json      {"task", "primary_metric", "primary", "metrics", "steps", "seconds", ...}
+    predictions.png   a few validation samples drawn by the task
+    report.html       metrics, curves and pictures
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlsdk.tasks.protocol import Task
+from vlsdk.tasks.settings import RunSettings
+
+if TYPE_CHECKING:
+    import torch
+
+    from vlsdk.models.model import VLModel
+
+__all__ = ["RunResult", "TASK_FILE", "autocast", "evaluate", "jsonable", "load", "model_device", "train"]
+
+#: Written beside a saved model: the task's registered name and its settings.
+TASK_FILE = "task.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        task: the task's name.
+        out: the output folder.
+        metrics: the evaluation (empty on ranks other than 0 under ``torchrun``).
+        primary: ``(name, value)`` of the task's primary metric (``None`` on other ranks).
+        model_dir: the saved model (``None`` on other ranks).
+        steps: optimiser steps of the main stage.
+        seconds: wall time of the whole run.
+    """
+
+    task: str
+    out: Path
+    metrics: dict[str, Any]
+    primary: tuple[str, float] | None
+    model_dir: Path | None
+    steps: int
+    seconds: float
+
+
+def train(task: Task, settings: RunSettings) -> RunResult:
+    """Train ``task`` with ``settings`` end to end and write its outputs under ``settings.out``.
+
+    Args:
+        task: the task.
+        settings: an instance of ``task.settings_type``.
+
+    Raises:
+        ValueError: no data folder set, an empty or too small training set, or an evaluation
+            without the task's primary metric.
+    """
+    import torch
+
+    from vlsdk.train.distributed import init_from_env
+
+    started = time.perf_counter()
+    _check_settings(task, settings)
+    rank, world = init_from_env(settings.device)  # under torchrun: join before anything goes to "cuda"
+    _seed(settings.seed)
+    train_set = task.datasets(settings, "train")
+    val_set = task.datasets(settings, "val") if rank == 0 else None
+    model = task.build_model(settings, train_set)
+    steps = settings.epochs * max(1, len(train_set) // (settings.batch_size * world))  # global batches
+    steps = min(steps, settings.max_steps) if settings.max_steps is not None else steps
+    stages: list[dict[str, Any]] = []
+    for stage in task.stages(settings):
+        fit = _fit(task, model, stage.data, settings, steps=stage.steps, folder=stage.name,
+                   max_seconds=_left(settings.max_seconds, started))
+        stages.append({"name": stage.name, "steps": fit.step, "samples": len(stage.data), **_losses(fit)})
+    fit = _fit(task, model, train_set, settings, steps=steps, folder="train",
+               max_seconds=_left(settings.max_seconds, started))
+    if rank != 0:
+        return RunResult(task.name, settings.out, {}, None, None, fit.step, time.perf_counter() - started)
+    with torch.no_grad():
+        metrics = task.evaluate(model.eval(), val_set, settings)
+    primary = _primary(task, metrics)
+    model_dir = save(task, settings, model, train_set, settings.out / "model")
+    picture = task.render(model, val_set, settings, settings.out / "predictions.png") if settings.draw else None
+    summary = {
+        "task": task.name, "primary_metric": primary[0], "primary": primary[1], "metrics": metrics,
+        "steps": fit.step, "stages": stages, "train_samples": len(train_set), "val_samples": len(val_set),
+        **_losses(fit), "seconds": time.perf_counter() - started, "device": str(model_device(model)),
+        "model": str(model_dir), "predictions_png": str(picture) if picture else None,
+        "settings": jsonable(dataclasses.asdict(settings)),
+    }
+    _write_json(settings.out / METRICS_FILE, summary)
+    _report(task, settings, summary, picture)
+    return RunResult(task.name, settings.out, metrics, primary, model_dir, fit.step, summary["seconds"])
+
+
+def save(task: Task, settings: RunSettings, model: VLModel, data: Any, directory: Path) -> Path:
+    """``save_pretrained`` plus ``task.json`` (the task's name and settings) and the task's metadata."""
+    meta = task.metadata(settings, data)
+    if meta and hasattr(model, "metadata"):
+        model.metadata = _metadata(model, meta)
+    model.save_pretrained(directory)
+    record = {"task": task.name, "settings": jsonable(dataclasses.asdict(settings)), "metadata": jsonable(meta)}
+    _write_json(directory / TASK_FILE, record)
+    return directory
+
+
+def load(model_dir: str | Path, overrides: Mapping[str, Any] | None = None, *,
+         where: str = "command line") -> tuple[Task, RunSettings, VLModel]:
+    """The task, its settings (as saved, then ``overrides``) and the model of a saved task model.
+
+    Args:
+        model_dir: a folder written by :func:`train` (``out/model``).
+        overrides: settings to change (e.g. ``{"data": "other/folder"}``).
+        where: where the overrides come from, for errors.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` has no ``task.json``.
+        ValueError: an unreadable ``task.json``, an unknown task, or bad overrides.
+    """
+    from vlsdk.models.model import VLModel
+    from vlsdk.settings import settings_from
+    from vlsdk.tasks.registry import get_task
+
+    model_dir = Path(model_dir)
+    path = model_dir / TASK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {model_dir} was not saved by a vlsdk task "
+                                "(vlsdk train CONFIG writes out/model/task.json)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        name, saved = record["task"], record["settings"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: expected a JSON object with 'task' and 'settings' ({exc})") from None
+    task = get_task(name)
+    settings = settings_from(task.settings_type, saved, str(path))
+    if overrides:
+        settings = settings_from(task.settings_type, dict(overrides), where, base=settings)
+    model = VLModel.from_pretrained(model_dir, map_location=_device(settings.device))
+    return task, settings, model
+
+
+def evaluate(model_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate a saved task model on its validation split; write ``metrics.json`` under ``settings.out``.
+
+    Args:
+        model_dir: a folder written by :func:`train`.
+        overrides: settings to change, e.g. ``{"data": DIR, "out": "runs/eval"}``.
+
+    Returns:
+        ``{"task", "primary_metric", "primary", "metrics", "model"}``.
+    """
+    import torch
+
+    task, settings, model = load(model_dir, overrides)
+    _check_settings(task, settings)
+    _seed(settings.seed)
+    with torch.no_grad():
+        metrics = task.evaluate(model.eval(), task.datasets(settings, "val"), settings)
+    name, value = _primary(task, metrics)
+    summary = {"task": task.name, "primary_metric": name, "primary": value, "metrics": metrics,
+               "model": str(model_dir), "settings": jsonable(dataclasses.asdict(settings))}
+    _write_json(Path(settings.out) / METRICS_FILE, summary)
+    return summary
+
+
+# -- helpers the tasks share ----------------------------------------------------------------------
+def model_device(model: Any) -> torch.device:
+    """The device of a model's parameters."""
+    return next(model.parameters()).device
+
+
+def autocast(settings: RunSettings, device: torch.device) -> Any:
+    """The autocast context of ``settings.precision`` on ``device`` (a no-op for ``"off"``)."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with paths as strings, tuples as lists and non-finite floats as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        return jsonable(value.item())
+    return value
+
+
+# -- internals --------------------------------------------------------------------------------------
+def _check_settings(task: Task, settings: RunSettings) -> None:
+    if not isinstance(settings, task.settings_type):
+        raise TypeError(f"task {task.name!r} takes {task.settings_type.__name__}, got {type(settings).__name__}")
+    if settings.data is None:
+        raise ValueError(f"task {task.name!r}: no data folder; set data=DIR (in the config or on the command line)")
+    if not Path(settings.data).exists():
+        raise FileNotFoundError(f"task {task.name!r}: data folder {settings.data} does not exist "
+                                f"(relative paths are relative to {Path.cwd()})")
+
+
+def _seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _left(budget: float | None, started: float) -> float | None:
+    return None if budget is None else max(0.0, budget - (time.perf_counter() - started))
+
+
+def _fit(task: Task, model: VLModel, data: Any, settings: RunSettings, *, steps: int, folder: str,
+         max_seconds: float | None) -> Any:
+    from vlsdk.train import TrainConfig, Trainer
+
+    config = TrainConfig(steps=steps, batch_size=settings.batch_size, lr=settings.lr,
+                         weight_decay=settings.weight_decay, warmup_steps=max(1, steps // 20),
+                         amp=settings.precision, device=settings.device, num_workers=settings.num_workers,
+                         seed=settings.seed, out_dir=str(Path(settings.out) / folder), progress=settings.progress,
+                         progress_label=folder, log_every=max(1, min(10, steps // 4)), clip_grad=settings.clip_grad,
+                         max_seconds=max_seconds)
+    return Trainer(model, task.loss, data, config, collate_fn=task.collate).fit()
+
+
+def _losses(fit: Any) -> dict[str, Any]:
+    losses = [row["loss"] for row in fit.train if "loss" in row]
+    return {"first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+
+
+def _primary(task: Task, metrics: Mapping[str, Any]) -> tuple[str, float]:
+    if task.primary_metric not in metrics:
+        raise ValueError(f"task {task.name!r}: evaluate() returned no primary metric {task.primary_metric!r} "
+                         f"(keys: {sorted(metrics)})")
+    return task.primary_metric, float(metrics[task.primary_metric])
+
+
+def _metadata(model: Any, meta: Mapping[str, Any]) -> Any:
+    """The model's metadata object updated with the task's (where the model class has one)."""
+    current = model.metadata
+    if hasattr(current, "to_dict") and hasattr(type(current), "from_dict"):
+        merged = {**current.to_dict(), **{k: v for k, v in meta.items() if v is not None}}
+        return type(current).from_dict(merged)
+    return meta
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(data), indent=2) + "\n", encoding="utf-8")
+
+
+def _report(task: Task, settings: RunSettings, summary: Mapping[str, Any], picture: Path | None) -> None:
+    from vlsdk.report import Report
+
+    report = Report(f"vlsdk task {task.name}", subtitle=task.description or None)
+    report.section("Evaluation", f"Primary metric {summary['primary_metric']}: {summary['primary']:.4f} on "
+                                 f"{summary['val_samples']} validation samples.")
+    report.add_metrics({k: v for k, v in summary["metrics"].items() if not isinstance(v, (dict, list))})
+    report.section("Training", f"{summary['steps']} steps on {summary['train_samples']} samples in "
+                               f"{summary['seconds']:.1f} s on {summary['device']}.")
+    curves = Path(settings.out) / "train" / "curves.png"
+    if curves.is_file():
+        report.add_image(curves, caption="training losses", name="curves.png")
+    if picture is not None and Path(picture).is_file():
+        report.section("Predictions").add_image(picture, caption="validation samples: ground truth and predictions",
+                                                name="predictions.png")
+    report.section("Settings").add_table([{"setting": k, "value": str(v)} for k, v in summary["settings"].items()])
+    html_dir = Path(settings.out) / "report"
+    report.write(html_dir)
