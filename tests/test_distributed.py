@@ -84,6 +84,7 @@ def _nan_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
         cfg = config(out_dir, batch_size=2)
         cfg.save_every = 1
+        cfg.max_skipped_steps = 0  # stop at the first non-finite step, not skip it
         trainer = Trainer(model(), loss_on_rank1_explodes, data(), cfg)
         message = ""
         try:

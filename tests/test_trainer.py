@@ -94,7 +94,8 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
         loss = seg_loss(model, batch)["loss"]
         return loss * float("nan") if trainer.step >= 2 else loss
 
-    trainer = Trainer(make_model(), exploding, data, config(tmp_path, save_every=1))
+    # max_skipped_steps=0: stop at the first non-finite step (tests/robustness/test_nonfinite_steps.py: skipping)
+    trainer = Trainer(make_model(), exploding, data, config(tmp_path, save_every=1, max_skipped_steps=0))
     with pytest.raises(FloatingPointError, match="at step 3"):
         trainer.fit()
     state = torch.load(tmp_path / "run" / "checkpoint" / "trainer_state.pt", weights_only=True)

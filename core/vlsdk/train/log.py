@@ -4,11 +4,64 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "plot_curves"]
+__all__ = ["MetricsLog", "plot_curves", "read_jsonl", "rewrite_jsonl"]
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a training log (one JSON object with a ``"step"`` per line); ``[]`` without the file.
+
+    A run killed while appending leaves its last line cut short: that line is dropped with one
+    warning naming the file and the line. Any other line that is not such an object is an error.
+
+    Args:
+        path: a ``metrics.jsonl`` or ``routing.jsonl``.
+
+    Raises:
+        ValueError: a line before the last is not a JSON object with a ``"step"`` (names the file,
+            the line and what to do).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == last:
+                warnings.warn(f"{path}: line {i + 1} is cut short ({err.msg}), as a run killed while writing it "
+                              f"leaves it; the line is dropped", stacklevel=2)
+                continue
+            raise ValueError(f"{path}: line {i + 1} is not JSON ({err}); every line must be one JSON object. "
+                             f"Delete or repair that line to resume") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(f"{path}: line {i + 1}: expected a JSON object with an integer \"step\", got "
+                             f"{line.strip()[:80]!r}; delete or repair that line to resume")
+        rows.append(row)
+    return rows
+
+
+def rewrite_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Replace ``path`` by ``rows``, one JSON line each, atomically (a kill leaves the old file or the new one).
+
+    Args:
+        path: the log file.
+        rows: its new content.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -25,19 +78,17 @@ class MetricsLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "metrics.jsonl"
         rows = self.rows() if resume is not None else []
-        kept = [r for r in rows if r["step"] <= resume] if resume is not None else []
-        with self.path.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+        rewrite_jsonl(self.path, [r for r in rows if r["step"] <= resume] if resume is not None else [])
 
     def write(self, split: str, step: int, values: dict[str, float]) -> None:
+        """Append one row: ``{"split", "step", **values}``."""
         row = {"split": split, "step": step, **{k: float(v) for k, v in values.items()}}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        """The rows so far (see :func:`read_jsonl`)."""
+        return read_jsonl(self.path)
 
     def finish(self) -> dict[str, Path]:
         """Write ``metrics.csv`` and ``curves.png`` (when matplotlib is installed)."""

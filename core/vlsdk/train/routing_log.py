@@ -27,6 +27,7 @@ from torch import nn
 
 from vlsdk.models.encoder import HybridEncoder
 from vlsdk.models.features import EncoderFeatures
+from vlsdk.train.log import read_jsonl, rewrite_jsonl
 
 __all__ = ["RoutingLog", "ROUTING_JSONL", "ROUTING_PNG"]
 
@@ -62,8 +63,7 @@ class RoutingLog:
         kept = [r for r in rows if r["step"] <= resume] if resume is not None else []
         if kept or self.path.exists():
             self.directory.mkdir(parents=True, exist_ok=True)
-            with self.path.open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
+            rewrite_jsonl(self.path, kept)
 
     def _hook(self, encoder: int):
         def hook(module: nn.Module, args: Any, out: EncoderFeatures) -> None:
@@ -114,10 +114,8 @@ class RoutingLog:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
 
     def rows(self) -> list[dict[str, Any]]:
-        """The rows of ``routing.jsonl`` so far."""
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        """The rows of ``routing.jsonl`` so far (a line cut short by a kill is dropped with a warning)."""
+        return read_jsonl(self.path)
 
     def close(self) -> None:
         """Remove the forward hooks (idempotent)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +34,12 @@ from vlsdk.train.distributed import (
 from vlsdk.train.log import MetricsLog
 from vlsdk.train.routing_log import RoutingLog
 
-__all__ = ["Trainer", "TrainResult", "warmup_cosine", "to_device"]
+__all__ = ["Trainer", "TrainResult", "recover_checkpoint", "warmup_cosine", "to_device"]
 
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | Mapping[str, torch.Tensor]"]
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
 CHECKPOINT = "checkpoint"
-STATE = "trainer_state.pt"
+STATE = "trainer_state.pt"  # written last (under a temporary name, then renamed): its presence marks a whole checkpoint
 WORLD = "train_world.json"  # beside train_config.json: how many ranks ran it, the global batch, the backend
 
 
@@ -131,6 +133,21 @@ class Trainer:
     ``train_config.json`` and ``train_world.json``
     (``world_size``, ``global_batch``, ``backend``).
 
+    A non-finite step is skipped, not fatal: when a micro-batch's loss (on any rank: the ranks agree
+    through one all-reduce) or, with ``clip_grad``, the gradient norm is NaN or infinite, the
+    optimiser does not step, the gradients are zeroed, a warning names the step and the loss terms,
+    and the step is logged with ``skipped_steps`` (the run's total; present in rows from the first
+    skip on). As ``torch.amp.GradScaler`` does, the skipped step still counts: its data is consumed
+    and the learning-rate schedule advances, so the schedule and the data order stay those of the
+    step count and resume stays exact. ``config.max_skipped_steps`` skips in a row are tolerated;
+    the next one raises ``FloatingPointError`` (every rank at the same step; checkpoints are kept).
+    With fp16 an infinite gradient norm is the gradient scaler's to handle (it skips the step and
+    lowers the scale); it is not counted.
+
+    Checkpoints are written to ``checkpoint.tmp`` and swapped in by renames. A start finds what a
+    kill during a save left: a complete ``checkpoint.tmp`` (its ``trainer_state.pt`` present) is
+    the newest checkpoint and is moved into place with a warning; nothing complete is deleted.
+
     Example:
         >>> trainer = Trainer(model, loss_fn, dataset, TrainConfig(steps=100, out_dir="runs/x"))  # doctest: +SKIP
         >>> result = trainer.fit()  # doctest: +SKIP
@@ -146,18 +163,22 @@ class Trainer:
                              f"({config.batch_size} x {self.world} ranks)")
         self.device = _resolve_device(config.device, self.world)
         self.model = model.to(self.device)
+        self.out_dir = Path(config.out_dir)
+        if self.rank == 0:
+            recover_checkpoint(self.out_dir / CHECKPOINT)  # before any caller asks whether there is one
         broadcast_model(self.model)
         self.loss_fn, self.eval_fn, self.train_set, self.collate_fn = loss_fn, eval_fn, train_set, collate_fn
         self.amp_dtype = _amp_dtype(config.amp, self.device)
         self.optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
         self.scheduler = warmup_cosine(self.optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        self.out_dir = Path(config.out_dir)
         self.step = 0
         self.samples_seen = 0  # global batches drawn x global batch size: the data position for resume
         self.stop_after: int | None = None  # for tests and callers: stop (as if killed) after this step
         self.batch_indices: list[int] = []  # dataset indices of this rank's current micro-batch
         self.saved_step: int | None = None  # the step of the last checkpoint written or loaded
+        self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient, in this run
+        self.skipped_in_a_row = 0
 
     # -- data ---------------------------------------------------------------------------------
     def _indices(self, samples_seen: int):
@@ -190,14 +211,21 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write model weights and the full training state to ``out_dir/checkpoint`` (atomically, rank 0)."""
+        """Write model weights and the full training state to ``out_dir/checkpoint`` (atomically, rank 0).
+
+        The checkpoint is written to ``checkpoint.tmp`` (``trainer_state.pt`` last, by a rename),
+        then swapped in: ``checkpoint`` -> ``checkpoint.old``, ``checkpoint.tmp`` -> ``checkpoint``,
+        ``checkpoint.old`` removed. A kill at any point leaves a complete checkpoint that
+        :func:`recover_checkpoint` finds.
+        """
         final = self.out_dir / CHECKPOINT
         self.saved_step = self.step
         if self.rank != 0:
             barrier()
             return final
-        tmp = self.out_dir / (CHECKPOINT + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = _sibling(final, ".tmp")
+        recover_checkpoint(final)  # a complete checkpoint.tmp left by a kill goes into place, never into the bin
+        shutil.rmtree(tmp, ignore_errors=True)  # what is left is a save killed before its state was written
         tmp.mkdir(parents=True)
         if hasattr(self.model, "save_pretrained"):
             self.model.save_pretrained(tmp)
@@ -212,6 +240,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "skipped_steps": self.skipped_steps,
+            "skipped_in_a_row": self.skipped_in_a_row,
             "config": self.config.to_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -221,17 +251,30 @@ class Trainer:
                 "python_gauss": random.getstate()[2],
             },
         }
-        torch.save(state, tmp / STATE)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        torch.save(state, tmp / (STATE + ".partial"))
+        os.replace(tmp / (STATE + ".partial"), tmp / STATE)
+        _swap_in(tmp, final)
         barrier()
         return final
 
     def load_checkpoint(self, directory: str | Path | None = None) -> int:
-        """Restore weights and training state; returns the step to continue from."""
+        """Restore weights and training state; returns the step to continue from.
+
+        Args:
+            directory: a checkpoint directory; default ``out_dir/checkpoint``. A complete
+                ``<directory>.tmp`` left by a run killed while saving is moved into place first.
+
+        Raises:
+            FileNotFoundError: no complete checkpoint (the message says what was found there).
+            ValueError: the checkpoint was trained with another model configuration, or its
+                state cannot be read.
+        """
         directory = Path(directory) if directory is not None else self.out_dir / CHECKPOINT
+        if self.rank == 0:
+            recover_checkpoint(directory)
+        barrier()
         if not (directory / STATE).is_file():
-            raise FileNotFoundError(f"{directory / STATE} is missing: nothing to resume from")
+            raise FileNotFoundError(_nothing_to_resume(directory))
         config_path = directory / "config.json"
         if config_path.is_file() and hasattr(self.model, "config"):
             saved = json.loads(config_path.read_text(encoding="utf-8"))["backbone"]
@@ -244,11 +287,13 @@ class Trainer:
 
         weights = load_file(str(directory / "model.safetensors"), device=str(self.device))
         self.model.load_state_dict(weights)
-        state = torch.load(directory / STATE, map_location="cpu", weights_only=True)
+        state = _read_state(directory / STATE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))  # absent in checkpoints written before skipping
+        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
         self.saved_step = self.step
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -281,6 +326,10 @@ class Trainer:
         if resume:
             self.load_checkpoint(None if resume is True else resume)
         else:
+            if self.rank == 0 and (self.out_dir / CHECKPOINT / STATE).is_file():
+                warnings.warn(f"training starts afresh in {self.out_dir}, which holds a checkpoint of an earlier run: "
+                              f"this run's first save replaces it; fit(resume=True) continues it instead, another "
+                              f"out_dir keeps it", stacklevel=2)
             torch.manual_seed(cfg.seed)
             random.seed(cfg.seed)
             np.random.seed(cfg.seed)
@@ -304,13 +353,14 @@ class Trainer:
                 row["samples_per_s"] = self.global_batch * cfg.grad_accum / step_s
                 row["data_share"] = row["data_wait_s"] / step_s
                 self.step += 1
+                skipped = "skipped_steps" in row and self.skipped_in_a_row > 0
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['samples_per_s']:.1f}",
                                     data=f"{row['data_share']:.0%}")
                 if cfg.max_seconds is not None and self.step < cfg.steps:  # every rank stops at the same step
                     out_of_time = bool(flagged_ranks(time.perf_counter() - started >= cfg.max_seconds, self.device))
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time:
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps or out_of_time or skipped:
                     row |= self._peak_memory()  # every rank is here at the same step: its all-reduce matches
                     row["elapsed_s"] = time.perf_counter() - started  # wall time: host syncs and collectives count
                     result.train.append({"step": self.step, **row})
@@ -370,9 +420,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         waited = 0.0  # seconds spent waiting for the input pipeline (a starved GPU shows here)
+        why: str | None = None  # set when this step is skipped: what was non-finite
         for micro in range(cfg.grad_accum):
             t0 = time.perf_counter()
-            batch = to_device(next(batches), self.device)
+            batch = next(batches)
+            if why is not None:  # skipped: still draw the step's micro-batches, so the data order stays the same
+                waited += time.perf_counter() - t0
+                continue
+            batch = to_device(batch, self.device)
             waited += time.perf_counter() - t0
             with self._autocast():
                 out = self.loss_fn(self.model, batch)
@@ -384,34 +439,147 @@ class Trainer:
             if aux is not None:
                 total = total + cfg.aux_loss_weight * aux + cfg.z_loss_weight * z
                 losses |= {"aux_loss": aux, "z_loss": z}
-            # every rank learns which ranks saw a non-finite loss, so all stop at this same step
+            # every rank learns which ranks saw a non-finite loss, so all skip (or stop at) this same step
             bad = flagged_ranks(not bool(torch.isfinite(total)), self.device)
             if bad:
-                raise FloatingPointError(self._nonfinite_message(float(total.detach()), micro, bad))
+                terms = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in losses.items()}
+                why = self._nonfinite_loss(float(total.detach()), terms, micro, bad)
+                sums = terms  # the row of a skipped step shows the terms that were not finite
+                continue
             self.scaler.scale(total / cfg.grad_accum).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v) / cfg.grad_accum
-        allreduce_gradients(self.model)
+        if why is None:
+            allreduce_gradients(self.model)
         sums = allreduce_mean(sums, self.device)
-        if cfg.clip_grad is not None:
+        if cfg.clip_grad is not None and why is None:
             self.scaler.unscale_(self.optimizer)
             sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            if not math.isfinite(sums["grad_norm"]) and not self.scaler.is_enabled():
+                # the gradients were averaged over the ranks already: every rank sees the same norm
+                why = (f"non-finite gradient norm {sums['grad_norm']} at step {self.step + 1} (loss terms "
+                       f"{ {k: v for k, v in sums.items() if k != 'grad_norm'} })")
+        if why is None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.skipped_in_a_row = 0
+        else:
+            self._skip(why)
+            sums["skipped_steps"] = self.skipped_steps
+        if self.skipped_steps and "skipped_steps" not in sums:
+            sums["skipped_steps"] = self.skipped_steps
         sums["lr"] = self.scheduler.get_last_lr()[0]
         sums["data_wait_s"] = waited
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a skipped first step makes torch warn that the schedule stepped before the optimiser: on purpose
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.scheduler.step()
         return sums
 
-    def _nonfinite_message(self, loss: float, micro: int, ranks: list[int]) -> str:
+    def _skip(self, why: str) -> None:
+        """Skip this optimiser step (zero the gradients, count it, warn) or stop after too many in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.skipped_in_a_row += 1
+        limit = self.config.max_skipped_steps
+        if self.skipped_in_a_row > limit:
+            if self.saved_step is None:
+                kept = "no checkpoint was written yet"
+            else:
+                kept = f"the last good checkpoint (step {self.saved_step}) in {self.out_dir / CHECKPOINT} is kept"
+            raise FloatingPointError(f"{why}; {self.skipped_in_a_row} non-finite step(s) in a row, more than "
+                                     f"max_skipped_steps={limit}: every rank stopped at this step and {kept}")
+        warnings.warn(f"{why}; step {self.step + 1} skipped (no parameter update; {self.skipped_in_a_row} in a row "
+                      f"of max_skipped_steps={limit}, {self.skipped_steps} in this run)", RuntimeWarning,
+                      stacklevel=3)
+
+    def _nonfinite_loss(self, loss: float, terms: dict[str, float], micro: int, ranks: list[int]) -> str:
         where = "" if self.world == 1 else f" on rank(s) {ranks} of {self.world}"
         mine = f"loss {loss}" if self.rank in ranks else f"this rank's loss {loss} was finite"
-        if self.saved_step is None:
-            kept = "no checkpoint was written yet"
-        else:
-            kept = f"the last good checkpoint (step {self.saved_step}) in {self.out_dir / CHECKPOINT} is kept"
-        return (f"non-finite loss{where} at step {self.step + 1}, micro-batch {micro} ({mine}; rank {self.rank}'s "
-                f"batch: dataset indices {self.batch_indices}); every rank stopped at this step and {kept}")
+        return (f"non-finite loss{where} at step {self.step + 1}, micro-batch {micro} ({mine}; loss terms {terms}; "
+                f"rank {self.rank}'s batch: dataset indices {self.batch_indices})")
+
+
+def recover_checkpoint(directory: str | Path) -> bool:
+    """Put back the newest complete checkpoint a kill during :meth:`Trainer.save_checkpoint` left beside ``directory``.
+
+    A save writes ``<directory>.tmp`` (its ``trainer_state.pt`` last), then renames
+    ``<directory>`` -> ``<directory>.old`` and ``<directory>.tmp`` -> ``<directory>``. A complete
+    ``.tmp`` (``trainer_state.pt`` present and readable) is the newest checkpoint: it is swapped in
+    with a warning. A ``.old`` is removed only once ``<directory>`` is complete. Nothing else is touched.
+
+    Args:
+        directory: the checkpoint directory (``out_dir/checkpoint``).
+
+    Returns:
+        Whether a checkpoint was moved into place.
+    """
+    directory = Path(directory)
+    tmp, old = _sibling(directory, ".tmp"), _sibling(directory, ".old")
+    moved = False
+    if (tmp / STATE).is_file() and (tmp / "model.safetensors").is_file():
+        try:
+            step = int(torch.load(tmp / STATE, map_location="cpu", weights_only=True)["step"])
+        except Exception:  # noqa: BLE001 - a state file cut short by a kill (older vlsdk wrote it in place)
+            step = None
+        if step is not None:
+            where = f"{directory} (step {_saved_step(directory)})" if (directory / STATE).is_file() else \
+                f"no complete {directory}"
+            warnings.warn(f"{tmp} is a complete checkpoint (step {step}) that a run killed while saving left "
+                          f"behind, with {where}: moved into place as {directory}", stacklevel=2)
+            _swap_in(tmp, directory)
+            moved = True
+    if not (directory / STATE).is_file() and (old / STATE).is_file() and not directory.exists():
+        warnings.warn(f"{old} (step {_saved_step(old)}) is the only complete checkpoint, left by a run killed while "
+                      f"saving: moved back into place as {directory}", stacklevel=2)
+        old.rename(directory)
+        moved = True
+    if (directory / STATE).is_file() and old.exists():
+        shutil.rmtree(old, ignore_errors=True)  # the swap finished: the previous checkpoint is superseded
+    return moved
+
+
+def _sibling(directory: Path, suffix: str) -> Path:
+    return directory.with_name(directory.name + suffix)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """``tmp`` becomes ``final``; at every instant one complete checkpoint exists under one of the names."""
+    old = _sibling(final, ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _saved_step(directory: Path) -> int | str:
+    try:
+        return int(torch.load(directory / STATE, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # noqa: BLE001 - only for a message
+        return "unknown"
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a damaged file
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); the checkpoint is damaged. Start "
+                         f"without resume to train afresh, or resume from a copy of an intact checkpoint") from None
+
+
+def _nothing_to_resume(directory: Path) -> str:
+    """Why ``directory`` cannot be resumed from: what is there and what to do."""
+    tmp = _sibling(directory, ".tmp")
+    if tmp.exists():
+        weights = "with" if (tmp / "model.safetensors").is_file() else "without"
+        return (f"{directory / STATE} is missing: nothing to resume from. {tmp} is a checkpoint a run killed while "
+                f"saving left unfinished (no readable {STATE}, {weights} model.safetensors). Start without resume "
+                f"to train afresh (the next save replaces it); its weights, if complete, load with "
+                f"vlsdk.VLModel.from_pretrained({str(tmp)!r})")
+    if directory.exists():
+        return f"{directory / STATE} is missing: {directory} is not a complete training checkpoint, nothing to resume"
+    return f"{directory / STATE} is missing: nothing to resume from (no checkpoint was saved in {directory.parent})"
 
 
 def _resolve_device(device: str, world: int = 1) -> torch.device:
