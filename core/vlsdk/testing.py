@@ -15,8 +15,8 @@ Fixtures:
 
 Helpers (plain functions, usable without pytest):
 
-- :func:`check_expert` builds an expert and checks the expert contract: shape, dtype, finite
-  values, zero tokens, gradients reaching every parameter.
+- :func:`check_expert` builds an expert and checks the expert contract: shape, dtype (float32
+  and bfloat16), finite values, for 7, 1, 64 and 0 tokens, gradients reaching every parameter.
 
 Example::
 
@@ -30,8 +30,9 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -105,29 +106,31 @@ def check_expert(
     factory: Callable[..., Any] | str,
     dim: int = 32,
     *,
-    tokens: int = 7,
-    dtype: torch.dtype | None = None,
+    token_counts: Sequence[int] = (7, 1, 64, 0),
+    dtypes: Sequence[torch.dtype] | None = None,
     seed: int = 0,
     **options: Any,
 ) -> nn.Module:
     """Build an expert and check the expert contract; return the module.
 
     Checks that ``factory(dim, **options)`` returns an ``nn.Module`` with trainable parameters
-    whose forward maps ``(n, dim)`` tokens to a finite ``(n, dim)`` tensor of the input dtype,
-    also for ``n = 0`` (an expert may receive no tokens), and that gradients reach every
-    trainable parameter. An expert whose ``forward`` declares ``context`` receives a
-    :class:`vlsdk.models.features.ExpertContext` over a ``(1, 4, 4)`` token grid.
+    whose forward maps ``(n, dim)`` tokens to a finite ``(n, dim)`` tensor of the input dtype for
+    every ``n`` in ``token_counts`` (a router sends any number of tokens, zero included) and every
+    dtype in ``dtypes`` (the module is copied and cast for each dtype other than its own), and
+    that gradients reach every trainable parameter (first count and dtype). An expert whose
+    ``forward`` declares ``context`` receives a :class:`vlsdk.models.features.ExpertContext` over a
+    ``(1, 4, 4)`` token grid (``(1, 8, 8)`` for more than 16 tokens).
 
     Args:
         factory: an expert factory, or the registered name of one (built with the default host).
         dim: token width.
-        tokens: number of routed tokens ``n`` (at most 16).
-        dtype: input dtype (default: ``torch.get_default_dtype()``).
+        token_counts: numbers of routed tokens ``n`` to try (each in ``0..64``).
+        dtypes: input dtypes (default: ``torch.get_default_dtype()`` and ``torch.bfloat16``).
         seed: seed of the random tokens.
         **options: passed to the factory.
 
     Raises:
-        AssertionError: saying which part of the contract failed.
+        AssertionError: saying which part of the contract failed, for which ``n`` and dtype.
 
     Example:
         >>> from torch import nn
@@ -136,8 +139,6 @@ def check_expert(
     """
     import torch
     from torch import nn
-
-    from vlsdk.models.features import ExpertContext
 
     label = factory if isinstance(factory, str) else getattr(factory, "__qualname__", repr(factory))
     if isinstance(factory, str):
@@ -150,51 +151,58 @@ def check_expert(
     )
     trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
     assert trainable, f"expert {label}: has no trainable parameters"
-
-    grid = (1, 4, 4)
-    assert 0 < tokens <= grid[1] * grid[2], f"check_expert: tokens must be in 1..16, got {tokens}"
+    counts = [int(n) for n in token_counts]
+    assert counts and all(0 <= n <= 64 for n in counts), f"check_expert: token_counts must be in 0..64, got {counts}"
+    own = next(iter(trainable.values())).dtype
+    wanted = list(dict.fromkeys(dtypes if dtypes is not None else (torch.get_default_dtype(), torch.bfloat16)))
     generator = torch.Generator().manual_seed(seed)
-    dtype = dtype or torch.get_default_dtype()
-    all_tokens = torch.randn(grid[1] * grid[2], dim, generator=generator).to(dtype)
-    index = torch.randperm(all_tokens.shape[0], generator=generator)[:tokens]
-    takes_context = _accepts_context(module)
-
-    def forward(idx: torch.Tensor) -> Any:
-        x = all_tokens[idx]
-        try:
-            if takes_context:
-                return module(x, context=ExpertContext(tokens=all_tokens, index=idx, grid=grid))
-            return module(x)
-        except Exception as exc:
-            raise AssertionError(
-                f"expert {label}: forward on {tuple(x.shape)} tokens raised "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-
-    module.train()
-    out = forward(index)
-    assert isinstance(out, torch.Tensor), (
-        f"expert {label}: forward must return a Tensor, got {type(out).__name__}"
-    )
-    assert tuple(out.shape) == (tokens, dim), (
-        f"expert {label}: must map (n, dim) -> (n, dim); for input {(tokens, dim)} it returned "
-        f"{tuple(out.shape)}"
-    )
-    assert out.dtype == dtype, f"expert {label}: output dtype {out.dtype} != input dtype {dtype}"
-    assert torch.isfinite(out).all(), f"expert {label}: output has NaN or inf values"
-
-    weights = torch.randn(out.shape, generator=generator).to(out.dtype)
-    (out * weights).sum().backward()
-    missing = [name for name, p in trainable.items() if p.grad is None]
-    assert not missing, f"expert {label}: no gradient reached parameter(s) {', '.join(missing)}"
-    module.zero_grad(set_to_none=True)
-
-    empty = forward(index[:0])
-    assert isinstance(empty, torch.Tensor) and tuple(empty.shape) == (0, dim), (
-        f"expert {label}: must accept zero tokens and return (0, dim); got "
-        f"{tuple(empty.shape) if isinstance(empty, torch.Tensor) else type(empty).__name__}"
-    )
+    graded = False
+    for dtype in wanted:
+        expert = module if dtype == own else copy.deepcopy(module).to(dtype)
+        expert.train()
+        for n in counts:
+            out = _contract_forward(expert, label, dim, n, dtype, generator)
+            if not graded and n > 0:
+                weights = torch.randn(out.shape, generator=generator).to(out.dtype)
+                (out * weights).sum().backward()
+                missing = [name for name, p in trainable.items() if p.grad is None]
+                assert not missing, f"expert {label}: no gradient reached parameter(s) {', '.join(missing)}"
+                module.zero_grad(set_to_none=True)
+                graded = True
     return module
+
+
+def _contract_forward(module: nn.Module, label: str, dim: int, n: int, dtype: torch.dtype,
+                      generator: torch.Generator) -> torch.Tensor:
+    """One forward on ``n`` random tokens of ``dtype``; the shape, dtype and finiteness checked."""
+    import torch
+
+    from vlsdk.models.features import ExpertContext
+
+    grid = (1, 4, 4) if n <= 16 else (1, 8, 8)
+    all_tokens = torch.randn(grid[1] * grid[2], dim, generator=generator).to(dtype)
+    index = torch.randperm(all_tokens.shape[0], generator=generator)[:n]
+    x = all_tokens[index]
+    case = f"n={n}, dtype {dtype}"
+    try:
+        if _accepts_context(module):
+            out = module(x, context=ExpertContext(tokens=all_tokens, index=index, grid=grid))
+        else:
+            out = module(x)
+    except Exception as exc:
+        raise AssertionError(f"expert {label}: forward on {tuple(x.shape)} tokens raised "
+                             f"{type(exc).__name__}: {exc} ({case})") from exc
+    assert isinstance(out, torch.Tensor), (
+        f"expert {label}: forward must return a Tensor, got {type(out).__name__} ({case})"
+    )
+    assert tuple(out.shape) == (n, dim), (
+        f"expert {label}: must map (n, dim) -> (n, dim); for input {(n, dim)} it returned "
+        f"{tuple(out.shape)} ({case})"
+    )
+    assert out.dtype == dtype, f"expert {label}: output dtype {out.dtype} != input dtype {dtype} (n={n})"
+    bad = int((~torch.isfinite(out)).sum())
+    assert not bad, f"expert {label}: output has {bad} NaN or inf value(s) of {out.numel()} ({case})"
+    return out
 
 
 def _accepts_context(module: Any) -> bool:

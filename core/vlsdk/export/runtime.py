@@ -36,7 +36,8 @@ class OnnxModel(nn.Module):
 
     Attributes:
         heads: head name -> task (``"segmentation"`` ...), from the file's metadata.
-        image_size: ``(H, W)`` the graph was exported at (inputs must have it).
+        image_size: ``(H, W)`` the graph was exported at (inputs must have it unless ``dynamic_size``).
+        dynamic_size: whether the file was exported with dynamic spatial axes.
         metadata: :func:`~vlsdk.export.read_metadata` of the file.
         session: the onnxruntime ``InferenceSession``.
     """
@@ -50,6 +51,7 @@ class OnnxModel(nn.Module):
         self.metadata = read_metadata(self.session)
         self.heads: dict[str, str] = {h: info["task"] for h, info in self.metadata["heads"].items()}
         self.image_size = tuple(self.metadata.get("image_size") or ())
+        self.dynamic_size = bool(self.metadata.get("dynamic_size", False))
 
     def forward(self, images: torch.Tensor, heads: Sequence[str] | None = None) -> dict[str, Any]:
         """Run the graph on ``(B, C, H, W)`` images; head name -> typed output (every head when ``None``).
@@ -62,7 +64,7 @@ class OnnxModel(nn.Module):
         unknown = [h for h in wanted if h not in self.heads]
         if unknown:
             raise ValueError(f"head(s) {unknown} not in {self.path.name}; exported heads: {sorted(self.heads)}")
-        if self.image_size and tuple(images.shape[-2:]) != self.image_size:
+        if self.image_size and not self.dynamic_size and tuple(images.shape[-2:]) != self.image_size:
             raise ValueError(f"{self.path.name} was exported at {self.image_size}, got images of size "
                              f"{tuple(images.shape[-2:])}")
         outputs = head_outputs_from_onnx(run_onnx(self.session, images), self.metadata)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ExpertMLP", "accepts_context", "check_expert", "resolve_hidden"]
+__all__ = ["CONTRACT_TOKEN_COUNTS", "ExpertMLP", "accepts_context", "check_expert", "resolve_hidden"]
 
 
 def resolve_hidden(dim: int, hidden: int | None, default: int) -> int:
@@ -52,32 +52,69 @@ def accepts_context(module: nn.Module) -> bool:
         return False
 
 
+#: Token counts the contract check tries: one token, an odd count, a full tile. The MoE's sparse
+#: path never calls an expert with zero tokens (it skips experts that received none), so zero is
+#: not required here; ``vlsdk.testing.check_expert`` asks it of plugin experts as well.
+CONTRACT_TOKEN_COUNTS: tuple[int, ...] = (1, 7, 64)
+
+
 def check_expert(name: str, module: object, dim: int) -> nn.Module:
     """Validate a domain expert once, before it enters a MoE layer.
 
-    The expert must be an ``nn.Module`` whose ``forward`` takes ``(n, dim)`` tokens and returns
-    a tensor of the same shape. Raises ``ValueError`` (wrong type or shape) or ``TypeError``
-    (forward cannot be called with one tensor) naming the expert and what was expected.
+    The expert must be an ``nn.Module`` whose ``forward`` maps ``(n, dim)`` tokens to a finite
+    tensor of shape ``(n, dim)`` and of the input's dtype, for every ``n`` in
+    :data:`CONTRACT_TOKEN_COUNTS` (a router sends any number of tokens). The probe tokens are
+    seeded random values in the dtype and on the device of the expert's parameters; the global
+    random state is not touched. Experts on the ``meta`` device are not run.
+
+    Args:
+        name: the expert's name, for the messages.
+        module: the expert.
+        dim: the token width of the layer.
+
+    Raises:
+        ValueError: not a module, or for some ``n`` a wrong shape or dtype, non-finite values, or
+            an error from its forward; naming the expert, ``n`` and what was wrong.
+        TypeError: ``forward`` cannot be called with one tensor (and optionally ``context=``).
     """
     if not isinstance(module, nn.Module):
         raise ValueError(f"expert {name!r} must be a torch.nn.Module mapping (n, {dim}) -> (n, {dim}), "
                          f"got {type(module).__name__}")
     param = next(module.parameters(), None)
-    probe = torch.zeros(3, dim, device=param.device if param is not None else "cpu",
-                        dtype=param.dtype if param is not None and param.is_floating_point() else None)
-    if probe.device.type == "meta":
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
+    if device.type == "meta":
         return module
+    generator = torch.Generator().manual_seed(0)
+    takes_context = accepts_context(module)
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
-            out = module(probe, context=None) if accepts_context(module) else module(probe)
-    except TypeError as err:
-        raise TypeError(f"expert {name!r}: forward must accept one (n, {dim}) tensor "
-                        f"(and optionally context=...): {err}") from err
+        for n in CONTRACT_TOKEN_COUNTS:
+            probe = torch.randn(n, dim, generator=generator).to(device=device, dtype=dtype)
+            try:
+                with torch.no_grad():
+                    out = module(probe, context=None) if takes_context else module(probe)
+            except TypeError as err:
+                raise TypeError(f"expert {name!r}: forward must accept one (n, {dim}) tensor "
+                                f"(and optionally context=...); with n={n}: {err}") from err
+            except Exception as err:  # noqa: BLE001 - the expert's own code: name it and the token count
+                raise ValueError(f"expert {name!r}: forward failed on (n={n}, {dim}) tokens: "
+                                 f"{type(err).__name__}: {err}") from err
+            _check_output(name, out, n, dim, dtype)
     finally:
         module.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (3, dim):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"expert {name!r} must map (n, {dim}) -> (n, {dim}); for n=3 it returned {got}")
     return module
+
+
+def _check_output(name: str, out: object, n: int, dim: int, dtype: torch.dtype) -> None:
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, dim):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"expert {name!r} must map (n, {dim}) -> (n, {dim}); for n={n} it returned {got}")
+    if out.dtype != dtype:
+        raise ValueError(f"expert {name!r}: for n={n} tokens of dtype {dtype} it returned dtype {out.dtype}; "
+                         f"an expert must return its input's dtype (the layer adds its output to others)")
+    bad = int((~torch.isfinite(out)).sum())
+    if bad:
+        raise ValueError(f"expert {name!r}: for n={n} finite tokens it returned {bad} non-finite value(s) "
+                         f"(NaN or inf) of {out.numel()}")
