@@ -5,29 +5,41 @@ segmentation label maps (PNG, the label value in each pixel) and an overlay, dep
 map and a ``.npy`` array. ``predictions.json`` indexes it all. Plugins add file types and head
 writers through :mod:`vlsdk.predict_io` (NIfTI volumes in, NIfTI masks out; LiDAR sweeps in, 3D
 boxes over the BEV picture out).
+
+The saved model's metadata (``read_config(dir)["metadata"]``) drives the reading: class names
+replace integer labels in ``predictions.json`` and in the pictures; an image with fewer channels
+than the model expects is an error naming the missing channels by meaning (``--repeat-channels``
+copies a one-channel image into all of them instead); values are scaled as recorded
+(:data:`~vlsdk.models.metadata.SCALINGS`); images are resized to the recorded training size
+(``--image-size``) and the predictions mapped back to the file's pixels; NaN or inf in an input
+is an error naming the file and how many values.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlsdk.plugins.commands import Command
-from vlsdk.predict_io import IMAGE_KIND
+from vlsdk.predict_io import IMAGE_KIND, check_finite, fit_channels, repeating_channels
 
 if TYPE_CHECKING:
     import torch
 
     from vlsdk.predict_io import HeadPrediction, PredictInput
 
-__all__ = ["predict_files", "read_input", "writer_for", "overlay_labels", "PREDICT_COMMAND"]
+__all__ = ["predict_files", "read_input", "read_image", "writer_for", "overlay_labels", "PREDICT_COMMAND"]
+
+#: ``image_size`` value of :func:`predict_files`: the size recorded in the model's metadata.
+MODEL_SIZE = "model"
 
 
 def predict_files(model_dir: str | Path, inputs: list[str | Path], out: str | Path, *, heads: list[str] | None = None,
-                  score_threshold: float = 0.3, device: str = "cpu") -> dict[str, Any]:
+                  score_threshold: float = 0.3, device: str = "cpu", repeat_channels: bool = False,
+                  image_size: tuple[int, int] | str | None = MODEL_SIZE) -> dict[str, Any]:
     """Predict every input with every head (or ``heads``); returns what ``predictions.json`` holds.
 
     Each file is read by the first plugin :class:`~vlsdk.predict_io.InputReader` that takes it
@@ -35,10 +47,24 @@ def predict_files(model_dir: str | Path, inputs: list[str | Path], out: str | Pa
     by the first plugin :class:`~vlsdk.predict_io.OutputWriter` for its task and the input's kind,
     or else by the core's writers (detection, segmentation, depth on images).
 
+    Args:
+        model_dir: a ``save_pretrained`` folder.
+        inputs: the files.
+        out: the output folder.
+        heads: heads to run (default all).
+        score_threshold: detection score threshold.
+        device: torch device.
+        repeat_channels: copy a one-channel input into every channel the model expects (without
+            it, fewer channels than the model's is an error naming the missing ones).
+        image_size: ``"model"``: resize images to ``metadata.input.image_size`` (as they are when
+            it is not recorded); ``None``: as they are; ``(height, width)``: to that size.
+            Predictions are written in the file's own pixel coordinates.
+
     Raises:
         FileNotFoundError: a missing input or model directory.
-        ValueError: a head not in the model, a file no reader takes, or a model directory
-            written by a vlsdk format this version cannot read (naming that version).
+        ValueError: a head not in the model, a file no reader takes, an input with other
+            channels than the model expects (naming them) or with NaN/inf values (counted), or
+            a model directory written by a vlsdk format this version cannot read (naming that version).
     """
     import torch
 
@@ -51,13 +77,20 @@ def predict_files(model_dir: str | Path, inputs: list[str | Path], out: str | Pa
     unknown = [h for h in names if h not in model.heads]
     if unknown or not names:
         raise ValueError(f"{model_dir}: heads {unknown or names} not in the model; it has {sorted(model.heads)}")
+    size = _target_size(image_size, model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"score_threshold": score_threshold, "device": device}
     index: dict[str, Any] = {"model": str(model_dir), "inputs": []}
     for path in map(Path, inputs):
-        item = read_input(path, model, model_dir)
+        with repeating_channels(repeat_channels):
+            item = read_input(path, model, model_dir)
+        check_finite(item.images, path, f"values of the model input ({item.kind} reader)")
         item.images = item.images.to(device)
+        if item.kind == IMAGE_KIND and size is not None and tuple(item.images.shape[-2:]) != size:
+            item.meta["original"] = item.images
+            item.images = torch.nn.functional.interpolate(item.images, size=size, mode="bilinear",
+                                                          align_corners=False, antialias=True)
         cache: dict[str, Any] = {}
 
         def run(item=item, cache=cache) -> Any:
@@ -66,7 +99,10 @@ def predict_files(model_dir: str | Path, inputs: list[str | Path], out: str | Pa
                     cache["output"] = model(item.images, heads=names)
             return cache["output"]
 
-        entry: dict[str, Any] = {"input": str(path), "reader": item.kind, "size": list(item.images.shape[-2:])}
+        entry: dict[str, Any] = {"input": str(path), "reader": item.kind,
+                                 "size": list(item.meta.get("original", item.images).shape[-2:])}
+        if "original" in item.meta:
+            entry["model_size"] = list(item.images.shape[-2:])
         for name in names:
             task = model.head_specs[name].task
             prediction = HeadPrediction(name, task, model, item, out, f"{_stem(path)}.{name}", options, run)
@@ -76,9 +112,85 @@ def predict_files(model_dir: str | Path, inputs: list[str | Path], out: str | Pa
     return index
 
 
+def _target_size(image_size: tuple[int, int] | str | None, model: Any) -> tuple[int, int] | None:
+    """The ``(height, width)`` images are fed at, or ``None`` for each file's own size."""
+    if image_size == MODEL_SIZE:
+        spec = model.metadata.input
+        return None if spec is None or spec.image_size is None else tuple(spec.image_size)
+    if image_size is None:
+        return None
+    if isinstance(image_size, str) or len(image_size) != 2 or min(int(v) for v in image_size) < 1:
+        raise ValueError(f"image_size must be 'model', None or (height, width) with positive ints, got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _peek(path: Path) -> tuple[int, float]:
+    """The channels an image file holds (before any conversion) and the divisor ``load_image`` applies."""
+    import numpy as np
+
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{path}: not a readable .npy array ({err})") from None
+        shape = arr.shape
+        channels = 1 if len(shape) == 2 else (shape[0] if shape[0] <= 4 < shape[-1] else shape[-1]) if len(
+            shape) == 3 else 0
+        dtype = arr.dtype
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            mode = im.mode if im.mode in ("L", "RGB", "RGBA", "I;16", "I", "F") else "RGB"
+        channels = Image.getmodebands(mode)
+        dtype = np.dtype({"L": "uint8", "RGB": "uint8", "RGBA": "uint8", "I;16": "uint16"}.get(mode, "float32"))
+    return channels, 255.0 if dtype == np.uint8 else 65535.0 if dtype == np.uint16 else 1.0
+
+
+def read_image(path: Path, channels: tuple[str, ...], *, scaling: str = "divide_255",
+               repeat: bool | None = None) -> torch.Tensor:
+    """A PNG/JPEG/``.npy`` image as the ``(1, C, H, W)`` input of a model expecting ``channels``.
+
+    An alpha channel is dropped and an RGB image averaged to grey for a one-channel model (as
+    :func:`vlsdk.inspect.routing.load_image` does); fewer channels than ``channels`` is an error
+    naming the missing ones (:func:`~vlsdk.predict_io.fit_channels`).
+
+    Args:
+        path: the file.
+        channels: the meaning of each channel the model expects.
+        scaling: one of :data:`~vlsdk.models.metadata.SCALINGS`.
+        repeat: copy a one-channel image into every channel (``None``: the running
+            ``--repeat-channels``).
+
+    Raises:
+        ValueError: other channels than expected (named), NaN or inf values (counted), an
+            unknown scaling.
+    """
+    import torch
+
+    from vlsdk.inspect.routing import load_image
+    from vlsdk.models.metadata import SCALINGS
+
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+    have, divisor = _peek(path)
+    want = len(channels)
+    if have in (2, 4) and have != want:
+        have -= 1  # load_image drops an alpha channel the model does not take
+    img = load_image(path, in_chans=max(have, 1))[0]
+    img = img.mean(0, keepdim=True) if (have, want) == (3, 1) else fit_channels(img, path, channels, repeat=repeat)
+    check_finite(img, path, "pixel values")
+    if scaling == "none":
+        img = img * divisor
+    elif scaling == "zscore_per_image":
+        mean, std = img.mean((1, 2), keepdim=True), img.std((1, 2), keepdim=True)
+        img = (img - mean) / std.clamp_min(torch.finfo(img.dtype).eps)
+    return img[None]
+
+
 def read_input(path: Path, model: Any, model_dir: Path) -> PredictInput:
-    """Read ``path`` with the first registered reader that takes it, else as an image."""
-    from vlsdk.inspect.routing import IMAGE_SUFFIXES, load_image
+    """Read ``path`` with the first registered reader that takes it, else as an image (:func:`read_image`)."""
+    from vlsdk.inspect.routing import IMAGE_SUFFIXES
     from vlsdk.plugins import get_registry
     from vlsdk.predict_io import PredictInput
 
@@ -95,7 +207,9 @@ def read_input(path: Path, model: Any, model_dir: Path) -> PredictInput:
         plugin = ", ".join(f"{e.name} ({' '.join(e.obj.suffixes)})" for e in readers.entries()) or "none installed"
         raise ValueError(f"{path}: no reader for this file type; images: {' '.join(IMAGE_SUFFIXES)}; plugin "
                          f"readers: {plugin}")
-    return PredictInput(path, load_image(path, model.config.in_chans))
+    spec = model.metadata.input
+    return PredictInput(path, read_image(path, model.metadata.channels(model.config.in_chans),
+                                         scaling=spec.scaling if spec is not None else "divide_255"))
 
 
 def writer_for(task: str, kind: str) -> Callable[[HeadPrediction], dict[str, Any]]:
@@ -118,25 +232,64 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _original(p: HeadPrediction) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The image as read from the file (before any resize) and its ``(height, width)``."""
+    image = p.input.meta.get("original", p.input.images)[0]
+    return image, (int(image.shape[-2]), int(image.shape[-1]))
+
+
+def _class_names(p: HeadPrediction, labels: Any) -> list[Any]:
+    """The recorded class name of each label (the labels themselves when none are recorded)."""
+    import numpy as np
+
+    names = p.model.metadata.class_names.get(p.name)
+    labels = np.asarray(labels, dtype=np.int64)
+    if names is None:
+        return labels.tolist()
+    if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(names):
+        raise ValueError(f"head {p.name!r} predicted labels {sorted(set(labels.tolist()))}, but the model's "
+                         f"metadata.class_names.{p.name} names only {len(names)}: {list(names)}")
+    return np.asarray(names, dtype=object)[labels].tolist()
+
+
 def _write_detection(p: HeadPrediction) -> dict[str, Any]:
     det = p.head.decode(p.output(), score_threshold=p.options["score_threshold"])[0]
-    return {"task": p.task, "boxes": det.boxes.tolist(), "scores": det.scores.tolist(), "labels": det.labels.tolist(),
-            "picture": _draw_boxes(p.input.images[0], det, p.out_dir / f"{p.stem}.png")}
+    image, (h, w) = _original(p)
+    sy, sx = h / p.input.images.shape[-2], w / p.input.images.shape[-1]
+    boxes = det.boxes * det.boxes.new_tensor([sx, sy, sx, sy])
+    ids = det.labels.tolist()
+    labels = _class_names(p, ids)
+    return {"task": p.task, "boxes": boxes.tolist(), "scores": det.scores.tolist(), "labels": labels,
+            "label_ids": ids, "picture": _draw_boxes(image, boxes, det.scores, labels, p.out_dir / f"{p.stem}.png")}
 
 
 def _write_segmentation(p: HeadPrediction) -> dict[str, Any]:
     import torch
 
+    image, size = _original(p)
     labels = p.head.decode(p.output()).labels[0]
-    return {"task": p.task, "labels": _save_labels(labels, p.out_dir / f"{p.stem}.labels.png"),
-            "picture": overlay_labels(p.input.images[0], labels, p.out_dir / f"{p.stem}.png"),
-            "pixels_per_label": torch.bincount(labels.flatten()).tolist()}
+    if tuple(labels.shape) != size:
+        labels = torch.nn.functional.interpolate(labels[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    names = p.model.metadata.class_names.get(p.name)
+    counts = torch.bincount(labels.flatten(), minlength=len(names or ())).tolist()
+    entry = {"task": p.task, "labels": _save_labels(labels, p.out_dir / f"{p.stem}.labels.png"),
+             "picture": overlay_labels(image, labels, p.out_dir / f"{p.stem}.png", names=names),
+             "pixels_per_label": counts}
+    if names is not None:
+        entry["pixels_per_class"] = dict(zip(_class_names(p, range(len(counts))), counts, strict=True))
+    return entry
 
 
 def _write_depth(p: HeadPrediction) -> dict[str, Any]:
     import numpy as np
+    import torch
 
-    depth = p.head.decode(p.output())[0].float().cpu()
+    _, size = _original(p)
+    depth = p.head.decode(p.output())[0].float()
+    if tuple(depth.shape[-2:]) != size:
+        depth = torch.nn.functional.interpolate(depth[None, None], size=size, mode="bilinear",
+                                                align_corners=False)[0, 0]
+    depth = depth.cpu()
     np.save(p.out_dir / f"{p.stem}.npy", depth.numpy())
     return {"task": p.task, "array": str(p.out_dir / f"{p.stem}.npy"), "min": float(depth.min()),
             "max": float(depth.max()), "picture": _colour(depth, p.out_dir / f"{p.stem}.png")}
@@ -165,11 +318,11 @@ def _figure(image: torch.Tensor) -> tuple[Any, Any]:
     return fig, ax
 
 
-def _draw_boxes(image: torch.Tensor, det: Any, path: Path) -> str:
+def _draw_boxes(image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, labels: list[Any], path: Path) -> str:
     from matplotlib.patches import Rectangle
 
     fig, ax = _figure(image)
-    rows = zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True)
+    rows = zip(boxes.tolist(), scores.tolist(), labels, strict=True)
     for (x1, y1, x2, y2), score, label in rows:
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", lw=1.2))
         ax.text(x1, y1, f"{label}:{score:.2f}", color="yellow", fontsize=6, va="bottom")
@@ -177,13 +330,25 @@ def _draw_boxes(image: torch.Tensor, det: Any, path: Path) -> str:
     return str(path)
 
 
-def overlay_labels(image: torch.Tensor, labels: torch.Tensor, path: Path) -> str:
-    """Draw a label map (0 = background, transparent) over a ``(C, H, W)`` image; returns the PNG path."""
+def overlay_labels(image: torch.Tensor, labels: torch.Tensor, path: Path, names: Sequence[str] | None = None) -> str:
+    """Draw a label map (0 = background, transparent) over a ``(C, H, W)`` image; returns the PNG path.
+
+    Args:
+        image: ``(C, H, W)``.
+        labels: ``(H, W)`` label values.
+        path: the PNG to write.
+        names: the class name of each label value; the labels present get a legend.
+    """
     import numpy as np
+    from matplotlib.patches import Patch
 
     fig, ax = _figure(image)
     lab = labels.cpu().numpy()
     ax.imshow(np.ma.masked_equal(lab, 0), cmap="tab10", alpha=0.45, vmin=0, vmax=9, interpolation="nearest")
+    present = [int(v) for v in np.unique(lab) if 0 < v < len(names or ())]
+    if present:
+        cmap = ax.images[-1].cmap
+        ax.legend(handles=[Patch(color=cmap(v / 9), label=names[v]) for v in present], loc="upper right", fontsize=6)
     fig.savefig(path)
     return str(path)
 
@@ -214,17 +379,37 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", nargs="*", help="heads to run (default: all)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="detection score threshold")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat-channels", action="store_true",
+                        help="copy a one-channel image into every channel the model expects (default: an error "
+                             "naming the missing channels)")
+    parser.add_argument("--image-size", type=_parse_size, default=MODEL_SIZE, metavar="HxW|native|model",
+                        help="size images are fed at: 'model' (default) the trained size the model records, "
+                             "'native' each file's own size, or e.g. 640x640; predictions are in the file's pixels")
+
+
+def _parse_size(text: str) -> tuple[int, int] | str | None:
+    if text in (MODEL_SIZE, "native"):
+        return None if text == "native" else text
+    h, x, w = text.lower().partition("x")
+    if not (x and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 640x640), 'native' or 'model', got {text!r}")
+    return int(h), int(w)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     index = predict_files(args.model, args.inputs, args.out, heads=args.heads, score_threshold=args.score_threshold,
-                          device=args.device)
+                          device=args.device, repeat_channels=args.repeat_channels, image_size=args.image_size)
     for entry in index["inputs"]:
         parts = []
         for name, result in entry.items():
             if isinstance(result, dict) and "task" in result:
                 n = len(result["boxes"]) if "boxes" in result else None
-                parts.append(f"{name}: {n} boxes" if n is not None else f"{name}: {result.get('picture', '')}")
+                kinds = ", ".join(f"{k} {v}" for k, v in Counter(
+                    label for label in result.get("labels", []) if isinstance(label, str)).most_common())
+                parts.append(f"{name}: {n} boxes" + (f" ({kinds})" if kinds else "") if n is not None
+                             else f"{name}: {result.get('picture', '')}")
         print(f"{entry['input']}: " + "; ".join(parts))
     print(f"predictions: {Path(args.out) / 'predictions.json'}")
     return 0

@@ -20,11 +20,17 @@ Example::
     @hookimpl
     def vlsdk_register_output_writers(register):
         register("acme.mask", OutputWriter(task="segmentation", write=write_mask, inputs=("acme.raw",)))
+
+A reader that gets fewer channels from its file than the model expects calls :func:`fit_channels`
+(an error naming the missing channels by meaning, unless the user passed ``--repeat-channels``),
+and :func:`check_finite` for non-finite values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +39,74 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["PredictInput", "HeadPrediction", "InputReader", "OutputWriter", "IMAGE_KIND"]
+__all__ = ["PredictInput", "HeadPrediction", "InputReader", "OutputWriter", "IMAGE_KIND", "fit_channels",
+           "check_finite", "repeating_channels"]
 
 #: :attr:`PredictInput.kind` of inputs read by the core (PNG/JPEG/``.npy`` images).
 IMAGE_KIND = "image"
+
+#: Whether the running ``vlsdk predict`` was asked to copy a one-channel file into every channel.
+_REPEAT_CHANNELS: ContextVar[bool] = ContextVar("vlsdk_repeat_channels", default=False)
+
+
+@contextmanager
+def repeating_channels(repeat: bool) -> Iterator[None]:
+    """Within the block, :func:`fit_channels` (``repeat=None``) copies one channel into all when ``repeat``.
+
+    ``predict_files(..., repeat_channels=True)`` (``vlsdk predict --repeat-channels``) reads its
+    inputs inside ``repeating_channels(True)``, so plugin readers honour the option too.
+    """
+    token = _REPEAT_CHANNELS.set(bool(repeat))
+    try:
+        yield
+    finally:
+        _REPEAT_CHANNELS.reset(token)
+
+
+def fit_channels(data: Any, path: Path, expected: Sequence[str], *, repeat: bool | None = None) -> Any:
+    """Check that ``data`` (channels first, numpy or torch) has the channels the model expects.
+
+    Args:
+        data: ``(C, ...)`` values read from ``path``.
+        path: the file, for the error.
+        expected: the meaning of each channel the model expects (``model.metadata.channels(in_chans)``).
+        repeat: copy a one-channel ``data`` into every expected channel instead of failing;
+            ``None``: as the running ``vlsdk predict --repeat-channels`` says (default no).
+
+    Returns:
+        ``data``, or its one channel repeated ``len(expected)`` times.
+
+    Raises:
+        ValueError: another channel count, naming the missing channels by meaning, e.g.
+            ``this model expects 2 channels (board, template); a.png has 1: missing 'template'``.
+    """
+    have, want = int(data.shape[0]), len(expected)
+    if have == want:
+        return data
+    repeat = _REPEAT_CHANNELS.get() if repeat is None else repeat
+    if have == 1 and repeat:
+        return data[[0] * want]
+    head = f"this model expects {want} channel{'s' * (want != 1)} ({', '.join(expected)}); {path} has {have}"
+    if have > want:
+        raise ValueError(head)
+    missing = ", ".join(repr(c) for c in expected[have:])
+    hint = (f" (pass --repeat-channels, or repeat_channels=True, to copy its one channel into all {want})"
+            if have == 1 else "")
+    raise ValueError(f"{head}: missing {missing}{hint}")
+
+
+def check_finite(values: Any, path: Path, what: str = "values") -> None:
+    """Raise when ``values`` (a torch tensor) holds NaN or inf, naming ``path`` and how many.
+
+    Raises:
+        ValueError: ``a.npy: 3 of 2304 values are non-finite (NaN or inf)``.
+    """
+    import torch
+
+    bad = int((~torch.isfinite(values)).sum()) if values.is_floating_point() else 0
+    if bad:
+        raise ValueError(f"{path}: {bad} of {values.numel()} {what} are non-finite (NaN or inf); "
+                         "vlsdk predict does not guess values for them: fix or mask the input")
 
 
 @dataclass
