@@ -126,10 +126,11 @@ def test_bad_files_name_file_and_problem(tmp_path, testdata):
         read_dicom_file(junk)
     with pytest.raises(DicomError, match=r"MR_truncated\.dcm: pixel data unusable"):
         read_dicom_file(testdata("MR_truncated.dcm"))
-    with pytest.raises(DicomError, match=r"rtplan_truncated\.dcm: (has no pixel data|unreadable)"):
+    with pytest.raises(DicomError, match=r"rtplan_truncated\.dcm: truncated DICOM: .* element \(300A,00B0\) BeamSequence"):
         read_dicom_file(testdata("rtplan_truncated.dcm"))
-    with pytest.raises(DicomError, match=r"MR_small_jpeg_ls_lossless\.dcm: cannot decode .*JPEG-LS.*no decoder"):
-        read_dicom_file(testdata("MR_small_jpeg_ls_lossless.dcm"))
+    # 12-bit JPEG Extended: Pillow declines it, and no pylibjpeg/GDCM plugin is installed (highdicom brings JPEG-LS)
+    with pytest.raises(DicomError, match=r"JPGExtended\.dcm: cannot decode .*JPEG Extended.*no decoder"):
+        read_dicom_file(testdata("JPGExtended.dcm"))
     with pytest.raises(DicomError, match="colour image"):
         read_dicom_file(testdata("SC_rgb_rle.dcm"))
 

@@ -204,15 +204,40 @@ def _read_header(path: str | os.PathLike[str], *, stop_before_pixels: bool) -> p
     if not os.path.isfile(path):
         raise DicomError(f"{path}: no such file")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except pydicom.errors.InvalidDicomError as exc:
         raise DicomError(f"{path}: not a DICOM file ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a broken file
         raise DicomError(f"{path}: unreadable or truncated DICOM ({type(exc).__name__}: {exc})") from None
+    for w in caught:  # pydicom warns (and drops the element) where encapsulated pixel data ends early
+        if "End of file reached" in str(w.message):
+            raise DicomError(f"{path}: truncated DICOM: the file ends inside its pixel data ({w.message})")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    short = _truncated_element(ds)
+    if short is not None:
+        what = "pixel data unusable: " if "PixelData" in short else ""
+        raise DicomError(f"{path}: {what}truncated DICOM: the file ends inside element {short}")
     if not stop_before_pixels and "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise DicomError(f"{path}: has no pixel data (SOP class {ds.get('SOPClassUID', '?')}, "
-                         f"modality {ds.get('Modality', '?')}); it is not an image")
+        sop_class = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "?")
+        raise DicomError(f"{path}: has no pixel data (SOP class {sop_class}, modality {ds.get('Modality', '?')}); "
+                         "it is not an image, or the file is truncated")
     return ds
+
+
+def _truncated_element(ds: pydicom.Dataset) -> str | None:
+    """The last element's tag and keyword when the file ended before its value did (pydicom keeps it short)."""
+    from pydicom.dataelem import RawDataElement
+
+    tags = list(ds.keys())
+    raw = ds.get_item(tags[-1]) if tags else None
+    if (isinstance(raw, RawDataElement) and raw.value is not None and raw.length != 0xFFFFFFFF
+            and len(raw.value) < raw.length):
+        from pydicom.datadict import keyword_for_tag
+
+        return f"{raw.tag} {keyword_for_tag(raw.tag) or 'private'} ({len(raw.value)} of {raw.length} bytes)"
+    return None
 
 
 def _pixels(ds: pydicom.Dataset, path: str) -> np.ndarray:
@@ -262,11 +287,36 @@ def _normal(iop: np.ndarray, path: str) -> np.ndarray:
     return normal
 
 
-def _rescale(ds: Any) -> tuple[float, float] | None:
+def _rescale(ds: Any, path: str) -> tuple[float, float] | None:
+    """``(slope, intercept)`` of the modality rescale, or ``None`` when neither tag is present.
+
+    Raises:
+        DicomError: a slope that is not a finite non-zero number, or an intercept that is not finite
+            (naming the file and the tag).
+    """
     slope, inter = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is None and inter is None:
         return None
-    return float(slope if slope is not None else 1.0), float(inter if inter is not None else 0.0)
+    values = []
+    for keyword, tag, value, default in (("RescaleSlope", "(0028,1053)", slope, 1.0),
+                                         ("RescaleIntercept", "(0028,1052)", inter, 0.0)):
+        try:
+            number = float(value) if value is not None and value != "" else default
+        except (TypeError, ValueError):
+            raise DicomError(f"{path}: {keyword} {tag} is not a number: {value!r}") from None
+        if not np.isfinite(number) or (keyword == "RescaleSlope" and number == 0.0):
+            need = "a finite, non-zero number" if keyword == "RescaleSlope" else "a finite number"
+            raise DicomError(f"{path}: {keyword} {tag} is {value!r}; expected {need} (stored values cannot be "
+                             "turned into modality units)")
+        values.append(number)
+    return values[0], values[1]
+
+
+def _sop_instance_uid(ds: Any) -> str:
+    """``SOPInstanceUID``, or the file meta's ``MediaStorageSOPInstanceUID`` where an export blanked it."""
+    meta = getattr(ds, "file_meta", None)
+    return str(ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta is not None else "")
+               or "")
 
 
 def _assemble(frames: np.ndarray, positions: np.ndarray, iop: np.ndarray, pixel_spacing: np.ndarray,
@@ -353,7 +403,7 @@ def _frame_geometry(ds: Any, path: str, nframes: int, require_spacing: bool
                 raise DicomError(f"{path}: a frame has no PlanePositionSequence/ImagePositionPatient")
             positions.append(pos)
             trans = group(item, "PixelValueTransformationSequence") or group(shared, "PixelValueTransformationSequence")
-            rescales.append(_rescale(trans) if trans is not None else None)
+            rescales.append(_rescale(trans, path) if trans is not None else None)
             if iop is None:
                 iop = _floats(group(item, "PlaneOrientationSequence"), "ImageOrientationPatient", 6, path,
                               "orientation")
@@ -380,7 +430,7 @@ def _frame_geometry(ds: Any, path: str, nframes: int, require_spacing: bool
             pos_arr = ipp + np.outer(np.asarray(offsets, dtype=np.float64), normal)
         else:
             pos_arr = ipp[None]
-        r = _rescale(ds)
+        r = _rescale(ds, path)
         resc = None if r is None else np.tile(np.asarray(r), (nframes, 1))
     if iop is None:
         raise DicomError(f"{path}: missing ImageOrientationPatient; cannot orient the image")
@@ -424,7 +474,7 @@ def read_dicom_file(path: str | os.PathLike[str], *, space: str = "RAS", rescale
         data, positions, iop, pixel_spacing, [path] * nframes,
         slice_step=float(step) if step else None, space=space, tolerance=tolerance)
     return DicomVolume(array, affine, spacing, [path] * nframes, ds.get("SeriesInstanceUID"),
-                       ds.get("Modality"), space, positions[order], [str(ds.get("SOPInstanceUID", ""))] * nframes,
+                       ds.get("Modality"), space, positions[order], [_sop_instance_uid(ds)] * nframes,
                        rescaled=bool(rescale and resc is not None))
 
 
@@ -570,7 +620,7 @@ def load_dicom_series(folder: str | os.PathLike[str] | Sequence[str | os.PathLik
 
     datasets = [_read_header(p, stop_before_pixels=False) for p in files]
     frames = np.stack([_pixels(ds, p).reshape(size) for ds, p in zip(datasets, files, strict=True)])
-    resc = [_rescale(ds) for ds in datasets]
+    resc = [_rescale(ds, p) for ds, p in zip(datasets, files, strict=True)]
     data = frames.astype(np.float32)
     rescaled = rescale and any(r is not None for r in resc)
     if rescaled:
@@ -580,7 +630,7 @@ def load_dicom_series(folder: str | os.PathLike[str] | Sequence[str | os.PathLik
         data, positions_arr, iop, pixel_spacing, files,
         slice_step=float(step) if step else None, space=space, tolerance=tolerance)
     return DicomVolume(array, affine, spacing, files, series_uid, first.get("Modality"), space, positions_arr,
-                       [str(ds.get("SOPInstanceUID", "")) for ds in datasets], skipped, bool(rescaled))
+                       [_sop_instance_uid(ds) for ds in datasets], skipped, bool(rescaled))
 
 
 def load_dicom(path: str | os.PathLike[str], **options: Any) -> DicomVolume:
@@ -664,9 +714,11 @@ def load_dicom_seg(path: str | os.PathLike[str], reference: DicomVolume | None =
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None or len(per_frame) != nframes:
         raise DicomError(f"{path}: PerFrameFunctionalGroupsSequence missing or not one item per frame")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_ident = shared[0].get("SegmentIdentificationSequence") if shared else None  # one segment: shared
     seg_of_frame = []
     for i, item in enumerate(per_frame):
-        ident = item.get("SegmentIdentificationSequence")
+        ident = item.get("SegmentIdentificationSequence") or shared_ident
         if not ident:
             raise DicomError(f"{path}: frame {i + 1} has no SegmentIdentificationSequence")
         seg_of_frame.append(int(ident[0].ReferencedSegmentNumber))

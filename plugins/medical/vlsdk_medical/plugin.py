@@ -27,18 +27,20 @@ def vlsdk_register_experts(register):
 
 @hookimpl
 def vlsdk_register_input_readers(register):
-    """Register ``medical.nifti``: NIfTI volumes for ``vlsdk predict``."""
-    from vlsdk_medical.predict import NIFTI_KIND, NIFTI_READER
+    """Register ``medical.nifti`` and ``medical.dicom``: NIfTI volumes and DICOM series for ``vlsdk predict``."""
+    from vlsdk_medical.predict import DICOM_KIND, DICOM_READER, NIFTI_KIND, NIFTI_READER
 
     register(NIFTI_KIND, NIFTI_READER, description=NIFTI_READER.description)
+    register(DICOM_KIND, DICOM_READER, description=DICOM_READER.description)
 
 
 @hookimpl
 def vlsdk_register_output_writers(register):
-    """Register ``medical.nifti_mask``: segmentation of a NIfTI input written as NIfTI with its affine."""
-    from vlsdk_medical.predict import NIFTI_MASK_WRITER
+    """Register ``medical.nifti_mask`` (NIfTI with the input's affine) and ``medical.dicom_seg`` (plus DICOM SEG)."""
+    from vlsdk_medical.predict import DICOM_MASK_WRITER, NIFTI_MASK_WRITER
 
     register("medical.nifti_mask", NIFTI_MASK_WRITER, description=NIFTI_MASK_WRITER.description)
+    register("medical.dicom_seg", DICOM_MASK_WRITER, description=DICOM_MASK_WRITER.description)
 
 
 @hookimpl
