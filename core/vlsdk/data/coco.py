@@ -46,7 +46,7 @@ def _unique_ids(path: Path, items: list[Any], kind: str, integer: bool = False) 
             raise DataError(path, f"expected a JSON object, got {type(item).__name__}", record=f"{kind} index {k}")
         value = item.get("id")
         if not _is_id(value) or (integer and isinstance(value, str)):
-            raise DataError(path, f"expected {'an integer' if integer else 'an integer or string'} id, got {value!r}",
+            raise DataError(path, f"id must be {'an integer' if integer else 'an integer or a string'}, got {value!r}",
                             record=f"{kind} index {k}", field="id")
         ids.append(value)
     repeated = [i for i, n in Counter(ids).items() if n > 1]
@@ -224,7 +224,7 @@ class COCODataset:
                 if not isinstance(ann, dict):
                     raise DataError(path, f"expected a JSON object, got {type(ann).__name__}", record=record)
                 if ids[k] is not None and not _is_id(ids[k]):
-                    raise DataError(path, f"expected an integer or string id, got {ids[k]!r}", record=record,
+                    raise DataError(path, f"id must be an integer or a string, got {ids[k]!r}", record=record,
                                     field="id")
                 if not _is_id(image) or image not in index_of:
                     raise DataError(path, f"unknown image_id {image!r}", record=record, field="image_id")

@@ -162,8 +162,8 @@ def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
                 raise DataError(path, f"{image.mode} image: only 8-bit images are read (convert it to 8 bits)")
             if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation
                 image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("L" if channels == 1 else "RGB")).reshape(image.height, image.width,
-                                                                                       channels)
+            pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # writable, as OpenCV's were
+            return pixels.reshape(image.height, image.width, channels)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise

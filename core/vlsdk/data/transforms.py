@@ -77,7 +77,7 @@ class Resize:
         th, tw = self.size
         out = dict(sample)
         if (h, w) != (th, tw):
-            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+            x = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1)[None]
             y = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
             out["image"] = y[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
         if "boxes" in sample:

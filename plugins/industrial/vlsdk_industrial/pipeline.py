@@ -395,7 +395,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     from vlsdk.train.distributed import dist_info, init_from_env
     from vlsdk_industrial.deeppcb import DeepPCBDataset
-    from vlsdk_industrial.mixing import MixedDataset
+    from vlsdk.data.mixing import MixedDataset
     from vlsdk_industrial.pretrain import pretrain_synthetic, seconds_left
     from vlsdk_industrial.synth import BoardSynthesizer
     from vlsdk_industrial.transforms import build_transforms

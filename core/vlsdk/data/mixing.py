@@ -1,4 +1,4 @@
-"""Mix real and synthetic samples at a fixed ratio (e.g. 3 real : 1 synthetic)."""
+"""Mix real and synthetic samples at a fixed ratio (e.g. 3 real : 1 synthetic), for any task."""
 
 from __future__ import annotations
 
