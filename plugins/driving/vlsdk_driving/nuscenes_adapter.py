@@ -364,29 +364,36 @@ class NuScenesDataset:
         return points
 
     def load_boxes(self, lidar_token: str) -> Boxes3D:
-        """The annotated boxes of a keyframe, in its LiDAR frame, via ``NuScenes.get_sample_data``.
+        """The annotated boxes of a keyframe, in its LiDAR frame, as ``NuScenes.get_sample_data`` moves them.
 
         Boxes whose category maps to no detection class (see ``category_map``) and boxes with a
         non-positive size are skipped and counted in :attr:`skipped`; so are boxes with
-        non-finite geometry under ``on_error="skip"``.
+        non-finite geometry under ``on_error="skip"`` (before the devkit's ``Box`` asserts on them).
 
         Args:
             lidar_token: the keyframe's LiDAR sample_data token.
         """
-        try:
-            _, boxes, _ = self.nusc.get_sample_data(lidar_token)
-        except KeyError as exc:
-            raise ValueError(f"{self.table_root}: sample_data {lidar_token}: a record it references is missing "
-                             f"(token {exc.args[0]!r})") from None
-        rot = np.linalg.inv(self._pose(self.get("sample_data", lidar_token)))[:3, :3]
+        from pyquaternion import Quaternion
+
+        sd = self.get("sample_data", lidar_token)
+        anns = self.get("sample", sd["sample_token"], f"sample_data {lidar_token}")["anns"]
+        usable = [t for t in anns if self.is_usable_annotation(t)]
+        if len(usable) < len(anns):
+            self.skipped["nonfinite_box"] += len(anns) - len(usable)
+        cs = self.get("calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {lidar_token}")
+        pose = self.get("ego_pose", sd["ego_pose_token"], f"sample_data {lidar_token}")
+        boxes = [self.nusc.get_box(t) for t in usable]
+        for box in boxes:  # global -> ego -> sensor, the devkit's get_sample_data steps
+            box.translate(-np.array(pose["translation"]))
+            box.rotate(Quaternion(pose["rotation"]).inverse)
+            box.translate(-np.array(cs["translation"]))
+            box.rotate(Quaternion(cs["rotation"]).inverse)
+        rot = np.linalg.inv(self._pose(sd))[:3, :3]
         rows, labels, vels, tokens = [], [], [], []
         for box in boxes:
             name = self.detection_name(box.name)
             if name is None:
                 self.skipped["non_detection_category"] += 1
-                continue
-            if not self.is_usable_annotation(box.token):
-                self.skipped["nonfinite_box"] += 1
                 continue
             w, length, h = (float(v) for v in box.wlh)
             if not (w > 0 and length > 0 and h > 0):
