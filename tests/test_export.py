@@ -13,6 +13,7 @@ from torch import nn
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+import vlsdk  # noqa: E402
 from vlsdk import VLModel  # noqa: E402
 from vlsdk.export import (  # noqa: E402
     check_parity,
@@ -21,6 +22,7 @@ from vlsdk.export import (  # noqa: E402
     missing_experts,
     quantize_onnx,
     read_metadata,
+    read_props,
     run_onnx,
     to_onnx,
 )
@@ -265,11 +267,32 @@ def test_bad_arguments(exported, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cli_export_onnx(tmp_path, capsys):
+def _edit_metadata(directory, **fields) -> None:
+    """Change fields of the saved config.json's "metadata" block in the real file (a hand edit)."""
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    config["metadata"].update(fields)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def _lesion_model() -> VLModel:
+    from vlsdk.models.metadata import InputSpec, ModelMetadata
+
     torch.manual_seed(0)
     model = VLModel("tiny", in_chans=1)
     model.add_head("seg", task="segmentation", num_classes=2)
-    model.save_pretrained(tmp_path / "model")
+    model.metadata = ModelMetadata(task="lesion segmentation", class_names={"seg": ("background", "lesion")},
+                                   input=InputSpec(("flair",), "zscore_per_image", (32, 32), (1.0, 1.0, 1.0)))
+    return model
+
+
+def test_cli_export_onnx(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    _lesion_model().save_pretrained(tmp_path / "model")
     parser = argparse.ArgumentParser()
     EXPORT_COMMAND.configure(parser)
     out = tmp_path / "seg.onnx"
@@ -277,9 +300,70 @@ def test_cli_export_onnx(tmp_path, capsys):
                               "--image-size", *map(str, SIZE), "--int8"])
     assert EXPORT_COMMAND.run(args) == 0
     printed = capsys.readouterr().out
-    assert "parity seg.logits" in printed and "int8 drift seg.logits" in printed
-    assert out.exists() and out.with_suffix(".int8.onnx").exists()
+    assert "int8 drift seg.logits" in printed
+    rows = [line.split() for line in printed.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [(r[0], r[1], r[2], r[-1]) for r in rows] == [("2", "32x32", "seg.logits", "ok"),
+                                                         ("1", "32x32", "seg.logits", "ok")]
+    assert '  class_names: {"seg": ["background", "lesion"]}' in printed and "  scaling: zscore_per_image" in printed
+    expected = {"vlsdk_version": vlsdk.__version__, "task": "lesion segmentation",
+                "class_names": '{"seg": ["background", "lesion"]}', "in_chans": "1", "input_channels": '["flair"]',
+                "scaling": "zscore_per_image", "image_size": "[32, 32]", "dynamic_size": "false",
+                "voxel_spacing": "[1.0, 1.0, 1.0]"}
+    on_disk = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert {k: on_disk[k] for k in expected} == expected
+    assert json.loads(on_disk["vlsdk"])["parity"]["atol"] == 1e-4
+    ort_meta = session(out).get_modelmeta().custom_metadata_map
+    assert {k: ort_meta[k] for k in expected} == expected
+    int8_meta = session(out.with_suffix(".int8.onnx")).get_modelmeta().custom_metadata_map
+    assert int8_meta["class_names"] == expected["class_names"] and "parity" not in read_metadata(
+        out.with_suffix(".int8.onnx"))
     assert run_onnx(out, torch.zeros(2, 1, *SIZE))["seg.logits"].shape == (2, 2, *SIZE)
     args = parser.parse_args(["onnx", "--model", str(tmp_path / "model"), "--out", str(out), "--heads", "nope"])
     assert EXPORT_COMMAND.run(args) == 1
     assert "unknown head" in capsys.readouterr().out
+
+
+def test_cli_without_metadata_and_with_a_bad_one(tmp_path, capsys):
+    torch.manual_seed(0)
+    plain = VLModel("tiny", in_chans=1)
+    plain.add_head("seg", task="segmentation", num_classes=2)
+    plain.save_pretrained(tmp_path / "plain")
+    parser = argparse.ArgumentParser()
+    EXPORT_COMMAND.configure(parser)
+    out = tmp_path / "seg.onnx"
+    args = parser.parse_args(["onnx", "--model", str(tmp_path / "plain"), "--out", str(out),
+                              "--image-size", *map(str, SIZE)])
+    assert EXPORT_COMMAND.run(args) == 0
+    props = read_props(out)
+    assert props["task"] == "segmentation" and props["in_chans"] == "1"  # the heads' task when none was recorded
+    assert "class_names" not in props  # not recorded: absent, not invented
+    _lesion_model().save_pretrained(tmp_path / "bad")
+    _edit_metadata(tmp_path / "bad", class_names={"seg": ["lesion"]})
+    out.unlink()
+    args = parser.parse_args(["onnx", "--model", str(tmp_path / "bad"), "--out", str(out),
+                              "--image-size", *map(str, SIZE)])
+    assert EXPORT_COMMAND.run(args) == 1
+    printed = capsys.readouterr().out
+    assert "'class_names.seg': expected 2 names (head 'seg' outputs 2 labels (segmentation: the background" in printed
+    assert str(tmp_path / "bad" / "config.json") in printed and not out.exists()
+
+
+def test_cli_tracer_warnings_fail_unless_allowed_and_are_printed(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = VLModel("tiny")
+    model.add_head("det", task="detection", num_classes=2, width=16)
+    model.save_pretrained(tmp_path / "det")
+    parser = argparse.ArgumentParser()
+    EXPORT_COMMAND.configure(parser)
+    out = tmp_path / "det.onnx"
+    base = ["onnx", "--model", str(tmp_path / "det"), "--out", str(out), "--image-size", *map(str, SIZE),
+            "--dynamic-size"]
+    assert EXPORT_COMMAND.run(parser.parse_args(base)) == 1
+    printed = capsys.readouterr().out
+    assert "error: the tracer froze values" in printed and "heads/detection.py:" in printed and not out.exists()
+    with pytest.warns(UserWarning, match="tracer warning"):
+        assert EXPORT_COMMAND.run(parser.parse_args([*base, "--allow-tracer-warnings"])) == 0
+    printed = capsys.readouterr().out
+    assert "tracer warnings allowed by --allow-tracer-warnings (2)" in printed
+    assert {line.split()[1] for line in printed.splitlines() if line.split()[:1] in (["1"], ["2"])} == {"32x32",
+                                                                                                         "64x96"}

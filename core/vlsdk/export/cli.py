@@ -69,15 +69,13 @@ def run_export(args: argparse.Namespace) -> int:
     from vlsdk.export.parity import ParityCase, ParityError, parity_table
     from vlsdk.export.quantize import int8_drift, quantize_onnx
     from vlsdk.export.tracing import TracerWarningError
-    from vlsdk.models.checkpoint import read_config
     from vlsdk.models.model import VLModel
 
     if args.export_format != "onnx":  # pragma: no cover - argparse only offers onnx
         print(f"error: unknown export format {args.export_format!r}")
         return 2
     try:
-        model = VLModel.from_pretrained(args.model).eval()
-        metadata = read_config(args.model).get("metadata")
+        model = VLModel.from_pretrained(args.model).eval()  # with the metadata block of config.json
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: cannot load a model from {args.model}: {exc}")
         return 1
@@ -85,7 +83,7 @@ def run_export(args: argparse.Namespace) -> int:
         path = to_onnx(model, args.out, heads=args.heads, image_size=tuple(args.image_size),
                        opset=args.opset or DEFAULT_OPSET, dynamic_batch=not args.static_batch,
                        dynamic_size=args.dynamic_size, verify=not args.no_check, atol=args.atol, rtol=args.rtol,
-                       allow_tracer_warnings=args.allow_tracer_warnings, metadata=metadata)
+                       allow_tracer_warnings=args.allow_tracer_warnings)
     except ParityError as exc:
         print(parity_table(exc.cases))
         print(f"error: {exc}")

@@ -17,9 +17,9 @@ strings (JSON for the structured ones) that any ONNX tool shows (``onnx.load(f).
 ``voxel_spacing``         JSON, when the saved model records it
 ========================  ==================================================================
 
-The optional facts come from the ``"metadata"`` block of a saved model's ``config.json``
-(``vlsdk.models.checkpoint.read_config(dir).get("metadata")``); a model saved without one gets
-only the keys the model itself can tell. Nothing is invented: an unknown fact is an absent key.
+The facts come from the model's :class:`~vlsdk.models.metadata.ModelMetadata` (``model.metadata``,
+which ``from_pretrained`` restores from the ``"metadata"`` block of ``config.json``), in its
+``to_dict()`` form; a fact it does not record is an absent key.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def model_props(*, in_chans: int, heads: Mapping[str, Mapping[str, Any]], image_
         heads: the exported head layout, head -> ``{"task": ..., "num_classes": ...}``.
         image_size: ``(H, W)`` of the export.
         dynamic_size: whether the spatial axes are dynamic.
-        metadata: the saved model's ``config.json`` ``"metadata"`` block, or ``None``.
+        metadata: ``ModelMetadata.to_dict()`` (the ``config.json`` ``"metadata"`` block), or ``None``.
 
     Returns:
         key -> string, for :data:`PROP_KEYS` that are known.
@@ -91,10 +91,13 @@ def model_props(*, in_chans: int, heads: Mapping[str, Mapping[str, Any]], image_
         names = _names(f"class_names.{head}", names)
         if head not in heads:
             continue  # a head that was not exported
-        expected = heads[head].get("num_classes")
-        if isinstance(expected, int) and len(names) != expected:
-            raise _fail(f"class_names.{head}", f"{expected} names (head {head!r} has num_classes={expected})",
-                        names)
+        n = heads[head].get("num_classes")
+        segmentation = heads[head].get("task") == "segmentation"
+        expected = None if not isinstance(n, int) else max(n, 2) if segmentation else n  # as save_pretrained
+        if expected is not None and len(names) != expected:
+            background = " (segmentation: the background is label 0)" if segmentation else ""
+            raise _fail(f"class_names.{head}", f"{expected} names (head {head!r} outputs {expected} labels"
+                        f"{background})", names)
         exported[head] = names
     if exported:
         props["class_names"] = json.dumps(exported)

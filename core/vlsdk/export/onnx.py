@@ -250,7 +250,7 @@ def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = N
             dynamic_batch: bool = True, dynamic_size: bool = False, batch_size: int = 2,
             example: torch.Tensor | None = None, check_experts: bool = True, verify: bool = True,
             atol: float = 1e-4, rtol: float = 1e-4, allow_tracer_warnings: bool = False,
-            metadata: Mapping[str, Any] | None = None) -> Path:
+            metadata: Mapping[str, Any] | Any | None = None) -> Path:
     """Export ``model`` (encoder, MoE routing, every expert, the chosen heads) to an ONNX file.
 
     The model is left as it was (training flags, sparse/dense MoE flags, weights). See the
@@ -279,8 +279,9 @@ def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = N
         allow_tracer_warnings: export even though the tracer warned of values frozen into the
             graph (other than :data:`~vlsdk.export.tracing.KNOWN_TRACER_WARNINGS`); the warnings
             are then warned about once and recorded in the metadata (``"tracer_warnings"``).
-        metadata: the saved model's ``config.json`` ``"metadata"`` block (task, class names, input
-            channels, scaling), written as flat ``metadata_props`` (:mod:`vlsdk.export.metadata_props`).
+        metadata: what the model is for (task, class names, input channels, scaling), written as
+            flat ``metadata_props`` (:mod:`vlsdk.export.metadata_props`): a ``ModelMetadata`` or its
+            ``to_dict()`` form; default ``model.metadata`` (from ``config.json`` after ``from_pretrained``).
 
     Returns:
         the path written.
@@ -323,6 +324,10 @@ def to_onnx(model: VLModel, path: str | Path, *, heads: Sequence[str] | None = N
         live = live_moe_layers(wrapper, example)
     with export_mode(model), torch.no_grad():
         layout = wrapper.describe(example)
+    if metadata is None and hasattr(getattr(model, "metadata", None), "to_dict"):
+        metadata = model.metadata.to_dict()  # restored from config.json by from_pretrained
+    elif hasattr(metadata, "to_dict"):
+        metadata = metadata.to_dict()
     props = model_props(in_chans=channels, heads=layout, image_size=size, dynamic_size=dynamic_size,
                         metadata=metadata)
     names = wrapper.output_names
