@@ -18,7 +18,8 @@ from vlsdk.train import TrainConfig, load_train_config
     ("none", float | None, None), ("null", int | None, None), (None, str | None, None), ("2.5", float | None, 2.5),
     ("x.yaml", pathlib.Path, pathlib.Path("x.yaml")), (pathlib.Path("a"), str, "a"),
     ("bf16", Literal["off", "bf16"], "bf16"), ("2", Literal[1, 2], 2),
-    ("1,2, 3", tuple[int, ...], (1, 2, 3)), ([1, 2.5], tuple[float, ...], (1.0, 2.5)), ("[4, 5]", tuple[int, int], (4, 5)),
+    ("1,2, 3", tuple[int, ...], (1, 2, 3)), ([1, 2.5], tuple[float, ...], (1.0, 2.5)),
+    ("[4, 5]", tuple[int, int], (4, 5)),
     ("a, b", list[str], ["a", "b"]), ("", list[str], []), ({"a": "1e-2"}, dict[str, float], {"a": 0.01}),
     ('{"k": 1}', dict, {"k": 1}),
 ])
