@@ -5,7 +5,8 @@
 #   bash scripts/bootstrap.sh test [ARGS...]  # python -m pytest ARGS...
 #
 # Creates the venv if missing, installs torch first when it does not import there, then
-# `pip install -e ".[dev]"`. A second run skips installing while pyproject.toml is unchanged.
+# `pip install -e ".[dev]"`, saying what it installs and how far it got (pip's full output goes to
+# <venv>/bootstrap-pip.log). A second run skips installing while pyproject.toml is unchanged.
 #
 # Environment:
 #   VLSDK_VENV        venv directory (default: <repo>/.venv)
@@ -25,7 +26,7 @@ say() { printf '[bootstrap] %s\n' "$*" >&2; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,13p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,14p' "$SELF" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -46,16 +47,48 @@ stamp_value() {
     printf '%s %s %s\n' "$digest" "$ROOT" "$TORCH_SPEC"
 }
 
+pip_install() {
+    # pip_install WHAT ROUGHLY PIP-ARGS...: say what is installed and roughly how long it takes, then
+    # one line per requirement pip collects (a running count) and the elapsed time. pip's full
+    # output goes to $LOG; its last lines are shown if it fails.
+    local what="$1" roughly="$2" start=$SECONDS logged
+    shift 2
+    logged="$(wc -l <"$LOG")"
+    say "installing $what ($roughly)"
+    if ! "$PY" -m pip --disable-pip-version-check install --progress-bar off "$@" 2>&1 | tee -a "$LOG" | show_progress
+    then
+        tail -n "+$((logged + 1))" "$LOG" | tail -n 25 >&2
+        die "installing $what failed; pip's full output is in $LOG"
+    fi
+    say "installed $what in $((SECONDS - start)) s"
+}
+
+show_progress() {
+    # Read pip's output line by line (a pipe through awk or sed would hold lines back in a buffer).
+    local line n=0
+    while IFS= read -r line; do
+        case "$line" in
+            Collecting\ *|Processing\ *|Obtaining\ *)
+                n=$((n + 1))
+                line="${line#* }"
+                line="${line%% *}"
+                printf '[bootstrap]   %3d  %s\n' "$n" "${line##*/}" >&2 ;;
+            Installing\ collected\ packages*)
+                say "  unpacking $n packages (the longest step; no output until it ends)" ;;
+        esac
+    done
+}
+
 install() {
-    local pip=("$PY" -m pip --disable-pip-version-check)
+    LOG="$VENV/bootstrap-pip.log"
+    : >"$LOG"
     if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
-        say "installing $TORCH_SPEC"
-        "${pip[@]}" install -q --progress-bar off "$TORCH_SPEC"
+        pip_install "$TORCH_SPEC" "a CPU build is about 190 MB, a CUDA build several GB: 1 to 10 minutes" "$TORCH_SPEC"
     fi
     # The tests build wheels and install the example plugin with --no-build-isolation.
-    "${pip[@]}" install -q --progress-bar off "setuptools>=68" wheel
-    say "installing vlsdk (editable) with the dev extras"
-    "${pip[@]}" install -q --progress-bar off -e "$ROOT[dev]"
+    pip_install "the build tools" "seconds" "setuptools>=77" wheel
+    pip_install "vlsdk (editable) with the dev extras: monai, nuscenes-devkit, albumentations, onnxruntime, peft, pytest and their dependencies" \
+        "about 100 packages, 0.6 GB: 3 to 10 minutes" -e "$ROOT[dev]"
     stamp_value >"$STAMP"
 }
 
