@@ -100,7 +100,7 @@ def test_a_head_that_freezes_the_batch_fails_on_its_tracer_warning(register_plug
     with pytest.raises(TracerWarningError, match="Converting a tensor to a Python integer") as info:
         to_onnx(model, out, image_size=SIZE)
     (issue,) = info.value.issues
-    assert issue.file == __file__ and issue.code == "batch = int(x.shape[0])  # the bug: a constant of the example input once traced"
+    assert issue.file == __file__ and issue.code.startswith("batch = int(x.shape[0])  # the bug")
     assert f"{Path(__file__).name}:{issue.line}" in str(info.value) and "--allow-tracer-warnings" in str(info.value)
     assert not out.exists()
 

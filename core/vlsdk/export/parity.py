@@ -164,7 +164,8 @@ def parity_cases(model: VLModel, sess: Any, meta: dict[str, Any]) -> list[tuple[
     sizes = [(height, width)]
     if _is_dynamic(shape[2]) or _is_dynamic(shape[3]):
         m = max(model.config.strides)
-        sizes.append((height + m if _is_dynamic(shape[2]) else height, width + 2 * m if _is_dynamic(shape[3]) else width))
+        sizes.append((height + m if _is_dynamic(shape[2]) else height,
+                      width + 2 * m if _is_dynamic(shape[3]) else width))
     return [(b, s) for s in sizes for b in batches]
 
 
