@@ -238,27 +238,13 @@ def _original(p: HeadPrediction) -> tuple[torch.Tensor, tuple[int, int]]:
     return image, (int(image.shape[-2]), int(image.shape[-1]))
 
 
-def _class_names(p: HeadPrediction, labels: Any) -> list[Any]:
-    """The recorded class name of each label (the labels themselves when none are recorded)."""
-    import numpy as np
-
-    names = p.model.metadata.class_names.get(p.name)
-    labels = np.asarray(labels, dtype=np.int64)
-    if names is None:
-        return labels.tolist()
-    if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(names):
-        raise ValueError(f"head {p.name!r} predicted labels {sorted(set(labels.tolist()))}, but the model's "
-                         f"metadata.class_names.{p.name} names only {len(names)}: {list(names)}")
-    return np.asarray(names, dtype=object)[labels].tolist()
-
-
 def _write_detection(p: HeadPrediction) -> dict[str, Any]:
     det = p.head.decode(p.output(), score_threshold=p.options["score_threshold"])[0]
     image, (h, w) = _original(p)
     sy, sx = h / p.input.images.shape[-2], w / p.input.images.shape[-1]
     boxes = det.boxes * det.boxes.new_tensor([sx, sy, sx, sy])
     ids = det.labels.tolist()
-    labels = _class_names(p, ids)
+    labels = p.label_names(ids)
     return {"task": p.task, "boxes": boxes.tolist(), "scores": det.scores.tolist(), "labels": labels,
             "label_ids": ids, "picture": _draw_boxes(image, boxes, det.scores, labels, p.out_dir / f"{p.stem}.png")}
 
@@ -276,7 +262,7 @@ def _write_segmentation(p: HeadPrediction) -> dict[str, Any]:
              "picture": overlay_labels(image, labels, p.out_dir / f"{p.stem}.png", names=names),
              "pixels_per_label": counts}
     if names is not None:
-        entry["pixels_per_class"] = dict(zip(_class_names(p, range(len(counts))), counts, strict=True))
+        entry["pixels_per_class"] = dict(zip(p.label_names(range(len(counts))), counts, strict=True))
     return entry
 
 

@@ -160,6 +160,26 @@ class HeadPrediction:
         """This head's raw output on the input (see :attr:`run`)."""
         return self.run()[self.name]
 
+    def label_names(self, labels: Any) -> list[Any]:
+        """The class name the model's metadata records for each label (the labels themselves when none are).
+
+        Args:
+            labels: integer labels of this head (a sequence, array or tensor).
+
+        Raises:
+            ValueError: a label past the names recorded for this head.
+        """
+        import numpy as np
+
+        names = self.model.metadata.class_names.get(self.name)
+        labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64)
+        if names is None:
+            return labels.tolist()
+        if labels.size and not 0 <= int(labels.min()) <= int(labels.max()) < len(names):
+            raise ValueError(f"head {self.name!r} predicted labels {sorted(set(labels.tolist()))}, but the model's "
+                             f"metadata.class_names.{self.name} names only {len(names)}: {list(names)}")
+        return np.asarray(names, dtype=object)[labels].tolist()
+
 
 @dataclass(frozen=True)
 class InputReader:

@@ -15,7 +15,7 @@ from vlsdk.cli import main
 from vlsdk.models.metadata import InputSpec, ModelMetadata
 from vlsdk.plugins import hookimpl
 from vlsdk.predict import predict_files, read_image
-from vlsdk.predict_io import InputReader, PredictInput, fit_channels
+from vlsdk.predict_io import HeadPrediction, InputReader, PredictInput, fit_channels
 
 
 def _save(directory, in_chans, channels, image_size=None, scaling="divide_255", class_names=True):
@@ -158,3 +158,14 @@ def test_plugin_readers_honour_repeat_channels_and_the_finite_check(plugin_host,
     np.full((32, 32), np.nan, np.float32).tofile(tmp_path / "nan.raw1")
     with pytest.raises(ValueError, match=r"nan.raw1: 2048 of 2048 values of the model input \(acme.raw1 reader\)"):
         predict_files(tmp_path / "model", [tmp_path / "nan.raw1"], tmp_path / "out", repeat_channels=True)
+
+
+def test_a_label_past_the_recorded_class_names_is_an_error_not_a_wrong_name(tmp_path):
+    model = _save(tmp_path / "model", 1, ("gray",))
+    item = PredictInput(tmp_path / "a.png", torch.zeros(1, 1, 32, 32))
+    prediction = HeadPrediction("det", "detection", model, item, tmp_path, "a.det", {}, lambda: {})
+    assert prediction.label_names(torch.tensor([1, 0])) == ["short", "open"]
+    with pytest.raises(ValueError, match=r"head 'det' predicted labels \[0, 2\].*names only 2: \['open', 'short'\]"):
+        prediction.label_names([0, 2])
+    unnamed = HeadPrediction("depth", "depth", model, item, tmp_path, "a.depth", {}, lambda: {})
+    assert unnamed.label_names([3]) == [3]

@@ -205,17 +205,3 @@ class ModelMetadata:
     def channels(self, in_chans: int) -> tuple[str, ...]:
         """The recorded channel names, or ``("channel_0", ...)`` for ``in_chans`` channels when none are."""
         return self.input.channels if self.input is not None else default_channels(in_chans)
-
-    def label_name(self, head: str, label: int) -> str | int:
-        """The class name of ``label`` for ``head``, or ``label`` itself when no names are recorded.
-
-        Raises:
-            ValueError: names are recorded for ``head`` but ``label`` is past them.
-        """
-        names = self.class_names.get(head)
-        if names is None:
-            return label
-        if not 0 <= label < len(names):
-            raise ValueError(f"head {head!r} predicted label {label}, but metadata.class_names.{head} names "
-                             f"{len(names)} labels {list(names)}")
-        return names[label]
