@@ -253,7 +253,8 @@ def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor], weights: P
     shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(v.shape)})" for k, v in expected.items()
               if k in state and state[k].shape != v.shape]
     problems = [f"{len(names)} {what}: {_some(names)}" for names, what in
-                ((missing, "tensor(s) missing"), (unexpected, "unexpected tensor(s)"), (shapes, "tensor(s) of another shape"))
+                ((missing, "tensor(s) missing"), (unexpected, "unexpected tensor(s)"),
+                 (shapes, "tensor(s) of another shape"))
                 if names]
     if problems:
         raise ValueError(f"{weights} does not match {weights.parent / CONFIG_NAME}: " + "; ".join(problems))
