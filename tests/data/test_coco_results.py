@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from vlsdk.data.coco_results import COCOEVAL_STATS, coco_ground_truth, coco_resu
 from vlsdk.data.transforms import Resize
 from vlsdk.metrics.detection import DetectionMAP
 
-pytest.importorskip("pycocotools")
+COCO = pytest.importorskip("pycocotools.coco").COCO
 
 
 def _predictions(samples: list[dict], seed: int, ties: bool = False) -> list[dict]:
@@ -54,7 +56,10 @@ def test_pycocotools_ap_equals_detection_map_on_deeppcb(boards, tmp_path: Path, 
     gt_path, res_path = tmp_path / "gt.json", tmp_path / "results.json"
     gt_path.write_text(json.dumps(coco_ground_truth(samples, classes)))
     res_path.write_text(json.dumps(coco_results(preds, samples)))
-    stats = cocoeval_summary(gt_path, res_path)  # pycocotools loads both JSON files (COCO().loadRes)
+    with contextlib.redirect_stdout(io.StringIO()):
+        loaded = COCO(str(gt_path)).loadRes(str(res_path))  # pycocotools reads both JSON files itself
+    assert len(loaded.getAnnIds()) == sum(len(p["scores"]) for p in preds)
+    stats = cocoeval_summary(gt_path, res_path)
     assert list(stats) == list(COCOEVAL_STATS)
     metric = DetectionMAP(classes)
     metric.update(preds, [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples])
@@ -70,8 +75,6 @@ def test_pycocotools_ap_equals_detection_map_on_deeppcb(boards, tmp_path: Path, 
 
 
 def test_ground_truth_and_results_match_pycocotools_loading(boards) -> None:
-    from pycocotools.coco import COCO
-
     samples, classes = boards
     gt = coco_ground_truth(samples, classes)
     assert len(gt["images"]) == 250 and len(gt["annotations"]) == sum(len(s["labels"]) for s in samples)

@@ -1,4 +1,4 @@
-"""DataError messages, Pillow image reading (pixel-identical to OpenCV on real DeepPCB), collate."""
+"""DataError messages, Pillow image reading (pixel-identical to the OpenCV reader on DeepPCB and JPEGs), collate."""
 
 from __future__ import annotations
 
@@ -45,13 +45,28 @@ def test_read_image_gray_rgb_and_refusals(tmp_path: Path) -> None:
         read_image(tmp_path / "c.png", channels=2)
 
 
-def test_pillow_reads_deeppcb_exactly_as_opencv(deeppcb: Path) -> None:
-    cv2 = pytest.importorskip("cv2")
-    files = sorted((deeppcb / "PCBData").glob("*/*/*_te*.jpg"))[:200]  # boards and templates
-    assert len(files) == 200
-    for f in files:
-        ref = cv2.imdecode(np.fromfile(f, np.uint8), cv2.IMREAD_GRAYSCALE)
-        np.testing.assert_array_equal(read_image(f)[..., 0], ref, err_msg=str(f))
+def test_pillow_reads_deeppcb_exactly_as_the_industrial_opencv_reader(deeppcb: Path) -> None:
+    pytest.importorskip("cv2")
+    from vlsdk_industrial.deeppcb import read_deeppcb_list
+    from vlsdk_industrial.samples import read_image as read_image_cv2
+
+    pairs = read_deeppcb_list(deeppcb / "PCBData" / "test.txt")
+    files = [f for _, board, temp, _ in pairs for f in (board, temp)]
+    assert len(files) == 500
+    for f in files:  # every board and template of the test split
+        np.testing.assert_array_equal(read_image(f), read_image_cv2(f), err_msg=str(f))
+
+
+def test_colour_jpeg_matches_opencv(tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    from vlsdk_industrial.samples import read_image as read_image_cv2
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    rgb = np.stack((xx * 4, yy * 5, (xx + yy) * 2), axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.jpg", quality=85)
+    for channels in (1, 3):
+        np.testing.assert_array_equal(read_image(tmp_path / "c.jpg", channels), read_image_cv2(tmp_path / "c.jpg",
+                                                                                                 channels))
 
 
 def test_collate_stacks_images_and_targets() -> None:

@@ -47,7 +47,8 @@ def test_samples_have_size_and_image_id(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
 def test_non_finite_coordinate_is_named_or_skipped(tmp_path: Path, value: str) -> None:
     root = _write(tmp_path, ymin=value)
-    with pytest.raises(DataError, match=r"1\.xml:8: object 1 'scratch': <bndbox> ymin is (-?inf|nan); expected a finite number") as info:
+    with pytest.raises(DataError, match=r"1\.xml:8: object 1 'scratch': <bndbox> ymin is (-?inf|nan); expected a "
+                                        r"finite number") as info:
         VOCDataset(root)
     assert info.value.line == 8 and info.value.field == "ymin"
     with pytest.warns(UserWarning, match="skipped 1 bad sample"):

@@ -27,8 +27,6 @@ from vlsdk.data.samples import DataError, OnError, SkipLog, read_image
 
 __all__ = ["COCODataset"]
 
-_BOX_FIELDS = ("x", "y", "w", "h")
-
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -129,8 +129,9 @@ def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
     """Read an 8-bit image file with Pillow as ``(H, W, channels)`` ``uint8``.
 
     The EXIF orientation is applied. A colour JPEG read with ``channels=1`` is decoded straight to
-    its luma (as libjpeg and OpenCV's ``IMREAD_GRAYSCALE`` do); other colour images are converted
-    with Pillow's ITU-R 601-2 luma.
+    its luma, as OpenCV's ``IMREAD_GRAYSCALE`` does (JPEGs come out pixel-identical to OpenCV's);
+    other colour images are converted with Pillow's ITU-R 601-2 luma, which may round one grey
+    level away from OpenCV's.
 
     Args:
         path: image file (any format Pillow reads).
@@ -160,7 +161,7 @@ def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
                 image.draft("L", image.size)  # decode the luma only; no scaling at the full size
             if image.mode not in _EIGHT_BIT_MODES:
                 raise DataError(path, f"{image.mode} image: only 8-bit images are read (convert it to 8 bits)")
-            if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation
+            if (image.info.get("exif") or image.format == "TIFF") and image.getexif().get(0x0112, 1) != 1:
                 image = ImageOps.exif_transpose(image)
             pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # writable, as OpenCV's were
             return pixels.reshape(image.height, image.width, channels)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from vlsdk.data.samples import DataError, OnError, SkipLog, empty_targets, read_image
+from vlsdk_industrial.samples import DataError, OnError, SkipLog, empty_targets, read_image
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder"]
 
