@@ -140,8 +140,11 @@ def _peek(path: Path) -> tuple[int, float]:
     else:
         from PIL import Image
 
-        with Image.open(path) as im:
-            mode = im.mode if im.mode in ("L", "RGB", "RGBA", "I;16", "I", "F") else "RGB"
+        try:
+            with Image.open(path) as im:
+                mode = im.mode if im.mode in ("L", "RGB", "RGBA", "I;16", "I", "F") else "RGB"
+        except OSError as err:  # PIL's UnidentifiedImageError too
+            raise ValueError(f"{path}: not a readable image ({err})") from None
         channels = Image.getmodebands(mode)
         dtype = np.dtype({"L": "uint8", "RGB": "uint8", "RGBA": "uint8", "I;16": "uint16"}.get(mode, "float32"))
     return channels, 255.0 if dtype == np.uint8 else 65535.0 if dtype == np.uint16 else 1.0

@@ -114,6 +114,12 @@ def test_non_finite_pixels_are_an_error_naming_the_file_and_count(tmp_path):
     np.save(tmp_path / "bad.npy", arr)
     with pytest.raises(ValueError, match=r"bad.npy: 4 of 1920 pixel values are non-finite \(NaN or inf\)"):
         predict_files(tmp_path / "model", [tmp_path / "bad.npy"], tmp_path / "out")
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
+    with pytest.raises(ValueError, match=r"cut.png: not a readable image"):
+        predict_files(tmp_path / "model", [tmp_path / "cut.png"], tmp_path / "out")
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY\x01\x00")
+    with pytest.raises(ValueError, match=r"cut.npy: not a readable .npy array"):
+        predict_files(tmp_path / "model", [tmp_path / "cut.npy"], tmp_path / "out")
 
 
 def test_recorded_scaling_is_applied(tmp_path):
