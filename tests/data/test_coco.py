@@ -44,6 +44,9 @@ def test_config_form_and_positional_form_agree(tmp_path: Path) -> None:
     np.testing.assert_array_equal(s["boxes"], [[1, 2, 11, 22], [5, 5, 9.5, 8]])
     assert s["labels"].tolist() == [1, 0] and s["boxes"].dtype == np.float32 and s["labels"].dtype == np.int64
     np.testing.assert_array_equal(b[1]["boxes"], s["boxes"])
+    _edit(root, lambda d: [im.__setitem__("file_name", "images/" + im["file_name"]) for im in d["images"]])
+    c = COCODataset(root=root, annotations="annotations.json", images=None)  # file names relative to root
+    np.testing.assert_array_equal(c[1]["boxes"], s["boxes"])
     with pytest.raises(ValueError, match="not both"):
         COCODataset(root / "annotations.json", root=root)
 
