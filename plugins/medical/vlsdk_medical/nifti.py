@@ -23,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
-__all__ = ["VolumeError", "load_volume", "load_image_label", "volume_spacing", "axcodes_of"]
+__all__ = ["VolumeError", "check_nifti_header", "load_volume", "load_image_label", "volume_spacing", "axcodes_of"]
 
 _LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -49,6 +49,46 @@ def axcodes_of(affine: Any) -> str:
     return "".join(nib.orientations.aff2axcodes(np.asarray(affine, dtype=np.float64)))
 
 
+def check_nifti_header(img: Any, path: str | os.PathLike[str]) -> None:
+    """Raise :class:`VolumeError` naming the field when a NIfTI header's geometry or scaling is NaN/inf.
+
+    The sform (``srow_x/y/z``, when ``sform_code`` > 0), the qform (``quatern_b/c/d``,
+    ``qoffset_x/y/z``, when ``qform_code`` > 0), the voxel sizes (``pixdim[1:4]``) and the
+    ``scl_slope``/``scl_inter`` scaling are checked. A NaN ``scl_slope`` is NIfTI's (and nibabel's)
+    "no scaling" and passes; an infinite one does not. Readers would otherwise fall back on another
+    affine or on no scaling without a word.
+
+    Args:
+        img: a ``nibabel`` NIfTI-1/2 image loaded from ``path`` (its header is read again as
+            stored: nibabel resets the scaling fields of the loaded one).
+        path: its file, for the message.
+
+    Raises:
+        VolumeError: ``scan.nii: header field srow_x (sform) is [nan, 0.0, 0.0, 0.0]; expected finite numbers``.
+    """
+    import nibabel as nib
+
+    holder = img.file_map.get("header") or img.file_map["image"]
+    with nib.openers.ImageOpener(holder.filename or holder.fileobj) as f:
+        header = type(img.header).from_fileobj(f, check=False)
+    fields = []
+    if int(header.get("sform_code", 0)):
+        fields += ["srow_x", "srow_y", "srow_z"]
+    if int(header.get("qform_code", 0)):
+        fields += ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"]
+    fields += ["pixdim", "scl_slope", "scl_inter"]
+    for name in fields:
+        if name not in header:
+            continue
+        value = np.asarray(header[name], dtype=np.float64)
+        value = value[1:4] if name == "pixdim" else value
+        bad = np.isinf(value) if name.startswith("scl_") else ~np.isfinite(value)
+        if bad.any():
+            where = " (sform)" if name.startswith("srow") else " (qform)" if name[:2] in ("qu", "qo") else ""
+            raise VolumeError(f"{path}: header field {name}{where} is {value.tolist()}; expected finite numbers "
+                              "(the voxels cannot be placed in space or scaled)")
+
+
 def volume_spacing(affine: Any) -> tuple[float, ...]:
     """Voxel size in mm along each array axis, from the affine's column norms.
 
@@ -57,6 +97,17 @@ def volume_spacing(affine: Any) -> tuple[float, ...]:
     """
     a = np.asarray(affine, dtype=np.float64)
     return tuple(float(v) for v in np.linalg.norm(a[:3, :3], axis=0))
+
+
+def _check_nifti_file(path: str) -> None:
+    """:func:`check_nifti_header` on a file's header (nibabel reads no voxels for it)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # noqa: BLE001 - any nibabel failure is a broken file
+        raise VolumeError(f"{path}: cannot read NIfTI header ({type(exc).__name__}: {exc})") from None
+    check_nifti_header(img, path)
 
 
 def load_volume(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, axcodes: str | None = "RAS",
@@ -86,6 +137,8 @@ def load_volume(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     for p in paths:
         if not Path(p).exists():
             raise VolumeError(f"{p}: no such file")
+        if p.lower().endswith((".nii", ".nii.gz")):
+            _check_nifti_file(p)
         try:
             images.append(loader(p))
         except Exception as exc:  # noqa: BLE001 - any reader failure is a broken file

@@ -87,20 +87,6 @@ def _model_input(data: np.ndarray, path: Path, model: Any, model_dir: Path | Non
     return volume, slices, context
 
 
-def _check_nifti_header(img: Any, path: Path) -> None:
-    """NaN/inf in the affine or the scale factors is an error naming the header field."""
-    header = img.header
-    if not np.isfinite(img.affine).all():
-        codes = {k: int(header[k]) for k in ("sform_code", "qform_code") if k in header}
-        field = ("srow_x/srow_y/srow_z (sform)" if codes.get("sform_code") else
-                 "quatern_b/c/d, qoffset_x/y/z, pixdim (qform)" if codes.get("qform_code") else "pixdim")
-        raise ValueError(f"{path}: the affine from {field} has non-finite values {img.affine.tolist()}; the "
-                         "voxels cannot be placed in space")
-    for key in ("scl_slope", "scl_inter"):  # NaN is nibabel's and NIfTI's "no scaling"; inf is damage
-        if key in header and np.isinf(float(header[key])):
-            raise ValueError(f"{path}: header field {key} is {float(header[key])}; expected a finite number")
-
-
 def read_nifti(path: Path, model: Any, model_dir: Path) -> PredictInput:
     """A NIfTI volume as ``(Z, C', X, Y)`` slices; ``meta`` keeps the volume, affine, header and context.
 
@@ -118,16 +104,17 @@ def read_nifti(path: Path, model: Any, model_dir: Path) -> PredictInput:
     """
     import nibabel as nib
 
+    from vlsdk_medical.nifti import check_nifti_header
+
     try:
         img = nib.load(str(path))
-        _check_nifti_header(img, path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except ValueError as err:
-        if str(err).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: cannot read NIfTI ({type(err).__name__}: {err})") from None
     except Exception as err:  # noqa: BLE001 - any nibabel failure is an unreadable file
         raise ValueError(f"{path}: cannot read NIfTI ({type(err).__name__}: {err})") from None
+    check_nifti_header(img, path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as err:  # noqa: BLE001 - voxels the header promises but the file lacks, a bad dtype
+        raise ValueError(f"{path}: cannot read the NIfTI voxels ({type(err).__name__}: {err})") from None
     if data.ndim == 3:
         data = data[None]
     elif data.ndim == 4:
