@@ -1,9 +1,10 @@
 """The docstring examples of vlsdk's public modules run as doctests.
 
-Covered: the top-level ``vlsdk`` module (its lazily exported names live in ``models`` and
-``plugins``) and every module of the public packages in :data:`PACKAGES`. A module whose examples
-need an extra that is not installed is skipped, naming the extra; an example that cannot run in a
-test (a GPU, a trained model, files it does not make) carries ``# doctest: +SKIP``.
+Covered: the public top-level modules (:data:`TOP_LEVEL`; the lazily exported names of ``vlsdk``
+live in ``models`` and ``plugins``) and every module of the public packages in :data:`PACKAGES`.
+A module whose examples need an extra that is not installed is skipped, naming the extra; an
+example that cannot run in a test (a GPU, a trained model, files it does not make) carries
+``# doctest: +SKIP``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pathlib import Path
 import pytest
 
 #: Public packages whose modules are all collected (submodules included).
-PACKAGES = ("models", "heads", "plugins", "train", "export", "quant", "inspect", "ops")
+PACKAGES = ("models", "heads", "plugins", "train", "export", "quant", "inspect", "ops", "tasks", "data", "metrics",
+            "report")
+#: Public top-level modules (``vlsdk`` itself holds the lazily exported names' overview).
+TOP_LEVEL = ("vlsdk", "vlsdk.settings", "vlsdk.predict", "vlsdk.demo")
 
 #: Module-name prefix -> (extra, the import names that extra provides and the module's examples use).
 NEEDS_EXTRA = {
@@ -32,8 +36,8 @@ OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 def _public_modules() -> list[str]:
-    """``vlsdk`` and every module of :data:`PACKAGES`, found without importing them."""
-    names = ["vlsdk"]
+    """:data:`TOP_LEVEL` and every module of :data:`PACKAGES`, found without importing them."""
+    names = list(TOP_LEVEL)
     for package in PACKAGES:
         name = f"vlsdk.{package}"
         spec = importlib.util.find_spec(name)

@@ -240,7 +240,8 @@ def test_direct_imports_are_declared(metadata):
                 if not dists & allowed:
                     scope = f"the {domain!r} extra" if domain else ("an extra" if lazy else "the core dependencies")
                     problems.append(f"{where}:{line} imports {name} ({', '.join(sorted(dists))}), not in {scope}")
-    assert not unknown, "imports of packages not installed here (cannot tell their distribution):\n" + "\n".join(unknown)
+    assert not unknown, ("imports of packages not installed here (cannot tell their distribution):\n"
+                         + "\n".join(unknown))
     assert not problems, "undeclared direct imports:\n" + "\n".join(problems)
 
 
@@ -304,7 +305,8 @@ def test_core_without_extras_next_to_numpy_2(clean_venv):
     assert numpy_version.startswith("2."), numpy_version
     if "VLSDK_TORCH_SPEC" not in os.environ:
         assert cuda == "None", f"pip pulled a CUDA build of torch (CUDA {cuda}) for torch==2.13.0"
-    out = _ok([python, "-c", "import vlsdk; m = vlsdk.VLModel('tiny', in_chans=1); print(vlsdk.__version__, vlsdk.__file__)"])
+    build = "import vlsdk; m = vlsdk.VLModel('tiny', in_chans=1); print(vlsdk.__version__, vlsdk.__file__)"
+    out = _ok([python, "-c", build])
     version, location = out.split()
     assert Path(location).resolve().is_relative_to(clean_venv.parent.resolve()), location  # not the repo
     assert _ok([clean_venv / "vlsdk", "--version"]).strip() == f"vlsdk {version}"
