@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlsdk_industrial.mixing import MixedDataset
+from vlsdk.data.mixing import MixedDataset
 from vlsdk_industrial.synth import BoardSynthesizer
 from vlsdk_industrial.transforms import build_transforms
 

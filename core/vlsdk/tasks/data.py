@@ -12,9 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from vlsdk.tasks.components import build, build_pipeline
+from vlsdk.tasks.components import build
 
-__all__ = ["HeldOut", "SyntheticSet", "split_datasets", "synthetic_set"]
+__all__ = ["PRETRAIN_SEED", "HeldOut", "SyntheticSet", "split_datasets", "synthetic_set"]
+
+#: Seeds of a synthetic pre-training set start at ``PRETRAIN_SEED + seed``, apart from the seeds of a
+#: mixed-in synthetic set (``seed ... seed + len(real) - 1``), so the two stages never share a sample.
+PRETRAIN_SEED = 1_000_000
 
 
 class HeldOut:
@@ -40,25 +44,20 @@ class HeldOut:
         return getattr(self.dataset, name)
 
 
-def split_datasets(settings: Any, split: str, *, train_transforms: Any, eval_transforms: Any,
-                   **context: Any) -> Any:
+def split_datasets(settings: Any, split: str, transform: Any, **context: Any) -> Any:
     """The ``split`` dataset named by ``settings.dataset`` / ``settings.val_dataset``.
 
     Args:
         settings: task settings with ``data``, ``dataset``, ``val_dataset``, ``val_fraction``, ``seed``.
         split: ``"train"`` or ``"val"``.
-        train_transforms: transform specs for training (by registered name).
-        eval_transforms: transform specs for evaluation.
-        **context: more values offered to the adapter and transform factories (``channels``...).
+        transform: the split's transform (``sample -> sample``) or ``None``.
+        **context: more values offered to the adapter's factory (``channels``, ``max_samples``...).
 
     Raises:
-        ValueError: an unknown adapter or transform (naming the closest), an empty dataset, or a
-            hold-out that leaves a split empty.
+        ValueError: an unknown adapter (naming the closest), an empty dataset, or a hold-out that
+            leaves a split empty.
     """
     train = split == "train"
-    tf_where = "transforms" if train else "eval_transforms"
-    transform = build_pipeline(train_transforms if train else eval_transforms, tf_where, train=train,
-                               seed=settings.seed, **context)
     common = {"root": settings.data, "transform": transform, "train": train, **context}
     if split == "val" and settings.val_dataset is not None:
         return _nonempty(build("datasets", settings.val_dataset, "val_dataset", split="val", **common), "val_dataset")

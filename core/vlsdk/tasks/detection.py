@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlsdk.tasks.components import build
-from vlsdk.tasks.data import split_datasets, synthetic_set
+from vlsdk.data.collate import collate_uint8, images_to_float
+from vlsdk.data.mixing import MixedDataset
+from vlsdk.tasks.components import build, build_pipeline
+from vlsdk.tasks.data import PRETRAIN_SEED, split_datasets, synthetic_set
 from vlsdk.tasks.protocol import Stage, Task
 from vlsdk.tasks.runner import autocast, model_device
 from vlsdk.tasks.settings import RunSettings, help_field
@@ -51,18 +53,22 @@ class DetectionSettings(RunSettings):
     experts: list[str] = help_field([], "registered experts inserted into every MoE layer")
     head: str = help_field("detection", "the registered head")
     synthesizer: ComponentSpec = help_field(None, "registered synthesizer for pre-training and mixing")
-    synthetic_pretrain_steps: int = help_field(0, "steps on synthetic samples only, before training")
-    synthetic_samples: int = help_field(1000, "synthetic samples in the pre-training set")
+    synthetic_pretrain_steps: int = help_field(0, "first train this many steps on synthetic samples only "
+                                                  "(each seen once), then on the data with a fresh schedule")
+    synthetic_ratio: float | None = help_field(None, "mix synthetic samples into training: real per synthetic "
+                                                     "(3 = 3:1); none: real only")
     score_threshold: float = help_field(0.3, "detections drawn and predicted from this score up")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.image_size < 32 or self.image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")
-        if self.synthetic_pretrain_steps < 0 or self.synthetic_samples < 1:
-            raise ValueError("synthetic_pretrain_steps must be >= 0 and synthetic_samples >= 1")
-        if self.synthetic_pretrain_steps and self.synthesizer is None:
-            raise ValueError("synthetic_pretrain_steps needs a synthesizer (a registered name)")
+        if self.synthetic_pretrain_steps < 0:
+            raise ValueError(f"synthetic_pretrain_steps must be >= 0, got {self.synthetic_pretrain_steps!r}")
+        if self.synthetic_ratio is not None and not self.synthetic_ratio > 0:
+            raise ValueError(f"synthetic_ratio must be > 0 or none, got {self.synthetic_ratio!r}")
+        if (self.synthetic_pretrain_steps or self.synthetic_ratio) and self.synthesizer is None:
+            raise ValueError("synthetic_pretrain_steps and synthetic_ratio need a synthesizer (a registered name)")
 
 
 def float_output(output: Any) -> Any:
@@ -89,39 +95,69 @@ class DetectionTask(Task):
     primary_metric = "map"
     description = "box detection on any registered dataset adapter (COCO, VOC, DeepPCB...): COCO mAP"
     quick = {"model": "tiny", "image_size": 128, "batch_size": 2, "max_steps": 4, "epochs": 1, "draw": 2,
-             "progress": False, "synthetic_samples": 8}
+             "progress": False}
     head = "detection"
 
+    def dataset_context(self, settings: DetectionSettings, split: str) -> dict[str, Any]:
+        """What the adapter of ``split`` is offered by keyword (it takes what its signature names)."""
+        return {"channels": settings.channels, "on_error": "skip"}
+
+    def synthesizer_context(self, settings: DetectionSettings) -> dict[str, Any]:
+        """What the synthesizer is offered by keyword."""
+        return {"channels": settings.channels, "size": settings.image_size}
+
+    def transform(self, settings: DetectionSettings, split: str) -> Any:
+        """The split's transform pipeline; the training one is built once and shared by every stage."""
+        train = split == "train"
+        if train and getattr(self, "_train_transform", None) is not None:
+            return self._train_transform
+        tf = build_pipeline(settings.transforms if train else settings.eval_transforms,
+                            "transforms" if train else "eval_transforms", train=train, seed=settings.seed,
+                            size=settings.image_size, channels=settings.channels)
+        if train:
+            self._train_transform = tf
+        return tf
+
     def datasets(self, settings: DetectionSettings, split: str) -> Any:
-        return split_datasets(settings, split, train_transforms=settings.transforms,
-                              eval_transforms=settings.eval_transforms, size=settings.image_size,
-                              channels=settings.channels, on_error="skip")
+        transform = self.transform(settings, split)
+        data = split_datasets(settings, split, transform, **self.dataset_context(settings, split))
+        if split == "train" and settings.synthetic_ratio is not None:
+            synthetic = synthetic_set(settings.synthesizer, len(data), settings.seed, transform,
+                                      **self.synthesizer_context(settings))
+            data = MixedDataset(data, synthetic, settings.synthetic_ratio)
+        return data
 
     def stages(self, settings: DetectionSettings) -> list[Stage]:
         if not settings.synthetic_pretrain_steps:
             return []
-        from vlsdk.tasks.components import build_pipeline
+        from vlsdk.train.distributed import dist_info
 
-        transform = build_pipeline(settings.transforms, "transforms", train=True, seed=settings.seed,
-                                   size=settings.image_size, channels=settings.channels)
-        data = synthetic_set(settings.synthesizer, settings.synthetic_samples, settings.seed, transform,
-                             channels=settings.channels)
-        return [Stage("pretrain", data, settings.synthetic_pretrain_steps)]
+        steps = settings.synthetic_pretrain_steps
+        data = synthetic_set(settings.synthesizer, steps * settings.batch_size * dist_info()[1],
+                             PRETRAIN_SEED + settings.seed, self.transform(settings, "train"),
+                             **self.synthesizer_context(settings))
+        return [Stage("pretrain", data, steps)]
 
     def build_model(self, settings: DetectionSettings, data: Any) -> VLModel:
         from vlsdk import VLModel
 
-        image = data[0]["image"]
-        model = VLModel(settings.model, in_chans=int(image.shape[-1]), text=None)
+        model = VLModel(settings.model, in_chans=settings.channels, text=None)
+        return self.attach(model, settings, len(class_names(data)))
+
+    def attach(self, model: VLModel, settings: DetectionSettings, num_classes: int) -> VLModel:
+        """Insert the settings' experts (router rows open) and the head into ``model``."""
         for expert in settings.experts:
             if model.moe_layers:
                 model.add_expert(expert, init_bias=0.0)
-        model.add_head(self.head, task=settings.head, num_classes=len(class_names(data)))
+        model.add_head(self.head, task=settings.head, num_classes=num_classes)
         return model
+
+    def collate(self, samples: list[Any]) -> Any:
+        return collate_uint8(samples)
 
     def loss(self, model: VLModel, batch: Any) -> Any:
         images, targets, _ = batch
-        out = model(images, heads=[self.head])
+        out = model(images_to_float(images), heads=[self.head])
         return model.heads[self.head].loss(float_output(out[self.head]), targets)
 
     def _detect(self, model: VLModel, data: Any, settings: DetectionSettings, score_threshold: float):
@@ -130,11 +166,12 @@ class DetectionTask(Task):
 
         device = model_device(model)
         loader = DataLoader(data, batch_size=settings.batch_size, shuffle=False, collate_fn=self.collate,
-                            num_workers=settings.num_workers)
+                            num_workers=settings.num_workers, pin_memory=device.type == "cuda")
         head = model.heads[self.head]
         for images, targets, samples in loader:
+            images = images_to_float(images.to(device, non_blocking=True))
             with autocast(settings, device):
-                out = model(images.to(device), heads=[self.head])
+                out = model(images, heads=[self.head])
             yield head.decode(float_output(out[self.head]), score_threshold=score_threshold), targets, samples
 
     def evaluate(self, model: VLModel, data: Any, settings: DetectionSettings) -> dict[str, Any]:
@@ -144,6 +181,8 @@ class DetectionTask(Task):
             metric.update([{"boxes": d.boxes.cpu().numpy(), "scores": d.scores.cpu().numpy(),
                             "labels": d.labels.cpu().numpy()} for d in dets], targets)
         result = metric.compute()
+        if hasattr(result, "table"):
+            print(result.table(), flush=True)
         return result.as_dict() if hasattr(result, "as_dict") else dict(result)
 
     def predict(self, model: VLModel, data: Any, settings: DetectionSettings) -> list[dict[str, Any]]:
@@ -170,8 +209,6 @@ class DetectionTask(Task):
     def render(self, model: VLModel, data: Any, settings: DetectionSettings, path: Path) -> Path | None:
         from vlsdk.tasks.drawing import draw_boxes_grid
 
-        names, tiles = class_names(data), []
         subset = [data[i] for i in range(min(settings.draw, len(data)))]
-        for dets, _, samples in self._detect(model, subset, settings, settings.score_threshold):
-            tiles += [(s, d) for d, s in zip(dets, samples, strict=True)]
-        return draw_boxes_grid(tiles, names, path)
+        dets = [d for batch, _, _ in self._detect(model, subset, settings, settings.score_threshold) for d in batch]
+        return draw_boxes_grid(list(zip(subset, dets, strict=True)), class_names(data), path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlsdk.tasks.components import build
+from vlsdk.tasks.components import build, build_pipeline
 from vlsdk.tasks.data import split_datasets
 from vlsdk.tasks.detection import ComponentSpec, class_names
 from vlsdk.tasks.protocol import Task
@@ -76,9 +76,11 @@ class SegmentationTask(Task):
     head = "segmentation"
 
     def datasets(self, settings: SegmentationSettings, split: str) -> Any:
-        return split_datasets(settings, split, train_transforms=settings.transforms,
-                              eval_transforms=settings.eval_transforms, size=settings.image_size,
-                              channels=settings.channels, on_error="skip")
+        train = split == "train"
+        transform = build_pipeline(settings.transforms if train else settings.eval_transforms,
+                                   "transforms" if train else "eval_transforms", train=train, seed=settings.seed,
+                                   size=settings.image_size, channels=settings.channels)
+        return split_datasets(settings, split, transform, channels=settings.channels, on_error="skip")
 
     def collate(self, samples: list[Any]) -> Any:
         return collate_masks(samples)
@@ -86,7 +88,7 @@ class SegmentationTask(Task):
     def build_model(self, settings: SegmentationSettings, data: Any) -> VLModel:
         from vlsdk import VLModel
 
-        model = VLModel(settings.model, in_chans=int(data[0]["image"].shape[-1]), text=None)
+        model = VLModel(settings.model, in_chans=settings.channels, text=None)
         for expert in settings.experts:
             if model.moe_layers:
                 model.add_expert(expert, init_bias=0.0)
