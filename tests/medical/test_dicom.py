@@ -126,7 +126,7 @@ def test_bad_files_name_file_and_problem(tmp_path, testdata):
         read_dicom_file(junk)
     with pytest.raises(DicomError, match=r"MR_truncated\.dcm: pixel data unusable"):
         read_dicom_file(testdata("MR_truncated.dcm"))
-    with pytest.raises(DicomError, match=r"rtplan_truncated\.dcm: truncated DICOM: .* element \(300A,00B0\) BeamSequence"):
+    with pytest.raises(DicomError, match=r"rtplan_truncated\.dcm: truncated DICOM: .* \(300A,00B0\) BeamSequence"):
         read_dicom_file(testdata("rtplan_truncated.dcm"))
     # 12-bit JPEG Extended: Pillow declines it, and no pylibjpeg/GDCM plugin is installed (highdicom brings JPEG-LS)
     with pytest.raises(DicomError, match=r"JPGExtended\.dcm: cannot decode .*JPEG Extended.*no decoder"):

@@ -1,4 +1,4 @@
-"""DICOM series in, DICOM SEG out: highdicom writer round trip on the real 20-slice CT, and `vlsdk predict` on a folder."""
+"""DICOM series in, DICOM SEG out: the highdicom writer's round trip on the real 20-slice CT, `vlsdk predict` on it."""
 
 from __future__ import annotations
 

@@ -64,8 +64,8 @@ def check_finite_voxels(data: np.ndarray, path: Path) -> None:
                          "does not guess values for them: fix or mask the volume")
 
 
-def _model_input(data: np.ndarray, path: Path, model: Any, model_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                              int]:
+def _model_input(data: np.ndarray, path: Path, model: Any,
+                 model_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(C, X, Y, Z)`` voxels as the model's ``(Z, C', X, Y)`` slices: ``(volume, slices, context_slices)``."""
     from vlsdk_medical.inference import recorded_input, stack_context
 
@@ -154,7 +154,7 @@ def read_dicom(path: Path, model: Any, model_dir: Path) -> PredictInput:
 
 
 def _segment_and_save(prediction: HeadPrediction) -> tuple[np.ndarray, int, dict[str, Any]]:
-    """Segment the volume, write ``<stem>.nii.gz`` and the PNG; the ``(X, Y, Z)`` labels, the head's outputs, the entry."""
+    """Segment, write ``<stem>.nii.gz`` and the PNG; returns the ``(X, Y, Z)`` labels, the head's outputs, the entry."""
     import nibabel as nib
 
     from vlsdk.predict import overlay_labels
