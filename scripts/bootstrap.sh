@@ -72,9 +72,10 @@ show_progress() {
                 n=$((n + 1))
                 line="${line#* }"
                 line="${line%% *}"
-                printf '[bootstrap]   %3d  %s\n' "$n" "${line##*/}" >&2 ;;
+                [[ "$line" == file://* ]] || line="${line##*/}"  # a wheel's file name, not its folder
+                printf '[bootstrap]   %3d  %s\n' "$n" "$line" >&2 ;;
             Installing\ collected\ packages*)
-                say "  unpacking $n packages (the longest step; no output until it ends)" ;;
+                say "  installing what was collected (the longest step; no output until it ends)" ;;
         esac
     done
 }
@@ -83,12 +84,12 @@ install() {
     LOG="$VENV/bootstrap-pip.log"
     : >"$LOG"
     if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
-        pip_install "$TORCH_SPEC" "a CPU build is about 190 MB, a CUDA build several GB: 1 to 10 minutes" "$TORCH_SPEC"
+        pip_install "$TORCH_SPEC" "the CPU build: 190 MB to fetch, 750 MB installed, 1 to 4 minutes; a CUDA build is several GB" "$TORCH_SPEC"
     fi
     # The tests build wheels and install the example plugin with --no-build-isolation.
     pip_install "the build tools" "seconds" "setuptools>=77" wheel
     pip_install "vlsdk (editable) with the dev extras: monai, nuscenes-devkit, albumentations, onnxruntime, peft, pytest and their dependencies" \
-        "about 100 packages, 0.6 GB: 3 to 10 minutes" -e "$ROOT[dev]"
+        "about 90 packages, 1.1 GB installed: 2 to 5 minutes" -e "$ROOT[dev]"
     stamp_value >"$STAMP"
 }
 
