@@ -19,7 +19,7 @@ import torch
 import vlsdk
 import vlsdk_medical.plugin as medical_plugin
 from vlsdk.cli import main
-from vlsdk_medical.dicom import DicomError, read_dicom_file
+from vlsdk_medical.dicom import DicomError, DicomSkipWarning, read_dicom_file
 from vlsdk_medical.nifti import VolumeError, load_volume
 from vlsdk_medical.predict import read_dicom, read_nifti
 
@@ -100,6 +100,18 @@ def test_a_truncated_dicom_slice_names_the_file(seg_dir, tmp_path, model, model_
     err = capsys.readouterr().err
     assert status == 1 and "head.dcm: truncated DICOM: the file ends inside element" in err
     assert "Traceback" not in err
+
+
+def test_files_left_out_of_a_series_folder_are_counted_in_one_warning(seg_dir, tmp_path, model):
+    folder = _series_copy(seg_dir, tmp_path / "ct")
+    (folder / "notes.txt").write_text("not DICOM")
+    shutil.copy(seg_dir / "liver.dcm", folder / "liver.dcm")  # a SEG object is no slice of the image series
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        item = read_dicom(folder, model, tmp_path)
+    skips = [str(w.message) for w in caught if issubclass(w.category, DicomSkipWarning)]
+    assert len(skips) == 1 and "2 file(s) left out" in skips[0] and "notes.txt" in skips[0]
+    assert item.images.shape == (3, 1, 512, 512) and item.meta["dicom"].shape == (512, 512, 3)
 
 
 def _damaged_nifti(path: Path, **fields) -> Path:

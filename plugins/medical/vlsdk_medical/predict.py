@@ -139,14 +139,21 @@ def read_dicom(path: Path, model: Any, model_dir: Path) -> PredictInput:
         model: the model.
         model_dir: the model's folder.
 
+    Files of the folder that are not images of the series are left out with one
+    :class:`~vlsdk_medical.dicom.DicomSkipWarning` counting them.
+
     Raises:
-        DicomError: an unreadable or truncated file, a broken rescale or geometry (naming the
-            file and tag), several series in the folder.
+        DicomError: an unreadable or truncated image file, a broken rescale or geometry (naming
+            the file and tag), several series in the folder.
         ValueError: NaN/inf voxels (counted) or a channel count the model cannot take.
     """
-    from vlsdk_medical.dicom import load_dicom
+    from vlsdk_medical.dicom import DicomSkipWarning, load_dicom
 
-    vol = load_dicom(path)
+    vol = load_dicom(path, warn=False) if Path(path).is_dir() else load_dicom(path)
+    if vol.skipped:  # counted, one warning for the folder
+        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in vol.skipped[:3])
+        warnings.warn(f"{path}: {len(vol.skipped)} file(s) left out of the series ({reasons}"
+                      f"{'; ...' if len(vol.skipped) > 3 else ''})", DicomSkipWarning, stacklevel=2)
     volume, slices, context = _model_input(vol.array[None], path, model, model_dir)
     return PredictInput(path, slices, DICOM_KIND, {"volume": volume, "affine": vol.affine, "header": None,
                                                    "axis": SLICE_AXIS, "context_slices": context, "dicom": vol,
