@@ -125,7 +125,7 @@ def industrial_variants(data: Path, pairs: int | None, seed: int) -> tuple[list[
     """Before (JPEG + float collate, then the uint8 cache with ``A.GaussNoise``) and the default cached
     pipelines with :class:`~vlsdk_industrial.noise.Int16GaussNoise`, each with its own seeded transform."""
     from vlsdk_industrial.deeppcb import DeepPCBDataset
-    from vlsdk_industrial.pipeline import collate_uint8
+    from vlsdk.data.collate import collate_uint8
     from vlsdk_industrial.samples import collate
     from vlsdk_industrial.transforms import build_transforms
 

@@ -16,7 +16,7 @@ inputs, export, compilation):
   (forward + sigmoid) and the threshold to a label map. Not timed: the sliding-window tiling of
   full slices and the per-volume brain mask / largest-component post-processing (they depend on
   the volume, not on the model).
-- ``industrial``: PCB defect detection, ``vlsdk_industrial.pipeline.build_detector`` (``pcb``
+- ``industrial``: PCB defect detection, ``vlsdk_industrial.task.build_detector`` (``pcb``
   detection head + ``industrial.pcb_defect`` expert), 2-channel boards (board + template) of
   ``--industrial-size`` px. Timed: ``uint8 (B, H, W, 2)`` boards -> float (``images_to_float``),
   forward, ``head.decode`` (score threshold, top-k, class-wise NMS), as the pipeline's
@@ -151,7 +151,9 @@ def medical(args: argparse.Namespace, device: torch.device) -> Pipeline:
 
 def industrial(args: argparse.Namespace, device: torch.device) -> Pipeline:
     """PCB defect detection: ``build_detector`` on synthetic 2-channel boards, decoded as ``evaluate`` does."""
-    from vlsdk_industrial.pipeline import HEAD, build_detector, collate_uint8, float_output, images_to_float
+    from vlsdk.data.collate import collate_uint8, images_to_float
+    from vlsdk.tasks.detection import float_output
+    from vlsdk_industrial.task import HEAD, build_detector
     from vlsdk_industrial.synth import BoardSynthesizer
 
     model = build_detector(args.config, in_chans=2)

@@ -38,7 +38,7 @@ top-1 share is what shows which of the two a domain's tokens prefer) on held-out
 domains, per MoE layer: each
 domain's share to its own expert and to the other domain's expert; whole-tumour Dice on the
 held-out BraTS patient (:func:`~vlsdk_medical.pipeline.evaluate_held_out`); DeepPCB mAP@0.5 on
-test boards (:func:`~vlsdk_industrial.pipeline.evaluate`); and, per arm, that every frozen weight
+test boards (:meth:`~vlsdk_industrial.task.PcbTask.evaluate`); and, per arm, that every frozen weight
 (the backbone, generic router rows) and every BatchNorm running statistic is bit-identical after
 stage 2.
 
@@ -158,7 +158,7 @@ class AlternatingBatches(Dataset):
 
 
 def _losses() -> dict[str, Callable[[torch.nn.Module, Any], Any]]:
-    from vlsdk_industrial.pipeline import detection_loss
+    from vlsdk_industrial.task import detection_loss
     from vlsdk_medical.pipeline import lesion_loss
 
     return {"medical": lesion_loss, "industrial": detection_loss}
@@ -180,7 +180,7 @@ def _train_config(s: Settings, steps: int, out: Path, **extra: Any) -> Any:
 def load_domains(s: Settings) -> dict[str, Any]:
     """Training sets, collates, evaluation settings and held-out routing inputs of both domains."""
     from vlsdk_industrial.deeppcb import DeepPCBDataset
-    from vlsdk_industrial.pipeline import collate_uint8
+    from vlsdk.data.collate import collate_uint8
     from vlsdk_industrial.samples import collate
     from vlsdk_industrial.transforms import build_transforms
     from vlsdk_medical.dataset import collate_samples
@@ -220,11 +220,13 @@ def build_backbone(s: Settings, domains: dict[str, Any]) -> Any:
 def measure(model: Any, s: Settings, domains: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Domain x expert routing table on held-out images, held-out Dice and test-board mAP@0.5."""
     from vlsdk.inspect import domain_expert_table
-    from vlsdk_industrial.pipeline import evaluate
+    from vlsdk_industrial.task import PcbSettings, PcbTask
     from vlsdk_medical.pipeline import evaluate_held_out
 
     med = evaluate_held_out(model, domains["medical_cfg"], device)
-    result, _, _ = evaluate(model, domains["pcb_test"], device=device, progress=False)
+    test = domains["pcb_test"]
+    with torch.no_grad():
+        result = PcbTask().evaluate(model.eval(), test.dataset, PcbSettings(batch_size=test.batch_size, num_workers=0))
     slices = [shown[0] for shown in med["shown"].values()]  # (S, C, X, Y) held-out slices per patient
     boards = [images for images, _, _ in domains["pcb_test"]]
     images = {"medical": slices, "industrial": boards}
@@ -232,7 +234,7 @@ def measure(model: Any, s: Settings, domains: dict[str, Any], device: torch.devi
     top1 = domain_expert_table(model, images, by="top1")
     model.train()
     return {"table": table, "top1": top1, "dice": float(med["dice_mean"]),
-            "dice_raw": float(med["before"]["dice_mean"]), "map50": float(result.map50)}
+            "dice_raw": float(med["before"]["dice_mean"]), "map50": float(result["map50"])}
 
 
 def specialise(model: Any, s: Settings, domains: dict[str, Any], routing_weight: float, name: str) -> list[str]:

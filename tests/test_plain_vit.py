@@ -173,7 +173,7 @@ def test_backbone_option_maps_to_the_stem(capsys):
 
 
 def test_build_detector_with_the_patch_stem():
-    from vlsdk_industrial.pipeline import HEAD, build_detector
+    from vlsdk_industrial.task import HEAD, build_detector
 
     model = build_detector("tiny", in_chans=2, stem="patch").eval()
     assert model.config.stem == "patch" and model.encoder.stem is None

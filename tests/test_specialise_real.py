@@ -112,7 +112,8 @@ def test_stage2_routing_term_sends_each_domain_to_its_own_expert(shared_data: Pa
     """
     from vlsdk.train.specialise import DomainBatches, SpecialisationLoss
     from vlsdk_industrial.deeppcb import DeepPCBDataset
-    from vlsdk_industrial.pipeline import collate_uint8, detection_loss
+    from vlsdk.data.collate import collate_uint8
+    from vlsdk_industrial.task import detection_loss
     from vlsdk_industrial.samples import DEEPPCB_CLASSES, collate
     from vlsdk_industrial.transforms import build_transforms
     from vlsdk_medical.dataset import collate_samples
@@ -171,7 +172,8 @@ def test_stage2_separates_the_domains_on_a_backbone_pre_trained_on_both(shared_d
     from vlsdk.inspect import domain_expert_table
     from vlsdk.train.specialise import DomainBatches, SpecialisationLoss
     from vlsdk_industrial.deeppcb import DeepPCBDataset
-    from vlsdk_industrial.pipeline import collate_uint8, detection_loss
+    from vlsdk.data.collate import collate_uint8
+    from vlsdk_industrial.task import detection_loss
     from vlsdk_industrial.samples import DEEPPCB_CLASSES, collate
     from vlsdk_industrial.transforms import build_transforms
     from vlsdk_medical.dataset import collate_samples

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlsdk_industrial.deeppcb import BINARY_THRESHOLD, DeepPCBDataset
-from vlsdk_industrial.pipeline import collate_uint8, images_to_float
+from vlsdk.data.collate import collate_uint8, images_to_float
 from vlsdk_industrial.samples import collate
 from vlsdk_industrial.transforms import build_transforms
 

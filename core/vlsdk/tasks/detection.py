@@ -16,6 +16,7 @@ primary metric ``map``), mAP@0.5, mAP@0.75 and DeepPCB's IoU > 0.33 criterion, p
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,9 +182,14 @@ class DetectionTask(Task):
             metric.update([{"boxes": d.boxes.cpu().numpy(), "scores": d.scores.cpu().numpy(),
                             "labels": d.labels.cpu().numpy()} for d in dets], targets)
         result = metric.compute()
-        if hasattr(result, "table"):
-            print(result.table(), flush=True)
         return result.as_dict() if hasattr(result, "as_dict") else dict(result)
+
+    def describe(self, metrics: Mapping[str, Any]) -> str | None:
+        """The per-class table of a :class:`~vlsdk.metrics.detection.MAPResult` (other metrics: none)."""
+        from vlsdk.metrics.detection import MAPResult
+
+        names = {f.name for f in dataclasses.fields(MAPResult)}
+        return MAPResult(**{k: metrics[k] for k in names}).table() if names <= set(metrics) else None
 
     def predict(self, model: VLModel, data: Any, settings: DetectionSettings) -> list[dict[str, Any]]:
         import numpy as np

@@ -118,6 +118,10 @@ class Task(abc.ABC):
         """What the saved model says about itself: class names, input channels, scaling, size."""
         return {}
 
+    def describe(self, metrics: Mapping[str, Any]) -> str | None:
+        """A table of ``metrics`` for people (printed by the runner after evaluation; default: none)."""
+        return None
+
     def predict(self, model: VLModel, data: Dataset, settings: RunSettings) -> list[dict[str, Any]]:
         """Predictions for every sample of ``data`` (JSON-ready)."""
         raise NotImplementedError(f"task {self.name!r} does not predict")

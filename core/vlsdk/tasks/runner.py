@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
     from vlsdk.models.model import VLModel
 
-__all__ = ["RunResult", "TASK_FILE", "autocast", "evaluate", "jsonable", "load", "model_device", "train"]
+__all__ = ["RunResult", "TASK_FILE", "autocast", "evaluate", "evaluate_model", "jsonable", "load", "model_device",
+           "fit_stage", "save", "train"]
 
 #: Written beside a saved model: the task's registered name and its settings.
 TASK_FILE = "task.json"
@@ -90,22 +92,34 @@ def train(task: Task, settings: RunSettings) -> RunResult:
     steps = settings.epochs * max(1, len(train_set) // (settings.batch_size * world))  # global batches
     steps = min(steps, settings.max_steps) if settings.max_steps is not None else steps
     stages: list[dict[str, Any]] = []
-    for stage in task.stages(settings):
-        fit = _fit(task, model, stage.data, settings, steps=stage.steps, folder=stage.name,
-                   max_seconds=_left(settings.max_seconds, started))
-        stages.append({"name": stage.name, "steps": fit.step, "samples": len(stage.data), **_losses(fit)})
-    fit = _fit(task, model, train_set, settings, steps=steps, folder="train",
-               max_seconds=_left(settings.max_seconds, started))
+    extra = task.stages(settings)
+    for k, stage in enumerate(extra, 1):
+        _say(rank, f"stage {k}/{len(extra) + 1}: {stage.name}, {stage.steps} steps on {len(stage.data)} samples "
+                   f"-> {Path(settings.out) / stage.name}")
+        fit = fit_stage(task, model, stage.data, settings, steps=stage.steps, folder=stage.name,
+                        max_seconds=_left(settings.max_seconds, started))
+        stages.append({"name": stage.name, "steps": fit.step, "requested_steps": stage.steps,
+                       "samples": len(stage.data), "out_of_time": fit.out_of_time, **_losses(fit)})
+    if extra:
+        _say(rank, f"stage {len(extra) + 1}/{len(extra) + 1}: train, {steps} steps on {len(train_set)} samples "
+                   "(fresh learning-rate schedule)")
+    fit = fit_stage(task, model, train_set, settings, steps=steps, folder="train",
+                    max_seconds=_left(settings.max_seconds, started))
     if rank != 0:
         return RunResult(task.name, settings.out, {}, None, None, fit.step, time.perf_counter() - started)
     with torch.no_grad():
         metrics = task.evaluate(model.eval(), val_set, settings)
+    _show(task, metrics)
     primary = _primary(task, metrics)
-    model_dir = save(task, settings, model, train_set, settings.out / "model")
+    facts = {"seed": settings.seed, "steps": fit.step, "metrics": {primary[0]: primary[1]},
+             "command": " ".join(["vlsdk", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("vlsdk", "__main__.py")
+             else " ".join(sys.argv)}
+    model_dir = save(task, settings, model, val_set, settings.out / "model", training=facts)
     picture = task.render(model, val_set, settings, settings.out / "predictions.png") if settings.draw else None
     summary = {
         "task": task.name, "primary_metric": primary[0], "primary": primary[1], "metrics": metrics,
         "steps": fit.step, "stages": stages, "train_samples": len(train_set), "val_samples": len(val_set),
+        "skipped": {"train": _skipped(train_set), "val": _skipped(val_set)}, "out_of_time": fit.out_of_time,
         **_losses(fit), "seconds": time.perf_counter() - started, "device": str(model_device(model)),
         "model": str(model_dir), "predictions_png": str(picture) if picture else None,
         "settings": jsonable(dataclasses.asdict(settings)),
@@ -115,9 +129,21 @@ def train(task: Task, settings: RunSettings) -> RunResult:
     return RunResult(task.name, settings.out, metrics, primary, model_dir, fit.step, summary["seconds"])
 
 
-def save(task: Task, settings: RunSettings, model: VLModel, data: Any, directory: Path) -> Path:
-    """``save_pretrained`` plus ``task.json`` (the task's name and settings) and the task's metadata."""
-    meta = task.metadata(settings, data)
+def save(task: Task, settings: RunSettings, model: VLModel, data: Any, directory: Path, *,
+         training: Mapping[str, Any] | None = None) -> Path:
+    """``save_pretrained`` plus ``task.json`` (the task's name and settings) and the task's metadata.
+
+    Args:
+        task: the task.
+        settings: its settings.
+        model: the trained model.
+        data: a dataset of the task (its classes name the labels).
+        directory: the model folder.
+        training: facts of the run for the model card (seed, steps, metrics, command).
+    """
+    meta = dict(task.metadata(settings, data))
+    if training:
+        meta["training"] = {"data": str(settings.data), **meta.get("training", {}), **training}
     if meta and hasattr(model, "metadata"):
         model.metadata = _metadata(model, meta)
     model.save_pretrained(directory)
@@ -171,16 +197,31 @@ def evaluate(model_dir: str | Path, overrides: Mapping[str, Any] | None = None) 
     Returns:
         ``{"task", "primary_metric", "primary", "metrics", "model"}``.
     """
+    task, settings, model = load(model_dir, overrides)
+    return evaluate_model(task, settings, model, model_dir)
+
+
+def evaluate_model(task: Task, settings: RunSettings, model: VLModel, model_dir: str | Path | None = None
+                   ) -> dict[str, Any]:
+    """Evaluate ``model`` with ``task`` on the validation split of ``settings``; write ``metrics.json``.
+
+    Args:
+        task: the task.
+        settings: its settings (``data`` and ``out`` are read).
+        model: the model (on the device it should run on).
+        model_dir: where the model came from, recorded in ``metrics.json``.
+    """
     import torch
 
-    task, settings, model = load(model_dir, overrides)
     _check_settings(task, settings)
     _seed(settings.seed)
     with torch.no_grad():
         metrics = task.evaluate(model.eval(), task.datasets(settings, "val"), settings)
+    _show(task, metrics)
     name, value = _primary(task, metrics)
     summary = {"task": task.name, "primary_metric": name, "primary": value, "metrics": metrics,
-               "model": str(model_dir), "settings": jsonable(dataclasses.asdict(settings))}
+               "model": str(model_dir) if model_dir is not None else None,
+               "settings": jsonable(dataclasses.asdict(settings))}
     _write_json(Path(settings.out) / METRICS_FILE, summary)
     return summary
 
@@ -246,8 +287,13 @@ def _left(budget: float | None, started: float) -> float | None:
     return None if budget is None else max(0.0, budget - (time.perf_counter() - started))
 
 
-def _fit(task: Task, model: VLModel, data: Any, settings: RunSettings, *, steps: int, folder: str,
-         max_seconds: float | None) -> Any:
+def fit_stage(task: Task, model: VLModel, data: Any, settings: RunSettings, *, steps: int, folder: str,
+              max_seconds: float | None = None) -> Any:
+    """Train ``model`` on ``data`` for ``steps`` steps with the core Trainer (its folder: ``out/folder``).
+
+    The schedule every stage uses: AdamW, linear warm-up over 5% of the steps, cosine decay,
+    ``settings.clip_grad``, ``settings.precision``, a log row every ``min(10, steps // 4)`` steps.
+    """
     from vlsdk.train import TrainConfig, Trainer
 
     config = TrainConfig(steps=steps, batch_size=settings.batch_size, lr=settings.lr,
@@ -257,6 +303,25 @@ def _fit(task: Task, model: VLModel, data: Any, settings: RunSettings, *, steps:
                          progress_label=folder, log_every=max(1, min(10, steps // 4)), clip_grad=settings.clip_grad,
                          max_seconds=max_seconds)
     return Trainer(model, task.loss, data, config, collate_fn=task.collate).fit()
+
+
+def _say(rank: int, text: str) -> None:
+    if rank == 0:
+        print(text, flush=True)
+
+
+def _skipped(data: Any) -> list[str]:
+    """What a dataset (or the real part of a mixed one) skipped as bad input, as text."""
+    for part in (data, getattr(data, "real", None), getattr(data, "dataset", None)):
+        if part is not None and hasattr(part, "skipped"):
+            return [str(s) for s in part.skipped]
+    return []
+
+
+def _show(task: Task, metrics: Mapping[str, Any]) -> None:
+    table = task.describe(metrics)
+    if table:
+        print(table, flush=True)
 
 
 def _losses(fit: Any) -> dict[str, Any]:

@@ -2,6 +2,6 @@
 
 Layout: ``plugin.py`` holds the hooks only (entry point ``vlsdk.plugins: industrial``);
 ``experts.py`` the pure-torch experts (``industrial.pcb_defect``); one module per concept besides
-(``deeppcb``, ``voc``, ``coco``, ``folder``, ``transforms``, ``synth``, ``mixing``, ``metrics``,
-``pipeline``, ``throughput``, ``cli``). Nothing heavy is imported here.
+(``deeppcb``, ``voc``, ``coco``, ``folder``, ``transforms``, ``synth``, ``metrics``, ``task``,
+``predict``, ``throughput``, ``cli``). Nothing heavy is imported here.
 """

@@ -1,4 +1,7 @@
-"""The ``vlsdk pcb`` command (and ``examples/industrial_pcb_defects.py``): train + evaluate on DeepPCB.
+"""The ``vlsdk pcb`` command (and ``examples/industrial_pcb_defects.py``): the ``industrial.pcb`` task's alias.
+
+Its flags map onto :class:`~vlsdk_industrial.task.PcbSettings` and the task runs on the core runtime
+(``vlsdk train examples/configs/industrial_pcb.yaml`` runs the same task from a config).
 
 ``configure`` imports nothing heavy, so building the ``vlsdk`` parser stays fast.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["BACKBONES", "QUICK", "config_from_args", "configure", "run"]
+__all__ = ["BACKBONES", "config_from_args", "configure", "run"]
 
 BENCHMARK_BATCH = 64
 
@@ -16,9 +19,6 @@ BENCHMARK_BATCH = 64
 #: from pixels, strides 4 and 8 upsampled from the tokens) for the hybrid-vs-plain-ViT ablation.
 BACKBONES: dict[str, str] = {"hybrid": "cnn", "vit": "patch"}
 
-#: What ``--quick`` sets (a few steps on a few DeepPCB pairs, for CI on a CPU).
-QUICK: dict[str, object] = {"config": "tiny", "image_size": 256, "train_pairs": 8, "eval_pairs": 4, "epochs": 2,
-                            "batch_size": 4, "max_steps": 3, "synthetic_ratio": 3.0, "workers": 0, "draw": 4}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the subcommand's parser.
     """
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/deeppcb"),
-                        help="DeepPCB folder holding PCBData/ (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=None, help="DeepPCB folder holding PCBData/ (required)")
     parser.add_argument("--out", type=Path, default=Path("runs/pcb"), help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"CI mode: tiny model, {QUICK['image_size']} px, {QUICK['train_pairs']} train / "
-                        f"{QUICK['eval_pairs']} test pairs, {QUICK['max_steps']} steps")
+                        help="CI smoke run: tiny model, 256 px, 8 train / 4 test pairs, 3 steps")
     parser.add_argument("--config", default=None, metavar="NAME",
                         help="VLModel size: tiny, edge, small or base (default small; tiny with --quick), with "
                              "optional field overrides for ablations, e.g. tiny@patch_size=4@depths=2,")
@@ -43,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="boards per step and rank (under torchrun the global batch is N x this); default 16")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--image-size", type=int, default=None, help="default 640 (DeepPCB's size)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="default 640 (DeepPCB's size); with --predict: the size the model was trained at")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype")
     parser.add_argument("--no-template", dest="template", action="store_false",
@@ -86,68 +85,84 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> object:
-    """The :class:`~vlsdk_industrial.pipeline.PipelineConfig` for parsed ``vlsdk pcb`` arguments.
+    """The :class:`~vlsdk_industrial.task.PcbSettings` for parsed ``vlsdk pcb`` arguments.
 
     Args:
         args: from a parser set up by :func:`configure`; explicit options override ``--quick``.
-    """
-    from vlsdk_industrial.pipeline import PipelineConfig
 
-    values: dict[str, object] = dict(QUICK) if args.quick else {}
+    Raises:
+        SystemExit: no ``--data`` folder (there is no default data path).
+    """
+    from vlsdk.settings import settings_from
+    from vlsdk_industrial.task import PcbSettings, PcbTask
+
+    values: dict[str, object] = dict(PcbTask.quick) if args.quick else {}
+    renamed = {"config": "model", "workers": "num_workers"}
     for name in ("config", "epochs", "batch_size", "image_size", "synthetic_ratio", "synthetic_style",
                  "synthetic_pretrain_steps", "train_pairs", "eval_pairs", "max_steps", "max_seconds", "workers"):
         if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    return PipelineConfig(data=args.data, out=args.out, stem=BACKBONES[args.backbone], lr=args.lr,
-                          device=args.device, amp=args.amp, template=args.template, expert=args.expert,
-                          seed=args.seed, progress=args.progress, checkpoint=args.checkpoint, **values)
+            values[renamed.get(name, name)] = getattr(args, name)
+    values |= {"data": args.data, "out": args.out, "stem": BACKBONES[args.backbone], "lr": args.lr,
+               "device": args.device, "precision": "off" if args.amp == "none" else args.amp,
+               "template": args.template, "seed": args.seed, "progress": args.progress}
+    if not args.expert:
+        values["experts"] = []
+    return settings_from(PcbSettings, values, "vlsdk pcb")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the pipeline for parsed ``vlsdk pcb`` arguments; returns the exit status.
+    """Run ``vlsdk pcb``: train and evaluate the ``industrial.pcb`` task (or evaluate, predict, benchmark).
 
     Args:
         args: from a parser set up by :func:`configure`.
     """
-    from vlsdk_industrial.pipeline import run_pipeline
+    from vlsdk.tasks.runner import evaluate_model, train
+    from vlsdk_industrial.task import PcbTask
 
     if args.benchmark:
         return _benchmark(args)
     if args.predict is not None:
-        from vlsdk_industrial.pipeline import predict_folder
+        from vlsdk_industrial.predict import predict_folder
 
         if args.checkpoint is None:
             raise SystemExit("vlsdk pcb: --predict needs --checkpoint MODEL_DIR")
-        predict_folder(args.checkpoint, args.predict, args.out, image_size=args.image_size or 640,
+        predict_folder(args.checkpoint, args.predict, args.out, image_size=args.image_size,
                        batch_size=args.batch_size or 16, device=args.device, amp=args.amp)
         return 0
-    if not Path(args.data).is_dir():
+    if args.data is None or not Path(args.data).is_dir():
         raise SystemExit(f"vlsdk pcb: DeepPCB folder {args.data} not found; pass --data PATH/TO/deeppcb")
-    run_pipeline(config_from_args(args))
+    settings = config_from_args(args)
+    if args.checkpoint is not None:
+        from vlsdk_industrial.predict import load_detector
+
+        model = load_detector(args.checkpoint, settings.device, channels=settings.channels)
+        evaluate_model(PcbTask(), settings, model, args.checkpoint)
+        return 0
+    train(PcbTask(), settings)
     return 0
 
 
 def _benchmark(args: argparse.Namespace) -> int:
     import json
 
-    from vlsdk_industrial.pipeline import HEAD, build_detector
+    from vlsdk_industrial.task import HEAD, build_detector
     from vlsdk_industrial.throughput import measure_throughput
 
-    cfg = config_from_args(args)
-    if cfg.checkpoint is not None:
+    if args.checkpoint is not None:
         from vlsdk import VLModel
 
-        model = VLModel.from_pretrained(cfg.checkpoint)
+        model = VLModel.from_pretrained(args.checkpoint)
     else:
-        model = build_detector(cfg.config, in_chans=2 if cfg.template else 1, expert=cfg.expert, stem=cfg.stem)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu")
+        model = build_detector(args.config or ("tiny" if args.quick else "small"), in_chans=2 if args.template else 1,
+                               expert=args.expert, stem=BACKBONES[args.backbone])
+    device = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
     result = measure_throughput(model, head=HEAD, batch_size=args.batch_size or BENCHMARK_BATCH,
-                                image_size=args.image_size or 640, device=device, amp=cfg.amp,
+                                image_size=args.image_size or 640, device=device, amp=args.amp,
                                 compile=args.compile, dense_moe=args.dense_moe, channels_last=args.channels_last,
                                 bf16_weights=args.bf16_weights, profile=args.profile,
                                 warmup=1 if args.quick else 5, batches=2 if args.quick else 20)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / "throughput.json").write_text(json.dumps(result.as_dict(), indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "throughput.json").write_text(json.dumps(result.as_dict(), indent=2))
     print(f"{result.boards_per_s:.1f} boards/s ({json.dumps(result.as_dict())})")
     return 0
 

@@ -9,7 +9,7 @@ and no downloads; about a minute on a 2-core CPU (``quick``: a few seconds).
 ``vlsdk demo --data industrial=<DeepPCB folder>`` (``data=``) trains the same detector on the first
 ``trainval`` pairs of the folder instead, read through
 :class:`~vlsdk_industrial.deeppcb.DeepPCBDataset` with the template as the second channel (as
-:func:`~vlsdk_industrial.pipeline.run_pipeline` does), resized to 256 x 256, and scores it on the
+the ``industrial.pcb`` task does), resized to 256 x 256, and scores it on the
 first ``test`` pairs. The full real-data recipe is ``vlsdk pcb --data <DeepPCB folder>``.
 """
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from vlsdk_industrial.samples import DEEPPCB_CLASSES
 
 if TYPE_CHECKING:
     from vlsdk.demo import DemoResult
@@ -35,6 +37,8 @@ _REAL_SIZE = 256
 class _Cached:
     """A map-style dataset that draws each board once, then re-augments it on every read."""
 
+    classes = DEEPPCB_CLASSES
+
     def __init__(self, boards: Any, transform: Any = None) -> None:
         self.samples = [boards[i] for i in range(len(boards))]
         self.transform = transform
@@ -45,16 +49,6 @@ class _Cached:
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         return self.transform(dict(sample)) if self.transform is not None else sample
-
-
-def _upscaled(pred: dict[str, Any], factor: int) -> dict[str, Any]:
-    """A prediction with its board and boxes ``factor`` times larger (readable labels on small boards)."""
-    import numpy as np
-
-    s = pred["sample"]
-    image = np.repeat(np.repeat(s["image"], factor, axis=0), factor, axis=1)
-    sample = {**s, "image": image, "boxes": np.asarray(s["boxes"], np.float32) * factor}
-    return {**pred, "boxes": pred["boxes"] * factor, "sample": sample}
 
 
 def _boards(data: Path | None, *, size: int, n_train: int, n_eval: int, seed: int) -> tuple[Any, Any]:
@@ -99,11 +93,10 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int, steps: int |
     """
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader
-
     from vlsdk.demo import DemoResult
-    from vlsdk_industrial.pipeline import build_detector, draw_predictions, evaluate, train
+    from vlsdk.tasks.runner import fit_stage
     from vlsdk_industrial.samples import collate
+    from vlsdk_industrial.task import PcbSettings, PcbTask
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,19 +112,20 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int, steps: int |
         torch.manual_seed(seed)
         train_set, held_out = _boards(None if data is None else Path(data), size=size, n_train=n_train,
                                       n_eval=n_eval, seed=seed)
-        model = build_detector("tiny", in_chans=2, expert=True).to(device)  # expert inserted, router row open
-        fit = train(model, train_set, steps=steps, batch_size=batch, lr=2e-3, device=device, seed=seed,
-                    out_dir=out_dir / "train", progress=False)
+        task = PcbTask()
+        settings = PcbSettings(model="tiny", image_size=size, batch_size=batch, lr=2e-3, device=device, seed=seed,
+                               out=out_dir, progress=False, num_workers=0, draw=4)
+        model = task.build_model(settings, train_set).to(device)  # expert inserted, router row open
+        fit = fit_stage(task, model, train_set, settings, steps=steps, folder="train")
         trained = time.perf_counter() - started
-        loader = DataLoader(held_out, batch_size=batch, shuffle=False, collate_fn=collate)
-        result, preds, _ = evaluate(model, loader, device=device, progress=False)
-        png = draw_predictions([_upscaled(p, max(1, 384 // size)) for p in preds[:4]], out_dir / "predictions.png",
-                               score_threshold=0.3)
+        with torch.no_grad():
+            result = task.evaluate(model.eval(), held_out, settings)
+            png = task.render(model, held_out, settings, out_dir / "predictions.png")
         samples = collate(held_out.samples[:4])[0].to(device)  # the routing views run the model on them
         train_samples = collate(train_set.samples[:16])[0]  # the cross-domain routing lesson
     finally:
         torch.set_num_threads(threads)
-    metrics = {k: float(np.nan_to_num(v)) for k, v in (("map50", result.map50), ("deeppcb", result.map_deeppcb))}
+    metrics = {k: float(np.nan_to_num(result[m])) for k, m in (("map50", "map50"), ("deeppcb", "map_deeppcb"))}
     losses = [row["loss"] for row in fit.train]
     pictures = [fit.files["routing_png"]] if "routing_png" in fit.files else []  # expert shares over training
     if data is not None:

@@ -94,13 +94,7 @@ def vlsdk_register_demos(register):
 
 @hookimpl
 def vlsdk_register_tasks(register):
-    """Register the ``industrial.pcb`` training recipe (``vlsdk train``) over the DeepPCB pipeline."""
-    from vlsdk.train.recipes import TrainRecipe
-    from vlsdk_industrial.cli import QUICK
-    from vlsdk_industrial.pipeline import PipelineConfig, run_pipeline
+    """Register the ``industrial.pcb`` task (``vlsdk train``, ``vlsdk pcb``)."""
+    from vlsdk_industrial.task import PcbTask
 
-    register("industrial.pcb", TrainRecipe.from_dataclass(
-        PipelineConfig, run_pipeline, aliases={"model": "config", "num_workers": "workers"}, quick=QUICK,
-        metrics_file="metrics.json", headline=("metrics.map50", "metrics.map_deeppcb", "last_loss"),
-        distributed=True, description="PCB defect detection on DeepPCB (+ synthetic boards), mAP"),
-        extra="industrial")
+    register("industrial.pcb", PcbTask, description=PcbTask.description, extra="industrial")

@@ -71,7 +71,7 @@ def measure_throughput(model: VLModel, *, head: str = "pcb", batch_size: int = 6
     """
     import torch
 
-    from vlsdk_industrial.pipeline import float_output
+    from vlsdk.tasks.detection import float_output
 
     if batch_size < 1 or image_size < 32 or warmup < 0 or batches < 1:
         raise ValueError(f"expected batch_size >= 1, image_size >= 32, warmup >= 0, batches >= 1, got "

@@ -1,4 +1,4 @@
-"""``run_pipeline`` under 2 gloo ranks: both train, only rank 0 evaluates, saves and writes metrics.
+"""The ``industrial.pcb`` task under 2 gloo ranks: both train, only rank 0 evaluates, saves and writes metrics.
 
 An epoch is a pass over the data in global batches (``batch_size x world``): 4 pairs, 2 per rank, 2 ranks
 make one step, not the two a single process with batch 2 would take.
@@ -16,16 +16,17 @@ import torch.multiprocessing as mp
 
 
 def _rank(rank: int, world: int, init_file: str, data: str, out: str) -> None:
-    from vlsdk_industrial.pipeline import PipelineConfig, run_pipeline
+    from vlsdk.tasks.runner import train
+    from vlsdk_industrial.task import PcbSettings, PcbTask
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        cfg = PipelineConfig(data=Path(data), out=Path(out) / f"rank{rank}", config="tiny", epochs=1, batch_size=2,
-                             image_size=64, device="cpu", train_pairs=4, eval_pairs=1, workers=0,
-                             draw=1, progress=False, cache="packed")
-        summary = run_pipeline(cfg)
-        (Path(out) / f"returned{rank}.json").write_text(json.dumps([sorted(summary), summary["steps"]]))
+        settings = PcbSettings(data=Path(data), out=Path(out) / f"rank{rank}", model="tiny", epochs=1, batch_size=2,
+                               image_size=64, device="cpu", train_pairs=4, eval_pairs=1, num_workers=0,
+                               draw=1, progress=False, cache="packed")
+        result = train(PcbTask(), settings)
+        (Path(out) / f"returned{rank}.json").write_text(json.dumps([sorted(result.metrics), result.steps]))
     finally:
         dist.destroy_process_group()
 
@@ -39,5 +40,5 @@ def test_only_rank_zero_evaluates_and_writes(shared_data: Path, tmp_path: Path) 
     assert not (tmp_path / "rank1" / "metrics.json").exists() and not (tmp_path / "rank1" / "model").exists()
     assert not (tmp_path / "rank1" / "predictions.png").exists()
     keys, steps = json.loads((tmp_path / "returned0.json").read_text())
-    assert "metrics" in keys and steps == 1  # one epoch of 4 pairs in global batches of 2 x 2
-    assert json.loads((tmp_path / "returned1.json").read_text()) == [["rank", "steps"], 1]
+    assert "map_deeppcb" in keys and steps == 1  # one epoch of 4 pairs in global batches of 2 x 2
+    assert json.loads((tmp_path / "returned1.json").read_text()) == [[], 1]  # rank 1 trains, does not evaluate
