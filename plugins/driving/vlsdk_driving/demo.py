@@ -1,7 +1,7 @@
 """The driving part of ``vlsdk demo``: LiDAR BEV detection on synthetic nuScenes-format scenes.
 
 :func:`run_demo` synthesises training and held-out scenes (written in nuScenes format and read
-back through the devkit, in a temporary folder), trains the :func:`~vlsdk_driving.pipeline.build_detector`
+back through the devkit, in a temporary folder), trains the :func:`~vlsdk_driving.detector.build_detector`
 model (the ``driving.lidar`` expert in its MoE layers), scores it with the devkit's
 center-distance AP and draws a held-out scene. By default only synthetic data is used, so every
 user gets the same numbers for the same seed (no real nuScenes folder is read, even when one exists).
@@ -67,7 +67,9 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int, steps: int |
     """
     from vlsdk.demo import DemoResult
     from vlsdk_driving.bev import BEVGrid
-    from vlsdk_driving.pipeline import build_detector, evaluate_detector, predict, render_bev, train_detector
+    from vlsdk_driving.detector import build_detector, evaluate_detector, predict
+    from vlsdk_driving.drawing import render_bev
+    from vlsdk_driving.training import train_detector
     from vlsdk_driving.synth import NuScenesSceneSynthesizer, SceneRandomization
 
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Camera depth from LiDAR: projection into images, sparse depth targets, AbsRel and RMSE.
+"""Camera depth from LiDAR: projection into images, sparse depth targets, AbsRel, RMSE and delta < 1.25.
 
 LiDAR points projected into a camera give a sparse depth map (0 = no measurement), the target
 format of the core :class:`vlsdk.heads.DepthHead`. Where several points fall on one pixel the
@@ -116,13 +116,15 @@ def rmse(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 class DepthMetrics:
-    """AbsRel and RMSE accumulated over every measured pixel of many images (registered ``driving.depth``).
+    """AbsRel, RMSE and delta < 1.25 over every measured pixel of many images (registered ``driving.depth``).
+
+    ``delta1`` is the share of measured pixels where ``max(pred / target, target / pred) < 1.25``.
 
     Example:
         >>> m = DepthMetrics()
         >>> m.update(torch.tensor([2.0, 5.0]), torch.tensor([4.0, 0.0]))
         >>> m.compute()
-        {'abs_rel': 0.5, 'rmse': 2.0, 'pixels': 1}
+        {'abs_rel': 0.5, 'rmse': 2.0, 'delta1': 0.0, 'pixels': 1}
     """
 
     def __init__(self) -> None:
@@ -132,6 +134,7 @@ class DepthMetrics:
         """Forget everything accumulated."""
         self._abs_rel = 0.0
         self._sq = 0.0
+        self._within = 0
         self._n = 0
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -144,10 +147,12 @@ class DepthMetrics:
         p, t = _valid(pred.detach().cpu(), target.detach().cpu())
         self._abs_rel += float(((p - t).abs() / t).sum())
         self._sq += float(((p - t) ** 2).sum())
+        self._within += int((torch.maximum(p / t, t / p) < 1.25).sum())
         self._n += len(t)
 
     def compute(self) -> dict[str, float]:
-        """``{"abs_rel", "rmse", "pixels"}`` over everything accumulated (``nan`` without pixels)."""
+        """``{"abs_rel", "rmse", "delta1", "pixels"}`` over everything accumulated (``nan`` without pixels)."""
         if not self._n:
-            return {"abs_rel": float("nan"), "rmse": float("nan"), "pixels": 0}
-        return {"abs_rel": self._abs_rel / self._n, "rmse": (self._sq / self._n) ** 0.5, "pixels": self._n}
+            return {"abs_rel": float("nan"), "rmse": float("nan"), "delta1": float("nan"), "pixels": 0}
+        return {"abs_rel": self._abs_rel / self._n, "rmse": (self._sq / self._n) ** 0.5,
+                "delta1": self._within / self._n, "pixels": self._n}

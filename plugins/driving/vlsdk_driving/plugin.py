@@ -96,31 +96,28 @@ def vlsdk_register_commands(register):
     """Register ``vlsdk driving-detect``."""
 
     def configure(parser):
-        from vlsdk_driving.pipeline import add_demo_arguments
+        from vlsdk_driving.cli import add_demo_arguments
 
         add_demo_arguments(parser)
 
     def run(args):
-        from vlsdk_driving.pipeline import run_demo
+        from vlsdk_driving.cli import run_demo
 
         return run_demo(args)
 
     register("driving-detect", run, configure=configure,
-             help="train LiDAR BEV detection on synthetic nuScenes scenes; evaluate (devkit AP) and draw",
+             help="train LiDAR BEV detection on synthetic nuScenes scenes; evaluate (devkit AP) and draw "
+                  "(the driving.bev task; vlsdk train examples/configs/driving_bev.yaml)",
              description="Train a CenterPoint-style BEV detector on synthetic nuScenes-format scenes, evaluate it "
-                         "on held-out scenes and on a real nuScenes keyframe, save it and write pictures.")
+                         "on held-out scenes and on a nuScenes-format folder (--nuscenes), save it and write "
+                         "pictures: the driving.bev task run by the task runner.")
 
 
 @hookimpl
 def vlsdk_register_tasks(register):
-    """Register the ``driving.bev`` training recipe (``vlsdk train``) over the BEV detection pipeline."""
-    from vlsdk.train.recipes import TrainRecipe
-    from vlsdk_driving.pipeline import add_demo_arguments, run_demo
+    """Register the tasks ``driving.bev`` (LiDAR BEV detection) and ``driving.depth`` (camera depth)."""
+    from vlsdk_driving.bev_task import BEVTask
+    from vlsdk_driving.depth_task import DepthTask
 
-    register("driving.bev", TrainRecipe.from_argparse(
-        add_demo_arguments, run_demo, aliases={"data": "nuscenes", "model": "backbone", "progress": "!no_progress"},
-        quick={"quick": True, "epochs": 8, "train_scenes": 10, "test_scenes": 3, "batch_size": 4, "backbone": "tiny",
-               "resolution": 0.5, "half_range": 32.0},
-        metrics_file="metrics.json", headline=("synthetic.mAP", "final_loss"), distributed=True,
-        description="LiDAR BEV detection on synthetic nuScenes-format scenes (+ real keyframe), devkit AP; "
-                    "core Trainer, data-parallel under torchrun"), extra="driving")
+    register(BEVTask.name, BEVTask, description=BEVTask.description, extra="driving")
+    register(DepthTask.name, DepthTask, description=DepthTask.description, extra="driving")

@@ -1,10 +1,10 @@
 """``vlsdk predict`` for LiDAR: a sweep in, 3D boxes in JSON and drawn over the BEV point cloud out.
 
 :data:`POINT_CLOUD_READER` takes ``.pcd.bin`` (nuScenes), ``.bin`` (KITTI velodyne) and ``.npy``
-``(N, F)`` point arrays for models saved by :meth:`~vlsdk_driving.pipeline.BEVDetector.save`
-(a ``bev_encoder.json`` beside the weights) and turns them into the BEV pseudo-image with that
+``(N, F)`` point arrays for models of the ``driving.bev`` task (its ``task.json``) or saved by
+:meth:`~vlsdk_driving.detector.BEVDetector.save` (a ``bev_encoder.json`` beside the weights) and turns them into the BEV pseudo-image with that
 encoder; :data:`BEV_BOXES_WRITER` decodes the ``driving.bev_detection`` head into LiDAR-frame boxes,
-lists them in ``predictions.json`` and draws them over the points (:func:`~vlsdk_driving.pipeline.render_bev`).
+lists them in ``predictions.json`` and draws them over the points (:func:`~vlsdk_driving.drawing.render_bev`).
 
 Example::
 
@@ -32,13 +32,42 @@ POINT_CLOUD_KIND = "driving.point_cloud"
 ENCODER_CONFIG = "bev_encoder.json"
 
 
+def _task_encoder(model_dir: Path) -> Any:
+    """The encoder of a ``driving.bev`` task model, rebuilt from its saved settings; ``None`` for other folders."""
+    from vlsdk.settings import settings_from
+    from vlsdk.tasks.runner import TASK_FILE
+    from vlsdk_driving.bev_task import BEVTask
+
+    path = model_dir / TASK_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(record, dict) or record.get("task") != BEVTask.name:
+        return None
+    task = BEVTask()
+    return task.encoder(settings_from(task.settings_type, record.get("settings") or {}, str(path)))
+
+
 def load_bev_encoder(model_dir: str | Path) -> Any:
-    """The :class:`~vlsdk_driving.bev.PillarEncoder` saved beside a detector (``bev_encoder.json``)."""
+    """The :class:`~vlsdk_driving.bev.PillarEncoder` of a detector: ``bev_encoder.json`` beside it, or the
+    settings of a ``driving.bev`` task model (``task.json``).
+
+    Raises:
+        FileNotFoundError: neither file is there.
+        ValueError: an unreadable ``task.json``, naming it and the setting.
+    """
     from vlsdk_driving.bev import BEVGrid, PillarEncoder
 
     path = Path(model_dir) / ENCODER_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {model_dir} was not saved by BEVDetector.save")
+        encoder = _task_encoder(Path(model_dir))
+        if encoder is None:
+            raise FileNotFoundError(f"{path} is missing: {model_dir} was neither saved by BEVDetector.save nor "
+                                    "trained by the driving.bev task")
+        return encoder
     cfg = json.loads(path.read_text(encoding="utf-8"))
     grid = BEVGrid(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.pop("grid").items()})
     return PillarEncoder(grid, **cfg)
@@ -75,7 +104,12 @@ def read_points(path: Path, fields: tuple[str, ...]) -> np.ndarray:
 
 
 def _has_encoder(path: Path, model_dir: Path) -> bool:
-    return (Path(model_dir) / ENCODER_CONFIG).is_file()
+    from vlsdk.tasks.runner import TASK_FILE
+
+    if (Path(model_dir) / ENCODER_CONFIG).is_file():
+        return True
+    task_file = Path(model_dir) / TASK_FILE
+    return task_file.is_file() and '"driving.bev"' in task_file.read_text(encoding="utf-8")
 
 
 def read_point_cloud(path: Path, model: Any, model_dir: Path) -> PredictInput:
@@ -98,7 +132,7 @@ def write_bev_boxes(prediction: HeadPrediction) -> dict[str, Any]:
         ``task``, ``frame`` (``"lidar"``), ``boxes`` (``(n, 7)`` ``x, y, z, l, w, h, yaw``, metres and
         radians), ``labels``, ``classes``, ``scores``, ``velocity`` (``(n, 2)`` or ``None``) and ``picture``.
     """
-    from vlsdk_driving.pipeline import render_bev
+    from vlsdk_driving.drawing import render_bev
     from vlsdk_driving.sample import DETECTION_CLASSES, Boxes3D, DrivingSample
 
     threshold = prediction.options.get("score_threshold")

@@ -1,11 +1,10 @@
-"""Training the BEV detector with the core :class:`vlsdk.train.Trainer`.
+"""Training parts of the BEV detector for the core :class:`vlsdk.train.Trainer`.
 
-:class:`DetectorTrainSet` turns :class:`DrivingSample` lists into a map-style dataset of augmented
-``(points, boxes)`` pairs, :class:`BEVDetectionLoss` is the Trainer's ``loss_fn`` (pillar encoding
-on the device, then the head's CenterPoint loss), and :func:`train_detector` wires them into the
-Trainer: AMP, warm-up + cosine, gradient clipping, the MoE load-balancing and z-losses, checkpoints
-with exact resume, ``metrics.jsonl``/``metrics.csv``, ``curves.png``, ``routing.png``, a progress
-bar, a wall-time budget and data parallelism under ``torchrun``.
+:class:`DetectorTrainSet` turns driving samples (a list or a map-style dataset, read lazily) into
+augmented ``(points, boxes)`` pairs, :class:`BEVDetectionLoss` is the loss (pillar encoding on the
+device, then the head's CenterPoint loss) and :data:`TRAINER_OPTIONS` the detector's schedule. The
+``driving.bev`` task trains with them through the task runner; :func:`train_detector` is the same
+training on a plain sample list (``vlsdk demo``).
 """
 
 from __future__ import annotations
@@ -19,17 +18,31 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vlsdk_driving.detector import HEAD
 from vlsdk_driving.sample import Boxes3D, DrivingSample
 
 if TYPE_CHECKING:
     from vlsdk.train import TrainResult
     from vlsdk_driving.bev import PillarEncoder
-    from vlsdk_driving.pipeline import BEVDetector
+    from vlsdk_driving.detector import BEVDetector
 
-__all__ = ["HEAD", "augment", "DetectorTrainSet", "collate_detector_batch", "BEVDetectionLoss", "train_detector"]
+__all__ = ["TRAINER_OPTIONS", "augment", "DetectorTrainSet", "collate_detector_batch", "BEVDetectionLoss",
+           "trainer_options", "train_detector"]
 
-#: The name of the detection head in a :class:`~vlsdk_driving.pipeline.BEVDetector`'s model.
-HEAD = "bev"
+#: The detector's schedule beside the core defaults: warm-up over 20 % of the steps, cosine to 1e-4 x lr.
+TRAINER_OPTIONS: dict[str, float] = {"warmup_fraction": 0.2, "min_lr_ratio": 1e-4}
+
+
+def trainer_options(steps: int) -> dict[str, Any]:
+    """The :class:`~vlsdk.train.TrainConfig` options of the detector's schedule for ``steps`` steps
+    (warm-up, final learning-rate ratio, a log row every 5 % of the steps).
+
+    Example:
+        >>> trainer_options(100)
+        {'warmup_steps': 20, 'min_lr_ratio': 0.0001, 'log_every': 5}
+    """
+    return {"warmup_steps": max(1, round(TRAINER_OPTIONS["warmup_fraction"] * steps)),
+            "min_lr_ratio": TRAINER_OPTIONS["min_lr_ratio"], "log_every": max(1, steps // 20)}
 
 
 def augment(sample: DrivingSample, rng: np.random.Generator, rotate: float = math.pi / 4,
@@ -78,8 +91,12 @@ class DetectorTrainSet(Dataset):
     (and which DataLoader workers seed per worker): a resumed run draws the same augmentations.
 
     Args:
-        samples: the training samples (their ``point_fields`` must match the encoder's).
+        samples: the training samples (their ``point_fields`` must match the encoder's): a list, or
+            a map-style dataset of them, read one sample per draw.
         augmentation: flip/rotate/scale each draw; ``False`` returns the samples as they are.
+
+    Raises:
+        ValueError: no samples.
 
     Example:
         >>> train_set = DetectorTrainSet(samples)  # doctest: +SKIP
@@ -87,9 +104,9 @@ class DetectorTrainSet(Dataset):
     """
 
     def __init__(self, samples: Sequence[DrivingSample], augmentation: bool = True) -> None:
-        if not samples:
+        if not len(samples):
             raise ValueError("no training samples")
-        self.samples = list(samples)
+        self.samples = samples
         self.augmentation = augmentation
 
     def __len__(self) -> int:
@@ -180,10 +197,9 @@ def train_detector(detector: BEVDetector, samples: Sequence[DrivingSample], *, e
                          f"({batch_size} x {world} ranks)")
     steps = epochs * per_epoch
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         warmup_steps=max(1, round(0.2 * steps)), min_lr_ratio=1e-4, clip_grad=10.0,
-                         amp="off" if amp in (None, "none") else amp, aux_loss_weight=0.01, device=device,
-                         num_workers=num_workers, seed=seed, out_dir=str(out_dir), progress=progress,
-                         log_every=max(1, steps // 20), max_seconds=max_seconds)
+                         amp="off" if amp in (None, "none") else amp, device=device, num_workers=num_workers,
+                         seed=seed, out_dir=str(out_dir), progress=progress, max_seconds=max_seconds,
+                         clip_grad=10.0, aux_loss_weight=0.01, **trainer_options(steps))
     trainer = Trainer(detector.model, BEVDetectionLoss(detector.encoder), train_set, config,
                       collate_fn=collate_detector_batch)
     try:
