@@ -66,7 +66,7 @@ def test_nifti_errors_name_the_file(medical, tmp_path):
     model.add_head("lesion", task="segmentation", num_classes=1)
     model.save_pretrained(tmp_path / "model")
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 3, 3), np.float32), np.eye(4)), tmp_path / "three.nii.gz")
-    with pytest.raises(ValueError, match=r"three.nii.gz has 3 channels but the model takes 2"):
+    with pytest.raises(ValueError, match=r"expects 2 channels .*three.nii.gz has 3"):
         predict_files(tmp_path / "model", [tmp_path / "three.nii.gz"], tmp_path / "out")
     (tmp_path / "broken.nii").write_bytes(b"not a volume")
     with pytest.raises(ValueError, match=r"broken.nii: cannot read NIfTI"):
@@ -83,7 +83,7 @@ def _scene(n=3000, seed=0):
 
 def test_bev_boxes_in_json_equal_the_heads_decoded_boxes(driving, tmp_path, capsys):
     from vlsdk_driving.bev import BEVGrid
-    from vlsdk_driving.pipeline import HEAD, build_detector
+    from vlsdk_driving.detector import HEAD, build_detector
 
     torch.manual_seed(0)
     grid = BEVGrid((-16.0, 16.0), (-16.0, 16.0), (-5.0, 3.0), 0.5)

@@ -197,7 +197,7 @@ def read_input(path: Path, model: Any, model_dir: Path) -> PredictInput:
     from vlsdk.plugins import get_registry
     from vlsdk.predict_io import PredictInput
 
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise FileNotFoundError(f"no image file at {path}" if path.suffix.lower() in IMAGE_SUFFIXES
                                 else f"no input file at {path}")
     readers = get_registry("input_readers")
@@ -206,6 +206,9 @@ def read_input(path: Path, model: Any, model_dir: Path) -> PredictInput:
             item = entry.obj.read(path, model, model_dir)
             item.kind = entry.name
             return item
+    if path.is_dir():
+        folders = ", ".join(e.name for e in readers.entries() if e.obj.directories) or "none installed"
+        raise ValueError(f"{path}: a folder that no reader takes (readers of folders, e.g. DICOM series: {folders})")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         plugin = ", ".join(f"{e.name} ({' '.join(e.obj.suffixes)})" for e in readers.entries()) or "none installed"
         raise ValueError(f"{path}: no reader for this file type; images: {' '.join(IMAGE_SUFFIXES)}; plugin "
@@ -229,6 +232,8 @@ def writer_for(task: str, kind: str) -> Callable[[HeadPrediction], dict[str, Any
 
 def _stem(path: Path) -> str:
     name = path.name
+    if path.is_dir():
+        return name
     for double in (".nii.gz", ".pcd.bin"):
         if name.lower().endswith(double):
             return name[: -len(double)]

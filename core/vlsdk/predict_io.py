@@ -192,12 +192,14 @@ class InputReader:
         applies: ``applies(path, model_dir) -> bool``, for a suffix shared with another reader
             (a LiDAR reader takes ``.npy`` only for models saved with a BEV encoder); ``None``: always.
         description: one line for ``vlsdk plugins``.
+        directories: the reader also takes folders (a DICOM series); ``applies`` decides which.
     """
 
     suffixes: tuple[str, ...]
     read: Callable[..., PredictInput]
     applies: Callable[[Path, Path], bool] | None = None
     description: str = ""
+    directories: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.suffixes, str) or not self.suffixes or not all(
@@ -208,8 +210,11 @@ class InputReader:
         object.__setattr__(self, "suffixes", tuple(s.lower() for s in self.suffixes))
 
     def matches(self, path: Path, model_dir: Path) -> bool:
-        """Whether this reader takes ``path`` for the model in ``model_dir``."""
-        if not path.name.lower().endswith(self.suffixes):
+        """Whether this reader takes ``path`` (a file, or a folder for a ``directories`` reader)."""
+        if path.is_dir():
+            if not self.directories:
+                return False
+        elif not path.name.lower().endswith(self.suffixes):
             return False
         return self.applies is None or bool(self.applies(path, model_dir))
 

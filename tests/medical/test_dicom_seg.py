@@ -23,10 +23,6 @@ from vlsdk_medical.predict import read_dicom, write_dicom_mask
 
 pytest.importorskip("highdicom", reason='DICOM SEG output needs highdicom: pip install "vlsdk[medical]"')
 
-#: Whether the core's ``vlsdk predict`` asks readers about folders (``InputReader(directories=True)``).
-CORE_TAKES_FOLDERS = "directories" in {f.name for f in dataclasses.fields(InputReader)}
-
-
 @pytest.fixture(scope="module")
 def series(ct_series: Path, tmp_path_factory) -> Path:
     """The real CT series re-saved with the study/series UIDs a scanner export keeps.
@@ -159,9 +155,6 @@ def test_predict_on_an_anonymised_series_writes_the_nifti_and_warns_once_without
     assert Path(entry["mask"]).is_file() and not list((tmp_path / "out").glob("*.dcm"))
 
 
-@pytest.mark.xfail(not CORE_TAKES_FOLDERS, strict=True, raises=AssertionError,
-                   reason="core: vlsdk predict refuses folders before asking readers (read_input's is_file, "
-                          "InputReader.matches by suffix); see plugins/medical/README.md")
 def test_vlsdk_predict_on_a_series_folder_writes_the_seg_and_exits_0(lesion_model, series, tmp_path, capsys):
     status = main(["predict", str(series), "--model", str(lesion_model), "--out", str(tmp_path / "out")])
     assert status == 0, capsys.readouterr().err

@@ -28,14 +28,13 @@ Example::
 from __future__ import annotations
 
 import warnings
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vlsdk.predict_io import HeadPrediction, InputReader, OutputWriter, PredictInput
+from vlsdk.predict_io import HeadPrediction, InputReader, OutputWriter, PredictInput, fit_channels
 
 __all__ = ["read_nifti", "read_dicom", "write_nifti_mask", "write_dicom_mask", "check_finite_voxels",
            "NIFTI_READER", "NIFTI_MASK_WRITER", "NIFTI_KIND", "DICOM_READER", "DICOM_MASK_WRITER", "DICOM_KIND"]
@@ -77,11 +76,10 @@ def _model_input(data: np.ndarray, path: Path, model: Any,
         raise ValueError(f"{model_dir}: the model takes {model.config.in_chans} channels, not a multiple of "
                          f"2 * context_slices + 1 = {width}")
     want = int(model.config.in_chans) // width
-    if data.shape[0] != want:
-        if data.shape[0] != 1:
-            raise ValueError(f"{path} has {data.shape[0]} channels but the model takes {want}"
-                             + (f" (times {width} context slices)" if context else ""))
-        data = np.repeat(data, want, 0)
+    modalities = recorded.get("modalities") if recorded else None
+    names = (tuple(modalities) if modalities and len(modalities) == want
+             else model.metadata.channels(want) if not context else tuple(f"modality_{i}" for i in range(want)))
+    data = fit_channels(data, path, names)  # a missing modality is an error naming it, unless --repeat-channels
     volume = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))  # (C, X, Y, Z)
     slices = stack_context(volume, torch.arange(volume.shape[SLICE_AXIS + 1]), context, SLICE_AXIS)  # (Z, C', X, Y)
     return volume, slices, context
@@ -95,7 +93,7 @@ def read_nifti(path: Path, model: Any, model_dir: Path) -> PredictInput:
 
     Args:
         path: a ``.nii``/``.nii.gz`` file: ``(X, Y, Z)`` or ``(X, Y, Z, C)`` voxels.
-        model: the model (its ``in_chans`` must match ``C * (2N + 1)``; one channel is repeated to fit).
+        model: the model (its ``in_chans`` must match ``C * (2N + 1)``; a missing modality is an error unless ``--repeat-channels``).
         model_dir: the model's folder (its recorded input).
 
     Raises:
@@ -245,12 +243,10 @@ def _is_dicom_input(path: Path, model_dir: Path) -> bool:
     return False
 
 
-#: Folder inputs need the core's ``InputReader(directories=True)`` (see the plugin README); older cores take files.
-_FOLDERS = {"directories": True} if "directories" in {f.name for f in fields(InputReader)} else {}
 
 NIFTI_READER = InputReader(suffixes=(".nii", ".nii.gz"), read=read_nifti,
                            description="NIfTI volumes as stored (nibabel), cut into slices along the third axis")
-DICOM_READER = InputReader(suffixes=(".dcm",), read=read_dicom, applies=_is_dicom_input, **_FOLDERS,
+DICOM_READER = InputReader(suffixes=(".dcm",), read=read_dicom, applies=_is_dicom_input, directories=True,
                            description="DICOM series folders (or .dcm files): slices ordered along the normal, "
                                        "modality rescale (HU), cut into slices")
 NIFTI_MASK_WRITER = OutputWriter(task="segmentation", write=write_nifti_mask, inputs=(NIFTI_KIND,),
