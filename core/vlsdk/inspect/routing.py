@@ -251,36 +251,17 @@ def _moe_layers(model: nn.Module) -> list[DynamicMoE]:
     return layers
 
 
-def _stage_info(model: nn.Module) -> dict[int, tuple[int, int | None]]:
-    """id(moe layer) -> (stage, stride) for a VLModel or HybridEncoder."""
+def _stage_of(model: nn.Module) -> dict[int, int]:
+    """id(moe layer) -> stage index for a VLModel or HybridEncoder (static: no hook, no forward)."""
     encoder = getattr(model, "encoder", model)
-    stages = getattr(encoder, "stages", None)
-    config = getattr(encoder, "config", None)
-    strides = tuple(getattr(config, "strides", ()))[2:]
-    info: dict[int, tuple[int, int | None]] = {}
-    for s, stage in enumerate(stages or []):
-        for m in stage.modules():
-            if isinstance(m, DynamicMoE):
-                info[id(m)] = (s, strides[s] if s < len(strides) else None)
-    return info
+    return {id(m): s for s, stage in enumerate(getattr(encoder, "stages", None) or [])
+            for m in stage.modules() if isinstance(m, DynamicMoE)}
 
 
-def _forward(model: nn.Module, images: torch.Tensor, text: Any = None,
-             grids: list[tuple[int, int] | None] | None = None) -> EncoderFeatures:
-    """One forward pass; records each MoE layer's grid argument into ``grids`` (depth order)."""
-    handles = []
-    if grids is not None:
-        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            grid = args[1] if len(args) > 1 else kwargs.get("grid")
-            grids.append(tuple(int(g) for g in grid) if grid is not None else None)
-
-        handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in _moe_layers(model)]
-    try:
-        forward = getattr(model, "forward_features", model)
-        feats = forward(images, text) if text is not None else forward(images)
-    finally:
-        for h in handles:
-            h.remove()
+def _forward(model: nn.Module, images: torch.Tensor, text: Any = None) -> EncoderFeatures:
+    """One forward pass; its :class:`RouterStats` name each layer's grid and stride."""
+    forward = getattr(model, "forward_features", model)
+    feats = forward(images, text) if text is not None else forward(images)
     if not isinstance(feats, EncoderFeatures):
         feats = getattr(feats, "features", feats)
     if not isinstance(feats, EncoderFeatures):
@@ -308,27 +289,25 @@ def routing_maps(model: nn.Module, images: torch.Tensor | np.ndarray, text: Any 
     """
     x = _as_batch(images, model)
     batch, _, height, width = x.shape
-    grids: list[tuple[int, int] | None] = []
-    stage_info = _stage_info(model)
+    stage_of = _stage_of(model)
     layers = _moe_layers(model)
     with _eval(model):
-        feats = _forward(model, x, text, grids)
+        feats = _forward(model, x, text)
     stats = feats.router_stats
-    if len(stats) != len(layers) or len(grids) != len(layers):
-        raise RuntimeError(f"expected one routing record per MoE layer ({len(layers)}), got {len(stats)} "
-                           f"statistics and {len(grids)} grids")
+    if len(stats) != len(layers):
+        raise RuntimeError(f"expected one routing record per MoE layer ({len(layers)}), got {len(stats)} statistics")
     out = []
-    for i, (module, st, grid) in enumerate(zip(layers, stats, grids, strict=True)):
+    for i, (module, st) in enumerate(zip(layers, stats, strict=True)):
         n_tok = st.topk_idx.shape[0] // batch
-        grid = grid or (1, n_tok)
+        grid = tuple(int(g) for g in st.grid) if st.grid is not None else (1, n_tok)
         if grid[0] * grid[1] != n_tok:
             raise RuntimeError(f"MoE layer {i}: grid {grid} does not hold its {n_tok} tokens per image")
-        stage, stride = stage_info.get(id(module), (None, None))
+        stride = st.stride
         if stride is None:
             stride = max(math.ceil(height / grid[0]), math.ceil(width / grid[1]))
         k = st.topk_idx.shape[1]
         out.append(LayerRouting(
-            layer=i, stage=stage, grid=grid, stride=int(stride), expert_names=list(st.expert_names),
+            layer=i, stage=stage_of.get(id(module)), grid=grid, stride=int(stride), expert_names=list(st.expert_names),
             expert=st.topk_idx.reshape(batch, *grid, k).cpu(),
             weight=st.topk_weight.float().reshape(batch, *grid, k).cpu(),
             tokens_per_expert=st.tokens_per_expert.cpu(), entropy=float(st.entropy),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlsdk.models.collector import RoutingCollector
 from vlsdk.models.config import BackboneConfig
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.models.gate import CrossModalGate
@@ -92,6 +93,8 @@ class HybridEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.apply(_init_linear)
         self._pos_cache: dict[tuple, torch.Tensor] = {}
+        #: every forward publishes its RouterStats here once (see :class:`RoutingCollector`)
+        self.routing = RoutingCollector()
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -125,6 +128,8 @@ class HybridEncoder(nn.Module):
                 returned are bit-identical to a full forward's. When stages are skipped,
                 ``tokens`` / ``grid`` are the last stage run's and carry no final norm (that
                 belongs to the last stage), and ``router_stats`` covers the layers that ran.
+
+        The statistics are published once to :attr:`routing` (the trainer's losses, routing logs).
         """
         if images.dim() != 4 or images.shape[1] != self.config.in_chans:
             raise ValueError(f"expected images of shape (B, {self.config.in_chans}, H, W), got {tuple(images.shape)}")
@@ -151,6 +156,7 @@ class HybridEncoder(nn.Module):
             for block in stage.blocks:
                 x, st = block(x, grid)
                 if st is not None:
+                    st.layer, st.stride = len(stats), strides[i]
                     stats.append(st)
             if i == len(self.stages) - 1:
                 x = self.norm(x)
@@ -162,6 +168,7 @@ class HybridEncoder(nn.Module):
             if i == last:
                 break  # the later stages make only levels the caller does not read
         pyramid = {s: pyramid[s] for s in sorted(pyramid)}
+        self.routing.publish(self, stats)
         return EncoderFeatures(tokens=x, grid=grid, pyramid=pyramid, image_size=size, router_stats=stats)
 
     def forward(self, images: torch.Tensor, text: TextFeatures | None = None,

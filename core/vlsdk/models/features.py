@@ -55,6 +55,11 @@ class RouterStats:
         dropped_fraction: share of assignments dropped by the capacity limit (0 when dropless).
         aux_loss: load-balancing loss (1.0 for a perfectly balanced router).
         z_loss: router z-loss, mean squared log-sum-exp of the logits.
+        probs: ``(T, E)`` router scores (with their graph when gradients were on).
+        layer: index of the MoE layer in the encoder's :attr:`~vlsdk.HybridEncoder.moe_layers`
+            (``None`` for a layer called on its own).
+        grid: ``(h, w)`` token grid the layer ran on (``(1, N)`` when called without one).
+        stride: pixels per token of ``grid`` (``None`` for a layer called on its own).
 
     Args:
         expert_names, tokens_per_expert, topk_idx, topk_weight, entropy, dropped_fraction,
@@ -65,6 +70,7 @@ class RouterStats:
         probs: ``(T, E)`` router scores; ``None`` recomputes them from ``logits`` with ``score``.
         score: the router's score function, ``"softmax"`` or ``"sigmoid"``.
         dropped_dtype: dtype of the zero ``dropped_fraction`` made when it is left ``None``.
+        layer, grid, stride: where the layer sits (the encoder fills in ``layer`` and ``stride``).
 
     Example:
         >>> logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
@@ -79,7 +85,8 @@ class RouterStats:
                  entropy: torch.Tensor | None = None, dropped_fraction: torch.Tensor | None = None,
                  aux_loss: torch.Tensor | None = None, z_loss: torch.Tensor | None = None, *,
                  logits: torch.Tensor | None = None, probs: torch.Tensor | None = None,
-                 score: str = "softmax", dropped_dtype: torch.dtype = torch.float32) -> None:
+                 score: str = "softmax", dropped_dtype: torch.dtype = torch.float32, layer: int | None = None,
+                 grid: tuple[int, int] | None = None, stride: int | None = None) -> None:
         if topk_idx is None or topk_weight is None:
             raise ValueError("RouterStats needs topk_idx and topk_weight")
         if logits is None and (entropy is None or aux_loss is None or z_loss is None):
@@ -93,12 +100,17 @@ class RouterStats:
         self._aux_loss = aux_loss
         self._z_loss = z_loss
         self._logits, self._probs, self._score, self._dropped_dtype = logits, probs, score, dropped_dtype
+        self.layer, self.grid, self.stride = layer, grid, stride
 
     # -- lazily computed statistics -------------------------------------------------------------
     def _scores(self) -> torch.Tensor:
         if self._probs is None:
             self._probs = scores_to_probs(self._logits, self._score)  # fp32 logits: autocast leaves these ops fp32
         return self._probs
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self._scores()
 
     @property
     def tokens_per_expert(self) -> torch.Tensor:
@@ -138,7 +150,8 @@ class RouterStats:
 
     def __repr__(self) -> str:
         done = [n for n in _LAZY if getattr(self, "_" + n) is not None]
-        return f"RouterStats(expert_names={self.expert_names}, topk_idx={tuple(self.topk_idx.shape)}, computed={done})"
+        return (f"RouterStats(layer={self.layer}, grid={self.grid}, stride={self.stride}, expert_names={self.expert_names}, "
+                f"topk_idx={tuple(self.topk_idx.shape)}, computed={done})")
 
 
 _LAZY = ("tokens_per_expert", "entropy", "dropped_fraction", "aux_loss", "z_loss")

@@ -11,6 +11,7 @@ from torch import nn
 from vlsdk.models.amp import autocast_enabled
 from vlsdk.models.config import MoEConfig
 from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_slots
+from vlsdk.models.expert_stack import ExpertStack, stacked_with_grad
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
 from vlsdk.models.features import ExpertContext, RouterStats
 from vlsdk.models.grouped_mm import StackedWeights, grouped_mm
@@ -71,8 +72,12 @@ class DynamicMoE(nn.Module):
         #: ``torch.compile`` traces the layer. Used only while the layer is dropless (with a capacity factor the loop
         #: path, with its host read of the split sizes, serves); domain experts then run on every token.
         self.grouped: bool | None = None
-        self._stacked = StackedWeights(_stack_generic)
+        self._stacked = StackedWeights(self._fold_for_gemm)
         self._constants: dict[tuple, torch.Tensor] = {}  # small per-device tensors for eager calls
+        #: the generic experts' parameters are slices of four stacked tensors (see ExpertStack)
+        self._stack = ExpertStack()
+        self._stack.tie(self._generic_params())
+        self.register_load_state_dict_post_hook(_retie_after_load)
 
     # -- slots -------------------------------------------------------------------------------
     def expert(self, name: str) -> nn.Module:
@@ -139,6 +144,19 @@ class DynamicMoE(nn.Module):
         if name != "shared":
             self.router.set_frozen(self.expert_names.index(name), frozen)
 
+    def _retie(self) -> None:
+        """Lay the generic experts' parameters out in their stacks again (after they were replaced)."""
+        params = self._generic_params()
+        if self._stack.get(params) is None:
+            self._stack.tie(params)
+        self._stacked.clear()
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
+        out = super()._apply(fn, recurse)  # .to() / .half() / .cuda() give each parameter its own storage
+        self._retie()
+        self._constants.clear()
+        return out
+
     def _modules_in_order(self) -> list[nn.Module]:
         return [self.experts[g][leaf] for g, _, leaf in (n.partition(".") for n in self.expert_names)]
 
@@ -148,7 +166,8 @@ class DynamicMoE(nn.Module):
         batch, n_tok, dim = x.shape
         if dim != self.dim:
             raise ValueError(f"expected tokens of width {self.dim}, got {tuple(x.shape)}")
-        grid3 = (batch, *(grid if grid is not None else (1, n_tok)))
+        grid2 = (grid[0], grid[1]) if grid is not None else (1, n_tok)
+        grid3 = (batch, *grid2)
         flat = x.reshape(-1, dim)
         routing = self.router(flat)
         weight = routing.topk_weight.to(x.dtype)
@@ -162,7 +181,7 @@ class DynamicMoE(nn.Module):
         grad = torch.is_grad_enabled()
         stats = RouterStats(list(self.expert_names), counts, routing.topk_idx, routing.topk_weight,
                             dropped_fraction=dropped, logits=routing.logits, probs=routing.probs if grad else None,
-                            score=self.router.score, dropped_dtype=x.dtype)
+                            score=self.router.score, dropped_dtype=x.dtype, grid=grid2)
         if grad:
             stats.materialize()
         return out.reshape(batch, n_tok, dim), stats
@@ -216,12 +235,27 @@ class DynamicMoE(nn.Module):
         return wanted and hasattr(torch, "_grouped_mm") and dtype in _GROUPED_DTYPES and self.capacity_factor is None
 
     def _grouped_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(w1, w2, b2)`` stacked for :func:`grouped_mm`; cached while gradients are off."""
+        """``(w1, w2, b2)`` for :func:`grouped_mm`, read from the experts' stacks (no restacking);
+        folded and cast once per weight update while gradients are off."""
         params = self._generic_params()
         if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (inductor freezing folds the stack)
-            w1, w2, b2 = _stack_generic(params)
-            return w1.to(dtype), w2.to(dtype), b2.to(dtype)
-        return self._stacked.get(params, dtype)  # stacked and cast once, not per call (bf16 autocast)
+            stacks = None if torch.compiler.is_compiling() else self._tied_stacks(params)
+            stacks = _stack4(params) if stacks is None else stacked_with_grad(stacks, params)
+            return _fold(*stacks, dtype=dtype)
+        return self._stacked.get(params, dtype)  # folded and cast once, not per call (bf16 autocast)
+
+    def _tied_stacks(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
+        """The experts' stacks; parameters given storage of their own (a deep copy) are tied again first."""
+        stacks = self._stack.get(params)
+        if stacks is None and self._stack.tie(params):
+            self._stacked.clear()
+            stacks = self._stack.get(params)
+        return stacks
+
+    def _fold_for_gemm(self, params: list[torch.Tensor],
+                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        stacks = self._tied_stacks(params)
+        return _fold(*(_stack4(params) if stacks is None else stacks), dtype=dtype)
 
     def _generic_params(self) -> list[torch.Tensor]:
         """``fc1.weight, fc1.bias, fc2.weight, fc2.bias`` of each generic expert, in router order.
@@ -351,15 +385,29 @@ def _compute_dtype(flat: torch.Tensor) -> torch.dtype:
 _count = count_assignments  # the old name (benchmarks/moe_layer.py imports it)
 
 
-def _stack_generic(params: list[torch.Tensor],
-                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(fc1.w, fc1.b, fc2.w, fc2.b)`` per expert -> ``w1`` ``(E, d + _PAD, h)`` with the fc1 bias as
-    row ``d``, ``w2`` ``(E, h, d)`` (both column-major views, the layout ``_grouped_mm`` prefers) and
-    ``b2`` ``(E, d)``; cast to ``dtype`` if given."""
-    fc1_w, fc1_b, fc2_w, fc2_b = (torch.stack(params[i::4]) for i in range(4))
+def _retie_after_load(module: DynamicMoE, incompatible_keys: object) -> None:
+    module._retie()  # load_state_dict(assign=True) replaces the parameters
+
+
+def _stack4(params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``(fc1.w, fc1.b, fc2.w, fc2.b)`` per expert -> the four ``(E, ...)`` stacks (copies)."""
+    return tuple(torch.stack(params[i::4]) for i in range(4))
+
+
+def _fold(fc1_w: torch.Tensor, fc1_b: torch.Tensor, fc2_w: torch.Tensor, fc2_b: torch.Tensor,
+          dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stacks -> ``w1`` ``(E, d + _PAD, h)`` with the fc1 bias as row ``d``, ``w2`` ``(E, h, d)``
+    (both column-major views, the layout ``_grouped_mm`` prefers) and ``b2`` ``(E, d)``; cast to
+    ``dtype`` if given. ``w2`` and ``b2`` are views of the stacks when no cast is needed."""
     pad = fc1_w.new_zeros(fc1_w.shape[0], fc1_w.shape[1], _PAD - 1)
     w1 = torch.cat([fc1_w, fc1_b[:, :, None], pad], dim=2).transpose(1, 2)
     w2, b2 = fc2_w.transpose(1, 2), fc2_b
     if dtype is not None:
         w1, w2, b2 = w1.to(dtype), w2.to(dtype), b2.to(dtype)
     return w1, w2, b2
+
+
+def _stack_generic(params: list[torch.Tensor],
+                   dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The previous layout's path (``benchmarks/moe_layer.py``'s reference): stack, then fold."""
+    return _fold(*_stack4(params), dtype=dtype)

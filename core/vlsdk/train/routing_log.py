@@ -1,6 +1,7 @@
 """Expert utilisation over training: per-layer token shares in ``routing.jsonl`` and ``routing.png``.
 
-:class:`RoutingLog` hooks every :class:`~vlsdk.models.encoder.HybridEncoder` of a model. Each
+:class:`RoutingLog` subscribes to the routing collector of every
+:class:`~vlsdk.models.encoder.HybridEncoder` of a model. Each
 training-mode forward adds its layers' :attr:`RouterStats.tokens_per_expert` to running sums that
 stay on the model's device (no host sync in the step); :meth:`RoutingLog.snapshot`, called when
 the trainer logs a row, copies the sums of the interval to the host once, appends one row per
@@ -25,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlsdk.models.encoder import HybridEncoder
-from vlsdk.models.features import EncoderFeatures
+from vlsdk.models.collector import routing_collectors
+from vlsdk.models.features import RouterStats
 from vlsdk.train.log import read_jsonl, rewrite_jsonl
 
 __all__ = ["RoutingLog", "ROUTING_JSONL", "ROUTING_PNG"]
@@ -39,7 +40,7 @@ class RoutingLog:
     """Per-layer expert token counts of the training forwards, one interval per logged step.
 
     Args:
-        model: the model being trained; every ``HybridEncoder`` in it is hooked (eval-mode
+        model: the model being trained; every ``HybridEncoder`` in it is followed (eval-mode
             forwards, e.g. evaluation, are not counted).
         directory: the run directory (``routing.jsonl`` and ``routing.png`` go there).
         resume: keep the rows of an earlier run up to this step (as :class:`~vlsdk.train.log.MetricsLog`);
@@ -47,15 +48,15 @@ class RoutingLog:
 
     Each ``routing.jsonl`` row is ``{"step", "layer", "experts", "tokens", "share"}``: the
     (token, expert) assignments of the layer since the previous row, and their shares (summing
-    to 1). With several hooked encoders the layer is named ``"<encoder>.<layer>"``.
+    to 1). With several encoders the layer is named ``"<encoder>.<layer>"``.
     """
 
     def __init__(self, model: nn.Module, directory: str | Path, resume: int | None = None) -> None:
         self.directory = Path(directory)
         self.path = self.directory / ROUTING_JSONL
-        encoders = [m for m in model.modules() if isinstance(m, HybridEncoder)]
-        self._handles = [enc.register_forward_hook(self._hook(i)) for i, enc in enumerate(encoders)]
-        self._multi = len(encoders) > 1
+        collectors = [c for _, c in routing_collectors(model)]
+        self._handles = [c.subscribe(self._collect(i)) for i, c in enumerate(collectors)]
+        self._multi = len(collectors) > 1
         self._sums: dict[str, torch.Tensor] = {}
         self._names: dict[str, list[str]] = {}
         self._pending: list[tuple[str, list[str], torch.Tensor]] = []  # intervals cut short by a new expert
@@ -65,12 +66,13 @@ class RoutingLog:
             self.directory.mkdir(parents=True, exist_ok=True)
             rewrite_jsonl(self.path, kept)
 
-    def _hook(self, encoder: int):
-        def hook(module: nn.Module, args: Any, out: EncoderFeatures) -> None:
+    def _collect(self, encoder: int):
+        def collect(module: nn.Module, router_stats: list[RouterStats]) -> None:
             if not module.training:
                 return
-            for i, stats in enumerate(out.router_stats):
-                key = f"{encoder}.{i}" if self._multi else str(i)
+            for i, stats in enumerate(router_stats):
+                layer = stats.layer if stats.layer is not None else i
+                key = f"{encoder}.{layer}" if self._multi else str(layer)
                 counts = stats.tokens_per_expert.detach()
                 names = list(stats.expert_names)
                 if self._names.get(key) != names or self._sums[key].shape != counts.shape:
@@ -79,7 +81,7 @@ class RoutingLog:
                     self._sums[key] = torch.zeros_like(counts, dtype=torch.float64)
                 self._sums[key] += counts
 
-        return hook
+        return collect
 
     def _flush_key(self, key: str) -> None:
         if key in self._sums:
@@ -118,13 +120,13 @@ class RoutingLog:
         return read_jsonl(self.path)
 
     def close(self) -> None:
-        """Remove the forward hooks (idempotent)."""
+        """Unsubscribe from the encoders (idempotent)."""
         for h in self._handles:
             h.remove()
         self._handles = []
 
     def finish(self) -> dict[str, Path]:
-        """Remove the hooks and draw ``routing.png``; ``{}`` when the model routed nothing (no MoE)."""
+        """Unsubscribe and draw ``routing.png``; ``{}`` when the model routed nothing (no MoE)."""
         self.close()
         rows = self.rows()
         if not rows:

@@ -36,6 +36,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from vlsdk.models.collector import routing_collectors
+from vlsdk.models.features import RouterStats
+
 __all__ = ["prepare_specialisation", "routing_share", "mixed_indices", "router_probs", "own_expert_loss",
            "frozen_batch_norms", "SpecialisationLoss", "DomainBatches", "ROUTING_WEIGHT"]
 
@@ -161,18 +164,19 @@ def mixed_indices(n_real: int, n_synthetic: int, ratio: float = 3.0, length: int
 
 @contextmanager
 def router_probs(model: nn.Module) -> Iterator[list[tuple[list[str], torch.Tensor]]]:
-    """Collect ``(expert_names, probs)`` of every MoE router call of ``model`` while the block runs.
+    """Collect ``(expert_names, probs)`` of every MoE layer of each forward of ``model`` while the block runs.
+
+    Taken from the encoders' routing collectors (one entry per layer, depth order, per forward).
 
     ``probs`` is the router's ``(T, E)`` score distribution, with its graph: a loss built on it
     trains the router rows that are not frozen.
     """
     seen: list[tuple[list[str], torch.Tensor]] = []
-    handles = []
-    for layer in model.moe_layers:
-        def hook(module: nn.Module, args: Any, out: Any, names: list[str] = layer.expert_names) -> None:
-            seen.append((list(names), out.probs))
 
-        handles.append(layer.router.register_forward_hook(hook))
+    def collect(encoder: nn.Module, stats: list[RouterStats]) -> None:
+        seen.extend((list(s.expert_names), s.probs) for s in stats)
+
+    handles = [c.subscribe(collect) for _, c in routing_collectors(model)]
     try:
         yield seen
     finally:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vlsdk.models.encoder import HybridEncoder
-from vlsdk.models.features import EncoderFeatures
+from vlsdk.models.collector import routing_collectors
+from vlsdk.models.features import RouterStats
 from vlsdk.train.config import TrainConfig
 from vlsdk.train.distributed import (
     allreduce_gradients,
@@ -87,15 +87,15 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 class _RouterLosses:
-    """Collects the MoE losses of every encoder forward in a micro-step (via forward hooks)."""
+    """Collects the MoE losses of every encoder forward in a micro-step (from the encoders' routing collectors)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.aux: list[torch.Tensor] = []
         self.z: list[torch.Tensor] = []
-        self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if isinstance(m, HybridEncoder)]
+        self.handles = [c.subscribe(self._collect) for _, c in routing_collectors(model)]
 
-    def _hook(self, module: nn.Module, args: Any, out: EncoderFeatures) -> None:
-        for s in out.router_stats:
+    def _collect(self, encoder: nn.Module, stats: list[RouterStats]) -> None:
+        for s in stats:
             if not (s.aux_loss.requires_grad or s.z_loss.requires_grad):
                 continue  # a frozen or no-grad encoder forward (a distillation teacher, an eval pass)
             self.aux.append(s.aux_loss)
