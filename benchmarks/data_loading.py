@@ -149,9 +149,10 @@ def industrial_variants(data: Path, pairs: int | None, seed: int) -> tuple[list[
 def medical_variants(data: Path, seed: int) -> tuple[list[Variant], int]:
     """The lesion training set of ``lesion_train_set`` (full config) and its MONAI transforms."""
     from vlsdk_medical.dataset import collate_samples
-    from vlsdk_medical.pipeline import LesionTrainConfig, lesion_train_set
+    from vlsdk_medical.lesion_settings import LesionSettings
+    from vlsdk_medical.task import lesion_train_set
 
-    train_set, _ = lesion_train_set(LesionTrainConfig(data_root=str(data), seed=seed).resolved())
+    train_set = lesion_train_set(LesionSettings(data=data, seed=seed))
     n = len(train_set.index)
     print(f"monai: {n} slices of {len(train_set.cases)} patients in RAM")
     # decode = the raw slice (views of the volumes in RAM); transform = the dataset's item, which

@@ -1,9 +1,9 @@
 """Distillation into a lightweight model vs training it from scratch, on BraTS lesion segmentation.
 
 Task and evaluation as in ``benchmarks/lora_vs_full.py``: the medical pipeline's whole-tumour
-segmentation (:func:`~vlsdk_medical.pipeline.lesion_train_set`,
-:func:`~vlsdk_medical.pipeline.lesion_loss`, the core :class:`~vlsdk.train.Trainer`,
-:func:`~vlsdk_medical.pipeline.evaluate_held_out`: Dice on the held-out patient).
+segmentation (:func:`~vlsdk_medical.task.lesion_train_set`,
+:func:`~vlsdk_medical.task.lesion_loss`, the core :class:`~vlsdk.train.Trainer`,
+:func:`~vlsdk_medical.evaluation.evaluate_held_out`: Dice on the held-out patient).
 
 1. The **teacher** (``--teacher``, default ``small``) is trained on the task with labels.
 2. The **student** (``--student``, default ``edge``; must cost <= 1/4 of the teacher's FLOPs,
@@ -73,7 +73,7 @@ def distill_loss(kd_weight: float):
     """``loss_fn(distiller, batch)``: the pipeline's label loss on the student plus the Distiller's loss.
 
     The student runs once per step: its output feeds both the label loss (as
-    :func:`~vlsdk_medical.pipeline.lesion_loss` computes it) and the Distiller (``student_out``).
+    :func:`~vlsdk_medical.task.lesion_loss` computes it) and the Distiller (``student_out``).
     """
     from vlsdk.heads.segmentation import SegmentationOutput
 
@@ -111,11 +111,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     from vlsdk.train.distill import Distiller
-    from vlsdk_medical.pipeline import lesion_loss, lesion_train_set
+    from vlsdk_medical.task import lesion_loss, lesion_train_set
 
     start = time.perf_counter()
     cfg = lesion_config(args, args.teacher)
-    train_set, _ = lesion_train_set(cfg)
+    train_set = lesion_train_set(cfg)
     most = max(args.steps, args.teacher_steps)
     train_set.repeats = max(1, math.ceil(most * args.batch_size / len(train_set.index)))
     channels = train_set.num_channels

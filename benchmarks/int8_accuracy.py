@@ -1,12 +1,12 @@
 """INT8 task-metric drop on a trained domain model: BraTS whole-tumour Dice, FP32 vs INT8, one run.
 
 Trains (or loads with ``--model DIR``) the medical pipeline's lesion segmenter
-(:func:`~vlsdk_medical.pipeline.lesion_train_set`, :func:`~vlsdk_medical.pipeline.lesion_loss`,
+(:func:`~vlsdk_medical.task.lesion_train_set`, :func:`~vlsdk_medical.task.lesion_loss`,
 the core Trainer; the ``lesion`` head and the ``medical.lesion`` expert), exports it with
 :func:`vlsdk.export.to_onnx` at the sliding-window size (static all-experts MoE path, dynamic
 batch), quantises it four ways with :func:`vlsdk.export.quantize_onnx` (dynamic / static QDQ
 calibrated on training slices; routers + shared experts kept float / everything int8), and scores
-every variant with the pipeline's own :func:`~vlsdk_medical.pipeline.evaluate_held_out` on the
+every variant with the task's own :func:`~vlsdk_medical.evaluation.evaluate_held_out` on the
 held-out patient: the ONNX files run through :class:`vlsdk.export.OnnxModel`, which is called
 like a ``VLModel``, so the sliding-window evaluation code is the same for all rows.
 
@@ -102,11 +102,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import vlsdk
     from vlsdk.export import OnnxModel, check_parity, quantize_onnx, to_onnx
     from vlsdk_medical.inference import model_predictor
-    from vlsdk_medical.pipeline import evaluate_held_out, lesion_loss, lesion_train_set
+    from vlsdk_medical.evaluation import evaluate_held_out
+    from vlsdk_medical.task import held_out_set, lesion_loss, lesion_train_set
 
     start = time.perf_counter()
     cfg = lesion_config(args, args.config)
-    train_set, _ = lesion_train_set(cfg)
+    train_set = lesion_train_set(cfg)
     train_set.repeats = max(1, math.ceil(args.steps * args.batch_size / len(train_set.index)))
     train_s = 0.0
     if args.model is not None:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, source in candidates.items():
         runner = source if isinstance(source, torch.nn.Module) else OnnxModel(source, threads=args.threads)
         t0 = time.perf_counter()
-        dice = evaluate_held_out(runner, cfg, "cpu")["dice_mean"]
+        dice = evaluate_held_out(runner, held_out_set(cfg), cfg)["dice_mean"]
         eval_s = time.perf_counter() - t0
         ms = slice_latency_ms(model_predictor(runner, "lesion"), one_slice, roi, args.repeats)
         mib = (torch_bytes if isinstance(source, torch.nn.Module) else source.stat().st_size) / 2**20
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _one_held_out_slice(cfg: Any) -> torch.Tensor:
     """The held-out patient's middle brain slice as ``(1, C, H, W)`` (for the latency figure)."""
     from vlsdk_medical.dataset import LesionSliceDataset
-    from vlsdk_medical.pipeline import held_out_cases
+    from vlsdk_medical.task import held_out_cases
 
     cases = held_out_cases(cfg)
     ds = LesionSliceDataset(cases[:1], transform=None, slices="foreground", seed=cfg.seed)

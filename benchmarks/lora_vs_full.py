@@ -1,11 +1,11 @@
 """LoRA on an int8 frozen base vs full fine-tuning, side by side on BraTS lesion segmentation.
 
-Task: the medical pipeline's whole-tumour segmentation (``vlsdk_medical.pipeline``): 2D slices
+Task: the ``medical.lesion`` task's whole-tumour segmentation (``vlsdk_medical.task``): 2D slices
 of the BraTS training patients (FLAIR + T1c, MONAI augmentation), scored by whole-tumour Dice
 (MONAI) on the held-out patient's volume with sliding-window inference. Both arms use the
-pipeline's own pieces: :func:`~vlsdk_medical.pipeline.lesion_train_set`,
-:func:`~vlsdk_medical.pipeline.lesion_loss`, the core :class:`~vlsdk.train.Trainer` and
-:func:`~vlsdk_medical.pipeline.evaluate_held_out`.
+task's own pieces: :func:`~vlsdk_medical.task.lesion_train_set`,
+:func:`~vlsdk_medical.task.lesion_loss`, the core :class:`~vlsdk.train.Trainer` and
+:func:`~vlsdk_medical.evaluation.evaluate_held_out`.
 
 **Starting weights.** Both arms start from the *same* base: a ``VLModel`` with the ``lesion``
 head and the ``medical.lesion`` expert, briefly pre-trained on the ``medical.lesions``
@@ -158,21 +158,27 @@ def train_arm(model: nn.Module, loss_fn: Any, train_set: torch.utils.data.Datase
 
 
 def lesion_config(args: argparse.Namespace, model: str) -> Any:
-    """The pipeline's :class:`~vlsdk_medical.pipeline.LesionTrainConfig` for these options, resolved."""
-    from vlsdk_medical.pipeline import LesionTrainConfig
+    """The ``medical.lesion`` task's :class:`~vlsdk_medical.lesion_settings.LesionSettings` for these options."""
+    from vlsdk_medical.lesion_settings import LesionSettings
 
-    return LesionTrainConfig(
-        data_root=str(args.data), out_dir=str(args.out), quick=args.quick, model=model, max_steps=args.steps,
-        batch_size=args.batch_size, roi_size=args.roi_size, max_slices_per_case=args.max_slices_per_case,
-        eval_slices=args.eval_slices, device=args.device, amp=args.amp, num_workers=args.num_workers,
-        seed=args.seed, progress=not args.no_progress, epochs=10_000).resolved()
+    values: dict[str, Any] = {
+        "data": args.data, "out": args.out, "model": model, "max_steps": args.steps, "batch_size": args.batch_size,
+        "roi_size": args.roi_size, "max_slices_per_case": args.max_slices_per_case, "eval_slices": args.eval_slices,
+        "device": args.device, "precision": args.amp or "off", "num_workers": args.num_workers, "seed": args.seed,
+        "progress": not args.no_progress, "epochs": 10_000}
+    if args.quick:  # the task's CI size: the training split, a tiny model, few slices
+        values.update(train_splits=["train"], model="tiny", epochs=1, batch_size=min(args.batch_size, 4),
+                      roi_size=min(args.roi_size, 96), max_slices_per_case=args.max_slices_per_case or 12,
+                      eval_slices=args.eval_slices or 8, max_steps=args.steps or 6)
+    return LesionSettings(**values)
 
 
 def dice_of(model: nn.Module, cfg: Any, device: torch.device) -> dict[str, Any]:
-    """Held-out whole-tumour Dice (and HD95) through the pipeline's evaluation."""
-    from vlsdk_medical.pipeline import evaluate_held_out
+    """Held-out whole-tumour Dice (and HD95) through the task's evaluation."""
+    from vlsdk_medical.evaluation import evaluate_held_out
+    from vlsdk_medical.task import held_out_set
 
-    r = evaluate_held_out(model, cfg, device)
+    r = evaluate_held_out(model.to(device), held_out_set(cfg), cfg)
     return {"dice": r["dice_mean"], "dice_per_case": r["dice"], "hd95": r["hd95_mean"]}
 
 
@@ -233,11 +239,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     from vlsdk.train.lora import attach_lora
-    from vlsdk_medical.pipeline import lesion_loss, lesion_train_set
+    from vlsdk_medical.task import lesion_loss, lesion_train_set
 
     start = time.perf_counter()
     cfg = lesion_config(args, args.model)
-    train_set, _ = lesion_train_set(cfg)
+    train_set = lesion_train_set(cfg)
     train_set.repeats = max(1, math.ceil(args.steps * args.batch_size / len(train_set.index)))
     channels = train_set.num_channels
 

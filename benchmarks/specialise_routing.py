@@ -37,7 +37,7 @@ that both beat every generic row, each gets 0.5 of the assignments whatever thei
 top-1 share is what shows which of the two a domain's tokens prefer) on held-out images of both
 domains, per MoE layer: each
 domain's share to its own expert and to the other domain's expert; whole-tumour Dice on the
-held-out BraTS patient (:func:`~vlsdk_medical.pipeline.evaluate_held_out`); DeepPCB mAP@0.5 on
+held-out BraTS patient (:func:`~vlsdk_medical.evaluation.evaluate_held_out`); DeepPCB mAP@0.5 on
 test boards (:meth:`~vlsdk_industrial.task.PcbTask.evaluate`); and, per arm, that every frozen weight
 (the backbone, generic router rows) and every BatchNorm running statistic is bit-identical after
 stage 2.
@@ -159,7 +159,7 @@ class AlternatingBatches(Dataset):
 
 def _losses() -> dict[str, Callable[[torch.nn.Module, Any], Any]]:
     from vlsdk_industrial.task import detection_loss
-    from vlsdk_medical.pipeline import lesion_loss
+    from vlsdk_medical.task import lesion_loss
 
     return {"medical": lesion_loss, "industrial": detection_loss}
 
@@ -184,13 +184,13 @@ def load_domains(s: Settings) -> dict[str, Any]:
     from vlsdk_industrial.samples import collate
     from vlsdk_industrial.transforms import build_transforms
     from vlsdk_medical.dataset import collate_samples
-    from vlsdk_medical.pipeline import LesionTrainConfig, lesion_train_set
+    from vlsdk_medical.lesion_settings import LesionSettings
+    from vlsdk_medical.task import lesion_train_set
 
-    med_cfg = LesionTrainConfig(data_root=str(s.data / "brats_lesion_mri"), train_splits=s.train_splits,
-                                roi_size=s.roi_size, max_slices_per_case=s.slices_per_case, eval_slices=s.eval_slices,
-                                batch_size=s.batch_size, epochs=1, seed=s.seed, device=s.device, progress=False
-                                ).resolved()
-    med_train, _ = lesion_train_set(med_cfg)
+    med_cfg = LesionSettings(data=s.data / "brats_lesion_mri", train_splits=list(s.train_splits),
+                             roi_size=s.roi_size, max_slices_per_case=s.slices_per_case, eval_slices=s.eval_slices,
+                             batch_size=s.batch_size, epochs=1, seed=s.seed, device=s.device, progress=False)
+    med_train = lesion_train_set(med_cfg)
     pcb_root = s.data / "deeppcb"
     pcb_train = DeepPCBDataset(pcb_root, "trainval", template=True, on_error="skip", max_samples=s.train_boards,
                                transform=build_transforms(train=True, size=s.image_size, seed=s.seed), cache="uint8")
@@ -221,9 +221,10 @@ def measure(model: Any, s: Settings, domains: dict[str, Any], device: torch.devi
     """Domain x expert routing table on held-out images, held-out Dice and test-board mAP@0.5."""
     from vlsdk.inspect import domain_expert_table
     from vlsdk_industrial.task import PcbSettings, PcbTask
-    from vlsdk_medical.pipeline import evaluate_held_out
+    from vlsdk_medical.evaluation import evaluate_held_out
+    from vlsdk_medical.task import held_out_set
 
-    med = evaluate_held_out(model, domains["medical_cfg"], device)
+    med = evaluate_held_out(model.to(device), held_out_set(domains["medical_cfg"]), domains["medical_cfg"])
     test = domains["pcb_test"]
     with torch.no_grad():
         result = PcbTask().evaluate(model.eval(), test.dataset, PcbSettings(batch_size=test.batch_size, num_workers=0))

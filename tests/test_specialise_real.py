@@ -22,16 +22,17 @@ STEPS = 40  # stage-2 steps of each arm, one batch of each domain per step
 
 
 def _brats(shared_data: Path):
-    from vlsdk_medical.pipeline import LesionTrainConfig, lesion_train_set
+    from vlsdk_medical.lesion_settings import LesionSettings
+    from vlsdk_medical.task import lesion_train_set
 
-    cfg = LesionTrainConfig(data_root=str(shared_data / "brats_lesion_mri"), train_splits=("train",), roi_size=64,
-                            max_slices_per_case=8, batch_size=4, epochs=1, progress=False).resolved()
-    return lesion_train_set(cfg)[0]
+    cfg = LesionSettings(data=shared_data / "brats_lesion_mri", train_splits=["train"], roi_size=64,
+                         max_slices_per_case=8, batch_size=4, epochs=1, progress=False)
+    return lesion_train_set(cfg)
 
 
 def test_stage2_on_brats_routes_medical_tokens_to_the_lesion_expert(shared_data: Path, tmp_path: Path) -> None:
     from vlsdk_medical.dataset import collate_samples
-    from vlsdk_medical.pipeline import lesion_loss
+    from vlsdk_medical.task import lesion_loss
 
     train_set = _brats(shared_data)
     torch.manual_seed(0)
@@ -117,7 +118,7 @@ def test_stage2_routing_term_sends_each_domain_to_its_own_expert(shared_data: Pa
     from vlsdk_industrial.samples import DEEPPCB_CLASSES, collate
     from vlsdk_industrial.transforms import build_transforms
     from vlsdk_medical.dataset import collate_samples
-    from vlsdk_medical.pipeline import lesion_loss
+    from vlsdk_medical.task import lesion_loss
 
     med = _brats(shared_data)
     pcb = DeepPCBDataset(shared_data / "deeppcb", "trainval", template=True, on_error="skip", max_samples=16,
@@ -177,13 +178,14 @@ def test_stage2_separates_the_domains_on_a_backbone_pre_trained_on_both(shared_d
     from vlsdk_industrial.samples import DEEPPCB_CLASSES, collate
     from vlsdk_industrial.transforms import build_transforms
     from vlsdk_medical.dataset import collate_samples
-    from vlsdk_medical.pipeline import LesionTrainConfig, lesion_loss, lesion_train_set
+    from vlsdk_medical.lesion_settings import LesionSettings
+    from vlsdk_medical.task import lesion_loss, lesion_train_set
 
     med = _brats(shared_data)
-    test_cfg = LesionTrainConfig(data_root=str(shared_data / "brats_lesion_mri"), train_splits=("test",),
-                                 eval_splits=("validation",), roi_size=128, max_slices_per_case=4, batch_size=4,
-                                 epochs=1, progress=False).resolved()
-    med_test = lesion_train_set(test_cfg)[0]
+    test_cfg = LesionSettings(data=shared_data / "brats_lesion_mri", train_splits=["test"],
+                              eval_splits=["validation"], roi_size=128, max_slices_per_case=4, batch_size=4,
+                              epochs=1, progress=False)
+    med_test = lesion_train_set(test_cfg)
     pcb = DeepPCBDataset(shared_data / "deeppcb", "trainval", template=True, on_error="skip", max_samples=16,
                          transform=build_transforms(train=True, size=128, seed=0), cache="uint8")
     pcb_test = DeepPCBDataset(shared_data / "deeppcb", "test", template=True, on_error="skip", max_samples=4,

@@ -125,8 +125,9 @@ def run_demo(out_dir: Path, *, quick: bool, device: str, seed: int, steps: int |
     from vlsdk.train import TrainConfig, Trainer
     from vlsdk_medical.dataset import collate_samples
     from vlsdk_medical.metrics import CaseDice, CaseHD95
-    from vlsdk_medical.pipeline import lesion_loss, write_overlay
+    from vlsdk_medical.overlay import write_overlay
     from vlsdk_medical.synth import LesionSynthesizer
+    from vlsdk_medical.task import lesion_loss
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

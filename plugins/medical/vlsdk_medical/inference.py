@@ -9,8 +9,8 @@ mirror images in the slice plane.
 2.5D input: with ``context_slices = N`` each slice is fed with the ``N`` slices below and above
 it of every modality as extra channels (:func:`stack_context`; the border slice is repeated at
 the volume's edges). A model trained that way records ``N`` in its ``config.json``
-(:func:`record_input`), so evaluation and ``vlsdk predict`` build the same input
-(:func:`recorded_input`).
+(the ``medical.lesion`` task's metadata, or :func:`record_input`), so evaluation and ``vlsdk predict``
+build the same input (:func:`recorded_input`).
 
 Example:
     >>> probs = predict_volume(model, volume, head="lesion", roi_size=(128, 128))  # doctest: +SKIP
@@ -126,7 +126,10 @@ def record_input(model_dir: str | Path, modalities: Sequence[str] | int, context
 
 
 def recorded_input(model_dir: str | Path) -> dict[str, Any] | None:
-    """The :func:`record_input` entry of a saved model, or ``None`` (a model saved without one).
+    """The recorded input of a saved model, or ``None`` (a model saved without one).
+
+    Models of the ``medical.lesion`` task keep it in their metadata (``config.json``'s
+    ``metadata.training.medical_input``); :func:`record_input` writes it at the top level.
 
     Args:
         model_dir: a ``save_pretrained`` folder.
@@ -134,7 +137,11 @@ def recorded_input(model_dir: str | Path) -> dict[str, Any] | None:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         return None
-    entry = json.loads(path.read_text(encoding="utf-8")).get(INPUT_KEY)
+    config = json.loads(path.read_text(encoding="utf-8"))
+    entry = config.get(INPUT_KEY)
+    if entry is None:
+        training = (config.get("metadata") or {}).get("training") or {}
+        entry = training.get(INPUT_KEY) if isinstance(training, dict) else None
     return dict(entry) if isinstance(entry, dict) else None
 
 

@@ -86,9 +86,8 @@ def vlsdk_register_synthesizers(register):
 
 @hookimpl
 def vlsdk_register_commands(register):
-    """Register ``vlsdk medical-lesion`` (BraTS lesion segmenter) and ``vlsdk dicom-info``."""
-    from vlsdk_medical.cli import configure_dicom_info, run_dicom_info
-    from vlsdk_medical.pipeline import add_arguments, run_from_args
+    """Register ``vlsdk medical-lesion`` (the ``medical.lesion`` task with its own flags) and ``vlsdk dicom-info``."""
+    from vlsdk_medical.cli import add_arguments, configure_dicom_info, run_dicom_info, run_from_args
 
     register("medical-lesion", run_from_args, configure=add_arguments,
              help="train the lesion segmenter on BraTS and report held-out Dice (--quick for CI)")
@@ -108,11 +107,7 @@ def vlsdk_register_demos(register):
 
 @hookimpl
 def vlsdk_register_tasks(register):
-    """Register the ``medical.lesion`` training recipe (``vlsdk train``) over the BraTS lesion pipeline."""
-    from vlsdk.train.recipes import TrainRecipe
-    from vlsdk_medical.pipeline import LesionTrainConfig, train_lesion_segmenter
+    """Register the ``medical.lesion`` task (``vlsdk train``, ``vlsdk eval``): BraTS lesion segmentation."""
+    from vlsdk_medical.task import LesionTask
 
-    register("medical.lesion", TrainRecipe.from_dataclass(
-        LesionTrainConfig, train_lesion_segmenter, aliases={"data": "data_root", "out": "out_dir"},
-        quick={"quick": True}, metrics_file="results.json", headline=("dice_mean", "hd95_mean"), distributed=True,
-        description="lesion segmentation on BraTS (whole tumour), held-out Dice/HD95"), extra="medical")
+    register("medical.lesion", LesionTask, description=LesionTask.description, extra="medical")

@@ -6,16 +6,19 @@ around the held-out tumour lesion and predicts 1.4x the true volume. The thresho
 to be made on training data, not on the held-out patients, so it is cross-validated, the way
 nnU-Net chooses its post-processing (on BraTS every fold preferred 0.5: see ``BENCHMARKS.md``):
 
-1. for each training patient, a model is trained on the other training patients with the same
-   settings and predicts the left-out patient once;
+1. for each training patient, the task runner trains a model on the other training patients with
+   the same settings (under ``<out>/cv/<patient>``) and predicts the left-out patient once;
 2. Dice after post-processing is scored at every candidate threshold (one prediction, several
-   thresholds);
-3. the threshold with the best mean Dice over the folds is kept (ties: the lowest), and the final
-   model, trained on every training patient, is evaluated on the held-out patients with it.
+   thresholds: the task's ``extra_thresholds``);
+3. the threshold with the best mean Dice over the folds is kept (ties: the lowest); the final
+   model, trained on every training patient, is then evaluated on the held-out patients with it.
 
 Example:
-    >>> cfg = LesionTrainConfig(data_root="../shared/data/brats_lesion_mri", threshold_cv=True)
-    >>> train_lesion_segmenter(cfg)["threshold_cv"]["threshold"]                 # doctest: +SKIP
+    >>> from vlsdk_medical.task import LesionTask
+    >>> task = LesionTask()
+    >>> cv = cross_validate_threshold(task, task.settings(data="../shared/data/brats_lesion_mri"),
+    ...                               [0.5, 0.7, 0.9])                                # doctest: +SKIP
+    >>> cv["threshold"]                                                               # doctest: +SKIP
     0.5
 """
 
@@ -25,49 +28,13 @@ import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 if TYPE_CHECKING:
-    from vlsdk_medical.pipeline import LesionTrainConfig
+    from vlsdk_medical.lesion_settings import LesionSettings
+    from vlsdk_medical.task import LesionTask
 
-__all__ = ["cross_validate_threshold", "pick_threshold", "threshold_dice"]
-
-
-def threshold_dice(model: torch.nn.Module, cfg: LesionTrainConfig, device: str | torch.device,
-                   cases: Sequence[Any], thresholds: Sequence[float]) -> dict[str, dict[float, float]]:
-    """Whole-lesion Dice of each case at each threshold, after ``cfg.postprocess``, from one prediction.
-
-    Scored like :func:`~vlsdk_medical.pipeline.evaluate_held_out` (MONAI Dice over the case's
-    stacked slices): at ``cfg.threshold`` the two agree.
-
-    Args:
-        model: a ``VLModel`` with the binary segmentation head ``lesion``.
-        cfg: a resolved :class:`~vlsdk_medical.pipeline.LesionTrainConfig` (inference options).
-        device: where to run the model.
-        cases: the patients to score (``LesionCase``).
-        thresholds: candidate foreground probability thresholds.
-
-    Returns:
-        ``{case_id: {threshold: dice}}``.
-    """
-    from vlsdk_medical.metrics import CaseDice
-    from vlsdk_medical.pipeline import predict_cases
-
-    table: dict[str, dict[float, float]] = {}
-    for case, p in zip(cases, predict_cases(model, cfg, device, cases), strict=True):
-        if p.probs.shape[1] != 1:
-            raise ValueError(f"threshold_dice needs a binary head, got {p.probs.shape[1]} output channels")
-        whole = (p.labels > 0).long()
-        table[case.case_id] = {}
-        for t in thresholds:
-            dice = CaseDice(2)
-            pred = (p.postprocessed(p.raw_labels(t), cfg) > 0).long()
-            dice.update(pred, whole, cases=[case.case_id] * len(p.slices), spacing=p.spacing)
-            table[case.case_id][float(t)] = float(dice.compute()["per_case"][case.case_id])
-    return table
+__all__ = ["cross_validate_threshold", "fold_settings", "pick_threshold"]
 
 
 def pick_threshold(table: Mapping[str, Mapping[float, float]]) -> tuple[float, dict[float, float]]:
@@ -95,39 +62,68 @@ def pick_threshold(table: Mapping[str, Mapping[float, float]]) -> tuple[float, d
     return max(scored, key=lambda t: (means[t], -t)), means
 
 
-def cross_validate_threshold(cfg: LesionTrainConfig) -> dict[str, Any]:
-    """Leave-one-patient-out over ``cfg``'s training patients: the threshold for the final model.
+def fold_settings(settings: LesionSettings, patient: str, thresholds: Sequence[float]) -> LesionSettings:
+    """The settings of the fold that leaves ``patient`` out.
 
-    Each fold trains with ``cfg``'s settings under ``<out_dir>/cv/<patient>``; fold models are
-    not saved.
+    The fold trains on the other training patients of ``settings`` (never on its held-out ones),
+    scores ``patient`` at every threshold and writes under ``<out>/cv/<patient>``.
 
     Args:
-        cfg: a resolved :class:`~vlsdk_medical.pipeline.LesionTrainConfig` with at least two
-            training patients; ``cfg.cv_thresholds`` are the candidates.
-
-    Returns:
-        ``{"threshold", "mean": {threshold: mean dice}, "folds": {patient: {threshold: dice}},
-        "seconds"}``.
+        settings: the task settings of the final model.
+        patient: one of its training patients.
+        thresholds: the candidate thresholds.
 
     Raises:
-        ValueError: fewer than two training patients.
+        ValueError: ``patient`` is no training patient of ``settings``.
     """
     from vlsdk_medical.dataset import find_brats_cases
-    from vlsdk_medical.pipeline import fit_lesion_model
+    from vlsdk_medical.task import train_cases
+
+    trained = {c.case_id for c in train_cases(settings)}
+    if patient not in trained:
+        raise ValueError(f"{patient} is no training patient of these settings: {sorted(trained)}")
+    every = {c.case_id for c in find_brats_cases(settings.data, None, settings.modalities)}
+    return dataclasses.replace(settings, held_out=[patient], exclude_cases=sorted(every - trained), draw=0,
+                               out=settings.out / "cv" / patient, extra_thresholds=[float(t) for t in thresholds])
+
+
+def cross_validate_threshold(task: LesionTask, settings: LesionSettings, thresholds: Sequence[float]
+                             ) -> dict[str, Any]:
+    """Leave-one-patient-out over the training patients of ``settings``: the threshold for the final model.
+
+    Each fold is a full run of the task runner (:func:`vlsdk.tasks.train`) on :func:`fold_settings`.
+
+    Args:
+        task: the lesion task.
+        settings: the settings of the final model (at least two training patients).
+        thresholds: the candidate thresholds, each in (0, 1).
+
+    Returns:
+        ``{"threshold", "mean": {threshold: mean dice}, "folds": {patient: {threshold: dice}}, "seconds"}``.
+
+    Raises:
+        ValueError: fewer than two training patients, a multi-class head, or thresholds outside (0, 1).
+    """
+    from vlsdk.tasks.runner import train
+    from vlsdk_medical.task import train_cases
 
     start = time.perf_counter()
-    cases = [c for c in find_brats_cases(cfg.data_root, cfg.train_splits, cfg.modalities)
-             if c.case_id not in set(cfg.exclude_cases)]
+    if settings.classes != "whole" or not thresholds or not all(0.0 < t < 1.0 for t in thresholds):
+        raise ValueError(f"threshold_cv needs classes='whole' and thresholds in (0, 1), got classes="
+                         f"{settings.classes!r}, thresholds={list(thresholds)}")
+    cases = [c.case_id for c in train_cases(settings)]
     if len(cases) < 2:
-        raise ValueError(f"threshold cross-validation needs >= 2 training patients, got {[c.case_id for c in cases]}")
+        raise ValueError(f"threshold cross-validation needs >= 2 training patients, got {cases}")
     folds: dict[str, dict[float, float]] = {}
     for i, case in enumerate(cases):
-        fold = dataclasses.replace(cfg, exclude_cases=(*cfg.exclude_cases, case.case_id), threshold_cv=False,
-                                   out_dir=str(Path(cfg.out_dir) / "cv" / case.case_id), resume=False)
-        trainer, _ = fit_lesion_model(fold, label=f"fold {i + 1}/{len(cases)}")
-        folds.update(threshold_dice(trainer.model, fold, trainer.device, [case], cfg.cv_thresholds))
-        row = "  ".join(f"{t:g}: {d:.4f}" for t, d in folds[case.case_id].items())
-        print(f"threshold cv, fold {i + 1}/{len(cases)} ({case.case_id} left out): Dice {row}")
+        result = train(task, fold_settings(settings, case, thresholds))
+        if not result.metrics:  # a rank other than 0 under torchrun: rank 0 scores the folds
+            continue
+        folds[case] = {float(t): float(d[case]) for t, d in result.metrics["dice_at"].items()}
+        row = "  ".join(f"{t:g}: {d:.4f}" for t, d in folds[case].items())
+        print(f"threshold cv, fold {i + 1}/{len(cases)} ({case} left out): Dice {row}")
+    if not folds:
+        return {"threshold": None, "mean": {}, "folds": {}, "seconds": time.perf_counter() - start}
     threshold, means = pick_threshold(folds)
     print(f"threshold cv: {threshold:g} (mean Dice over {len(cases)} folds "
           + "  ".join(f"{t:g}: {d:.4f}" for t, d in means.items()) + ")")
