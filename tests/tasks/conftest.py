@@ -12,7 +12,7 @@ from PIL import Image
 CLASSES = ("scratch", "dent")
 
 
-def write_coco(root: Path, n: int = 12, size: int = 96, seed: int = 0) -> Path:
+def write_coco(root: Path, n: int = 12, size: int = 96, seed: int = 0, classes: tuple[str, ...] = CLASSES) -> Path:
     """``n`` RGB images with one or two bright rectangles each, and ``annotations.json`` naming them."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -22,14 +22,14 @@ def write_coco(root: Path, n: int = 12, size: int = 96, seed: int = 0) -> Path:
         for k in range(1 + i % 2):
             w, h = (int(v) for v in rng.integers(12, 32, 2))
             x, y = (int(v) for v in rng.integers(0, size - 32, 2))
-            label = (i + k) % len(CLASSES)
+            label = (i + k) % len(classes)
             pixels[y:y + h, x:x + w] = (220, 60, 60) if label == 0 else (60, 60, 220)
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1,
                                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
         name = f"images/board_{i:03d}.png"
         Image.fromarray(pixels).save(root / name)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-    categories = [{"id": k + 1, "name": c} for k, c in enumerate(CLASSES)]
+    categories = [{"id": k + 1, "name": c} for k, c in enumerate(classes)]
     (root / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations,
                                                        "categories": categories}))
     return root

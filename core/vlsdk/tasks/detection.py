@@ -88,6 +88,14 @@ def class_names(data: Any) -> tuple[str, ...]:
     return tuple(str(n) for n in names)
 
 
+def _same_classes(data: Any, synthetic: Any) -> None:
+    """A synthetic set must label the same classes as the data it is trained with."""
+    ours, theirs = getattr(data, "classes", None), getattr(synthetic, "classes", None)
+    if ours is not None and theirs is not None and tuple(ours) != tuple(theirs):
+        raise ValueError(f"synthesizer: its samples are labelled {list(theirs)} but the dataset's classes are "
+                         f"{list(ours)}; use a synthesizer of the same classes (or map them)")
+
+
 class DetectionTask(Task):
     """Box detection on any registered dataset adapter (see the module docstring)."""
 
@@ -122,9 +130,12 @@ class DetectionTask(Task):
     def datasets(self, settings: DetectionSettings, split: str) -> Any:
         transform = self.transform(settings, split)
         data = split_datasets(settings, split, transform, **self.dataset_context(settings, split))
+        if split == "train":
+            self.classes = getattr(data, "classes", None)
         if split == "train" and settings.synthetic_ratio is not None:
             synthetic = synthetic_set(settings.synthesizer, len(data), settings.seed, transform,
                                       **self.synthesizer_context(settings))
+            _same_classes(data, synthetic)
             data = MixedDataset(data, synthetic, settings.synthetic_ratio)
         return data
 
@@ -137,13 +148,15 @@ class DetectionTask(Task):
         data = synthetic_set(settings.synthesizer, steps * settings.batch_size * dist_info()[1],
                              PRETRAIN_SEED + settings.seed, self.transform(settings, "train"),
                              **self.synthesizer_context(settings))
+        _same_classes(self, data)  # the training set's classes, kept by datasets()
         return [Stage("pretrain", data, steps)]
 
     def build_model(self, settings: DetectionSettings, data: Any) -> VLModel:
         from vlsdk import VLModel
 
         model = VLModel(settings.model, in_chans=settings.channels, text=None)
-        return self.attach(model, settings, len(class_names(data)))
+        names = getattr(self, "classes", None) or class_names(data)  # a mixed set: the real part's classes
+        return self.attach(model, settings, len(names))
 
     def attach(self, model: VLModel, settings: DetectionSettings, num_classes: int) -> VLModel:
         """Insert the settings' experts (router rows open) and the head into ``model``."""
