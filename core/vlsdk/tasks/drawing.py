@@ -50,9 +50,12 @@ def draw_boxes_grid(tiles: Sequence[tuple[dict[str, Any], Any]], class_names: Se
         for box in np.asarray(sample.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4) * scale:
             draw.rectangle(box.tolist(), outline=_TRUTH, width=2)
         boxes, scores, labels = (_numpy(getattr(det, k)) for k in ("boxes", "scores", "labels"))
-        for box, score, label in zip(boxes.reshape(-1, 4) * scale, scores, labels, strict=True):
+        placed: list[tuple[float, float, float, float]] = []
+        boxes = boxes.reshape(-1, 4) * scale
+        for box in boxes:
             draw.rectangle(box.tolist(), outline=_PRED, width=2)
-            _label(draw, (box[0], box[1]), f"{class_names[int(label)]} {score:.2f}", image.size)
+        for box, score, label in zip(boxes, scores, labels, strict=True):  # tags last: no outline crosses one
+            _label(draw, box, f"{class_names[int(label)]} {score:.2f}", image.size, placed)
         images.append(_caption(image, Path(str(sample.get("path", ""))).name or "sample"))
     return _grid(images, path, columns, [("ground truth", _TRUTH), ("prediction", _PRED)])
 
@@ -98,11 +101,17 @@ def _tile(image: Any) -> tuple[Any, float]:
     return image, scale
 
 
-def _label(draw: Any, at: tuple[float, float], text: str, size: tuple[int, int]) -> None:
+def _label(draw: Any, box: np.ndarray, text: str, size: tuple[int, int],
+           placed: list[tuple[float, float, float, float]]) -> None:
+    """Draw ``text`` on a filled tag by ``box``: above it, else below, else inside, where no other tag is."""
     left, top, right, bottom = draw.textbbox((0, 0), text)
     w, h = right - left + 4, bottom - top + 4
-    x = min(max(0.0, at[0]), size[0] - w)
-    y = at[1] - h if at[1] - h >= 0 else at[1]  # above the box, or inside it at the top edge
+    x = min(max(0.0, float(box[0])), size[0] - w)
+    spots = [box[1] - h, box[3], box[1]] + [box[3] + k * h for k in range(1, 6)]
+    fits = [y for y in spots if 0 <= y <= size[1] - h]
+    free = [y for y in fits if not any(x < r[2] and r[0] < x + w and y < r[3] and r[1] < y + h for r in placed)]
+    y = float((free or fits or [0])[0])
+    placed.append((x, y, x + w, y + h))
     draw.rectangle([x, y, x + w, y + h], fill=_PRED)
     draw.text((x + 2 - left, y + 2 - top), text, fill=_TEXT)
 
