@@ -10,14 +10,15 @@ an ``index_add_`` (atomics). Both have cheaper exact forms because ``order`` is 
 - :func:`unsort_slots`: forward ``y[inverse]`` (slot order again, ``(T, k, d)`` after a view);
   backward ``grad[order]``.
 
-Both compile (``torch.compile``) and run in any dtype.
+Both compile (``torch.compile``) and run in any dtype. Without gradients the inverse permutation is
+not needed: :func:`unsort_rows` writes the rows back through ``order`` (one ``index_copy_``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["gather_slots", "inverse_permutation", "unsort_slots"]
+__all__ = ["gather_slots", "inverse_permutation", "unsort_rows", "unsort_slots"]
 
 
 def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
@@ -72,3 +73,15 @@ def gather_slots(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, k:
 def unsort_slots(y: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """Expert-sorted rows ``y`` back in slot order: ``y[inverse]`` (``out[order] == y``)."""
     return _UnsortSlots.apply(y, order, inverse)
+
+
+def unsort_rows(y: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Expert-sorted rows ``y`` back in slot order (``out[order] == y``), for inference: no inverse
+    permutation, no autograd (use :func:`unsort_slots` where gradients flow).
+
+    Example:
+        >>> order = torch.tensor([2, 0, 1])
+        >>> unsort_rows(torch.tensor([[20.0], [0.0], [10.0]]), order).flatten().tolist()
+        [0.0, 10.0, 20.0]
+    """
+    return torch.empty_like(y).index_copy_(0, order, y)

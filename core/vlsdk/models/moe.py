@@ -10,7 +10,7 @@ from torch import nn
 
 from vlsdk.models.amp import autocast_enabled
 from vlsdk.models.config import MoEConfig
-from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_slots
+from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_rows, unsort_slots
 from vlsdk.models.expert_stack import ExpertStack, stacked_with_grad
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
 from vlsdk.models.features import ExpertContext, RouterStats
@@ -276,15 +276,17 @@ class DynamicMoE(nn.Module):
             params = [p for e in generic for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
         return params
 
-    def _constant(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def _constant(self, name: str, device: torch.device, dtype: torch.dtype | None = None,
+                  rows: int | None = None) -> torch.Tensor:
         """A small constant tensor, made once per device and dtype in eager calls (fresh while compiling).
 
-        ``"pad"``: the ``(1, _PAD)`` row ``[1, 0, ..., 0]`` appended to every token for the fc1 bias.
+        ``"pad"``: the row ``[1, 0, ..., 0]`` (``_PAD`` wide) appended to every token for the fc1 bias,
+        expanded to ``(rows, _PAD)`` (a view, kept per row count).
         ``"ends"``: ``[0, 1, ..., G - 2, E]`` for ``G`` generic of ``E`` experts, whose
         ``searchsorted`` in the expert-sorted slots gives the grouped GEMM's group ends (the last
         generic group runs to the end and carries the domain experts' slots).
         """
-        key = (name, device, dtype, len(self.expert_names))
+        key = (name, device, dtype, len(self.expert_names), rows)
         compiling = torch.compiler.is_compiling() or torch.jit.is_tracing()
         value = None if compiling else self._constants.get(key)
         if value is None:
@@ -292,11 +294,14 @@ class DynamicMoE(nn.Module):
                 if name == "pad":
                     value = torch.zeros(1, _PAD, dtype=dtype, device=device)
                     value[0, 0] = 1.0
+                    value = value.expand(rows, _PAD)
                 else:
                     n_generic = len(self._backbone_experts)
                     value = torch.tensor([*range(n_generic - 1), len(self.expert_names)], device=device,
                                          dtype=dtype)
             if not compiling:
+                if len(self._constants) >= _CONSTANTS_KEPT:
+                    self._constants.pop(next(iter(self._constants)))  # the oldest (token counts vary)
                 self._constants[key] = value
         return value
 
@@ -321,13 +326,19 @@ class DynamicMoE(nn.Module):
         n_generic = len(self._backbone_experts)
         dtype = _compute_dtype(flat)  # bf16 under autocast, where LayerNorm hands over fp32 tokens
         w1, w2, b2 = self._grouped_weights(dtype)
-        ones = self._constant("pad", flat.device, dtype).expand(n_tok, _PAD)
-        inverse = inverse_permutation(order)
-        xs = gather_slots(torch.cat([flat.to(dtype), ones], dim=1), order, inverse, k)
+        ones = self._constant("pad", flat.device, dtype, rows=n_tok)
+        padded = torch.cat([flat.to(dtype), ones], dim=1)
         offs = torch.searchsorted(experts, self._constant("ends", flat.device, experts.dtype), right=True,
                                   out_int32=True)
-        ys = grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs)
-        slots = unsort_slots(ys, order, inverse).view(n_tok, k, self.dim)
+        if torch.is_grad_enabled():
+            inverse = inverse_permutation(order)
+            xs = gather_slots(padded, order, inverse, k)
+            ys = grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs)
+            slots = unsort_slots(ys, order, inverse)
+        else:  # no backward: no inverse permutation (3 ops), the rows go back through `order`
+            xs = padded.index_select(0, torch.div(order, k, rounding_mode="floor"))
+            slots = unsort_rows(grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs), order)
+        slots = slots.view(n_tok, k, self.dim)
         domain = len(self.expert_names) > n_generic
         gate = weight.masked_fill(idx >= n_generic, 0.0) if domain else weight
         routed = (slots * gate.to(dtype).unsqueeze(-1)).sum(1, dtype=flat.dtype)
@@ -367,6 +378,7 @@ class DynamicMoE(nn.Module):
 
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what torch._grouped_mm takes
 _PAD = 16  # the bias column plus zeros: keeps the folded GEMM's K a multiple of 16
+_CONSTANTS_KEPT = 16  # per layer: (name, device, dtype, row count) entries
 
 
 def _sort_key_dtype(num_experts: int) -> torch.dtype:

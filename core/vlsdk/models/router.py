@@ -6,7 +6,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlsdk.models.amp import autocast_enabled
@@ -88,25 +87,26 @@ class Router(nn.Module):
         self.bias[row] = value
 
     def _fp32_params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(weight, bias)`` in fp32; in a low-precision model cast once per weight update, not per call."""
+        """``(weight.T, bias)`` in fp32; in a low-precision model cast (and transposed) once per weight
+        update, not per call."""
         w, b = self.weight, self.bias
         if torch.is_grad_enabled():  # a tensor select, not a host read of `frozen`: no sync, no graph break
             w = torch.where(self.frozen[:, None], w.detach(), w)
             b = torch.where(self.frozen, b.detach(), b)
         elif w.dtype != torch.float32 and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
             return self._fp32.get((w, b))  # keyed on the parameters' versions (see StackedWeights)
-        return w.float(), b.float()
+        return w.float().t(), b.float()
 
     def forward(self, x: torch.Tensor) -> Routing:
         """Route ``(T, d)`` tokens."""
-        w, b = self._fp32_params()
+        wt, b = self._fp32_params()
         x = x.float()
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
         device = x.device.type  # (the meta device, for host-overhead measurements, has no autocast)
         autocast = autocast_enabled(device)
         with torch.autocast(device_type=device, enabled=False) if autocast else nullcontext():
-            logits = F.linear(x, w, b)
+            logits = torch.addmm(b, x, wt)  # what F.linear(x, w, b) runs, minus its transpose
             probs = scores_to_probs(logits, self.score)
             weight, idx = probs.topk(self.top_k, dim=-1)
             weight = weight / weight.sum(dim=-1, keepdim=True)
@@ -122,7 +122,8 @@ def scores_to_probs(logits: torch.Tensor, score: str) -> torch.Tensor:
 
 
 def _to_fp32(params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return tuple(p.float() for p in params)
+    w, b = params
+    return w.float().t(), b.float()
 
 
 def count_assignments(assignment: torch.Tensor, num_experts: int) -> torch.Tensor:
