@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def time_forward(config: str, grid: BEVGrid, point_fields: tuple[str, ...], bev: torch.Tensor, blocks: int,
                  iters: int, sync: Any) -> dict[str, Any]:
     """Median ms of the detector's forward on ``bev``: every stage against ``max_stride``, and their ratio."""
-    from vlsdk_driving.pipeline import build_detector
+    from vlsdk_driving.detector import build_detector
 
     torch.manual_seed(0)
     detector = build_detector(grid, backbone=config, point_fields=point_fields)

@@ -21,7 +21,7 @@ inputs, export, compilation):
   ``--industrial-size`` px. Timed: ``uint8 (B, H, W, 2)`` boards -> float (``images_to_float``),
   forward, ``head.decode`` (score threshold, top-k, class-wise NMS), as the pipeline's
   ``evaluate`` does.
-- ``driving``: LiDAR BEV detection, ``vlsdk_driving.pipeline.build_detector`` (``PillarEncoder`` +
+- ``driving``: LiDAR BEV detection, ``vlsdk_driving.detector.build_detector`` (``PillarEncoder`` +
   ``driving.lidar`` expert + ``driving.bev_detection`` head). Timed: the point cloud -> BEV
   pseudo-image encoding (the ``PillarEncoder``, always eager PyTorch: its ``unique`` /
   ``scatter_reduce`` have data-dependent shapes), forward, ``head.decode`` (heatmap peaks, boxes,
@@ -195,7 +195,7 @@ def driving(args: argparse.Namespace, device: torch.device) -> Pipeline:
     """LiDAR BEV detection: ``build_detector`` (encoder, backbone, head) on one sweep per item."""
     from vlsdk_driving.bev import BEVGrid
     from vlsdk_driving.heads import BEVDetectionOutput
-    from vlsdk_driving.pipeline import build_detector
+    from vlsdk_driving.detector import build_detector
 
     points, fields, source = _sweep(args)
     half = args.grid_range

@@ -14,7 +14,7 @@ import pytest
 from vlsdk_driving.categories import LYFT_CATEGORY_MAP, resolve_category_map
 from vlsdk_driving.nuscenes_adapter import DataWarning
 from vlsdk_driving.nuscenes_source import NuScenesSource
-from vlsdk_driving.pipeline import add_demo_arguments
+from vlsdk_driving.cli import add_demo_arguments
 from vlsdk_driving.sample import DETECTION_CLASSES
 from vlsdk_driving.synth import NuScenesSceneSynthesizer, SceneRandomization
 
@@ -142,8 +142,9 @@ def test_cli_run_on_lyft_data_scores_both_with_the_devkit(lyft_root, tmp_path, c
     printed = capsys.readouterr().out
     assert "dropped annotations of unmapped categories: " in printed and "animal" in printed
     assert "nuscenes-devkit DetectionEval" in printed and "NDS" in printed
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    synth, lyft = metrics["synthetic_devkit"], metrics["nuscenes_devkit"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    synth, lyft = metrics["synthetic_devkit"], metrics["data_devkit"]
+    assert metrics["data.nds"] == lyft["NDS"] and metrics["car_ap_2m"] == metrics["synthetic.car_ap_2m"]
     for result in (synth, lyft):
         assert 0.0 <= result["mAP"] <= 1.0 and 0.0 <= result["NDS"] <= 1.0, result
         assert (Path(result["submission"])).is_file()

@@ -77,7 +77,7 @@ def test_depth_metrics():
     m = DepthMetrics()
     m.update(pred[:1], target[:1])
     m.update(pred[1:], target[1:])
-    assert m.compute() == pytest.approx({"abs_rel": 0.3, "rmse": 2.5**0.5, "pixels": 2})
+    assert m.compute() == pytest.approx({"abs_rel": 0.3, "rmse": 2.5**0.5, "delta1": 0.5, "pixels": 2})
     m.reset()
     assert m.compute()["pixels"] == 0
     assert np.isnan(abs_rel(pred, torch.zeros(2, 2)))

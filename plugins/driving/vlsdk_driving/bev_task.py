@@ -201,7 +201,6 @@ class BEVTask(Task):
 
     def evaluate(self, model: VLModel, data: EvalSets, settings: BEVSettings) -> dict[str, Any]:
         from vlsdk_driving.detector import evaluate_detector
-        from vlsdk_driving.metrics import format_ap_table
         from vlsdk_driving.nuscenes_adapter import NuScenesDataset
         from vlsdk_driving.nuscenes_eval import report_devkit_evaluation
 
@@ -209,10 +208,10 @@ class BEVTask(Task):
         for name, dataset, samples, preds in self._predict_parts(model, data, settings):
             where = "held-out synthetic scenes" if name == "synthetic" else str(getattr(dataset, "dataroot", name))
             result = evaluate_detector(preds, samples, self.grid(settings), build("metrics", settings.metric, "metric"))
-            print(format_ap_table(result, f"{where} (nuscenes-devkit center-distance AP)"), flush=True)
             car = float(result["ap"].get("car", {}).get(2.0, 0.0))
             metrics.setdefault(self.primary_metric, car)
             metrics.update({f"{name}.car_ap_2m": car, f"{name}.map": float(result["mAP"]), name: result})
+            metrics.setdefault("sets", {})[name] = where
             if settings.devkit_eval and isinstance(dataset, NuScenesDataset):
                 devkit = report_devkit_evaluation(dataset, preds, Path(settings.out) / "nuscenes_eval" / name,
                                                   f"{where} (nuscenes-devkit DetectionEval)")
@@ -220,6 +219,13 @@ class BEVTask(Task):
                 if "error" not in devkit:
                     metrics.update({f"{name}.devkit_map": devkit["mAP"], f"{name}.nds": devkit["NDS"]})
         return metrics
+
+    def describe(self, metrics: dict[str, Any]) -> str | None:
+        """The center-distance AP table of each evaluation set."""
+        from vlsdk_driving.metrics import format_ap_table
+
+        return "\n".join(format_ap_table(metrics[name], f"{where} (nuscenes-devkit center-distance AP)")
+                         for name, where in metrics.get("sets", {}).items()) or None
 
     def predict(self, model: VLModel, data: EvalSets, settings: BEVSettings) -> list[dict[str, Any]]:
         rows = []

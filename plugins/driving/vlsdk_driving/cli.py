@@ -88,8 +88,8 @@ def depth_settings(args: argparse.Namespace, steps: int) -> Any:
     task = DepthTask()
     values = {**(task.quick if args.quick else {}), **_given({
         "data": args.nuscenes, "out": Path(args.out) / "depth", "device": args.device, "seed": args.seed,
-        "precision": "off" if args.amp == "none" else args.amp, "test_scenes": args.test_scenes,
-        "max_seconds": 6.0 if args.quick else None}), "max_steps": steps, "progress": not args.no_progress}
+        "precision": "off" if args.amp == "none" else args.amp, "test_scenes": args.test_scenes}),
+        "max_steps": steps, "progress": not args.no_progress}
     return settings_from(task.settings_type, values, "vlsdk driving-detect --depth-steps")
 
 

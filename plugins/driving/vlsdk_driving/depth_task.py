@@ -155,7 +155,7 @@ class DepthTask(Task):
 
         device = model_device(model)
         for images, targets in DataLoader(data, batch_size=settings.batch_size, collate_fn=self.collate):
-            with autocast(settings, device):
+            with torch.no_grad(), autocast(settings, device):
                 out = model(images.to(device), heads=[self.head])[self.head]
             yield out.depth.float().cpu(), targets, images
 

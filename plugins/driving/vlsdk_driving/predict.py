@@ -30,13 +30,15 @@ __all__ = ["load_bev_encoder", "read_points", "read_point_cloud", "write_bev_box
 POINT_CLOUD_KIND = "driving.point_cloud"
 #: The encoder settings :meth:`BEVDetector.save` writes beside the model.
 ENCODER_CONFIG = "bev_encoder.json"
+#: The registered task whose saved settings rebuild the encoder (``task.json``).
+BEV_TASK = "driving.bev"
 
 
 def _task_encoder(model_dir: Path) -> Any:
     """The encoder of a ``driving.bev`` task model, rebuilt from its saved settings; ``None`` for other folders."""
     from vlsdk.settings import settings_from
+    from vlsdk.tasks.registry import get_task
     from vlsdk.tasks.runner import TASK_FILE
-    from vlsdk_driving.bev_task import BEVTask
 
     path = model_dir / TASK_FILE
     if not path.is_file():
@@ -45,9 +47,9 @@ def _task_encoder(model_dir: Path) -> Any:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(record, dict) or record.get("task") != BEVTask.name:
+    if not isinstance(record, dict) or record.get("task") != BEV_TASK:
         return None
-    task = BEVTask()
+    task = get_task(BEV_TASK)
     return task.encoder(settings_from(task.settings_type, record.get("settings") or {}, str(path)))
 
 
@@ -109,7 +111,7 @@ def _has_encoder(path: Path, model_dir: Path) -> bool:
     if (Path(model_dir) / ENCODER_CONFIG).is_file():
         return True
     task_file = Path(model_dir) / TASK_FILE
-    return task_file.is_file() and '"driving.bev"' in task_file.read_text(encoding="utf-8")
+    return task_file.is_file() and f'"{BEV_TASK}"' in task_file.read_text(encoding="utf-8")
 
 
 def read_point_cloud(path: Path, model: Any, model_dir: Path) -> PredictInput:
