@@ -51,8 +51,13 @@ def test_quick_mode_through_the_vlsdk_command(shared_data: Path, tmp_path: Path,
     # evaluate the saved model again, without training
     again = tmp_path / "again"
     assert main(["pcb", "--checkpoint", str(out / "model"), "--data", str(data), "--out", str(again), "--image-size",
-                 "256", "--eval-pairs", "4", "--batch-size", "4", "--workers", "0", "--no-progress"]) == 0
+                 "256", "--eval-pairs", "4", "--batch-size", "4", "--workers", "0", "--no-progress",
+                 "--format", "coco"]) == 0
     evaluated = json.loads((again / "metrics.json").read_text())
+    truth = json.loads((again / "coco_ground_truth.json").read_text())  # DeepPCB's test boards in COCO form
+    assert len(truth["images"]) == 4 and {c["name"] for c in truth["categories"]} >= {"open", "pin-hole"}
+    assert [im["width"] for im in truth["images"]] == [640] * 4  # boxes in the boards' own pixels
+    assert evaluated["metrics"]["cocoeval"]["AP"] == pytest.approx(evaluated["metrics"]["map"], abs=1e-6)
     assert "steps" not in evaluated and evaluated["model"] == str(out / "model")
     meta = json.loads((out / "model" / "config.json").read_text())["metadata"]
     assert meta["input"]["channels"] == ["board", "template"] and meta["class_names"][HEAD][0] == "open"

@@ -20,14 +20,14 @@ def _run(*args: str) -> None:
 
 def test_coco_detection_from_the_shipped_config(coco_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    _run("train", str(CONFIG), f"data={coco_dir}", f"out={out}", "--quick", "device=cpu")
+    _run("train", str(CONFIG), f"data={coco_dir}", f"out={out}", "--quick", "device=cpu", "max_steps=12", "epochs=3")
     printed = capsys.readouterr().out
     assert "quick: a smoke run" in printed and "map" in printed
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "detection" and metrics["primary_metric"] == "map"
     assert math.isfinite(metrics["primary"]) and 0 <= metrics["primary"] <= 1
-    assert metrics["steps"] == 4 and metrics["train_samples"] + metrics["val_samples"] == 12
+    assert metrics["steps"] == 12 and metrics["train_samples"] + metrics["val_samples"] == 12
     assert set(metrics["metrics"]["per_class"]) <= {"scratch", "dent"}
     for name in ("model/config.json", "model/model.safetensors", "model/task.json", "predictions.png",
                  "report/report.html", "train/metrics.jsonl"):
@@ -40,9 +40,19 @@ def test_coco_detection_from_the_shipped_config(coco_dir, tmp_path, capsys):
     assert [e["name"] for e in config["experts"]] == ["industrial.pcb_defect"]
 
     # reload and evaluate: the same model on the same held-out images gives the same figure
-    _run("eval", str(out / "model"), f"out={tmp_path / 'eval'}")
+    _run("eval", str(out / "model"), f"out={tmp_path / 'eval'}", "--format", "coco")
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert again["primary"] == pytest.approx(metrics["primary"], abs=1e-9)
+    # standard formats: pycocotools reads the files, and its AP is vlsdk's mAP@0.5:0.95
+    from pycocotools.coco import COCO
+
+    truth = COCO(str(tmp_path / "eval" / "coco_ground_truth.json"))
+    assert len(truth.getImgIds()) == metrics["val_samples"]
+    truth.loadRes(str(tmp_path / "eval" / "coco_results.json"))
+    assert again["metrics"]["cocoeval"]["AP"] == pytest.approx(again["metrics"]["map"], abs=1e-6)
+    assert again["metrics"]["cocoeval"]["AP50"] == pytest.approx(again["metrics"]["map50"], abs=1e-6)
+    assert again["metrics"]["map"] > 0  # a model that finds something, so the agreement means something
+    assert "pycocotools COCOeval: AP" in capsys.readouterr().out
 
     # predict on an image file, with class names, and export to ONNX
     _run("predict", str(coco_dir / "images" / "board_000.png"), "--model", str(out / "model"),

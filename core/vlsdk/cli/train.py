@@ -210,6 +210,9 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL_DIR", help="a model saved by vlsdk train (OUT/model)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="settings to change, e.g. data=OTHER_DIR out=runs/eval")
+    parser.add_argument("--format", choices=["json", "coco"], default="json",
+                        help="coco (detection tasks): also write coco_results.json and coco_ground_truth.json and "
+                             "report pycocotools' COCOeval beside the task's own metrics")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -217,7 +220,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from vlsdk.tasks.runner import evaluate
 
     try:
-        summary = evaluate(args.model, parse_overrides(args.overrides))
+        overrides = parse_overrides(args.overrides)
+        if args.format == "coco":
+            overrides["coco_json"] = True
+        summary = evaluate(args.model, overrides)
     except (FileNotFoundError, ValueError) as exc:
         print(f"vlsdk eval: error: {exc}", file=sys.stderr)
         return 2

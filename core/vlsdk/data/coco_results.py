@@ -53,7 +53,7 @@ def _image_id(sample: Mapping[str, Any], position: int) -> int | str:
 def _scale(sample: Mapping[str, Any], position: int) -> tuple[np.ndarray, tuple[int, int]]:
     """``[sx, sy, sx, sy]`` from the sample's image pixels to its original size, and that size ``(h, w)``."""
     image = sample.get("image")
-    shape = tuple(np.shape(image))[:2] if image is not None else None
+    shape = tuple(np.shape(image))[:2] if image is not None else sample.get("input_size")  # (h, w) of the boxes
     size = sample.get("size", shape)
     if size is None:
         raise ValueError(f"sample {position} has neither 'size' nor 'image': cannot tell its pixel size")

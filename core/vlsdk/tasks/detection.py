@@ -59,6 +59,8 @@ class DetectionSettings(RunSettings):
     synthetic_ratio: float | None = help_field(None, "mix synthetic samples into training: real per synthetic "
                                                      "(3 = 3:1); none: real only")
     score_threshold: float = help_field(0.3, "detections drawn and predicted from this score up")
+    coco_json: bool = help_field(False, "evaluation also writes coco_results.json and coco_ground_truth.json "
+                                        "and reports pycocotools' COCOeval (AP, AR, size buckets)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -175,7 +177,8 @@ class DetectionTask(Task):
         return model.heads[self.head].loss(float_output(out[self.head]), targets)
 
     def _detect(self, model: VLModel, data: Any, settings: DetectionSettings, score_threshold: float):
-        """Yield ``(detections, targets, samples)`` per batch of ``data``."""
+        """Yield ``(detections, targets, samples)`` per batch of ``data`` (samples gain ``input_size``)."""
+        import torch
         from torch.utils.data import DataLoader
 
         device = model_device(model)
@@ -183,6 +186,8 @@ class DetectionTask(Task):
                             num_workers=settings.num_workers, pin_memory=device.type == "cuda")
         head = model.heads[self.head]
         for images, targets, samples in loader:
+            for s in samples:
+                s["input_size"] = tuple(images.shape[1:3] if images.dtype == torch.uint8 else images.shape[-2:])
             images = images_to_float(images.to(device, non_blocking=True))
             with autocast(settings, device):
                 out = model(images, heads=[self.head])
@@ -191,18 +196,48 @@ class DetectionTask(Task):
     def evaluate(self, model: VLModel, data: Any, settings: DetectionSettings) -> dict[str, Any]:
         names = class_names(data)
         metric = build("metrics", settings.metric, "metric", class_names=names)
-        for dets, targets, _ in self._detect(model, data, settings, score_threshold=0.001):
-            metric.update([{"boxes": d.boxes.cpu().numpy(), "scores": d.scores.cpu().numpy(),
-                            "labels": d.labels.cpu().numpy()} for d in dets], targets)
+        predictions, samples = [], []
+        for dets, targets, batch in self._detect(model, data, settings, score_threshold=0.001):
+            rows = [{"boxes": d.boxes.cpu().numpy(), "scores": d.scores.cpu().numpy(),
+                     "labels": d.labels.cpu().numpy()} for d in dets]
+            metric.update(rows, targets)
+            if settings.coco_json:
+                predictions += rows
+                samples += batch
         result = metric.compute()
-        return result.as_dict() if hasattr(result, "as_dict") else dict(result)
+        metrics = result.as_dict() if hasattr(result, "as_dict") else dict(result)
+        if settings.coco_json:
+            metrics["cocoeval"] = self.write_coco(predictions, samples, names, data, Path(settings.out))
+        return metrics
+
+    def write_coco(self, predictions: list[Any], samples: list[Any], names: tuple[str, ...], data: Any,
+                   out: Path) -> dict[str, float]:
+        """Write ``coco_results.json`` and ``coco_ground_truth.json`` under ``out``; pycocotools' COCOeval figures."""
+        import json
+
+        from vlsdk.data.coco_results import coco_ground_truth, coco_results, cocoeval_summary
+
+        ids = getattr(data, "category_ids", None)  # a COCO adapter keeps its own category ids
+        truth = coco_ground_truth(samples, names, category_ids=ids)
+        results = coco_results(predictions, samples, category_ids=ids)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "coco_ground_truth.json").write_text(json.dumps(truth))
+        (out / "coco_results.json").write_text(json.dumps(results))
+        return cocoeval_summary(truth, results)
 
     def describe(self, metrics: Mapping[str, Any]) -> str | None:
         """The per-class table of a :class:`~vlsdk.metrics.detection.MAPResult` (other metrics: none)."""
         from vlsdk.metrics.detection import MAPResult
 
         names = {f.name for f in dataclasses.fields(MAPResult)}
-        return MAPResult(**{k: metrics[k] for k in names}).table() if names <= set(metrics) else None
+        if not names <= set(metrics):
+            return None
+        table = MAPResult(**{k: metrics[k] for k in names}).table()
+        coco = metrics.get("cocoeval")
+        if coco:
+            shown = (f"{k} {100 * v:.1f}" if v >= 0 else f"{k} -" for k, v in coco.items())  # -1: no such boxes
+            table += "\npycocotools COCOeval: " + "  ".join(shown)
+        return table
 
     def predict(self, model: VLModel, data: Any, settings: DetectionSettings) -> list[dict[str, Any]]:
         import numpy as np

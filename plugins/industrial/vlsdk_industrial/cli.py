@@ -81,6 +81,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --benchmark and --amp bf16: cast the model to bf16 instead of autocasting")
     parser.add_argument("--profile", action="store_true",
                         help="with --benchmark: print the forward's GPU kernel time by kind")
+    parser.add_argument("--format", choices=["json", "coco"], default="json",
+                        help="coco: also write coco_results.json and coco_ground_truth.json (DeepPCB test boards in "
+                             "COCO form) and print pycocotools' COCOeval beside the DeepPCB criterion")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
 
 
@@ -104,7 +107,8 @@ def config_from_args(args: argparse.Namespace) -> object:
             values[renamed.get(name, name)] = getattr(args, name)
     values |= {"data": args.data, "out": args.out, "stem": BACKBONES[args.backbone], "lr": args.lr,
                "device": args.device, "precision": "off" if args.amp == "none" else args.amp,
-               "template": args.template, "seed": args.seed, "progress": args.progress}
+               "template": args.template, "seed": args.seed, "progress": args.progress,
+               "coco_json": args.format == "coco"}
     if not args.expert:
         values["experts"] = []
     return settings_from(PcbSettings, values, "vlsdk pcb")
