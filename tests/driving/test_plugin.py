@@ -15,7 +15,7 @@ def test_registrations(register_plugin):
         "experts": {"driving.lidar"}, "heads": {"driving.bev_detection"},
         "datasets": {"driving.kitti", "driving.nuscenes"}, "synthesizers": {"driving.scenes"},
         "metrics": {"driving.depth", "driving.nuscenes_ap"}, "commands": {"driving-detect"},
-        "demos": {"driving"}, "tasks": {"driving.bev"}, "input_readers": {"driving.point_cloud"},
+        "demos": {"driving"}, "tasks": {"driving.bev", "driving.depth"}, "input_readers": {"driving.point_cloud"},
         "output_writers": {"driving.bev_boxes"}}
     head = build_head("driving.bev_detection", {4: 16, 8: 32}, num_classes=3)
     assert head.num_classes == 3
