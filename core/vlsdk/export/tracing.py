@@ -49,11 +49,6 @@ KNOWN_TRACER_WARNINGS: tuple[tuple[str, str, str, bool], ...] = (
     # Head.levels: the pyramid map's channel check (static channels)
     ("heads/base.py", "if f.dim() != 4 or f.shape[1] != self.channels[s]:",
      "Converting a tensor to a Python boolean", False),
-    # sincos_pos_embed's width check: Encoder._pos_embed passes x.shape[-1] (a traced size) as dim
-    ("models/vit.py", "if dim % 4:", "Converting a tensor to a Python boolean", False),
-    # Attention: unpacking the (3, B, h, N, d) qkv tensor along its static first axis of 3
-    ("models/vit.py", "q, k, v = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)",
-     "Iterating over a tensor", False),
     # DetectionHead's PAN neck: resize only when the grids differ, decided at the traced size
     ("heads/detection.py", "if down.shape[-2:] != td[i].shape[-2:]:", "Converting a tensor to a Python boolean",
      True),

@@ -180,14 +180,14 @@ class HybridEncoder(nn.Module):
         calls (about 20 small kernels each time otherwise). Traced and compiled calls build it
         inline, so an exported graph keeps it a function of the input size."""
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return sincos_pos_embed(x.shape[-1], grid, x.device, x.dtype)
-        key = (grid, x.shape[-1], x.device, x.dtype)
+            return sincos_pos_embed(self.config.embed_dim, grid, x.device, x.dtype)  # the int width, not a traced size
+        key = (grid, x.device, x.dtype)
         emb = self._pos_cache.get(key)
         if emb is None:
             if len(self._pos_cache) >= _POS_CACHE_SIZE:
                 self._pos_cache.pop(next(iter(self._pos_cache)))  # the oldest entry
             with torch.inference_mode(False):  # a normal tensor, usable by a later training forward
-                emb = self._pos_cache[key] = sincos_pos_embed(x.shape[-1], grid, x.device, x.dtype)
+                emb = self._pos_cache[key] = sincos_pos_embed(self.config.embed_dim, grid, x.device, x.dtype)
         return emb
 
 
