@@ -118,40 +118,41 @@ def test_model_trained_with_context_is_evaluated_and_used_with_the_same_channels
     import nibabel as nib
 
     from vlsdk.predict import predict_files
-    from vlsdk_medical.inference import probs_to_labels
-    from vlsdk_medical.pipeline import (
-        LesionTrainConfig,
-        evaluate_held_out,
-        evaluate_saved_model,
-        train_lesion_segmenter,
-    )
+    from vlsdk.tasks import train
+    from vlsdk_medical.cli import evaluate_saved_model
+    from vlsdk_medical.evaluation import evaluate_held_out
+    from vlsdk_medical.inference import probs_to_labels, recorded_input
+    from vlsdk_medical.task import LesionTask, held_out_set
 
     register_plugin(medical_plugin, "medical")
-    common = {"data_root": str(brats_root), "quick": True, "eval_slices": 3, "roi_size": 64, "progress": False}
-    results = train_lesion_segmenter(LesionTrainConfig(
-        **common, out_dir=str(tmp_path / "run"), max_steps=1, train_splits=("validation",), max_slices_per_case=2,
-        lesion_expert=False, context_slices=1))
-    assert results["config"]["context_slices"] == 1
+    task = LesionTask()
+    common = {"data": brats_root, "model": "tiny", "eval_slices": 3, "roi_size": 64, "progress": False,
+              "device": "cpu", "draw": 0}
+    result = train(task, task.settings(**common, out=tmp_path / "run", max_steps=1, batch_size=2,
+                                       train_splits=["train"], max_slices_per_case=2, experts=[], context_slices=1))
     model_dir = tmp_path / "run" / "model"
     saved = json.loads((model_dir / "config.json").read_text())
     assert saved["backbone"]["in_chans"] == 2 * 3
-    assert saved[INPUT_KEY] == {"modalities": ["flair", "t1c"], "num_modalities": 2, "context_slices": 1,
-                               "train_cases": ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]}  # quick: "train"
+    assert saved["metadata"]["input"]["channels"] == ["flair-1", "flair", "flair+1", "t1c-1", "t1c", "t1c+1"]
+    assert recorded_input(model_dir) == {"modalities": ["flair", "t1c"], "num_modalities": 2, "context_slices": 1,
+                                         "train_cases": ["brats_2013_pat0005_1", "brats_2013_pat0006_1"],
+                                         "class_names": ["lesion"]}
+    assert INPUT_KEY not in saved  # the task records it in the model's metadata
 
-    # --eval-model: the recorded context is used (the config's default 0 does not override it)
-    again = evaluate_saved_model(model_dir, LesionTrainConfig(**common, out_dir=str(tmp_path / "eval")))
-    assert again["config"]["context_slices"] == 1
+    # --eval-model: the recorded context is used (the settings' default 0 does not override it)
+    again = evaluate_saved_model(model_dir, task.settings(**common, out=tmp_path / "eval"))
+    assert again["settings"]["context_slices"] == 1
     case = "brats_2013_pat0001_1"
-    assert _same(again["dice"][case], results["dice"][case])
-    assert _same(again["before"]["dice"][case], results["before"]["dice"][case])
+    assert _same(again["metrics"]["dice"][case], result.metrics["dice"][case])
+    assert _same(again["metrics"]["before"]["dice"][case], result.metrics["before"]["dice"][case])
     with pytest.raises(ValueError, match="context_slices=1, not 2"):
-        evaluate_saved_model(model_dir, LesionTrainConfig(**common, out_dir=str(tmp_path / "e2"), context_slices=2))
+        evaluate_saved_model(model_dir, task.settings(**common, out=tmp_path / "e2", context_slices=2))
     with pytest.raises(ValueError, match="modalities"):
-        evaluate_saved_model(model_dir, LesionTrainConfig(**common, out_dir=str(tmp_path / "e3"),
-                                                          modalities=("flair",)))
+        evaluate_saved_model(model_dir, task.settings(**common, out=tmp_path / "e3", modalities=["flair"]))
     model = vlsdk.VLModel.from_pretrained(model_dir)
+    plain = task.settings(**common)
     with pytest.raises(ValueError, match="6 input channels"):
-        evaluate_held_out(model, LesionTrainConfig(**common).resolved(), "cpu")
+        evaluate_held_out(model, held_out_set(plain), plain)
 
     # vlsdk predict on a NIfTI: the reader stacks the same neighbours
     data = np.random.default_rng(0).normal(size=(32, 28, 4, 2)).astype(np.float32)

@@ -1,5 +1,5 @@
 """``crop_pos_neg`` / ``--crop-pos-neg``: the lesion/background ratio of the training crops reaches MONAI's
-``RandCropByPosNegLabeld`` in the pipeline's real training set, and the crops it draws follow it."""
+``RandCropByPosNegLabeld`` in the lesion task's real training set, and the crops it draws follow it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import argparse
 
 import pytest
 
-from vlsdk_medical.pipeline import LesionTrainConfig, add_arguments, lesion_train_set
+from vlsdk_medical.cli import add_arguments
+from vlsdk_medical.lesion_settings import LesionSettings
+from vlsdk_medical.task import lesion_train_set
 
 
 def _crop(train_set):
@@ -36,8 +38,9 @@ def _lesion_centre_share(train_set, crop) -> float:
 @pytest.mark.parametrize(("pos_neg", "ratio"), [((2.0, 1.0), 2 / 3), ((1.0, 1.0), 0.5), ((1.0, 2.0), 1 / 3),
                                                  ((0.0, 1.0), 0.0), ((1.0, 0.0), 1.0)])
 def test_crop_ratio_reaches_the_monai_crop(brats_root, pos_neg, ratio):
-    cfg = LesionTrainConfig(data_root=str(brats_root), quick=True, roi_size=64, crop_pos_neg=pos_neg).resolved()
-    train_set, _ = lesion_train_set(cfg)
+    cfg = LesionSettings(data=brats_root, train_splits=["train"], max_slices_per_case=12, roi_size=64,
+                         crop_pos_neg=pos_neg)
+    train_set = lesion_train_set(cfg)
     crop = _crop(train_set)
     assert crop.cropper.pos_ratio == pytest.approx(ratio)
     train_set.repeats = 4  # fresh crops per visit
@@ -49,7 +52,7 @@ def test_crop_ratio_reaches_the_monai_crop(brats_root, pos_neg, ratio):
 
 
 def test_default_is_two_lesion_crops_to_one_background_crop():
-    assert LesionTrainConfig().crop_pos_neg == (2.0, 1.0)
+    assert LesionSettings().crop_pos_neg == (2.0, 1.0)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert parser.parse_args([]).crop_pos_neg == (2.0, 1.0)
@@ -68,4 +71,4 @@ def test_bad_crop_ratio_on_the_command_line(bad, capsys):
 @pytest.mark.parametrize("bad", [(0.0, 0.0), (-1.0, 1.0), (1.0,), (1.0, 1.0, 1.0)])
 def test_bad_crop_ratio_in_the_config(bad):
     with pytest.raises(ValueError, match="crop_pos_neg"):
-        LesionTrainConfig(crop_pos_neg=bad).resolved()
+        LesionSettings(crop_pos_neg=bad)

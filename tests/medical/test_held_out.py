@@ -8,26 +8,39 @@ import json
 import pytest
 
 import vlsdk_medical.plugin as medical_plugin
-from vlsdk_medical.pipeline import LesionTrainConfig, add_arguments, held_out_cases, run_from_args
-from vlsdk_medical.threshold_cv import cross_validate_threshold
+from vlsdk_medical.cli import add_arguments, run_from_args
+from vlsdk_medical.lesion_settings import LesionSettings
+from vlsdk_medical.task import held_out_cases, train_cases
+from vlsdk_medical.threshold_cv import fold_settings
 
 PATIENTS = ["brats_2013_pat0001_1", "brats_2013_pat0004_1", "brats_2013_pat0005_1", "brats_2013_pat0006_1"]
 
 
+def _ids(cases):
+    return [c.case_id for c in cases]
+
+
 def test_held_out_replaces_the_splits(brats_root):
-    cfg = LesionTrainConfig(data_root=str(brats_root), held_out=["brats_2013_pat0005_1"],
-                            exclude_cases=("brats_2013_pat0004_1",)).resolved()
-    assert cfg.exclude_cases == ("brats_2013_pat0004_1", "brats_2013_pat0005_1")
-    assert [c.case_id for c in held_out_cases(cfg)] == ["brats_2013_pat0005_1"]
-    assert cfg.resolved() == cfg  # resolving twice changes nothing
-    default = LesionTrainConfig(data_root=str(brats_root)).resolved()
-    assert [c.case_id for c in held_out_cases(default)] == ["brats_2013_pat0001_1"]  # the test split
+    settings = LesionSettings(data=brats_root, held_out=["brats_2013_pat0005_1"],
+                              exclude_cases=["brats_2013_pat0004_1"])
+    assert _ids(held_out_cases(settings)) == ["brats_2013_pat0005_1"]
+    assert _ids(train_cases(settings)) == ["brats_2013_pat0001_1", "brats_2013_pat0006_1"]  # every split trains
+    default = LesionSettings(data=brats_root)
+    assert _ids(held_out_cases(default)) == ["brats_2013_pat0001_1"]  # the test split
+    assert _ids(train_cases(default)) == ["brats_2013_pat0004_1", "brats_2013_pat0005_1", "brats_2013_pat0006_1"]
 
 
-def test_unknown_held_out_patient_is_named(brats_root):
-    cfg = LesionTrainConfig(data_root=str(brats_root), held_out=("pat9",)).resolved()
+def test_unknown_held_out_or_excluded_patient_is_named(brats_root):
     with pytest.raises(ValueError, match=r"held_out \['pat9'\] are not patients.*brats_2013_pat0001_1"):
-        held_out_cases(cfg)
+        train_cases(LesionSettings(data=brats_root, held_out=["pat9"]))
+    with pytest.raises(ValueError, match=r"exclude_cases \['brats_2013_pat0001_1'\] are not patients of the "
+                                         r"training splits \['train'\]"):
+        train_cases(LesionSettings(data=brats_root, train_splits=["train"], exclude_cases=["brats_2013_pat0001_1"]))
+    with pytest.raises(ValueError, match="leave no training patient"):
+        train_cases(LesionSettings(data=brats_root, train_splits=["train"],
+                                   exclude_cases=["brats_2013_pat0005_1", "brats_2013_pat0006_1"]))
+    with pytest.raises(ValueError, match="overlap"):
+        LesionSettings(train_splits=["train", "test"])
 
 
 def test_cli_trains_on_every_other_patient(register_plugin, brats_root, tmp_path, capsys):
@@ -38,16 +51,19 @@ def test_cli_trains_on_every_other_patient(register_plugin, brats_root, tmp_path
                               "--eval-slices", "5", "--roi-size", "64", "--no-progress",
                               "--held-out", "brats_2013_pat0004_1"])
     assert run_from_args(args) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["eval_cases"] == ["brats_2013_pat0004_1"]
-    assert results["train_cases"] == [p for p in PATIENTS if p != "brats_2013_pat0004_1"]
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["metrics"]["eval_cases"] == ["brats_2013_pat0004_1"]
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())["metadata"]
+    assert meta["training"]["medical_input"]["train_cases"] == [p for p in PATIENTS if p != "brats_2013_pat0004_1"]
     assert "held-out patient brats_2013_pat0004_1" in capsys.readouterr().out
     # the saved model evaluated on the same held-out patient gives the same Dice
     again = parser.parse_args(["--data", str(brats_root), "--out", str(tmp_path / "again"), "--eval-slices", "5",
                                "--roi-size", "64", "--quick", "--held-out", "brats_2013_pat0004_1",
                                "--eval-model", str(tmp_path / "model")])
     assert run_from_args(again) == 0
-    assert json.loads((tmp_path / "again" / "results.json").read_text())["dice"] == pytest.approx(results["dice"])
+    evaluated = json.loads((tmp_path / "again" / "metrics.json").read_text())["metrics"]
+    assert evaluated["dice"] == pytest.approx(summary["metrics"]["dice"])
+    assert (tmp_path / "again" / "predictions.png").is_file()
     # without --held-out it would score pat0001, which this model trained on: said, not silently reported
     default = parser.parse_args(["--data", str(brats_root), "--out", str(tmp_path / "default"), "--eval-slices", "5",
                                  "--roi-size", "64", "--quick", "--eval-model", str(tmp_path / "model")])
@@ -55,10 +71,14 @@ def test_cli_trains_on_every_other_patient(register_plugin, brats_root, tmp_path
         assert run_from_args(default) == 0
 
 
-def test_threshold_cv_folds_never_see_the_held_out_patient(register_plugin, brats_root, tmp_path):
-    register_plugin(medical_plugin, "medical")
-    cfg = LesionTrainConfig(data_root=str(brats_root), out_dir=str(tmp_path), quick=True, max_steps=1, eval_slices=5,
-                            max_slices_per_case=2, roi_size=64, progress=False, threshold_cv=True,
-                            cv_thresholds=(0.5,), held_out=("brats_2013_pat0006_1",)).resolved()
-    cv = cross_validate_threshold(cfg)
-    assert sorted(cv["folds"]) == [p for p in PATIENTS if p != "brats_2013_pat0006_1"]
+def test_threshold_cv_folds_never_see_the_held_out_patient(brats_root, tmp_path):
+    settings = LesionSettings(data=brats_root, out=tmp_path, held_out=["brats_2013_pat0006_1"])
+    for patient in ("brats_2013_pat0001_1", "brats_2013_pat0004_1", "brats_2013_pat0005_1"):
+        fold = fold_settings(settings, patient, [0.5, 0.7])
+        assert _ids(held_out_cases(fold)) == [patient] and fold.extra_thresholds == [0.5, 0.7]
+        assert sorted(_ids(train_cases(fold))) == [p for p in PATIENTS if p not in (patient, "brats_2013_pat0006_1")]
+        assert fold.out == tmp_path / "cv" / patient
+    plain = LesionSettings(data=brats_root, train_splits=["train"])  # pat0004 (validation) and pat0001 (test) unused
+    assert _ids(train_cases(fold_settings(plain, "brats_2013_pat0005_1", [0.5]))) == ["brats_2013_pat0006_1"]
+    with pytest.raises(ValueError, match="no training patient"):
+        fold_settings(settings, "brats_2013_pat0006_1", [0.5])

@@ -1,4 +1,4 @@
-"""Training intensity augmentation: ``default_transforms(intensity_range=, gamma=)`` and the pipeline's
+"""Training intensity augmentation: ``default_transforms(intensity_range=, gamma=)`` and the lesion task's
 ``intensity_aug`` presets (``--intensity-aug light|strong``) reaching MONAI's transforms."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlsdk_medical.pipeline import INTENSITY_AUG, LesionTrainConfig, lesion_train_set
+from vlsdk_medical.lesion_settings import INTENSITY_AUG, LesionSettings
+from vlsdk_medical.task import lesion_train_set
 from vlsdk_medical.transforms import default_transforms
 
 
@@ -53,8 +54,9 @@ def test_bad_intensity_options(bad):
 def test_preset_reaches_the_monai_transforms(brats_root, preset):
     from monai.transforms import RandAdjustContrastd, RandScaleIntensityd
 
-    cfg = LesionTrainConfig(data_root=str(brats_root), quick=True, roi_size=64, intensity_aug=preset).resolved()
-    transforms = lesion_train_set(cfg)[0].transform.transforms
+    cfg = LesionSettings(data=brats_root, train_splits=["train"], max_slices_per_case=12, roi_size=64,
+                         intensity_aug=preset)
+    transforms = lesion_train_set(cfg).transform.transforms
     (scale,) = [t for t in transforms if isinstance(t, RandScaleIntensityd)]
     gammas = [t for t in transforms if isinstance(t, RandAdjustContrastd)]
     options = INTENSITY_AUG[preset]
@@ -65,4 +67,4 @@ def test_preset_reaches_the_monai_transforms(brats_root, preset):
 
 def test_unknown_preset():
     with pytest.raises(ValueError, match="intensity_aug"):
-        LesionTrainConfig(intensity_aug="extreme").resolved()
+        LesionSettings(intensity_aug="extreme")

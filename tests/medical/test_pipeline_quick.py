@@ -1,4 +1,4 @@
-"""The lesion pipeline in --quick mode through the ``vlsdk medical-lesion`` subcommand and the example."""
+"""The ``medical.lesion`` task in quick mode: through ``vlsdk medical-lesion``, the example and the runner."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 import runpy
 import sys
 
+import pytest
+
 import vlsdk_medical.plugin as medical_plugin
 
 
@@ -14,6 +16,7 @@ def test_quick_run_via_cli(register_plugin, brats_root, tmp_path, capsys):
     register_plugin(medical_plugin, "medical")
     import vlsdk
     from vlsdk.cli import main
+    from vlsdk_medical.inference import recorded_input
 
     out = tmp_path / "run"
     status = main(["medical-lesion", "--quick", "--data", str(brats_root), "--out", str(out), "--max-steps", "2",
@@ -21,34 +24,56 @@ def test_quick_run_via_cli(register_plugin, brats_root, tmp_path, capsys):
     assert status == 0
     printed = capsys.readouterr().out
     assert "held-out patient brats_2013_pat0001_1: whole-tumour Dice" in printed
-    results = json.loads((out / "results.json").read_text())
-    assert results["eval_cases"] == ["brats_2013_pat0001_1"]
-    assert "brats_2013_pat0001_1" not in results["train_cases"]
-    assert math.isfinite(results["dice"]["brats_2013_pat0001_1"]) and results["steps"] == 2
-    assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["task"] == "medical.lesion" and summary["steps"] == 2
+    assert summary["metrics"]["eval_cases"] == ["brats_2013_pat0001_1"]
+    assert math.isfinite(summary["metrics"]["dice"]["brats_2013_pat0001_1"])
+    assert summary["primary"] == summary["metrics"]["dice_mean"]
+    assert (out / "predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    recorded = recorded_input(out / "model")  # what vlsdk predict and --eval-model read back
+    assert recorded["train_cases"] == ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]  # quick: "train" only
     model = vlsdk.VLModel.from_pretrained(out / "model")
     assert "lesion" in model.heads and "medical.lesion" in model.expert_specs
+    assert model.metadata.class_names == {"lesion": ("background", "lesion")}
+    assert model.metadata.input.channels == ("flair", "t1c")
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
+    import argparse
+
+    from vlsdk_medical.cli import add_arguments, run_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run_from_args(parser.parse_args([])) == 2  # no library default into ../shared
+    assert "pass --data DIR" in capsys.readouterr().out
+    assert run_from_args(parser.parse_args(["--data", str(tmp_path / "absent")])) == 2
+    assert "absent not found" in capsys.readouterr().out
 
 
 def test_example_script_help(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["medical_lesion_segmentation.py", "--help"])
-    try:
+    with pytest.raises(SystemExit) as exc:
         runpy.run_path("examples/medical_lesion_segmentation.py", run_name="__main__")
-    except SystemExit as exc:
-        assert exc.code == 0
+    assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--quick", "--device", "--amp", "--epochs", "--batch-size"):
+    for flag in ("--quick", "--device", "--amp", "--epochs", "--batch-size", "--held-out", "--threshold-cv",
+                 "--eval-model", "--context-slices"):
         assert flag in text
 
 
 def test_quick_multiclass_head(register_plugin, brats_root, tmp_path):
-    from vlsdk_medical.pipeline import LesionTrainConfig, train_lesion_segmenter
+    from vlsdk.tasks import train
+    from vlsdk_medical.task import LesionTask
 
     register_plugin(medical_plugin, "medical")
-    results = train_lesion_segmenter(LesionTrainConfig(
-        data_root=str(brats_root), out_dir=str(tmp_path), quick=True, max_steps=1, eval_slices=2,
-        train_splits=("validation",),
-        max_slices_per_case=2, roi_size=64, classes="brats", lesion_expert=False, progress=False))
-    per_class = results["dice_per_class"]["brats_2013_pat0001_1"]
+    task = LesionTask()
+    settings = task.settings(data=brats_root, out=tmp_path, model="tiny", max_steps=1, eval_slices=2,
+                             train_splits=["validation"], max_slices_per_case=2, roi_size=64, batch_size=2,
+                             classes="brats", experts=[], progress=False, device="cpu", draw=0)
+    result = train(task, settings)
+    per_class = result.metrics["dice_per_class"]["brats_2013_pat0001_1"]
     assert len(per_class) == 4  # classes 1-4 (background not scored)
-    assert set(results["dice"]) == {"brats_2013_pat0001_1"}  # whole tumour (nan if the 2 slices hold none)
+    assert set(result.metrics["dice"]) == {"brats_2013_pat0001_1"}  # whole tumour (nan if the 2 slices hold none)
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())["metadata"]
+    assert meta["class_names"]["lesion"] == ["background", "necrosis", "oedema", "non-enhancing", "enhancing"]

@@ -131,12 +131,13 @@ def test_flip_tta_averages_flips():
 
 
 def test_pipeline_options_parse_and_validate():
-    from vlsdk_medical.pipeline import LesionTrainConfig, add_arguments
+    from vlsdk_medical.cli import add_arguments
+    from vlsdk_medical.lesion_settings import LesionSettings
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args([])
-    assert args.postprocess == LesionTrainConfig().postprocess == "mask+lcc"
+    assert args.postprocess == LesionSettings().postprocess == "mask+lcc"
     args = parser.parse_args(["--postprocess", "lcc", "--min-component-mm3", "50", "--tta", "flip",
                               "--sw-overlap", "0.5", "--threshold", "0.6"])
     assert (args.postprocess, args.min_component_mm3, args.tta, args.sw_overlap, args.threshold) == (
@@ -146,19 +147,21 @@ def test_pipeline_options_parse_and_validate():
     for bad in ({"postprocess": "largest"}, {"threshold": 1.0}, {"sw_overlap": 1.0}, {"tta": "rot"},
                 {"min_component_mm3": 0.0}):
         with pytest.raises(ValueError):
-            LesionTrainConfig(**bad).resolved()
+            LesionSettings(**bad)
 
 
 def test_evaluate_reports_before_and_after_on_same_predictions(brats_root, tmp_path):
     import vlsdk
-    from vlsdk_medical.pipeline import LesionTrainConfig, evaluate_held_out
+    from vlsdk_medical.evaluation import evaluate_held_out
+    from vlsdk_medical.lesion_settings import LesionSettings
+    from vlsdk_medical.task import held_out_set
 
     torch.manual_seed(0)
     model = vlsdk.VLModel("tiny", in_chans=2)
     model.add_head("lesion", task="segmentation", num_classes=1)  # untrained: speckled predictions
-    base = {"data_root": str(brats_root), "out_dir": str(tmp_path), "quick": True, "eval_slices": 6,
-            "roi_size": 64, "threshold": 0.5}
-    runs = {mode: evaluate_held_out(model, LesionTrainConfig(**base, postprocess=mode).resolved(), "cpu")
+    base = {"data": brats_root, "out": tmp_path, "eval_slices": 6, "roi_size": 64, "threshold": 0.5}
+    data = held_out_set(LesionSettings(**base))
+    runs = {mode: evaluate_held_out(model, data, LesionSettings(**base, postprocess=mode))
             for mode in ("none", "mask+lcc")}
     cid = "brats_2013_pat0001_1"
     none, clean = runs["none"], runs["mask+lcc"]
