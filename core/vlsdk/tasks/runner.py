@@ -125,7 +125,7 @@ def train(task: Task, settings: RunSettings) -> RunResult:
         "settings": jsonable(dataclasses.asdict(settings)),
     }
     _write_json(settings.out / METRICS_FILE, summary)
-    _report(task, settings, summary, picture)
+    _report(task, settings, {**summary, "metadata": jsonable(task.metadata(settings, val_set))}, picture)
     return RunResult(task.name, settings.out, metrics, primary, model_dir, fit.step, summary["seconds"])
 
 
@@ -365,6 +365,17 @@ def _report(task: Task, settings: RunSettings, summary: Mapping[str, Any], pictu
     if picture is not None and Path(picture).is_file():
         report.section("Predictions").add_image(picture, caption="validation samples: ground truth and predictions",
                                                 name="predictions.png")
+    meta = summary.get("metadata") or {}
+    if meta:
+        rows = [{"what": f"classes ({head})", "value": ", ".join(names)}
+                for head, names in (meta.get("class_names") or {}).items()]
+        for key in ("channels", "scaling", "image_size", "voxel_spacing"):
+            value = (meta.get("input") or {}).get(key)
+            if value is not None:
+                rows.append({"what": f"input {key.replace('_', ' ')}",
+                             "value": ", ".join(map(str, value)) if isinstance(value, list) else str(value)})
+        report.section("Model", f"Saved to {summary['model']} with what it expects (config.json, README.md).")
+        report.add_table(rows)
     report.section("Settings").add_table([{"setting": k, "value": str(v)} for k, v in summary["settings"].items()])
     html_dir = Path(settings.out) / "report"
     report.write(html_dir)
