@@ -24,9 +24,6 @@ DOMAINS = {
                        ["results.json", "overlay.png", "model/config.json", "train/checkpoint/trainer_state.pt"]),
     "industrial.pcb": ("industrial_pcb.yaml", "deeppcb", ["max_steps=2", "train_pairs=4", "eval_pairs=2"],
                        ["metrics.json", "predictions.png", "model/config.json", "train/checkpoint/trainer_state.pt"]),
-    "driving.bev": ("driving_bev.yaml", "nuscenes_mini", ["epochs=1", "train_scenes=4", "test_scenes=2"],
-                    ["metrics.json", "bev_synthetic.png", "bev_nuscenes.png", "model",
-                     "train/checkpoint/trainer_state.pt", "train/curves.png", "train/routing.png"]),
 }
 
 
@@ -71,7 +68,8 @@ def test_list_names_every_recipe_and_plugin(capsys):
     assert main(["train", "--list", "--json"]) == 0
     listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tasks"]}
     assert listed["medical.lesion"]["extra"] == "medical" and "epochs" in listed["medical.lesion"]["keys"]
-    assert listed["driving.bev"]["distributed"] is True and listed["industrial.pcb"]["distributed"] is True
+    assert listed["industrial.pcb"]["distributed"] is True
+    assert listed["driving.bev"]["kind"] == listed["driving.depth"]["kind"] == "task"
 
 
 def _write(tmp_path: Path, text: str, name: str = "task.yaml") -> str:
@@ -86,7 +84,7 @@ def _write(tmp_path: Path, text: str, name: str = "task.yaml") -> str:
     ("task: industrial.pcb\n", ["btach_size=2"], ["command line: unknown option 'btach_size'; did you mean "
                                                   "'batch_size'?"]),
     ("task: industrial.pcb\nbatch_size: many\n", [], ["task.yaml: batch_size expects an integer, got 'many'"]),
-    ("task: driving.bev\namp: fp8\n", [], ["task.yaml: amp must be one of ['none', 'bf16', 'fp16'], got 'fp8'"]),
+    ("task: driving.bev\nprecision: fp8\n", [], ["task.yaml: precision", "'fp8'"]),
     ("epochs: 3\n", [], ["task.yaml: needs a 'task' key", "medical.lesion"]),
     ("task: medical.lesion\nout: a\nout_dir: b\n", [], ["'out_dir' and 'out' both set 'out_dir'"]),
     ("task: medical.lesion\n", ["epochs"], ["override 'epochs' must look like key=value"]),
@@ -112,15 +110,10 @@ def test_json_config_and_missing_file(tmp_path, capsys):
 
 
 def test_own_loop_recipe_refuses_torchrun(register_plugin, plugin_host, tmp_path, monkeypatch):
-    import vlsdk_driving.plugin as driving_plugin
-
     register_plugin(ToyPlugin(), "toy")  # a recipe without distributed=True: its own loop, one process
-    register_plugin(driving_plugin, "driving")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="toy.fit.*cannot run under torchrun"):
         prepare_task(_write(tmp_path, "task: toy.fit\n"), [f"out={tmp_path}"], host=plugin_host)
-    run = prepare_task(CONFIGS / "driving_bev.yaml", [f"out={tmp_path}", "data=null"], host=plugin_host)
-    assert run.recipe.distributed  # driving.bev trains with the core Trainer
 
 
 def test_missing_extra_names_the_pip_install(tmp_path, monkeypatch, capsys):
@@ -196,7 +189,34 @@ def test_recipe_runs_data_parallel_under_torchrun(tmp_path, shared_data):
     assert all(_finite(v) for v in result["metrics"].values())
 
 
-def test_driving_recipe_runs_data_parallel_under_torchrun(tmp_path):
+#: driving task -> (example config, overrides of a CI-sized run, files the run must write)
+DRIVING = {
+    "driving.bev": ("driving_bev.yaml", ["epochs=1", "train_scenes=2", "test_scenes=1"],
+                    ["predictions.png", "model/task.json", "train/checkpoint/trainer_state.pt", "train/curves.png",
+                     "nuscenes_eval/synthetic/submission.json", "nuscenes_eval/data/metrics_summary.json"]),
+    "driving.depth": ("driving_depth.yaml", ["max_steps=2", "train_scenes=1", "test_scenes=1"],
+                      ["predictions.png", "model/task.json", "train/checkpoint/trainer_state.pt"]),
+}
+
+
+@pytest.mark.parametrize("task", sorted(DRIVING))
+def test_driving_config_trains_then_evaluates_the_saved_model(task, tmp_path, shared_data, capsys):
+    config, overrides, files = DRIVING[task]
+    out, data = tmp_path / "run", shared_data / "nuscenes_mini"
+    assert main(["train", str(CONFIGS / config), "--quick", f"out={out}", f"data={data}", "device=cpu",
+                 *overrides]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "metrics.json").read_text())
+    primary = summary["primary_metric"]
+    assert summary["task"] == task and _finite(summary["primary"]) and summary["settings"]["model"] == "tiny"
+    for name in files:
+        assert (out / name).is_file(), f"{task} did not write {name}"
+    assert f"[train] {task} done in" in capsys.readouterr().out
+    assert main(["eval", str(out / "model"), f"out={tmp_path / 'eval'}"]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["primary"] == summary["primary"] and again["primary_metric"] == primary  # the same model, data, seed
+
+
+def test_driving_task_runs_data_parallel_under_torchrun(tmp_path, shared_data):
     import os
     import subprocess
 
@@ -205,15 +225,14 @@ def test_driving_recipe_runs_data_parallel_under_torchrun(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vlsdk",
-           "train", "--config", str(CONFIGS / "driving_bev.yaml"), "--quick", f"out={out}", "device=cpu", "data=null",
-           "progress=false", "epochs=1", "train_scenes=2", "test_scenes=1", "batch_size=2"]
+           "train", str(CONFIGS / "driving_bev.yaml"), "--quick", f"out={out}", "device=cpu",
+           f"data={shared_data / 'nuscenes_mini'}", "epochs=1", "train_scenes=2", "test_scenes=1", "batch_size=2"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("[train] driving.bev done:") == 1  # rank 0 evaluates and reports
-    assert done.stdout.count("[driving] car AP@2m on held-out synthetic scenes") == 1
+    assert done.stdout.count("[train] driving.bev done in") == 1  # rank 0 evaluates and reports
     state = torch.load(out / "train" / "checkpoint" / "trainer_state.pt", weights_only=True)
     # 2 scenes x 4 keyframes = 8 samples, 2 per rank and step: an epoch is 2 steps of 4 samples
     assert state["step"] == 2 and state["samples_seen"] == 2 * 2 * 2
-    result = json.loads((out / "train_result.json").read_text())
-    assert all(_finite(v) for v in result["metrics"].values())
-    assert (out / "model" / "bev_encoder.json").is_file()
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["primary_metric"] == "car_ap_2m" and _finite(summary["primary"])
+    assert (out / "model" / "task.json").is_file()
