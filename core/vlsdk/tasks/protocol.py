@@ -71,6 +71,8 @@ class Task(abc.ABC):
         description: one line for ``vlsdk train --list``.
         quick: the settings ``--quick`` sets (a CI-sized run), under the command line's values.
         head: the name of the model head the task trains.
+        needs_data: whether ``settings.data`` must name a folder (``False``: a task that can train
+            and evaluate on data it makes itself).
     """
 
     name: ClassVar[str] = ""
@@ -79,6 +81,7 @@ class Task(abc.ABC):
     description: ClassVar[str] = ""
     quick: ClassVar[Mapping[str, Any]] = {}
     head: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = True
 
     def settings(self, **values: Any) -> RunSettings:
         """This task's settings from keyword values (converted and checked), defaults elsewhere."""
@@ -109,6 +112,11 @@ class Task(abc.ABC):
         from vlsdk.data.samples import collate
 
         return collate(samples)
+
+    def train_options(self, settings: RunSettings, steps: int) -> dict[str, Any]:
+        """:class:`~vlsdk.train.TrainConfig` options of a stage of ``steps`` steps over the runner's
+        (``warmup_steps``, ``min_lr_ratio``, ``log_every``...); default: the runner's."""
+        return {}
 
     def stages(self, settings: RunSettings) -> list[Stage]:
         """Training stages before the main one (default: none)."""

@@ -259,6 +259,8 @@ def jsonable(value: Any) -> Any:
 def _check_settings(task: Task, settings: RunSettings) -> None:
     if not isinstance(settings, task.settings_type):
         raise TypeError(f"task {task.name!r} takes {task.settings_type.__name__}, got {type(settings).__name__}")
+    if settings.data is None and not task.needs_data:
+        return
     if settings.data is None:
         raise ValueError(f"task {task.name!r}: no data folder; set data=DIR (in the config or on the command line)")
     if not Path(settings.data).exists():
@@ -292,16 +294,18 @@ def fit_stage(task: Task, model: VLModel, data: Any, settings: RunSettings, *, s
     """Train ``model`` on ``data`` for ``steps`` steps with the core Trainer (its folder: ``out/folder``).
 
     The schedule every stage uses: AdamW, linear warm-up over 5% of the steps, cosine decay,
-    ``settings.clip_grad``, ``settings.precision``, a log row every ``min(10, steps // 4)`` steps.
+    ``settings.clip_grad``, ``settings.precision``, a log row every ``min(10, steps // 4)`` steps;
+    :meth:`Task.train_options` may change the warm-up, the decay floor and the logging.
     """
     from vlsdk.train import TrainConfig, Trainer
 
+    options = {"warmup_steps": max(1, steps // 20), "log_every": max(1, min(10, steps // 4)),
+               **task.train_options(settings, steps)}
     config = TrainConfig(steps=steps, batch_size=settings.batch_size, lr=settings.lr,
-                         weight_decay=settings.weight_decay, warmup_steps=max(1, steps // 20),
-                         amp=settings.precision, device=settings.device, num_workers=settings.num_workers,
-                         seed=settings.seed, out_dir=str(Path(settings.out) / folder), progress=settings.progress,
-                         progress_label=folder, log_every=max(1, min(10, steps // 4)), clip_grad=settings.clip_grad,
-                         max_seconds=max_seconds)
+                         weight_decay=settings.weight_decay, amp=settings.precision, device=settings.device,
+                         num_workers=settings.num_workers, seed=settings.seed, out_dir=str(Path(settings.out) / folder),
+                         progress=settings.progress, progress_label=folder, clip_grad=settings.clip_grad,
+                         max_seconds=max_seconds, **options)
     return Trainer(model, task.loss, data, config, collate_fn=task.collate).fit()
 
 
