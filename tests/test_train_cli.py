@@ -20,8 +20,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
 
 #: task -> (example config, data folder under ../shared/data, extra overrides, files the run must write)
 DOMAINS = {
-    "medical.lesion": ("medical_lesion.yaml", "brats_lesion_mri", ["max_steps=3"],
-                       ["results.json", "overlay.png", "model/config.json", "train/checkpoint/trainer_state.pt"]),
     "industrial.pcb": ("industrial_pcb.yaml", "deeppcb", ["max_steps=2", "train_pairs=4", "eval_pairs=2"],
                        ["metrics.json", "predictions.png", "model/config.json", "train/checkpoint/trainer_state.pt"]),
 }
@@ -55,9 +53,6 @@ def test_quick_uses_the_pipeline_setting_and_overrides_win(tmp_path, shared_data
     assert run.options["image_size"] == 256 and run.options["workers"] == 0  # --quick over the file
     full = prepare_task(CONFIGS / "industrial_pcb.yaml", [f"out={tmp_path}"])
     assert full.options["image_size"] == 640 and full.options["config"] == "small"  # the file as written
-    medical = prepare_task(CONFIGS / "medical_lesion.yaml", ["quick=true", "amp=off", f"data={shared_data}"])
-    assert medical.options["quick"] is True and medical.options["amp"] is None  # the pipeline's own "off"
-    assert medical.options["modalities"] == ("flair", "t1c") and medical.out == Path("runs/medical_lesion")
 
 
 def test_list_names_every_recipe_and_plugin(capsys):
@@ -67,7 +62,7 @@ def test_list_names_every_recipe_and_plugin(capsys):
         assert any(line.split()[:2] == [task, plugin] for line in out.splitlines()), out
     assert main(["train", "--list", "--json"]) == 0
     listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tasks"]}
-    assert listed["medical.lesion"]["extra"] == "medical" and "epochs" in listed["medical.lesion"]["keys"]
+    assert listed["medical.lesion"]["extra"] == "medical" and listed["medical.lesion"]["kind"] == "task"
     assert listed["industrial.pcb"]["distributed"] is True
     assert listed["driving.bev"]["kind"] == listed["driving.depth"]["kind"] == "task"
 
@@ -79,14 +74,14 @@ def _write(tmp_path: Path, text: str, name: str = "task.yaml") -> str:
 
 
 @pytest.mark.parametrize(("text", "overrides", "expected"), [
-    ("task: medical.lesio\n", [], ["task 'medical.lesio' is not installed", "Did you mean 'medical.lesion'?"]),
+    ("task: medical.lesio\n", [], ["no entry named 'medical.lesio'", "Did you mean 'medical.lesion'?"]),
     ("task: medical.lesion\nepoch: 3\n", [], ["task.yaml: unknown option 'epoch'; did you mean 'epochs'?"]),
     ("task: industrial.pcb\n", ["btach_size=2"], ["command line: unknown option 'btach_size'; did you mean "
                                                   "'batch_size'?"]),
     ("task: industrial.pcb\nbatch_size: many\n", [], ["task.yaml: batch_size expects an integer, got 'many'"]),
     ("task: driving.bev\nprecision: fp8\n", [], ["task.yaml: precision", "'fp8'"]),
-    ("epochs: 3\n", [], ["task.yaml: needs a 'task' key", "medical.lesion"]),
-    ("task: medical.lesion\nout: a\nout_dir: b\n", [], ["'out_dir' and 'out' both set 'out_dir'"]),
+    ("epochs: 3\n", [], ["task.yaml: needs a 'task' key", "vlsdk train --list"]),
+    ("task: medical.lesion\nout: a\nout_dir: b\n", [], ["task.yaml: unknown option 'out_dir'; did you mean 'out'?"]),
     ("task: medical.lesion\n", ["epochs"], ["override 'epochs' must look like key=value"]),
     ("task: industrial.pcb\ndata: /no/such/deeppcb\n", [], ["task.yaml: data (data) /no/such/deeppcb does not exist"]),
     ("- task\n- medical.lesion\n", [], ["task.yaml must hold a mapping of options", "got list"]),
@@ -169,7 +164,36 @@ def test_plugin_recipes_are_attributed_and_clashes_roll_back(register_plugin, pl
     assert "toy.fit" in dict(plugin_host.plugin_info("toy").registered).get("tasks", ())
 
 
-def test_recipe_runs_data_parallel_under_torchrun(tmp_path, shared_data):
+def test_medical_config_trains_then_evaluates_the_saved_model(tmp_path, shared_data, capsys):
+    out, data = tmp_path / "run", shared_data / "brats_lesion_mri"
+    assert main(["train", str(CONFIGS / "medical_lesion.yaml"), "--quick", f"out={out}", f"data={data}", "device=cpu",
+                 "max_steps=2", "eval_slices=4"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["task"] == "medical.lesion" and summary["primary_metric"] == "dice_mean"
+    assert _finite(summary["primary"]) and summary["steps"] == 2 and summary["settings"]["model"] == "tiny"
+    for name in ("predictions.png", "model/task.json", "model/config.json", "train/checkpoint/trainer_state.pt",
+                 "report/report.html"):
+        assert (out / name).is_file(), f"medical.lesion did not write {name}"
+    assert "[train] medical.lesion done in" in capsys.readouterr().out
+    assert main(["eval", str(out / "model"), f"out={tmp_path / 'eval'}"]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["primary"] == summary["primary"]  # the same model, data and held-out slices
+
+
+def test_medical_quick_under_the_file_and_the_command_line_over_both():
+    from vlsdk.tasks import get_task
+    from vlsdk.tasks.config import read_config_file, resolve_settings
+
+    task, config = get_task("medical.lesion"), read_config_file(CONFIGS / "medical_lesion.yaml")
+    full = resolve_settings(task, config, "medical_lesion.yaml")
+    assert (full.model, full.roi_size, full.max_steps, full.modalities) == ("small", 128, 600, ["flair", "t1c"])
+    quick = resolve_settings(task, config, "medical_lesion.yaml", {"model": "edge", "held_out": "brats_2013_pat0004_1"},
+                             quick=True)
+    assert (quick.model, quick.roi_size, quick.max_steps, quick.batch_size) == ("edge", 96, 6, 4)
+    assert quick.held_out == ["brats_2013_pat0004_1"] and quick.train_splits == ["train"]
+
+
+def test_medical_task_runs_data_parallel_under_torchrun(tmp_path, shared_data):
     import os
     import subprocess
 
@@ -178,15 +202,14 @@ def test_recipe_runs_data_parallel_under_torchrun(tmp_path, shared_data):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vlsdk",
-           "train", "--config", str(CONFIGS / "medical_lesion.yaml"), "--quick", f"out={out}", "device=cpu",
-           f"data={shared_data / 'brats_lesion_mri'}", "progress=false", "max_steps=2", "batch_size=2"]
+           "train", str(CONFIGS / "medical_lesion.yaml"), "--quick", f"out={out}", "device=cpu",
+           f"data={shared_data / 'brats_lesion_mri'}", "max_steps=2", "batch_size=2", "eval_slices=4"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("[train] medical.lesion done:") == 1  # rank 0 reports
+    assert done.stdout.count("[train] medical.lesion done in") == 1  # rank 0 evaluates and reports
     state = torch.load(out / "train" / "checkpoint" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 2 and state["samples_seen"] == 2 * 2 * 2  # steps x batch_size x 2 ranks
-    result = json.loads((out / "train_result.json").read_text())
-    assert all(_finite(v) for v in result["metrics"].values())
+    assert _finite(json.loads((out / "metrics.json").read_text())["primary"])
 
 
 #: driving task -> (example config, overrides of a CI-sized run, files the run must write)
