@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlsdk.settings import convert, settings_from
+from vlsdk.train.loggers import check_loggers
 
 __all__ = ["TrainConfig", "load_train_config"]
 
@@ -49,6 +50,11 @@ class TrainConfig:
         max_skipped_steps: how many optimiser steps in a row may be skipped because a loss or the
             gradient norm is non-finite; the next one stops the run with ``FloatingPointError``
             (the last checkpoint is kept). 0 stops at the first non-finite step.
+        loggers: experiment loggers that receive every logged train and eval scalar besides
+            ``metrics.jsonl`` (:mod:`vlsdk.train.loggers`): ``"tensorboard"`` (event files in
+            ``out_dir/tensorboard``; ``pip install "vlsdk[tensorboard]"``) and ``"mlflow"`` (an
+            MLflow run; ``pip install mlflow``). A comma-separated string works too
+            (``loggers=tensorboard,mlflow``).
 
     Values from files and the command line are converted by :func:`vlsdk.settings.convert`
     (``lr: 1e-3``, which YAML reads as a string, becomes a float); a value of the wrong type
@@ -57,6 +63,8 @@ class TrainConfig:
 
     Raises:
         ValueError: a value of the wrong type or out of range, naming the option.
+        ImportError: a logger in ``loggers`` whose package is not installed (the message names
+            the package and the ``pip install`` line).
     """
 
     steps: int = 1000
@@ -81,6 +89,7 @@ class TrainConfig:
     progress_label: str = "train"
     max_seconds: float | None = None
     max_skipped_steps: int = 10
+    loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -97,6 +106,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         _check_device(self.device)
+        check_loggers(self.loggers)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a JSON-ready dict."""

@@ -31,7 +31,7 @@ from vlsdk.train.distributed import (
     init_from_env,
     max_over_ranks,
 )
-from vlsdk.train.log import MetricsLog
+from vlsdk.train.loggers import ExperimentLog, check_loggers
 from vlsdk.train.routing_log import RoutingLog
 
 __all__ = ["Trainer", "TrainResult", "recover_checkpoint", "warmup_cosine", "to_device"]
@@ -131,7 +131,9 @@ class Trainer:
     ``samples_per_s`` over all ranks, ``data_share``, ``elapsed_s`` since this ``fit`` call began; on CUDA
     ``max_memory_mib``, this rank's peak, and under torchrun ``max_memory_mib_all_ranks``),
     ``train_config.json`` and ``train_world.json``
-    (``world_size``, ``global_batch``, ``backend``).
+    (``world_size``, ``global_batch``, ``backend``). ``config.loggers`` sends every logged train and eval
+    scalar to TensorBoard (``out_dir/tensorboard``) and/or MLflow as well (:mod:`vlsdk.train.loggers`); a
+    logger whose package is missing is an ``ImportError`` here, before training.
 
     A non-finite step is skipped, not fatal: when a micro-batch's loss (on any rank: the ranks agree
     through one all-reduce) or, with ``clip_grad``, the gradient norm is NaN or infinite, the
@@ -156,6 +158,7 @@ class Trainer:
     def __init__(self, model: nn.Module, loss_fn: LossFn, train_set: Dataset, config: TrainConfig | None = None, *,
                  eval_fn: EvalFn | None = None, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
         self.config = config = config or TrainConfig()
+        check_loggers(config.loggers, import_now=True)  # a missing or broken logger package fails here, every rank
         self.rank, self.world = init_from_env(config.device)  # joins torchrun's group when WORLD_SIZE > 1
         self.global_batch = config.batch_size * self.world
         if len(train_set) < self.global_batch:  # type: ignore[arg-type]
@@ -334,7 +337,8 @@ class Trainer:
             random.seed(cfg.seed)
             np.random.seed(cfg.seed)
         lead = self.rank == 0
-        log = MetricsLog(self.out_dir, resume=self.step if resume else None) if lead else None
+        log = ExperimentLog(self.out_dir, cfg.loggers, resume=self.step if resume else None,
+                            options=cfg.to_dict()) if lead else None  # only rank 0 logs
         if lead:
             (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             (self.out_dir / WORLD).write_text(json.dumps(self._world_record(), indent=2) + "\n")
