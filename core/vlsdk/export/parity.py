@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vlsdk.export.onnx import ExportWrapper, export_mode, read_metadata
+from vlsdk.export.wrapper import ExportWrapper, export_mode, read_metadata
 
 if TYPE_CHECKING:
     from vlsdk.models.model import VLModel
