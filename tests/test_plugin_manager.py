@@ -135,7 +135,7 @@ def test_broken_plugins_do_not_stop_the_others(installed, plugin_host):
 
     assert {name for name, info in infos.items() if info.status == "error"} == ERRORS
     assert infos["vtextra"].status == "missing-extra"
-    assert infos["vtextra"].hint == 'pip install "vlsdk[vtextra]"'
+    assert infos["vtextra"].hint == 'pip install "vlsdk[vtextra]" (from a checkout: pip install -e ".[vtextra]")'
     assert "vt_extra needs vlsdk_no_such_module" in infos["vtextra"].error
     assert "RuntimeError: boom on import" in infos["vtboom"].error
     assert "vt_does_not_exist" in infos["vtmissing"].error

@@ -212,10 +212,10 @@ def test_require_extra_names_requester_modules_and_install_line():
     assert isinstance(err, ImportError)
     assert err.extra == "medical"
     assert err.modules == ("vlsdk_no_such_module_x", "vlsdk_no_such_module_y")
-    assert err.hint == 'pip install "vlsdk[medical]"'
+    assert err.hint == 'pip install "vlsdk[medical]" (from a checkout: pip install -e ".[medical]")'
     assert str(err) == (
         "vlsdk_medical needs vlsdk_no_such_module_x, vlsdk_no_such_module_y: "
-        'pip install "vlsdk[medical]"'
+        'pip install "vlsdk[medical]" (from a checkout: pip install -e ".[medical]")'
     )
     assert pickle.loads(pickle.dumps(err)).modules == err.modules
 

@@ -34,7 +34,11 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["DEMO_OPTIONS", "DemoResult", "accepted_options", "check_data", "run_demos", "DEMO_COMMAND"]
+__all__ = ["DEMO_OPTIONS", "QUICK_NOTE", "DemoResult", "accepted_options", "check_data", "run_demos", "DEMO_COMMAND"]
+
+#: What ``--quick`` runs are, printed once by ``vlsdk demo --quick`` (and the domain commands' ``--quick``).
+QUICK_NOTE = ("a smoke run: every stage runs, on little data for few steps, to show that it works; "
+              "its numbers are not a benchmark")
 
 #: ``quick`` -> steps of the cross-domain routing lesson (batch: 4 inputs per domain).
 CROSS_DOMAIN_STEPS = {True: 20, False: 40}
@@ -171,7 +175,8 @@ def run_demos(out: str | Path, *, domains: list[str] | None = None, quick: bool 
               "--data " + " ".join(f"{d}={p}" for d, p in folders.items())
               + ("" if len(folders) == len(names) else " (other domains: synthesised data)"))
     report = Report("vlsdk demo", subtitle=f"{len(names)} domain(s), {source}, device {device}"
-                                           + ("" if steps is None else f", --steps {steps}"))
+                                           + ("" if steps is None else f", --steps {steps}")
+                                           + (f"; --quick: {QUICK_NOTE}" if quick else ""))
     missing = [i for i in plugin_infos() if i.status != "loaded"]
     if missing:
         report.section("Domains not installed")
@@ -309,7 +314,7 @@ def _add_domain(report: Any, result: DemoResult, out: Path, note: str = "") -> N
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="vlsdk-demo", help="report folder (default: ./vlsdk-demo)")
     parser.add_argument("--domain", action="append", help="run only this domain (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="the fastest setting (used by the tests)")
+    parser.add_argument("--quick", action="store_true", help=f"the fastest setting (used by the tests): {QUICK_NOTE}")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=_positive_int, metavar="N",
@@ -346,6 +351,8 @@ def _run(args: argparse.Namespace) -> int:
         if domain in data:
             raise ValueError(f"--data {domain}= given twice ({data[domain]} and {path}); give one folder per domain")
         data[domain] = path
+    if args.quick:
+        print(f"[demo] --quick: {QUICK_NOTE}", flush=True)
     path = run_demos(args.out, domains=args.domain, quick=args.quick, device=args.device, seed=args.seed,
                      steps=args.steps, data=data)
     print(f"[demo] report: {path} ({time.perf_counter() - t0:.0f} s)")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlsdk.plugins.commands import Command
+from vlsdk.plugins.errors import require_extra
 from vlsdk.predict_io import IMAGE_KIND, check_finite, fit_channels, repeating_channels
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ def _peek(path: Path) -> tuple[int, float]:
             shape) == 3 else 0
         dtype = arr.dtype
     else:
+        require_extra("plot", "PIL", requester=f"reading {path}", import_now=True)
         from PIL import Image
 
         try:
@@ -302,6 +304,7 @@ def _grey(image: torch.Tensor) -> Any:
 
 
 def _figure(image: torch.Tensor) -> tuple[Any, Any]:
+    require_extra("plot", "matplotlib", requester="vlsdk predict's pictures", import_now=True)
     from matplotlib.figure import Figure
 
     h, w = image.shape[-2:]
@@ -313,9 +316,9 @@ def _figure(image: torch.Tensor) -> tuple[Any, Any]:
 
 
 def _draw_boxes(image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, labels: list[Any], path: Path) -> str:
+    fig, ax = _figure(image)  # first: names the extra when matplotlib is missing
     from matplotlib.patches import Rectangle
 
-    fig, ax = _figure(image)
     rows = zip(boxes.tolist(), scores.tolist(), labels, strict=True)
     for (x1, y1, x2, y2), score, label in rows:
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", lw=1.2))
@@ -334,9 +337,10 @@ def overlay_labels(image: torch.Tensor, labels: torch.Tensor, path: Path, names:
         names: the class name of each label value; the labels present get a legend.
     """
     import numpy as np
+
+    fig, ax = _figure(image)  # first: names the extra when matplotlib is missing
     from matplotlib.patches import Patch
 
-    fig, ax = _figure(image)
     lab = labels.cpu().numpy()
     ax.imshow(np.ma.masked_equal(lab, 0), cmap="tab10", alpha=0.45, vmin=0, vmax=9, interpolation="nearest")
     present = [int(v) for v in np.unique(lab) if 0 < v < len(names or ())]
@@ -348,6 +352,7 @@ def overlay_labels(image: torch.Tensor, labels: torch.Tensor, path: Path, names:
 
 
 def _save_labels(labels: torch.Tensor, path: Path) -> str:
+    require_extra("plot", "PIL", requester="vlsdk predict's label PNGs", import_now=True)
     from PIL import Image
 
     Image.fromarray(labels.cpu().numpy().astype("uint8")).save(path)
@@ -355,6 +360,7 @@ def _save_labels(labels: torch.Tensor, path: Path) -> str:
 
 
 def _colour(depth: torch.Tensor, path: Path) -> str:
+    require_extra("plot", "matplotlib", requester="vlsdk predict's depth pictures", import_now=True)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4, 3), dpi=100)

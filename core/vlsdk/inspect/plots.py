@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlsdk.inspect.routing import DomainExpertTable, RoutingMaps, expert_utilisation
+from vlsdk.plugins.errors import require_extra
+
+# Importing this module without matplotlib is a MissingExtraError (an ImportError) naming
+# pip install "vlsdk[plot]"; vlsdk.train.routing_log catches it to skip routing.png.
+require_extra("plot", "matplotlib", requester="vlsdk.inspect.plots (routing plots)", import_now=True)
 
 if TYPE_CHECKING:
     import torch
@@ -24,10 +29,8 @@ __all__ = ["expert_colors", "plot_routing_map", "plot_utilisation", "plot_domain
 
 
 def _figure(width: float, height: float) -> Figure:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - matplotlib is a core dependency here
-        raise ImportError('routing plots need matplotlib: pip install matplotlib') from err
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 

@@ -41,7 +41,9 @@ class MissingExtraError(ImportError):
         modules: the modules that failed to import, in the order asked for.
         requester: who needs them, e.g. ``"vlsdk_medical"``.
         distribution: the distribution whose extra installs them (``"vlsdk"``).
-        hint: the command that fixes it, e.g. ``pip install "vlsdk[medical]"``.
+        hint: the commands that fix it: the package-index form and, since vlsdk installs from a
+            checkout (it is on no package index yet), the checkout form:
+            ``pip install "vlsdk[medical]" (from a checkout: pip install -e ".[medical]")``.
     """
 
     def __init__(
@@ -58,7 +60,7 @@ class MissingExtraError(ImportError):
         self.requester = requester
         self.distribution = distribution
         self.details = tuple(details)
-        self.hint = f'pip install "{distribution}[{extra}]"'
+        self.hint = f'pip install "{distribution}[{extra}]" (from a checkout: pip install -e ".[{extra}]")'
         who = requester or f"the {extra!r} extra"
         message = f"{who} needs {', '.join(self.modules)}: {self.hint}"
         if self.details:
@@ -102,8 +104,8 @@ def require_extra(
         import_now: import the modules rather than only finding them.
 
     Raises:
-        MissingExtraError: listing every module that failed, e.g.
-            ``vlsdk_medical needs monai, pydicom: pip install "vlsdk[medical]"``.
+        MissingExtraError: listing every module that failed, e.g. ``vlsdk_medical needs monai,
+            pydicom: pip install "vlsdk[medical]" (from a checkout: pip install -e ".[medical]")``.
 
     Example:
         >>> require_extra("medical", "json", "math")  # all importable: returns None

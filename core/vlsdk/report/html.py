@@ -274,6 +274,10 @@ def _to_png(image: Any) -> tuple[bytes, str | None]:
         return buf.getvalue(), None
     if hasattr(image, "shape"):  # an array or tensor
         import numpy as np
+
+        from vlsdk.plugins.errors import require_extra
+
+        require_extra("plot", "matplotlib", requester="Report.add_image of an array", import_now=True)
         from matplotlib.image import imsave
 
         arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
