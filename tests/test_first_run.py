@@ -53,7 +53,7 @@ def test_predict_pictures_without_matplotlib_or_pillow_name_the_plot_extra(tmp_p
                                                          tmp_path / "overlay.png"),
         "_colour": lambda: predict._colour(torch.rand(16, 16), tmp_path / "depth.png"),
     }
-    for name, call in calls.items():
+    for call in calls.values():  # keyed by the helper each one calls
         with pytest.raises(ImportError) as info:
             call()
         _names_the_plot_extra(info.value, "matplotlib")

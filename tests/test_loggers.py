@@ -139,6 +139,7 @@ def test_mlflow_run_holds_every_logged_scalar_and_the_options(tmp_path, monkeypa
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow >= 3.x: a file store only when allowed
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "vlsdk-test")
     _trainer(_config(tmp_path, loggers=("mlflow",))).fit()
     run_dir = tmp_path / "run"
@@ -150,3 +151,26 @@ def test_mlflow_run_holds_every_logged_scalar_and_the_options(tmp_path, monkeypa
     for tag, series in expected.items():
         history = sorted((m.step, float(np.float32(m.value))) for m in client.get_metric_history(run.info.run_id, tag))
         assert history == series, tag
+
+
+def test_mlflow_resume_continues_the_run_and_an_unusable_store_is_named(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the MLflow logger is tested only where mlflow is installed (vlsdk does "
+                                         "not install it: pip install mlflow)")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    killed = _trainer(_config(tmp_path, loggers=("mlflow",), save_every=2, eval_every=0))
+    killed.stop_after = 3
+    killed.fit()
+    first = json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"]
+    _trainer(_config(tmp_path, loggers=("mlflow",), save_every=2, eval_every=0)).fit(resume=True)
+    assert json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"] == first
+    client = MlflowClient()
+    assert client.get_run(first).info.status == "FINISHED"
+    # step 3 of the killed run stays beside the resumed one's (documented: MLflow deletes no values)
+    assert sorted(m.step for m in client.get_metric_history(first, "train/loss")) == [1, 2, 3, 3, 4]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://x")
+    with pytest.raises(RuntimeError, match="TrainConfig.loggers 'mlflow': cannot log to MLflow's tracking URI "
+                                           "'nosuchscheme://x'"):
+        _trainer(_config(tmp_path, loggers=("mlflow",), out_dir=str(tmp_path / "other"))).fit()

@@ -12,7 +12,10 @@ its step, from rank 0 only.
 - ``"mlflow"``: one MLflow run per ``out_dir`` in the experiment ``$MLFLOW_EXPERIMENT_NAME``
   (default ``"vlsdk"``) of MLflow's own tracking URI (``$MLFLOW_TRACKING_URI``, else MLflow's
   default), with the training options as parameters; a resumed run logs into the same MLflow
-  run (recorded in ``out_dir/mlflow_run.json``). vlsdk does not install MLflow.
+  run (recorded in ``out_dir/mlflow_run.json``), where the steps a killed run logged after its
+  checkpoint keep their first values beside the new ones (MLflow deletes no metric values).
+  vlsdk does not install MLflow; a tracking URI it cannot use is a ``RuntimeError`` at the
+  start of :meth:`~vlsdk.train.Trainer.fit`, before the first step.
 
 A logger whose package is missing is an error when the options are built (:func:`check_loggers`),
 not in the middle of a run.
@@ -142,6 +145,17 @@ class _MLflow:
     """One MLflow run per run directory, through ``MlflowClient`` (no global active run)."""
 
     def __init__(self, directory: Path, resume: int | None, options: Mapping[str, Any]) -> None:
+        import mlflow
+
+        try:
+            self._open(directory, resume, options)
+        except Exception as err:  # noqa: BLE001 - MLflow raises its own types for an unusable store
+            raise RuntimeError(f"TrainConfig.loggers 'mlflow': cannot log to MLflow's tracking URI "
+                               f"{mlflow.get_tracking_uri()!r} ({type(err).__name__}: {str(err)[:300]}); set "
+                               f"MLFLOW_TRACKING_URI to a tracking server (http://...) or a store this MLflow "
+                               f"install supports, or leave 'mlflow' out of loggers") from None
+
+    def _open(self, directory: Path, resume: int | None, options: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
