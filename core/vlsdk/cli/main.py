@@ -120,10 +120,7 @@ def _unavailable_command(host: PluginHost, word: str) -> str | None:
     )
     lines = [f"vlsdk {word}: error: {what}, which is not loaded ({info.status}): {info.error}"]
     if info.extra:
-        lines.append(
-            f"To fix it, install the {info.extra!r} extra: {info.hint} "
-            f'(from a checkout: pip install -e ".[{info.extra}]")'
-        )
+        lines.append(f"To fix it, install the {info.extra!r} extra: {info.hint}")
     elif info.status == "error":
         lines.append("Run `vlsdk plugins --verbose` for the traceback.")
     return "\n".join(lines)

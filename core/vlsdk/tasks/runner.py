@@ -305,7 +305,7 @@ def fit_stage(task: Task, model: VLModel, data: Any, settings: RunSettings, *, s
                          weight_decay=settings.weight_decay, amp=settings.precision, device=settings.device,
                          num_workers=settings.num_workers, seed=settings.seed, out_dir=str(Path(settings.out) / folder),
                          progress=settings.progress, progress_label=folder, clip_grad=settings.clip_grad,
-                         max_seconds=max_seconds, **options)
+                         max_seconds=max_seconds, loggers=tuple(settings.loggers), **options)
     return Trainer(model, task.loss, data, config, collate_fn=task.collate).fit()
 
 

@@ -59,6 +59,7 @@ class RunSettings:
     progress: bool = help_field(True, "show progress bars")
     max_seconds: float | None = help_field(None, "wall-time budget of all training stages; then evaluate and save")
     draw: int = help_field(4, "validation samples drawn into predictions.png (0: none)")
+    loggers: list[str] = help_field([], "experiment loggers besides metrics.jsonl: tensorboard, mlflow")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

@@ -109,7 +109,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     import torch
 
+    from vlsdk.demo import QUICK_NOTE
     from vlsdk.tasks.runner import train
+
+    if getattr(args, "quick", False):
+        print(f"[driving-detect] --quick: {QUICK_NOTE}", flush=True)
     from vlsdk_driving.bev_task import BEVTask
     from vlsdk_driving.depth_task import DepthTask
 

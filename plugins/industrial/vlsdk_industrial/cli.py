@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
     from vlsdk.tasks.runner import evaluate_model, train
     from vlsdk_industrial.task import PcbTask
 
+    if args.quick:
+        from vlsdk.demo import QUICK_NOTE
+
+        print(f"[pcb] --quick: {QUICK_NOTE}", flush=True)
     if args.benchmark:
         return _benchmark(args)
     if args.predict is not None:

@@ -13,12 +13,21 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+# MONAI >= 1.6 builds an NvImgCodecPydicomReader in every LoadImage(); without the optional
+# nvImageCodec GPU decoder each construction logs and warns that it fell back to pydicom, which tells
+# the user nothing. Both are silenced by their exact text, nothing else from MONAI.
+_NVIMGCODEC_LOG = "nvImageCodec is not available; skipping pydicom decoder plugin registration."
+_NVIMGCODEC_WARNING = r"NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register successfully"
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").addFilter(lambda r: r.getMessage() != _NVIMGCODEC_LOG)
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
@@ -132,7 +141,10 @@ def load_volume(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     paths = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
     if not paths:
         raise ValueError("load_volume: got no files")
-    loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NVIMGCODEC_WARNING, category=UserWarning,
+                                module=r"monai\.data\.image_reader")
+        loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=dtype)
     images = []
     for p in paths:
         if not Path(p).exists():
