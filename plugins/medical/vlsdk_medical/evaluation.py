@@ -68,7 +68,8 @@ def predict_cases(model: torch.nn.Module, data: LesionSliceDataset, settings: Le
     """Sliding-window predictions of the held-out slices of ``data``, one case at a time.
 
     Args:
-        model: a ``VLModel`` with the segmentation head ``head`` (put in eval mode here), on its device.
+        model: a ``VLModel`` with the segmentation head ``head`` (put in eval mode here), on its device
+            (a module without parameters runs on the CPU).
         data: the held-out slices (:meth:`~vlsdk_medical.task.LesionTask.datasets` ``"val"``).
         settings: ``roi_size``, ``sw_overlap``, ``sw_mode``, ``tta``, ``precision``.
         head: the segmentation head.
@@ -80,9 +81,11 @@ def predict_cases(model: torch.nn.Module, data: LesionSliceDataset, settings: Le
     from vlsdk_medical.inference import check_input_channels, model_predictor, predict_slices
     from vlsdk_medical.postprocess import case_brain_mask
 
-    check_input_channels(model, len(settings.modalities), settings.context_slices)
+    if hasattr(model, "config"):  # a VLModel (a wrapped runtime such as ONNX has no config)
+        check_input_channels(model, len(settings.modalities), settings.context_slices)
     model.eval()
-    device = next(model.parameters()).device
+    weight = next(iter(model.parameters()), None)
+    device = weight.device if weight is not None else torch.device("cpu")
     amp = None if settings.precision == "off" else settings.precision
     predictor = model_predictor(model, head, settings.tta)
     case_of = torch.tensor([c for c, _ in data.index])
