@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CV_THRESHOLDS", "add_arguments", "configure_dicom_info", "evaluate_saved_model", "print_results",
-           "run_dicom_info", "run_from_args", "settings_from_args"]
+__all__ = ["CV_THRESHOLDS", "add_arguments", "configure_dicom_info", "evaluate_saved_model", "run_dicom_info",
+           "run_from_args", "settings_from_args"]
 
 #: The candidate thresholds of ``--threshold-cv``.
 CV_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -129,25 +129,6 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return LesionTask().settings(**values)
 
 
-def print_results(metrics: dict[str, Any]) -> None:
-    """Print Dice and HD95 per held-out patient, before and after post-processing, and the mean.
-
-    Args:
-        metrics: :meth:`~vlsdk_medical.task.LesionTask.evaluate`'s result.
-    """
-    before = metrics["before"]
-    for cid in metrics["eval_cases"]:
-        print(f"held-out patient {cid}: whole-tumour Dice {metrics['dice'][cid]:.4f}  HD95 "
-              f"{metrics['hd95'][cid]:.2f} mm  (postprocess {metrics['postprocess']}; before: Dice "
-              f"{before['dice'][cid]:.4f}  HD95 {before['hd95'][cid]:.2f} mm)")
-        o, o0 = metrics["overlap"][cid], before["overlap"][cid]
-        print(f"  precision / recall / predicted:true volume {o['precision']:.3f} / {o['recall']:.3f} / "
-              f"{o['volume_ratio']:.2f} (before postprocess {o0['precision']:.3f} / {o0['recall']:.3f} / "
-              f"{o0['volume_ratio']:.2f})")
-    print(f"mean Dice over {len(metrics['eval_cases'])} held-out patient(s): {metrics['dice_mean']:.4f} "
-          f"(before postprocess {before['dice_mean']:.4f})")
-
-
 def evaluate_saved_model(model_dir: str | Path, settings: Any) -> dict[str, Any]:
     """Evaluate a saved lesion model on the held-out patients of ``settings``, with its inference options.
 
@@ -228,7 +209,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
         if args.eval_model is not None:
             summary = evaluate_saved_model(args.eval_model, settings)
-            print_results(summary["metrics"])
+            print(LesionTask().describe(summary["metrics"]))
             print(f"results in {settings.out / 'metrics.json'}; overlay {summary['predictions_png']}; "
                   f"{summary['seconds']:.1f} s")
             return 0
@@ -249,7 +230,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         from vlsdk.tasks.runner import jsonable
 
         (settings.out / "threshold_cv.json").write_text(json.dumps(jsonable(cv), indent=2) + "\n", encoding="utf-8")
-    print_results(result.metrics)
     print(f"model saved to {result.model_dir}; overlay {settings.out / 'predictions.png'}; "
           f"{result.steps} steps in {result.seconds:.1f} s")
     return 0

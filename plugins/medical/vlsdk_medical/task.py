@@ -188,6 +188,22 @@ class LesionTask(Task):
         self._shown = {id(data): result.pop("shown")}
         return result
 
+    def describe(self, metrics: dict[str, Any]) -> str | None:
+        """Dice, HD95 and voxel precision / recall / volume ratio per held-out patient, before and after
+        post-processing, and the mean Dice."""
+        before, lines = metrics["before"], []
+        for cid in metrics["eval_cases"]:
+            o, o0 = metrics["overlap"][cid], before["overlap"][cid]
+            lines += [f"held-out patient {cid}: whole-tumour Dice {metrics['dice'][cid]:.4f}  HD95 "
+                      f"{metrics['hd95'][cid]:.2f} mm  (postprocess {metrics['postprocess']}; before: Dice "
+                      f"{before['dice'][cid]:.4f}  HD95 {before['hd95'][cid]:.2f} mm)",
+                      f"  precision / recall / predicted:true volume {o['precision']:.3f} / {o['recall']:.3f} / "
+                      f"{o['volume_ratio']:.2f} (before postprocess {o0['precision']:.3f} / {o0['recall']:.3f} / "
+                      f"{o0['volume_ratio']:.2f})"]
+        lines.append(f"mean Dice over {len(metrics['eval_cases'])} held-out patient(s): {metrics['dice_mean']:.4f} "
+                     f"(before postprocess {before['dice_mean']:.4f})")
+        return "\n".join(lines)
+
     def predict(self, model: VLModel, data: Any, settings: LesionSettings) -> list[dict[str, Any]]:
         from vlsdk_medical.evaluation import predict_cases
 
