@@ -77,3 +77,23 @@ def test_quick_multiclass_head(register_plugin, brats_root, tmp_path):
     assert set(result.metrics["dice"]) == {"brats_2013_pat0001_1"}  # whole tumour (nan if the 2 slices hold none)
     meta = json.loads((tmp_path / "model" / "config.json").read_text())["metadata"]
     assert meta["class_names"]["lesion"] == ["background", "necrosis", "oedema", "non-enhancing", "enhancing"]
+
+
+def test_predict_counts_the_voxels_the_evaluation_scores(brats_root):
+    import torch
+
+    import vlsdk
+    from vlsdk_medical.evaluation import evaluate_held_out
+    from vlsdk_medical.task import LesionTask, held_out_set
+
+    torch.manual_seed(0)
+    model = vlsdk.VLModel("tiny", in_chans=2)
+    model.add_head("lesion", task="segmentation", num_classes=1)  # untrained: speckled predictions
+    task = LesionTask()
+    settings = task.settings(data=brats_root, eval_slices=3, roi_size=64)
+    data = held_out_set(settings)
+    (row,) = task.predict(model, data, settings)
+    pred = evaluate_held_out(model, data, settings)["shown"]["brats_2013_pat0001_1"][2]  # after post-processing
+    assert row["case"] == "brats_2013_pat0001_1" and len(row["slices"]) == 3
+    assert row["voxels"] == [int((pred == 0).sum()), int(pred.sum())]
+    assert row["volume_mm3"] > 0  # three slices spread over the brain: each stands for a slab of slices
