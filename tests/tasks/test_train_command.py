@@ -83,8 +83,10 @@ class CountTask(Task):
 
         class OneWeight(torch.nn.Linear):
             def save_pretrained(self, directory):  # what the runner asks of a model besides nn.Module
+                from safetensors.torch import save_file
+
                 Path(directory).mkdir(parents=True, exist_ok=True)
-                torch.save(self.state_dict(), Path(directory) / "weights.pt")
+                save_file(self.state_dict(), str(Path(directory) / "model.safetensors"))
 
         return OneWeight(1, 1)
 
@@ -148,3 +150,16 @@ def test_a_task_trains_data_parallel_under_torchrun(coco_dir, tmp_path):
     state = torch.load(out / "train" / "checkpoint" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 2 and state["samples_seen"] == 2 * 2 * 2  # steps x batch_size x 2 ranks
     assert json.loads((out / "train" / "train_world.json").read_text())["world_size"] == 2
+
+
+def test_resume_continues_each_stage_from_its_checkpoint(tmp_path):
+    from vlsdk.tasks.runner import train
+
+    task = CountTask()
+    settings = task.settings(data=tmp_path, out=tmp_path / "o", epochs=2, batch_size=4, progress=False, draw=0,
+                             device="cpu")
+    first = train(task, settings)
+    rows = (tmp_path / "o" / "train" / "metrics.jsonl").read_text()
+    again = train(CountTask(), task.settings(**{**settings.__dict__, "resume": True}))
+    assert again.steps == first.steps == 4  # the checkpoint was at the last step: nothing left to train
+    assert (tmp_path / "o" / "train" / "metrics.jsonl").read_text() == rows  # no step trained twice

@@ -113,6 +113,10 @@ class Task(abc.ABC):
 
         return collate(samples)
 
+    def steps_per_epoch(self, settings: RunSettings, data: Any, world: int) -> int:
+        """Optimiser steps in one pass over ``data`` with ``world`` ranks (default: whole global batches)."""
+        return max(1, len(data) // (settings.batch_size * world))
+
     def train_options(self, settings: RunSettings, steps: int) -> dict[str, Any]:
         """:class:`~vlsdk.train.TrainConfig` options of a stage of ``steps`` steps over the runner's
         (``warmup_steps``, ``min_lr_ratio``, ``log_every``...); default: the runner's."""

@@ -89,7 +89,7 @@ def train(task: Task, settings: RunSettings) -> RunResult:
     train_set = task.datasets(settings, "train")
     val_set = task.datasets(settings, "val") if rank == 0 else None
     model = task.build_model(settings, train_set)
-    steps = settings.epochs * max(1, len(train_set) // (settings.batch_size * world))  # global batches
+    steps = settings.epochs * task.steps_per_epoch(settings, train_set, world)  # in global batches
     steps = min(steps, settings.max_steps) if settings.max_steps is not None else steps
     stages: list[dict[str, Any]] = []
     extra = task.stages(settings)
@@ -306,7 +306,8 @@ def fit_stage(task: Task, model: VLModel, data: Any, settings: RunSettings, *, s
                          num_workers=settings.num_workers, seed=settings.seed, out_dir=str(Path(settings.out) / folder),
                          progress=settings.progress, progress_label=folder, clip_grad=settings.clip_grad,
                          max_seconds=max_seconds, loggers=tuple(settings.loggers), **options)
-    return Trainer(model, task.loss, data, config, collate_fn=task.collate).fit()
+    resume = settings.resume and (Path(settings.out) / folder).is_dir()  # a stage not begun starts afresh
+    return Trainer(model, task.loss, data, config, collate_fn=task.collate).fit(resume=resume)
 
 
 def _say(rank: int, text: str) -> None:

@@ -60,6 +60,7 @@ class RunSettings:
     max_seconds: float | None = help_field(None, "wall-time budget of all training stages; then evaluate and save")
     draw: int = help_field(4, "validation samples drawn into predictions.png (0: none)")
     loggers: list[str] = help_field([], "experiment loggers besides metrics.jsonl: tensorboard, mlflow")
+    resume: bool = help_field(False, "continue each stage from its checkpoint under out/ (exactly: same data order)")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

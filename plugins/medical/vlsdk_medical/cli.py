@@ -68,8 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--eval-slices", type=int, default=None, help="slices per held-out patient (default all)")
     add("--seed", type=int, default=d.seed)
     add("--no-progress", action="store_true")
-    add("--resume", action="store_true", help="continue from <out>/train/checkpoint (not supported by the task "
-                                                 "runtime yet: refused)")
+    add("--resume", action="store_true", help="continue from <out>/train/checkpoint (exactly: same data order)")
     add("--postprocess", choices=POSTPROCESS_MODES, default=d.postprocess,
         help="per held-out volume: restrict to the brain mask, keep the largest 3D connected component "
              "(Dice/HD95 reported before and after)")
@@ -120,7 +119,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         "held_out": [c.strip() for c in (args.held_out or "").split(",") if c.strip()], "seed": args.seed,
         "progress": not args.no_progress, "postprocess": args.postprocess, "threshold": args.threshold,
         "min_component_mm3": args.min_component_mm3, "sw_overlap": args.sw_overlap, "sw_mode": args.sw_mode,
-        "tta": args.tta}
+        "tta": args.tta, "resume": args.resume}
     if args.quick:
         values.update(train_splits=["train"], model="tiny", epochs=1, max_slices_per_case=12,
                       max_steps=6 if args.max_steps is None else args.max_steps,
@@ -198,9 +197,6 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     if args.data is None or not Path(args.data).is_dir():
         print(f"error: BraTS data folder {args.data} not found: pass --data DIR (a brats_lesion_mri folder)")
-        return 2
-    if args.resume:
-        print("error: --resume is not supported on the task runtime yet (vlsdk.tasks.train starts afresh)")
         return 2
     if args.threshold_cv and args.eval_model is not None:
         print("error: --threshold-cv trains the fold models; it does not go with --eval-model")

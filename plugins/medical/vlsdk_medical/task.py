@@ -105,10 +105,9 @@ def _label_options(settings: LesionSettings) -> dict[str, Any]:
 def lesion_train_set(settings: LesionSettings, world: int = 1) -> LesionSliceDataset:
     """The augmented training slices, built from the registered dataset and transform of ``settings``.
 
-    When ``max_steps`` ends training before ``epochs`` passes over the slices, every slice is listed
-    ``repeats`` times, each repeat with its own augmentation stream, so that the ``max_steps``
-    global batches see fresh crops on every visit (the runner trains ``max_steps`` steps on it).
-    Otherwise each slice is listed once and keeps its crop from epoch to epoch.
+    Every slice is listed ``repeats`` times, each repeat with its own augmentation stream, so that the
+    ``epochs * ceil(slices / global batch)`` steps (capped by ``max_steps``) see fresh crops on every
+    visit; :meth:`LesionTask.steps_per_epoch` counts an epoch in passes over the slices, not the repeats.
 
     Args:
         settings: the task settings.
@@ -123,8 +122,9 @@ def lesion_train_set(settings: LesionSettings, world: int = 1) -> LesionSliceDat
                  seed=settings.seed, max_slices_per_case=settings.max_slices_per_case,
                  context_slices=settings.context_slices, **_label_options(settings))
     n, global_batch = len(data), settings.batch_size * world
-    if settings.max_steps is not None and settings.max_steps < settings.epochs * math.ceil(n / global_batch):
-        data.repeats = math.ceil(settings.max_steps * global_batch / n)
+    total = settings.epochs * math.ceil(n / global_batch)
+    total = total if settings.max_steps is None else min(settings.max_steps, total)
+    data.repeats = max(1, math.ceil(total * global_batch / n))
     return data
 
 
@@ -162,6 +162,10 @@ class LesionTask(Task):
 
             return lesion_train_set(settings, init_from_env(settings.device)[1])
         return held_out_set(settings)
+
+    def steps_per_epoch(self, settings: LesionSettings, data: Any, world: int) -> int:
+        """An epoch is one pass over the slices (not their repeats), the last global batch partial."""
+        return math.ceil(len(data) / data.repeats / (settings.batch_size * world))
 
     def collate(self, samples: list[Any]) -> Any:
         from vlsdk_medical.dataset import collate_samples
