@@ -5,7 +5,8 @@
 #
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
-# pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu
+# pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu |
+# lesion_seeds_a | lesion_seeds_b
 # (ddp_base_Ngpu needs N GPUs: kind nvidia-h200, -x2, -x4, -x8). Jobs run one after another (six at once starved the
 # 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
@@ -32,13 +33,13 @@ bench)
     run 200 throughput python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 \
         --models base vit_b16 small --compile --compile-mode default reduce-overhead --fullgraph \
         --scaling base --out runs/throughput
-    run 100 pcb-infer python3 -m vlsdk pcb --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench
+    run 100 pcb-infer python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench
     ;;
 train)
     run 275 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
         --model small --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress --out runs/medical_full \
         --data "$D/brats_lesion_mri"
-    run 260 deeppcb python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+    run 260 deeppcb python3 -m vlsdk pcb --data "$D/deeppcb" --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --max-steps 600 --max-seconds 190 --no-progress --out runs/pcb_full
     ;;
 medical_perf)  # the medical run, then the MoE, scaling and PCB figures after the dispatch changes
@@ -49,7 +50,7 @@ medical_perf)  # the medical run, then the MoE, scaling and PCB figures after th
         --repeats 30 --compile
     run 70 scaling python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --models base \
         --scaling base --repeats 3 --out runs/throughput
-    run 140 pcb-infer python3 -m vlsdk pcb --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 \
+    run 140 pcb-infer python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --compile --device cuda --amp bf16 --config small --batch-size 64 \
         --out runs/pcb_bench
     ;;
 stages)
@@ -60,7 +61,7 @@ profile)  # where the GPU time goes (kernel kinds), compiled and with CUDA graph
     run 300 tp224 python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
         --models base vit_b16 --compile --compile-mode default reduce-overhead --fullgraph --channels-last --profile \
         --out runs/throughput_nhwc
-    run 150 pcb-infer-nhwc python3 -m vlsdk pcb --benchmark --compile --channels-last --device cuda --amp bf16 \
+    run 150 pcb-infer-nhwc python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --compile --channels-last --device cuda --amp bf16 \
         --config small --batch-size 64 --out runs/pcb_bench_nhwc
     ;;
 medical_pcb)  # medical 2.5D input on the GPU; base after the 1-byte sort keys
@@ -73,9 +74,9 @@ medical_pcb)  # medical 2.5D input on the GPU; base after the 1-byte sort keys
     ;;
 pcb_synth)  # PCB inference in bf16 weights with its profile; issue 5: 500 real pairs after 200 steps of synthetic
     # pre-training, the same 600 real steps as the 1000-pair run; base with inductor freezing
-    run 150 pcb-infer-profile python3 -m vlsdk pcb --benchmark --compile --channels-last --bf16-weights --profile \
+    run 150 pcb-infer-profile python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --compile --channels-last --bf16-weights --profile \
         --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench_bf16
-    run 330 pcb-500-pre python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+    run 330 pcb-500-pre python3 -m vlsdk pcb --data "$D/deeppcb" --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --synthetic-pretrain-steps 200 --synthetic-style deeppcb --max-steps 600 --max-seconds 270 \
         --no-progress --out runs/pcb_500_pre
     run 100 tp224-freeze python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --repeats 3 \
@@ -83,11 +84,11 @@ pcb_synth)  # PCB inference in bf16 weights with its profile; issue 5: 500 real 
         --out runs/throughput_freeze
     ;;
 pcb_final)  # PCB inference after the map-path strip convs
-    run 150 pcb-infer python3 -m vlsdk pcb --benchmark --compile --channels-last --profile \
+    run 150 pcb-infer python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --compile --channels-last --profile \
         --device cuda --amp bf16 --config small --batch-size 64 --out runs/pcb_bench_map
     ;;
 pcb_500_600)  # 500 real + synthetic pre-training with the same 600 real steps as the 1000-pair run (not run yet)
-    run 300 pcb-500-pre python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+    run 300 pcb-500-pre python3 -m vlsdk pcb --data "$D/deeppcb" --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 200 --synthetic-style deeppcb --max-steps 600 \
         --max-seconds 255 --no-progress --out runs/pcb_500_pre600
     ;;
@@ -108,21 +109,30 @@ medical_ctx1)  # issue 4: small with one neighbour slice each side on the GPU (t
         --model small --context-slices 1 --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress \
         --out runs/medical_ctx1 --data "$D/brats_lesion_mri"
     ;;
+lesion_seeds_a|lesion_seeds_b)  # issue 22: the documented GPU lesion recipe over seeds (a: 0, 1; b: 2, 3), bf16, small,
+    # 2.5D; a non-finite step is skipped and counted (metrics.jsonl skipped_steps), not the end of the run
+    seeds="0 1"; [ "$group" = lesion_seeds_a ] || seeds="2 3"
+    for seed in $seeds; do
+        run 265 lesion-s$seed python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --batch-size 16 \
+            --model small --context-slices 1 --max-steps 800 --max-seconds 180 --num-workers 14 --no-progress \
+            --seed $seed --out runs/lesion_s$seed --data "$D/brats_lesion_mri"
+    done
+    ;;
 pcb_pre600|pcb_pre600_s1)  # issue 5: 600 synthetic pre-training steps (3x pcb_500_600's), then the same 600 real steps
     seed=0; [ "$group" = pcb_pre600 ] || seed=${group##*_s}
-    run 420 pcb-500-pre600-s$seed python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+    run 420 pcb-500-pre600-s$seed python3 -m vlsdk pcb --data "$D/deeppcb" --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 600 --synthetic-style deeppcb --max-steps 600 \
         --max-seconds 380 --no-progress --seed $seed --out runs/pcb_500_pre600x3_s$seed
     ;;
 pcb_1000_s01)  # issue 5: the 1000-real-pair baseline on the same machine and code as pcb_pre600, seeds 0 and 1
     for seed in 0 1; do
-        run 260 pcb-1000-s$seed python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+        run 260 pcb-1000-s$seed python3 -m vlsdk pcb --data "$D/deeppcb" --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
             --max-steps 600 --max-seconds 380 --no-progress --seed $seed --out runs/pcb_1000_s$seed
     done
     ;;
 pcb_pre1200_s0|pcb_pre1200_s1)  # issue 5: twice pcb_pre600's synthetic pre-training (the time limit covers both stages)
     seed=${group##*_s}
-    run 520 pcb-500-pre1200-s$seed python3 -m vlsdk pcb --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
+    run 520 pcb-500-pre1200-s$seed python3 -m vlsdk pcb --data "$D/deeppcb" --device cuda --amp bf16 --config small --batch-size 32 --workers 14 \
         --train-pairs 500 --epochs 40 --synthetic-pretrain-steps 1200 --synthetic-style deeppcb --max-steps 600 \
         --max-seconds 500 --no-progress --seed $seed --out runs/pcb_500_pre1200_s$seed
     ;;
@@ -162,7 +172,7 @@ ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu)  # multi-GPU scaling: b
         launch=(python3 -m torch.distributed.run --standalone --nproc_per_node "$n" -m vlsdk)
         nvidia-smi topo -m >> "$log" 2>&1
     fi
-    run 420 ddp-base-${n}gpu env OMP_NUM_THREADS=1 NCCL_NVLS_ENABLE=0 "${launch[@]}" pcb --device cuda --amp bf16 \
+    run 420 ddp-base-${n}gpu env OMP_NUM_THREADS=1 NCCL_NVLS_ENABLE=0 "${launch[@]}" pcb --data "$D/deeppcb" --device cuda --amp bf16 \
         --config base --batch-size $((64 / n)) --workers 14 --epochs 70 --max-steps 1000 --max-seconds 330 \
         --no-progress --out runs/ddp_base_${n}gpu
     ;;
