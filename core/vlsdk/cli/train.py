@@ -9,8 +9,7 @@
     torchrun --nproc_per_node 2 -m vlsdk train examples/configs/industrial_pcb.yaml
 
 A task's options (the config keys, ``key=value`` overrides and the ``--flag VALUE`` options shown by
-``--help``) all come from its settings dataclass. The registry may still hold legacy pipeline
-recipes (:mod:`vlsdk.train.task_config`); they run through their own pipeline.
+``--help``) all come from its settings dataclass.
 """
 
 from __future__ import annotations
@@ -89,7 +88,7 @@ def _metavar(annotation: Any) -> str:
 
 def _list(as_json: bool) -> int:
     from vlsdk.plugins.manager import get_host
-    from vlsdk.tasks.registry import is_task, task_registry
+    from vlsdk.tasks.registry import task_registry
 
     host = get_host()
     entries = task_registry(host).entries()
@@ -100,14 +99,14 @@ def _list(as_json: bool) -> int:
 
     if as_json:
         print(json.dumps({"tasks": [{"name": e.name, "plugin": e.plugin, "extra": e.metadata.get("extra"),
-                                     "kind": "task" if is_task(e.obj) else "pipeline recipe",
+                                     "kind": "task",
                                      "description": described(e)} for e in entries],
                           "unavailable": [{"plugin": i.name, "status": i.status, "hint": i.hint} for i in missing]},
                          indent=2))
         return 0
     from vlsdk.cli.output import format_table
 
-    rows = [(e.name, e.plugin or "-", "task" if is_task(e.obj) else "pipeline", described(e)) for e in entries]
+    rows = [(e.name, e.plugin or "-", "task", described(e)) for e in entries]
     print(format_table(("TASK", "PLUGIN", "KIND", "DESCRIPTION"), rows) if rows else "no tasks installed")
     for info in missing:
         print(f"plugin {info.name!r} is {info.status}: {info.hint or info.error}")
@@ -129,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         print("vlsdk train: error: pass a task config (vlsdk train CONFIG), --task NAME, or --list", file=sys.stderr)
         return 2
     from vlsdk.tasks.config import parse_overrides, read_config_file
-    from vlsdk.tasks.registry import get_entry, is_task
+    from vlsdk.tasks.registry import get_entry
 
     try:
         config = read_config_file(config_path) if config_path else {}
@@ -138,8 +137,6 @@ def _run(args: argparse.Namespace) -> int:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{source}: needs a 'task' key naming a registered task (vlsdk train --list)")
         entry = get_entry(name)
-        if not is_task(entry.obj):
-            return _legacy(config_path, rest, args.quick)
         task = entry.obj()
         parser = settings_parser(task.settings_type, f"vlsdk train {config_path or '--task ' + name}",
                                  f"{task.name}: {task.description}")
@@ -169,29 +166,6 @@ def _run(args: argparse.Namespace) -> int:
         name, value = result.primary
         print(f"[train] {task.name} done in {result.seconds:.1f} s: {name} {value:.4f}; "
               f"model {result.model_dir}, metrics {settings.out / 'metrics.json'}")
-    return 0
-
-
-def _legacy(config_path: str | None, rest: list[str], quick: bool) -> int:
-    """A pipeline recipe (not yet a task): the old ``--config`` flow."""
-    from vlsdk.train.task_config import prepare_task, run_task
-
-    quick = quick or "--quick" in rest
-    overrides = [a for a in rest if a != "--quick"]
-    if config_path is None:
-        print("vlsdk train: error: a pipeline recipe needs a config file", file=sys.stderr)
-        return 2
-    try:
-        run = prepare_task(config_path, overrides, quick=quick)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"vlsdk train: error: {exc}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"[train] {run.task} ({run.entry.origin}) -> {run.out}", flush=True)
-    result = run_task(run)
-    if result["metrics"]:
-        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items())
-        print(f"[train] {run.task} done: {shown}; outputs in {run.out}")
     return 0
 
 

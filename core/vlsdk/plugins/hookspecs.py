@@ -161,27 +161,25 @@ def vlsdk_register_demos(register: Registrar) -> None:
 
 @_hookspec
 def vlsdk_register_tasks(register: Registrar) -> None:
-    """Register training recipes for ``vlsdk train --config FILE``.
+    """Register tasks for ``vlsdk train``, ``vlsdk eval`` and the runner (:mod:`vlsdk.tasks`).
 
-    Contract: a :class:`vlsdk.train.recipes.TrainRecipe` wrapping the domain's existing pipeline
-    function (``TrainRecipe.from_dataclass(SettingsDataclass, run)`` or
-    ``TrainRecipe.from_argparse(configure, run)``); it lists the options a task config may set
-    and maps the common keys (``data``, ``out``, ``model``, ...) onto them. Names look like
-    ``<domain>.<task>``: ``"medical.lesion"``.
+    Contract: a subclass of :class:`vlsdk.tasks.Task`: its settings dataclass (``settings_type``,
+    the config keys and command-line options), ``datasets``, ``build_model``, ``loss``,
+    ``evaluate`` with a ``primary_metric``, and optionally ``predict``, ``render``, ``stages``,
+    ``metadata``. Names look like ``<domain>.<task>`` (``"medical.lesion"``); the core's generic
+    tasks are ``detection`` and ``segmentation``.
 
     Args:
-        register: ``register(name, recipe, *, replace=False, **metadata)``; ``extra="medical"``
-            names the extra the recipe needs.
+        register: ``register(name, task_class, *, replace=False, **metadata)``; ``extra="medical"``
+            names the extra the task needs.
 
     Example::
 
         @hookimpl
         def vlsdk_register_tasks(register):
-            from vlsdk.train.recipes import TrainRecipe
-            from acme.pipeline import Settings, run_pipeline
+            from acme.task import ScratchTask
 
-            register("acme.texture", TrainRecipe.from_dataclass(Settings, run_pipeline,
-                     aliases={"data": "root"}, metrics_file="metrics.json", headline=("map",)))
+            register("acme.scratches", ScratchTask, description=ScratchTask.description)
     """
 
 

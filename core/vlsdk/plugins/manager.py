@@ -126,8 +126,7 @@ CONTRACTS: dict[str, str] = {
     "commands": "Command(name, run(args) -> int | None, help, configure(parser))",
     "input_readers": "vlsdk.predict_io.InputReader(suffixes, read(path, model, model_dir) -> PredictInput)",
     "output_writers": "vlsdk.predict_io.OutputWriter(task, write(prediction: HeadPrediction) -> dict)",
-    "tasks": "a vlsdk.tasks.Task subclass (settings_type, datasets, build_model, loss, evaluate; legacy: a "
-             "vlsdk.train.recipes.TrainRecipe wrapping a pipeline)",
+    "tasks": "a vlsdk.tasks.Task subclass (settings_type, datasets, build_model, loss, evaluate, primary_metric)",
 }
 
 _EXPERT_NAME = r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*"
@@ -157,17 +156,12 @@ _INSTANCE_OF: dict[str, tuple[str, str]] = {
 
 
 def _task(obj: Any) -> str | None:
-    """A task class (its module defines ``Task`` subclasses) or a legacy pipeline recipe, by shape.
-
-    Checked by what the object has, so the host imports neither ``vlsdk.tasks`` nor ``vlsdk.train``.
-    """
-    if isinstance(obj, type) and all(callable(getattr(obj, a, None)) for a in ("datasets", "build_model", "loss",
-                                                                                "evaluate")):
+    """A subclass of :class:`vlsdk.tasks.Task`, looked up in ``sys.modules`` (a subclass implies its
+    base's module is imported), so the host imports nothing of ``vlsdk.tasks``."""
+    base = getattr(sys.modules.get("vlsdk.tasks.protocol"), "Task", None)
+    if isinstance(obj, type) and isinstance(base, type) and issubclass(obj, base):
         return None
-    if callable(getattr(obj, "run", None)) and hasattr(obj, "options") and hasattr(obj, "resolve"):
-        return None  # a legacy vlsdk.train.recipes.TrainRecipe
-    return (f"expected a vlsdk.tasks.Task subclass (or a legacy vlsdk.train.recipes.TrainRecipe), "
-            f"got {type(obj).__name__} {_short(obj)}")
+    return f"expected a subclass of vlsdk.tasks.Task, got {type(obj).__name__} {_short(obj)}"
 
 
 def _instance_of(module: str, cls_name: str, obj: Any) -> str | None:

@@ -1,8 +1,4 @@
-"""The ``tasks`` registry: :class:`~vlsdk.tasks.Task` subclasses by name (hook ``vlsdk_register_tasks``).
-
-The same registry still holds the legacy :class:`~vlsdk.train.recipes.TrainRecipe` wrappers of the
-domain pipelines that have not moved onto the runtime yet; :func:`get_task` returns only tasks.
-"""
+"""The ``tasks`` registry: :class:`~vlsdk.tasks.Task` subclasses by name (hook ``vlsdk_register_tasks``)."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ if TYPE_CHECKING:
     from vlsdk.plugins.manager import PluginHost
     from vlsdk.plugins.registry import Registry, RegistryEntry
 
-__all__ = ["get_entry", "get_task", "is_task", "task_registry"]
+__all__ = ["get_entry", "get_task", "task_registry"]
 
 
 def task_registry(host: PluginHost | None = None) -> Registry:
@@ -25,7 +21,7 @@ def task_registry(host: PluginHost | None = None) -> Registry:
 
 
 def get_entry(name: str, host: PluginHost | None = None) -> RegistryEntry:
-    """The registry entry ``name`` (a task class or a legacy recipe).
+    """The registry entry ``name`` (its ``obj`` is the task class).
 
     Raises:
         ValueError: an unknown name, naming the closest registered task (or the extra to install).
@@ -36,20 +32,10 @@ def get_entry(name: str, host: PluginHost | None = None) -> RegistryEntry:
         raise ValueError(str(exc)) from None
 
 
-def is_task(obj: object) -> bool:
-    """Whether ``obj`` is a :class:`Task` subclass (not a legacy recipe)."""
-    return isinstance(obj, type) and issubclass(obj, Task)
-
-
 def get_task(name: str, host: PluginHost | None = None) -> Task:
     """An instance of the registered task ``name``.
 
     Raises:
-        ValueError: an unknown name (naming the closest), or a legacy pipeline recipe that only
-            ``vlsdk train`` runs.
+        ValueError: an unknown name, naming the closest (or the extra to install).
     """
-    entry = get_entry(name, host)
-    if not is_task(entry.obj):
-        raise ValueError(f"{name!r} ({entry.origin}) is a pipeline recipe, not a vlsdk.tasks.Task; "
-                         "run it with vlsdk train")
-    return entry.obj()
+    return get_entry(name, host).obj()
