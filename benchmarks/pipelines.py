@@ -11,7 +11,7 @@ inputs, export, compilation):
 
 - ``medical``: lesion segmentation, ``VLModel(config, in_chans=1|2)`` + ``lesion`` segmentation
   head (1 class: whole tumour) + ``medical.lesion`` expert, as
-  ``vlsdk_medical.pipeline.train_lesion_segmenter`` builds it. Timed: one ``--medical-size``
+  ``vlsdk_medical.task.LesionTask.build_model`` builds it. Timed: one ``--medical-size``
   window of FLAIR (+ T1c) per item through ``vlsdk_medical.inference.model_predictor``
   (forward + sigmoid) and the threshold to a label map. Not timed: the sliding-window tiling of
   full slices and the per-volume brain mask / largest-component post-processing (they depend on
@@ -121,12 +121,12 @@ def max_abs_diff(a: Any, b: Any) -> float:
 
 
 def medical(args: argparse.Namespace, device: torch.device) -> Pipeline:
-    """Lesion segmentation: the model ``train_lesion_segmenter`` builds, on synthetic MRI windows."""
+    """Lesion segmentation: the model ``LesionTask.build_model`` builds, on synthetic MRI windows."""
     import vlsdk
     from vlsdk_medical.inference import model_predictor
     from vlsdk_medical.synth import LesionSynthesizer
 
-    # vlsdk_medical builds the model inline (train_lesion_segmenter, demo); these are its three lines
+    # vlsdk_medical builds the model inline (LesionTask.build_model, demo); these are its three lines
     model = vlsdk.VLModel(args.config, in_chans=args.medical_channels)
     model.add_head("lesion", task="segmentation", num_classes=1)
     if model.moe_layers:
@@ -142,7 +142,7 @@ def medical(args: argparse.Namespace, device: torch.device) -> Pipeline:
         return model_predictor(m, "lesion")(images)  # forward + sigmoid (the pipeline's predictor)
 
     def decode(probs: torch.Tensor) -> torch.Tensor:
-        return (probs[:, 0] > 0.5).long()  # LesionTrainConfig.threshold
+        return (probs[:, 0] > 0.5).long()  # LesionSettings.threshold
 
     return Pipeline("medical", model, "lesion", (size, size), inputs, lambda x: x, forward, decode,
                     timed="model_predictor (forward + sigmoid) + threshold; no sliding window, no LCC",
