@@ -239,8 +239,8 @@ class VLModel(nn.Module):
             name: the head's name in this model (an adapter name too, for LoRA).
             task: registered head name (``"detection"``, ``"segmentation"``, ``"depth"`` or a
                 plugin's head); with ``checkpoint`` it defaults to the saved one.
-            checkpoint: a directory written by ``save_head`` or by ``vlsdk.train.lora.save_adapter``:
-                the head's weights are loaded, and a LoRA adapter saved there is attached too.
+            checkpoint: a directory written by ``save_head``: the head's weights are loaded (a
+                ``vlsdk.train.lora.save_adapter`` folder is loaded by ``vlsdk.train.lora.load_adapter``).
             **options: passed to the head factory (e.g. ``num_classes=6``); with ``checkpoint``
                 they default to the saved ones.
         """
@@ -253,11 +253,9 @@ class VLModel(nn.Module):
 
             spec = read_head_spec(checkpoint)
             task, options = task or spec["task"], options or spec.get("options", {})
-            if (Path(checkpoint) / "adapter_config.json").is_file():
-                from vlsdk.train.lora import load_adapter
-
-                load_adapter(self, name, checkpoint)  # adds the head with its weights, then the adapter
-                return self.heads[name]
+            if (Path(checkpoint) / "adapter_config.json").is_file():  # models do not know how they are tuned
+                raise ValueError(f"{checkpoint} holds a LoRA adapter beside the head: load both with "
+                                 f"vlsdk.train.lora.load_adapter(model, {name!r}, {str(checkpoint)!r})")
         from vlsdk.plugins import get_registry
 
         task = task or name

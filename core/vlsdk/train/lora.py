@@ -352,7 +352,7 @@ def save_adapter(model: nn.Module, task: str, directory: str | Path) -> Path:
     """Write adapter ``task`` in peft's layout, and the task head beside it (see the module doc).
 
     The head is saved by vlsdk (``save_head``) without any LoRA inside it, so
-    ``model.add_head(task, checkpoint=directory)`` can rebuild it on its own.
+    ``model.add_head(task, checkpoint=directory)`` can rebuild the head on its own.
     """
     from vlsdk.models.checkpoint import save_head
 
