@@ -54,6 +54,17 @@ def test_coco_detection_from_the_shipped_config(coco_dir, tmp_path, capsys):
     assert again["metrics"]["map"] > 0  # a model that finds something, so the agreement means something
     assert "pycocotools COCOeval: AP" in capsys.readouterr().out
 
+    # without out=, eval writes beside the model and leaves the training run's summary alone
+    _run("eval", str(out / "model"))
+    assert (out / "eval" / "metrics.json").is_file() and "steps" in json.loads((out / "metrics.json").read_text())
+    # data whose classes are not the model's would shift every label id: refused, naming both
+    from .conftest import write_coco
+
+    other = write_coco(tmp_path / "other", classes=("dent", "scratch"))
+    capsys.readouterr()
+    assert main(["eval", str(out / "model"), f"data={other}", f"out={tmp_path / 'e2'}"]) == 2
+    assert "['dent', 'scratch'] are not the model's ['scratch', 'dent']" in capsys.readouterr().err
+
     # predict on an image file, with class names, and export to ONNX
     _run("predict", str(coco_dir / "images" / "board_000.png"), "--model", str(out / "model"),
          "--out", str(tmp_path / "pred"), "--score-threshold", "0.0")
@@ -103,7 +114,8 @@ def test_unknown_setting_names_the_closest(coco_dir, capsys):
 def test_segmentation_from_a_mask_folder(mask_dir, tmp_path):
     out = tmp_path / "seg"
     _run("train", "--task", "segmentation", f"data={mask_dir}", f"out={out}", "--quick", "device=cpu",
-         "dataset=mask_folder")
+         "dataset=mask_folder", "--transforms", "resize,flip")  # a pipeline as a comma list on the command line
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["primary_metric"] == "dice" and 0 <= metrics["primary"] <= 1
     assert (out / "predictions.png").is_file()
+    assert main(["eval", str(out / "model"), "--format", "coco"]) == 2  # boxes only: a clear error, no traceback

@@ -144,7 +144,8 @@ def _run(args: argparse.Namespace) -> int:
         parsed = vars(parser.parse_args([a for a in rest if a not in assignments]))
         quick = parsed.pop("quick") or args.quick
         assignments += parsed.pop("overrides")
-        overrides = {**parsed, **parse_overrides(assignments)}
+        overrides = {**parse_overrides([f"{k}={v}" for k, v in parsed.items() if isinstance(v, str)]),
+                     **{k: v for k, v in parsed.items() if not isinstance(v, str)}, **parse_overrides(assignments)}
         from vlsdk.tasks.config import resolve_settings
 
         settings = resolve_settings(task, config, source, overrides, quick=quick)
@@ -196,6 +197,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     try:
         overrides = parse_overrides(args.overrides)
         if args.format == "coco":
+            from vlsdk.tasks.runner import load_record
+
+            if "coco_json" not in load_record(args.model)["settings"]:
+                raise ValueError(f"{args.model}: --format coco is for detection tasks (their boxes have a COCO form)")
             overrides["coco_json"] = True
         summary = evaluate(args.model, overrides)
     except (FileNotFoundError, ValueError) as exc:

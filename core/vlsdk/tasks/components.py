@@ -70,7 +70,9 @@ def build_pipeline(specs: Sequence[Spec] | None, where: str, **context: Any) -> 
     """A :class:`Compose` of registered transforms (``None`` for no transform)."""
     if not specs:
         return None
-    if isinstance(specs, (str, Mapping)):
+    if isinstance(specs, str):
+        specs = [s.strip() for s in specs.split(",") if s.strip()]  # transforms=resize,flip on a command line
+    elif isinstance(specs, Mapping):
         specs = [specs]
     return Compose([build("transforms", s, f"{where}[{i}]", **context) for i, s in enumerate(specs)])
 

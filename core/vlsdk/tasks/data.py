@@ -60,8 +60,8 @@ def split_datasets(settings: Any, split: str, transform: Any, **context: Any) ->
     train = split == "train"
     common = {"root": settings.data, "transform": transform, "train": train, **context}
     if split == "val" and settings.val_dataset is not None:
-        return _nonempty(build("datasets", settings.val_dataset, "val_dataset", split="val", **common), "val_dataset")
-    data = _nonempty(build("datasets", settings.dataset, "dataset", split="train", **common), "dataset")
+        return _nonempty(build("datasets", settings.val_dataset, "val_dataset", **common), "val_dataset")
+    data = _nonempty(build("datasets", settings.dataset, "dataset", **common), "dataset")
     if settings.val_dataset is not None:
         return data
     fraction = float(settings.val_fraction)

@@ -32,7 +32,8 @@ from vlsdk.tasks.settings import RunSettings, help_field
 if TYPE_CHECKING:
     from vlsdk.models.model import VLModel
 
-__all__ = ["DetectionSettings", "DetectionTask", "class_names", "float_output"]
+__all__ = ["DetectionSettings", "DetectionTask", "attach_experts", "class_names", "float_output", "model_classes",
+           "same_classes"]
 
 #: A component named by its registered name, or ``{name: ..., **options}``.
 ComponentSpec = Any
@@ -90,6 +91,43 @@ def class_names(data: Any) -> tuple[str, ...]:
     return tuple(str(n) for n in names)
 
 
+def model_classes(model: Any, head: str) -> tuple[str, ...] | None:
+    """The class names a saved model records for ``head`` (``None`` when it records none)."""
+    meta = getattr(model, "metadata", None)
+    return getattr(meta, "class_names", {}).get(head) if meta is not None else None
+
+
+def same_classes(expected: Any, data: Any, where: str) -> None:
+    """Label ids mean the same classes in ``data`` as in ``expected`` (else every later id would shift).
+
+    Raises:
+        ValueError: naming both class lists.
+    """
+    if expected is None:
+        return
+    found = class_names(data)
+    if tuple(found) != tuple(expected):
+        raise ValueError(f"{where}: its classes {list(found)} are not the model's {list(expected)} (same names in "
+                         "the same order); label ids would mean other classes and the metrics would be wrong")
+
+
+def attach_experts(model: Any, experts: list[str]) -> None:
+    """Insert registered experts into every MoE layer of ``model`` (router rows open).
+
+    Raises:
+        ValueError: an unknown expert (naming the closest), or experts for a model without MoE layers.
+    """
+    from vlsdk.plugins.errors import UnknownNameError
+
+    if experts and not model.moe_layers:
+        raise ValueError(f"experts: {experts} asked for, but this backbone has no MoE layers to insert them into")
+    for expert in experts:
+        try:
+            model.add_expert(expert, init_bias=0.0)
+        except UnknownNameError as exc:
+            raise ValueError(f"experts: {exc}") from None
+
+
 def _same_classes(data: Any, synthetic: Any) -> None:
     """A synthetic set must label the same classes as the data it is trained with."""
     ours, theirs = getattr(data, "classes", None), getattr(synthetic, "classes", None)
@@ -130,10 +168,14 @@ class DetectionTask(Task):
         return tf
 
     def datasets(self, settings: DetectionSettings, split: str) -> Any:
+        if split == "train":
+            self._train_transform = None  # a new run on this instance builds its own
         transform = self.transform(settings, split)
         data = split_datasets(settings, split, transform, **self.dataset_context(settings, split))
         if split == "train":
             self.classes = getattr(data, "classes", None)
+        else:
+            same_classes(getattr(self, "classes", None), data, "val_dataset")
         if split == "train" and settings.synthetic_ratio is not None:
             synthetic = synthetic_set(settings.synthesizer, len(data), settings.seed, transform,
                                       **self.synthesizer_context(settings))
@@ -162,9 +204,7 @@ class DetectionTask(Task):
 
     def attach(self, model: VLModel, settings: DetectionSettings, num_classes: int) -> VLModel:
         """Insert the settings' experts (router rows open) and the head into ``model``."""
-        for expert in settings.experts:
-            if model.moe_layers:
-                model.add_expert(expert, init_bias=0.0)
+        attach_experts(model, settings.experts)
         model.add_head(self.head, task=settings.head, num_classes=num_classes)
         return model
 
@@ -195,6 +235,7 @@ class DetectionTask(Task):
 
     def evaluate(self, model: VLModel, data: Any, settings: DetectionSettings) -> dict[str, Any]:
         names = class_names(data)
+        same_classes(model_classes(model, self.head), data, "the evaluation data")
         metric = build("metrics", settings.metric, "metric", class_names=names)
         predictions, samples = [], []
         for dets, targets, batch in self._detect(model, data, settings, score_threshold=0.001):

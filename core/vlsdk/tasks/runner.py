@@ -8,11 +8,11 @@ against the global batch, runs the task's extra stages and the main stage with t
 
 Output folder (``settings.out``)::
 
-    model/            config.json, model.safetensors, task.json (task name and settings)
+    model/            config.json (with the model's metadata), model.safetensors, task.json, README.md
     train/            the Trainer's checkpoint, metrics.jsonl, curves.png (one folder per stage)
     metrics.json      {"task", "primary_metric", "primary", "metrics", "steps", "seconds", ...}
     predictions.png   a few validation samples drawn by the task
-    report.html       metrics, curves and pictures
+    report/           report.html: metrics, curves and pictures
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from vlsdk.models.model import VLModel
 
 __all__ = ["RunResult", "TASK_FILE", "autocast", "evaluate", "evaluate_model", "jsonable", "load", "model_device",
-           "fit_stage", "save", "train"]
+           "fit_stage", "load_record", "save", "train"]
 
 #: Written beside a saved model: the task's registered name and its settings.
 TASK_FILE = "task.json"
@@ -87,7 +87,7 @@ def train(task: Task, settings: RunSettings) -> RunResult:
     rank, world = init_from_env(settings.device)  # under torchrun: join before anything goes to "cuda"
     _seed(settings.seed)
     train_set = task.datasets(settings, "train")
-    val_set = task.datasets(settings, "val") if rank == 0 else None
+    val_set = _rank0_val(task, settings, rank, world)
     model = task.build_model(settings, train_set)
     steps = settings.epochs * task.steps_per_epoch(settings, train_set, world)  # in global batches
     steps = min(steps, settings.max_steps) if settings.max_steps is not None else steps
@@ -170,15 +170,8 @@ def load(model_dir: str | Path, overrides: Mapping[str, Any] | None = None, *,
     from vlsdk.tasks.registry import get_task
 
     model_dir = Path(model_dir)
-    path = model_dir / TASK_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {model_dir} was not saved by a vlsdk task "
-                                "(vlsdk train CONFIG writes out/model/task.json)")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        name, saved = record["task"], record["settings"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: expected a JSON object with 'task' and 'settings' ({exc})") from None
+    record = load_record(model_dir)
+    name, saved, path = record["task"], record["settings"], model_dir / TASK_FILE
     task = get_task(name)
     settings = settings_from(task.settings_type, saved, str(path))
     if overrides:
@@ -187,16 +180,39 @@ def load(model_dir: str | Path, overrides: Mapping[str, Any] | None = None, *,
     return task, settings, model
 
 
+def load_record(model_dir: str | Path) -> dict[str, Any]:
+    """The ``task.json`` of a saved task model: ``{"task", "settings", "metadata"}``.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` has no ``task.json``.
+        ValueError: it is not JSON, or lacks ``task`` or ``settings``.
+    """
+    path = Path(model_dir) / TASK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {model_dir} was not saved by a vlsdk task "
+                                "(vlsdk train CONFIG writes out/model/task.json)")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record.get("task"), str) or not isinstance(record.get("settings"), dict):
+            raise TypeError("'task' must be a name and 'settings' an object")
+    except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+        raise ValueError(f"{path}: expected a JSON object with 'task' and 'settings' ({exc})") from None
+    return record
+
+
 def evaluate(model_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a saved task model on its validation split; write ``metrics.json`` under ``settings.out``.
 
     Args:
         model_dir: a folder written by :func:`train`.
-        overrides: settings to change, e.g. ``{"data": DIR, "out": "runs/eval"}``.
+        overrides: settings to change, e.g. ``{"data": DIR, "out": "runs/eval"}``; without ``out``
+            the outputs go to ``eval/`` beside the model folder (the training run's files stay).
 
     Returns:
         ``{"task", "primary_metric", "primary", "metrics", "model"}``.
     """
+    overrides = dict(overrides or {})
+    overrides.setdefault("out", Path(model_dir).parent / "eval")
     task, settings, model = load(model_dir, overrides)
     return evaluate_model(task, settings, model, model_dir)
 
@@ -308,6 +324,30 @@ def fit_stage(task: Task, model: VLModel, data: Any, settings: RunSettings, *, s
                          max_seconds=max_seconds, loggers=tuple(settings.loggers), **options)
     resume = settings.resume and (Path(settings.out) / folder).is_dir()  # a stage not begun starts afresh
     return Trainer(model, task.loss, data, config, collate_fn=task.collate).fit(resume=resume)
+
+
+def _rank0_val(task: Task, settings: RunSettings, rank: int, world: int) -> Any:
+    """The validation set, built on rank 0 before training; a failure there stops every rank (no hang)."""
+    error: Exception | None = None
+    val_set = None
+    if rank == 0:
+        try:
+            val_set = task.datasets(settings, "val")
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
+            error = exc
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        from vlsdk.train.distributed import flagged_ranks
+
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else \
+            torch.device("cpu")
+        if flagged_ranks(error is not None, device) and error is None:
+            raise RuntimeError("rank 0 could not build the validation set; its error says why")
+    if error is not None:
+        raise error
+    return val_set
 
 
 def _say(rank: int, text: str) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlsdk.tasks.components import build, build_pipeline
 from vlsdk.tasks.data import split_datasets
-from vlsdk.tasks.detection import ComponentSpec, class_names
+from vlsdk.tasks.detection import ComponentSpec, attach_experts, class_names, model_classes, same_classes
 from vlsdk.tasks.protocol import Task
 from vlsdk.tasks.runner import autocast, model_device
 from vlsdk.tasks.settings import RunSettings, help_field
@@ -89,9 +89,7 @@ class SegmentationTask(Task):
         from vlsdk import VLModel
 
         model = VLModel(settings.model, in_chans=settings.channels, text=None)
-        for expert in settings.experts:
-            if model.moe_layers:
-                model.add_expert(expert, init_bias=0.0)
+        attach_experts(model, settings.experts)
         model.add_head(self.head, task=settings.head, num_classes=len(class_names(data)))
         return model
 
@@ -112,6 +110,7 @@ class SegmentationTask(Task):
             yield head.decode(type(out)(out.logits.float())).labels.cpu(), masks, samples
 
     def evaluate(self, model: VLModel, data: Any, settings: SegmentationSettings) -> dict[str, Any]:
+        same_classes(model_classes(model, self.head), data, "the evaluation data")
         metric = build("metrics", settings.metric, "metric", class_names=class_names(data))
         for labels, masks, _ in self._labels(model, data, settings):
             metric.update(labels, masks)

@@ -3,7 +3,7 @@
 A task's settings dataclass subclasses :class:`RunSettings` and adds its own fields. Each field's
 type annotation and help text (``field(metadata={"help": ...})``) are the single source of truth
 for the config file keys, the ``key=value`` overrides and the ``--flag`` options of
-``vlsdk train`` (:mod:`vlsdk.tasks.arguments`).
+``vlsdk train`` (:func:`vlsdk.cli.train.settings_parser`).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def help_field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - a
 
 @dataclass
 class RunSettings:
-    """What the runner (:func:`vlsdk.tasks.run`) reads; every task's settings subclass this."""
+    """What the runner (:func:`vlsdk.tasks.train`) reads; every task's settings subclass this."""
 
     data: Path | None = help_field(None, "the dataset folder (required to train or evaluate)")
-    out: Path = help_field(Path("runs/task"), "output folder: model/, metrics.json, report.html, pictures")
+    out: Path = help_field(Path("runs/task"), "output folder: model/, metrics.json, report/, pictures")
     model: str = help_field("small", "backbone config (tiny, edge, small, base; fields by name: small@depths=2,2)")
     epochs: int = help_field(10, "passes over the training set (in global batches: batch_size x ranks)")
     max_steps: int | None = help_field(None, "stop training after this many optimiser steps")

@@ -85,10 +85,11 @@ def depth_settings(args: argparse.Namespace, steps: int) -> Any:
     from vlsdk.settings import settings_from
     from vlsdk_driving.depth_task import DepthTask
 
-    task = DepthTask()
+    task, source = DepthTask(), NuScenesSource.from_args(args)
     values = {**(task.quick if args.quick else {}), **_given({
         "data": args.nuscenes, "out": Path(args.out) / "depth", "device": args.device, "seed": args.seed,
-        "precision": "off" if args.amp == "none" else args.amp, "test_scenes": args.test_scenes}),
+        "precision": "off" if args.amp == "none" else args.amp, "test_scenes": args.test_scenes,
+        "version": source.version, "lidar_channel": source.lidar_channel}),
         "max_steps": steps, "progress": not args.no_progress}
     return settings_from(task.settings_type, values, "vlsdk driving-detect --depth-steps")
 
@@ -132,13 +133,15 @@ def run_demo(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"vlsdk driving-detect: error: {exc}", file=sys.stderr)
         return 2
-    if result.model_dir is None:
-        return 0  # another rank under torchrun: rank 0 evaluates, draws and saves
-    print(f"[driving] {result.steps} steps; car AP@2m on "
-          f"{'held-out synthetic scenes' if settings.test_scenes else settings.data}: {result.metrics['car_ap_2m']:.3f}; "
-          f"model in {result.model_dir}; metrics in {settings.out / 'metrics.json'} ({result.seconds:.1f} s)")
-    if depth is not None:
+    if result.model_dir is not None:  # rank 0 (the others train only)
+        print(f"[driving] {result.steps} steps; car AP@2m on "
+              f"{'held-out synthetic scenes' if settings.test_scenes else settings.data}: "
+              f"{result.metrics['car_ap_2m']:.3f}; model in {result.model_dir}; "
+              f"metrics in {settings.out / 'metrics.json'} ({result.seconds:.1f} s)")
+    if depth is not None:  # every rank trains it, as the BEV stage
         done = train(DepthTask(), depth)
+        if done.model_dir is None:
+            return 0
         print(f"[driving] camera depth ({done.steps} steps): AbsRel {done.metrics['abs_rel']:.3f}, "
               f"delta<1.25 {done.metrics['delta1']:.3f}, RMSE {done.metrics['rmse']:.2f} m on "
               f"{done.metrics['pixels']} LiDAR pixels; model in {done.model_dir}")

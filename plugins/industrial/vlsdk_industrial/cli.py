@@ -9,6 +9,7 @@ Its flags map onto :class:`~vlsdk_industrial.task.PcbSettings` and the task runs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 __all__ = ["BACKBONES", "config_from_args", "configure", "run"]
@@ -144,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         from vlsdk_industrial.predict import load_detector
 
         model = load_detector(args.checkpoint, settings.device, channels=settings.channels)
+        trained = model.metadata.input.image_size if model.metadata.input is not None else None
+        if args.image_size is None and trained:  # score at the size the model was trained at
+            settings = dataclasses.replace(settings, image_size=trained[0])
         evaluate_model(PcbTask(), settings, model, args.checkpoint)
         return 0
     train(PcbTask(), settings)
