@@ -189,7 +189,9 @@ class LesionTask(Task):
         from vlsdk_medical.evaluation import evaluate_held_out
 
         result = evaluate_held_out(model, data, settings, self.head)
-        self._shown = {id(data): result.pop("shown")}
+        shown = result.pop("shown")
+        first = next(iter(shown), None)  # render() draws the first patient: keep only its panels in memory
+        self._shown = {id(data): {first: shown[first]}} if first is not None else {}
         return result
 
     def describe(self, metrics: dict[str, Any]) -> str | None:
@@ -223,7 +225,7 @@ class LesionTask(Task):
         from vlsdk_medical.overlay import write_overlay
 
         shown = self._shown.get(id(data))
-        if shown is None:  # not the set evaluated last: evaluate the first patient for the picture
+        if shown is None:  # not the set evaluated last: evaluate it again for the picture
             from vlsdk_medical.evaluation import evaluate_held_out
 
             shown = evaluate_held_out(model, data, settings, self.head)["shown"]
