@@ -27,7 +27,7 @@ from vlsdk.tasks.components import build, build_pipeline
 from vlsdk.tasks.data import PRETRAIN_SEED, split_datasets, synthetic_set
 from vlsdk.tasks.protocol import Stage, Task
 from vlsdk.tasks.runner import autocast, model_device
-from vlsdk.tasks.settings import RunSettings, help_field
+from vlsdk.tasks.settings import ComponentSpec, ComposedSettings, help_field
 
 if TYPE_CHECKING:
     from vlsdk.models.model import VLModel
@@ -35,25 +35,11 @@ if TYPE_CHECKING:
 __all__ = ["DetectionSettings", "DetectionTask", "attach_experts", "class_names", "float_output", "model_classes",
            "same_classes"]
 
-#: A component named by its registered name, or ``{name: ..., **options}``.
-ComponentSpec = Any
-
-
 @dataclass
-class DetectionSettings(RunSettings):
-    """Settings of :class:`DetectionTask` (every :class:`RunSettings` field, and these)."""
+class DetectionSettings(ComposedSettings):
+    """Settings of :class:`DetectionTask` (every :class:`ComposedSettings` field, and these)."""
 
     out: Path = help_field(Path("runs/detection"), "output folder: model/, metrics.json, report/, pictures")
-    dataset: ComponentSpec = help_field({"name": "coco"}, "dataset adapter (registered name, or {name, options})")
-    val_dataset: ComponentSpec = help_field(None, "validation adapter (none: hold out val_fraction of dataset)")
-    val_fraction: float = help_field(0.2, "share of the dataset held out for validation when no val_dataset")
-    channels: int = help_field(3, "input channels the adapter delivers (1 grey, 3 RGB)")
-    image_size: int = help_field(512, "samples are resized to image_size x image_size (a multiple of 32)")
-    transforms: ComponentSpec = help_field(["resize", "flip"], "training transforms by registered name")
-    eval_transforms: ComponentSpec = help_field(["resize"], "evaluation transforms by registered name")
-    metric: ComponentSpec = help_field("detection.map", "the metric by registered name")
-    experts: list[str] = help_field([], "registered experts inserted into every MoE layer")
-    head: str = help_field("detection", "the registered head")
     synthesizer: ComponentSpec = help_field(None, "registered synthesizer for pre-training and mixing")
     synthetic_pretrain_steps: int = help_field(0, "first train this many steps on synthetic samples only "
                                                   "(each seen once), then on the data with a fresh schedule")
@@ -65,8 +51,6 @@ class DetectionSettings(RunSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")
         if self.synthetic_pretrain_steps < 0:
             raise ValueError(f"synthetic_pretrain_steps must be >= 0, got {self.synthetic_pretrain_steps!r}")
         if self.synthetic_ratio is not None and not self.synthetic_ratio > 0:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from vlsdk.tasks.components import build, build_pipeline
 from vlsdk.tasks.data import split_datasets
-from vlsdk.tasks.detection import ComponentSpec, attach_experts, class_names, model_classes, same_classes
+from vlsdk.tasks.detection import attach_experts, class_names, model_classes, same_classes
 from vlsdk.tasks.protocol import Task
 from vlsdk.tasks.runner import autocast, model_device
-from vlsdk.tasks.settings import RunSettings, help_field
+from vlsdk.tasks.settings import ComponentSpec, ComposedSettings, help_field
 
 if TYPE_CHECKING:
     from vlsdk.models.model import VLModel
@@ -30,25 +30,15 @@ __all__ = ["SegmentationSettings", "SegmentationTask", "collate_masks"]
 
 
 @dataclass
-class SegmentationSettings(RunSettings):
-    """Settings of :class:`SegmentationTask` (every :class:`RunSettings` field, and these)."""
+class SegmentationSettings(ComposedSettings):
+    """Settings of :class:`SegmentationTask`: every :class:`ComposedSettings` field, with these defaults."""
 
     out: Path = help_field(Path("runs/segmentation"), "output folder: model/, metrics.json, report/, pictures")
-    dataset: ComponentSpec = help_field({"name": "mask_folder"}, "dataset adapter (registered name, or {name, options})")
-    val_dataset: ComponentSpec = help_field(None, "validation adapter (none: hold out val_fraction of dataset)")
-    val_fraction: float = help_field(0.2, "share of the dataset held out for validation when no val_dataset")
+    dataset: ComponentSpec = help_field({"name": "mask_folder"}, "dataset adapter (registered name or {name, ...})")
     channels: int = help_field(1, "input channels the adapter delivers (1 grey, 3 RGB)")
     image_size: int = help_field(256, "samples are resized to image_size x image_size (a multiple of 32)")
-    transforms: ComponentSpec = help_field(["resize", "flip"], "training transforms by registered name")
-    eval_transforms: ComponentSpec = help_field(["resize"], "evaluation transforms by registered name")
     metric: ComponentSpec = help_field("segmentation.dice", "the metric by registered name")
-    experts: list[str] = help_field([], "registered experts inserted into every MoE layer")
     head: str = help_field("segmentation", "the registered head")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")
 
 
 def collate_masks(samples: list[dict[str, Any]]) -> tuple[Any, Any, list[dict[str, Any]]]:

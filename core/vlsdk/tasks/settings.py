@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Precision", "RunSettings", "help_field"]
+__all__ = ["ComponentSpec", "ComposedSettings", "Precision", "RunSettings", "help_field"]
 
 #: Mixed precision, one vocabulary for the whole SDK: no autocast, bf16 autocast, fp16 autocast with a scaler.
 Precision = Literal["off", "bf16", "fp16"]
@@ -74,3 +74,28 @@ class RunSettings:
             raise ValueError(f"num_workers and draw must be >= 0, got {self.num_workers!r}, {self.draw!r}")
         if self.max_seconds is not None and not self.max_seconds >= 0:
             raise ValueError(f"max_seconds must be >= 0 or none, got {self.max_seconds!r}")
+
+
+#: A component named by its registered name, or ``{name: ..., **options}``.
+ComponentSpec = Any
+
+
+@dataclass
+class ComposedSettings(RunSettings):
+    """Settings of a task composed from registered parts (the generic detection and segmentation tasks)."""
+
+    dataset: ComponentSpec = help_field({"name": "coco"}, "dataset adapter (registered name, or {name, options})")
+    val_dataset: ComponentSpec = help_field(None, "validation adapter (none: hold out val_fraction of dataset)")
+    val_fraction: float = help_field(0.2, "share of the dataset held out for validation when no val_dataset")
+    channels: int = help_field(3, "input channels the adapter delivers (1 grey, 3 RGB)")
+    image_size: int = help_field(512, "samples are resized to image_size x image_size (a multiple of 32)")
+    transforms: ComponentSpec = help_field(["resize", "flip"], "training transforms by registered name")
+    eval_transforms: ComponentSpec = help_field(["resize"], "evaluation transforms by registered name")
+    metric: ComponentSpec = help_field("detection.map", "the metric by registered name")
+    experts: list[str] = help_field([], "registered experts inserted into every MoE layer")
+    head: str = help_field("detection", "the registered head")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size!r}")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from vlsdk.tasks.detection import ComponentSpec, DetectionSettings, DetectionTask
-from vlsdk.tasks.settings import help_field
+from vlsdk.tasks.detection import DetectionSettings, DetectionTask
+from vlsdk.tasks.settings import ComponentSpec, help_field
 from vlsdk_industrial.samples import DEEPPCB_CLASSES
 
 if TYPE_CHECKING:
