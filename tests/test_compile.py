@@ -14,6 +14,16 @@ from vlsdk.models.text import TextFeatures
 pytestmark = pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="this torch has no torch._grouped_mm")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _own_inductor_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A private inductor cache: a compile killed mid-write elsewhere leaves a truncated .so in the shared
+    /tmp/torchinductor_<user>, which would fail every later compile that hashes to it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
+    yield
+    mp.undo()
+
+
 def _encoder(name: str) -> HybridEncoder:
     torch.manual_seed(0)
     enc = HybridEncoder(get_config(name)).eval()

@@ -195,7 +195,7 @@ def test_pcb_quick_with_the_plain_vit(shared_data: Path, tmp_path: Path, capsys,
     assert main(["pcb", "--quick", "--backbone", "vit", "--data", str(data), "--out", str(out), "--no-progress"]) == 0
     assert "F-score" in capsys.readouterr().out
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["config"]["stem"] == "patch" and summary["steps"] == 3
+    assert summary["settings"]["stem"] == "patch" and summary["steps"] == 3
     assert math.isfinite(summary["first_loss"]) and math.isfinite(summary["last_loss"])
     model = VLModel.from_pretrained(out / "model")
     assert model.config.stem == "patch" and model.encoder.stem is None and "pcb" in model.heads

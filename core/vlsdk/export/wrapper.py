@@ -8,6 +8,7 @@ puts a model in eval mode with the dense MoE path for the duration of a trace.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
