@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlsdk.models.config import CONFIGS, get_config
 from vlsdk.models.encoder import HybridEncoder
-from vlsdk.models.params import count_parameters
+from vlsdk.models.model import count_parameters
 from vlsdk.models.vit import Block, PatchEmbed
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from vlsdk.models.config import CONFIGS, BackboneConfig, MoEConfig, get_config
 from vlsdk.models.encoder import HybridEncoder
-from vlsdk.models.params import count_parameters
+from vlsdk.models.model import count_parameters
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -13,7 +13,7 @@ import vlsdk_driving.plugin as driving_plugin
 from vlsdk import VLModel
 from vlsdk.models.config import get_config
 from vlsdk.models.encoder import HybridEncoder
-from vlsdk.models.params import count_parameters
+from vlsdk.models.model import count_parameters
 from vlsdk.models.patch_stem import SimpleFeaturePyramid
 
 SIZES = [(64, 64), (70, 96), (37, 53)]  # square, non-square, odd (the hybrid's test sizes and smaller)

@@ -38,7 +38,7 @@ _EXPORTS = {
     "ByteTokenizer": "vlsdk.models.text",
     "ByteTextEncoder": "vlsdk.models.text",
     "HFTextEncoder": "vlsdk.models.hf_text",
-    "count_parameters": "vlsdk.models.params",
+    "count_parameters": "vlsdk.models.model",
     "create_model": "vlsdk.models.zoo",
     "list_models": "vlsdk.models.zoo",
     "ModelMetadata": "vlsdk.models.metadata",
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from vlsdk.models.metadata import InputSpec, ModelMetadata
     from vlsdk.models.model import ModelOutput, VLModel
     from vlsdk.models.moe import DynamicMoE
-    from vlsdk.models.params import count_parameters
+    from vlsdk.models.model import count_parameters
     from vlsdk.models.text import ByteTextEncoder, ByteTokenizer
     from vlsdk.models.zoo import create_model, list_models
     from vlsdk.plugins import MissingExtraError, get_registry, load_plugins, plugin_infos, require_extra

@@ -191,7 +191,7 @@ def _device() -> dict[str, Any]:
 def _configs() -> dict[str, Any]:
     try:
         from vlsdk.models.config import CONFIGS
-        from vlsdk.models.params import count_parameters
+        from vlsdk.models.model import count_parameters
     except Exception as exc:  # noqa: BLE001 - the model code may be absent or broken
         return {"available": False, "error": f"{type(exc).__name__}: {exc}"}
     rows: dict[str, Any] = {}

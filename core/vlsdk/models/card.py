@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from vlsdk.version import __version__
 
 if TYPE_CHECKING:
-    from vlsdk.models.model import VLModel
+    from torch import nn
 
 __all__ = ["render_model_card", "NOT_RECORDED"]
 
@@ -42,17 +42,17 @@ def _metrics(metrics: Any) -> list[str]:
     return ["- Metrics:"] + [f"  - {name}: {_value(value)}" for name, value in metrics.items()]
 
 
-def render_model_card(model: VLModel) -> str:
+def render_model_card(model: nn.Module) -> str:
     """The Markdown model card of ``model`` (from ``model.metadata``, its heads and config).
 
     Args:
         model: a :class:`~vlsdk.models.model.VLModel`.
     """
-    from vlsdk.models.params import count_parameters
+    from vlsdk.models.params import count_module_parameters
 
     meta = model.metadata
     cfg = model.config
-    counts = count_parameters(model)
+    counts = count_module_parameters(model)
     lines = [f"# vlsdk model: {meta.task or 'task ' + NOT_RECORDED}", "",
              f"- Task: {_value(meta.task)}",
              f"- Backbone: `{cfg.name}` ({cfg.stem} stem, width {cfg.embed_dim}, depths {list(cfg.depths)}, "

@@ -15,7 +15,7 @@ import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -26,8 +26,8 @@ from vlsdk.models.config import BackboneConfig
 from vlsdk.models.metadata import InputSpec, ModelMetadata, default_channels
 from vlsdk.version import __version__
 
-if TYPE_CHECKING:
-    from vlsdk.models.model import VLModel
+#: A :class:`~vlsdk.models.model.VLModel` (not imported here: the model imports this module).
+VLModel = nn.Module
 
 __all__ = ["save_pretrained", "from_pretrained", "save_head", "load_head_weights", "read_head_spec", "read_config",
            "file_sha256", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "FORMAT_VERSION"]
@@ -260,7 +260,7 @@ def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor], weights: P
         raise ValueError(f"{weights} does not match {weights.parent / CONFIG_NAME}: " + "; ".join(problems))
 
 
-def from_pretrained(cls: type[VLModel], directory: str | Path, *,
+def from_pretrained(cls: type, directory: str | Path, *,
                     experts: Mapping[str, Callable[..., nn.Module]] | None = None,
                     map_location: str | torch.device = "cpu", verify: bool = True,
                     check_finite: bool = True) -> VLModel:

@@ -17,9 +17,10 @@ from vlsdk.models.encoder import HybridEncoder
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.models.metadata import InputSpec, ModelMetadata, default_channels
 from vlsdk.models.moe import DynamicMoE, split_expert_name
+from vlsdk.models.params import ParamCounts, count_module_parameters
 from vlsdk.models.text import ByteTextEncoder, TextFeatures
 
-__all__ = ["VLModel", "ModelOutput", "ExpertSpec", "HeadSpec"]
+__all__ = ["VLModel", "ModelOutput", "ExpertSpec", "HeadSpec", "count_parameters"]
 
 TextInput = str | Sequence[str] | TextFeatures | None
 
@@ -362,3 +363,26 @@ class VLModel(nn.Module):
 
         return from_pretrained(cls, directory, experts=experts, map_location=map_location, verify=verify,
                                check_finite=check_finite)
+
+
+def count_parameters(model: nn.Module | BackboneConfig | str) -> ParamCounts:
+    """Count the parameters of a model, or of the :class:`VLModel` a config builds (on the meta device).
+
+    Args:
+        model: a built model, a :class:`~vlsdk.models.config.BackboneConfig` or a config name
+            (``"base"``, ``"small@depths=2,2"``).
+
+    Returns:
+        ``ParamCounts(total, active)``: ``active`` counts the ``top_k`` routed experts a token meets.
+
+    Example:
+        >>> counts = count_parameters("base")
+        >>> counts.active < counts.total
+        True
+    """
+    if isinstance(model, str):
+        model = get_config(model)
+    if isinstance(model, BackboneConfig):
+        with torch.device("meta"):
+            model = VLModel(model)
+    return count_module_parameters(model)

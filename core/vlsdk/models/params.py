@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
-from vlsdk.models.config import BackboneConfig, get_config
-
-__all__ = ["ParamCounts", "count_parameters"]
+__all__ = ["ParamCounts", "count_module_parameters"]
 
 
 class ParamCounts(NamedTuple):
@@ -26,21 +23,11 @@ def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def count_parameters(model: nn.Module | BackboneConfig | str) -> ParamCounts:
-    """Count the parameters of a model, or of the :class:`VLModel` a config builds (on the meta device).
+def count_module_parameters(model: nn.Module) -> ParamCounts:
+    """Count the parameters of a built model: all of them, and those one token is computed with.
 
-    Example:
-        >>> counts = count_parameters("base")
-        >>> counts.active < counts.total
-        True
+    :func:`vlsdk.models.model.count_parameters` also takes a config name and builds the model.
     """
-    from vlsdk.models.model import VLModel
-
-    if isinstance(model, str):
-        model = get_config(model)
-    if isinstance(model, BackboneConfig):
-        with torch.device("meta"):
-            model = VLModel(model)
     from vlsdk.models.moe import DynamicMoE
 
     total = _numel(model)
