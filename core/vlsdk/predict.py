@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
     from vlsdk.predict_io import HeadPrediction, PredictInput
 
-__all__ = ["predict_files", "read_input", "read_image", "writer_for", "overlay_labels", "PREDICT_COMMAND"]
+__all__ = ["predict_files", "read_input", "read_image", "write_coco_results", "writer_for", "overlay_labels",
+           "PREDICT_COMMAND"]
 
 #: ``image_size`` value of :func:`predict_files`: the size recorded in the model's metadata.
 MODEL_SIZE = "model"
@@ -382,9 +383,48 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat-channels", action="store_true",
                         help="copy a one-channel image into every channel the model expects (default: an error "
                              "naming the missing channels)")
+    parser.add_argument("--format", choices=["json", "coco"], default="json",
+                        help="coco: also write the detections as COCO results (coco_results.json: image_id, "
+                             "category_id, bbox x,y,w,h, score) with coco_images.json naming the image ids")
     parser.add_argument("--image-size", type=_parse_size, default=MODEL_SIZE, metavar="HxW|native|model",
                         help="size images are fed at: 'model' (default) the trained size the model records, "
                              "'native' each file's own size, or e.g. 640x640; predictions are in the file's pixels")
+
+
+def write_coco_results(index: dict[str, Any], out: Path) -> Path:
+    """Write the detection heads' boxes of a ``predictions.json`` index as COCO results.
+
+    ``coco_results.json`` holds ``{image_id, category_id, bbox: [x, y, w, h], score}`` in each file's
+    own pixels (``category_id`` = label id + 1); ``coco_images.json`` is a COCO file with the
+    ``images`` (id, file_name, width, height) and ``categories`` those ids refer to, so
+    ``COCO("coco_images.json").loadRes("coco_results.json")`` reads them.
+
+    Args:
+        index: what :func:`predict_files` returned.
+        out: the output folder.
+
+    Returns:
+        The path of ``coco_results.json``.
+    """
+    results: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
+    categories: dict[int, str] = {}
+    for image_id, entry in enumerate(index["inputs"], 1):
+        height, width = entry.get("size", (0, 0))
+        images.append({"id": image_id, "file_name": str(entry["input"]), "width": width, "height": height})
+        for found in (v for v in entry.values() if isinstance(v, dict) and v.get("task") == "detection"):
+            for box, score, label, name in zip(found["boxes"], found["scores"], found["label_ids"], found["labels"],
+                                               strict=True):
+                x0, y0, x1, y1 = box
+                categories.setdefault(int(label) + 1, str(name))
+                results.append({"image_id": image_id, "category_id": int(label) + 1,
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "coco_images.json").write_text(json.dumps({"images": images, "annotations": [], "categories": [
+        {"id": k, "name": v} for k, v in sorted(categories.items())]}))
+    path = out / "coco_results.json"
+    path.write_text(json.dumps(results))
+    return path
 
 
 def _parse_size(text: str) -> tuple[int, int] | str | None:
@@ -401,6 +441,8 @@ def _run(args: argparse.Namespace) -> int:
 
     index = predict_files(args.model, args.inputs, args.out, heads=args.heads, score_threshold=args.score_threshold,
                           device=args.device, repeat_channels=args.repeat_channels, image_size=args.image_size)
+    if args.format == "coco":
+        print(f"COCO results: {write_coco_results(index, Path(args.out))}")
     for entry in index["inputs"]:
         parts = []
         for name, result in entry.items():

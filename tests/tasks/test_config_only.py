@@ -67,7 +67,10 @@ def test_coco_detection_from_the_shipped_config(coco_dir, tmp_path, capsys):
 
     # predict on an image file, with class names, and export to ONNX
     _run("predict", str(coco_dir / "images" / "board_000.png"), "--model", str(out / "model"),
-         "--out", str(tmp_path / "pred"), "--score-threshold", "0.0")
+         "--out", str(tmp_path / "pred"), "--score-threshold", "0.0", "--format", "coco")
+    listed = COCO(str(tmp_path / "pred" / "coco_images.json"))  # the ids the COCO results refer to
+    found = listed.loadRes(str(tmp_path / "pred" / "coco_results.json"))
+    assert listed.imgs[1]["width"] == 96 and len(found.getAnnIds()) > 0
     predictions = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     found = predictions["inputs"][0]["detection"]
     assert found["labels"] and set(found["labels"]) <= {"scratch", "dent"}
