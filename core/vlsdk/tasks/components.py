@@ -17,10 +17,11 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from vlsdk.data.transforms import Compose
 from vlsdk.plugins.errors import UnknownNameError
 from vlsdk.plugins.manager import get_registry
 
-__all__ = ["Compose", "build", "build_pipeline", "spec_name"]
+__all__ = ["build", "build_pipeline", "spec_name"]
 
 Spec = str | Mapping[str, Any]
 
@@ -67,7 +68,7 @@ def build(kind: str, spec: Spec, where: str, **context: Any) -> Any:
 
 
 def build_pipeline(specs: Sequence[Spec] | None, where: str, **context: Any) -> Compose | None:
-    """A :class:`Compose` of registered transforms (``None`` for no transform)."""
+    """A :class:`~vlsdk.data.transforms.Compose` of registered transforms (``None`` for no transform)."""
     if not specs:
         return None
     if isinstance(specs, str):
@@ -75,31 +76,6 @@ def build_pipeline(specs: Sequence[Spec] | None, where: str, **context: Any) -> 
     elif isinstance(specs, Mapping):
         specs = [specs]
     return Compose([build("transforms", s, f"{where}[{i}]", **context) for i, s in enumerate(specs)])
-
-
-class Compose:
-    """Apply transforms in order: ``sample -> sample``.
-
-    Args:
-        transforms: callables ``sample -> sample``.
-
-    Example:
-        >>> Compose([lambda s: s + 1, lambda s: s * 2])(1)
-        4
-    """
-
-    def __init__(self, transforms: Sequence[Callable[[Any], Any]]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, sample: Any) -> Any:
-        for t in self.transforms:
-            sample = t(sample)
-        return sample
-
-    @property
-    def dropped(self) -> int:
-        """Boxes the transforms dropped (the sum of their ``dropped`` counters, where they keep one)."""
-        return sum(int(getattr(t, "dropped", 0)) for t in self.transforms)
 
 
 def _parameters(factory: Callable[..., Any]) -> set[str] | None:

@@ -26,13 +26,10 @@ def load_detector(checkpoint: str | Path, device: str = "auto", *, channels: int
     Raises:
         ValueError: no ``pcb`` head, or a model that takes another number of channels.
     """
-    import torch
-
     from vlsdk import VLModel
+    from vlsdk.tasks.runner import resolve_device
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
-    model = VLModel.from_pretrained(checkpoint, map_location=dev)
+    model = VLModel.from_pretrained(checkpoint, map_location=resolve_device(device))
     if HEAD not in model.heads:
         raise ValueError(f"{checkpoint} has no {HEAD!r} detection head (heads: {sorted(model.heads)})")
     if channels is not None and model.config.in_chans != channels:

@@ -170,9 +170,9 @@ def evaluate_saved_model(model_dir: str | Path, settings: Any) -> dict[str, Any]
         if trained_on:
             warnings.warn(f"{model_dir} was trained on {sorted(trained_on)}: its Dice there is not a held-out "
                           "figure (pass --held-out with the patient it was trained without)", stacklevel=2)
-    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if settings.device == "auto" else settings.device)
-    model = vlsdk.VLModel.from_pretrained(model_dir, map_location=device)
+    from vlsdk.tasks.runner import resolve_device
+
+    model = vlsdk.VLModel.from_pretrained(model_dir, map_location=resolve_device(settings.device))
     task = LesionTask()
     data = task.datasets(settings, "val")
     with torch.no_grad():
