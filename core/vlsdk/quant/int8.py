@@ -1,9 +1,21 @@
-"""Int8 weight-only quantisation of frozen ``nn.Linear`` layers, in plain torch (CPU and GPU).
+"""Int8 quantisation of frozen ``nn.Linear`` layers, in plain torch (CPU and GPU).
 
 Each quantised layer keeps an ``int8`` weight with one symmetric fp32 scale per output channel
-(``w ~= qweight * scale[:, None]``) and its bias in float. The forward dequantises on the fly:
-``y = (x @ qweight.T) * scale + bias``, so memory really is one byte per weight, with no
-custom kernel. A quantised layer is frozen: it has no parameters, only buffers.
+(``w ~= qweight * scale[:, None]``) and its bias in float, so memory really is one byte per
+weight. A quantised layer is frozen: it has no parameters, only buffers. Two forwards compute
+the same function up to rounding, chosen per call by ``Int8Linear(..., compute=...)``:
+
+* **int8** (W8A8 dynamic): each input row (token) is quantised to int8 with its own symmetric
+  scale, ``torch._int_mm`` multiplies int8 x int8 into int32 (oneDNN VNNI/AMX kernels on CPU,
+  cuBLASLt on CUDA), and the result is rescaled by the row and channel scales and gets the bias.
+  Compute and memory traffic are int8. ``torch._int_mm`` has no backward, and on CUDA it needs
+  more than 16 rows and an input and output width that are multiples of 8.
+* **dequant** (weight-only): ``y = (x @ qweight.T) * scale + bias`` in the input's float dtype.
+  Storage is int8 but the matmul is float. Exact gradients with respect to the input.
+
+``compute="auto"`` (the default) takes the int8 path where it runs (CPU, or CUDA at shapes
+``torch._int_mm`` accepts; float32/float16/bfloat16 inputs; no gradient needed through the
+input) and the dequantising one otherwise, e.g. when a LoRA adapter upstream is training.
 
 The buffer is called ``qweight`` on purpose: it is the name peft (and GPTQ/AWQ layers) look for
 when placing a LoRA adapter on the device of a quantised base layer. LoRA on top of
@@ -14,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +37,10 @@ __all__ = ["Int8Linear", "quantize_linear_layers", "quantize_weight", "weight_by
 #: Module names never quantised by default: the MoE routers (tiny and precision-sensitive), the
 #: task heads (usually trained), and LoRA's own ``lora_A``/``lora_B`` layers.
 DEFAULT_EXCLUDE: tuple[str, ...] = ("router", "heads", "lora_")
+
+Compute = Literal["auto", "int8", "dequant"]
+_COMPUTE = ("auto", "int8", "dequant")
+_INT8_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +72,15 @@ class Int8Linear(nn.Module):
         bias: keep a bias (a float buffer).
         device: where the buffers live.
         dtype: float dtype of the bias (the scales are always fp32).
+        compute: ``"auto"`` (int8 matmul where it can run, else dequantise: see the module doc),
+            ``"int8"`` (always the int8 matmul; a call it cannot serve raises), ``"dequant"``
+            (always dequantise the weight and multiply in float). Not saved in the state dict;
+            change it any time with ``layer.compute = ...``.
+
+    Raises:
+        ValueError: a size below 1 or an unknown ``compute``; in the forward, an input of the
+            wrong width, or with ``compute="int8"`` a call the int8 path cannot serve (the reason
+            is named).
 
     Example:
         >>> lin = nn.Linear(16, 8)
@@ -64,12 +90,16 @@ class Int8Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 compute: Compute = "auto") -> None:
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Int8Linear needs positive sizes, got in_features={in_features}, "
                              f"out_features={out_features}")
+        if compute not in _COMPUTE:
+            raise ValueError(f"compute must be one of {_COMPUTE}, got {compute!r}")
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.compute: Compute = compute
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.bias: torch.Tensor | None
@@ -79,13 +109,17 @@ class Int8Linear(nn.Module):
             self.bias = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        """Quantise ``linear`` (its weight and bias are copied, ``linear`` is left untouched)."""
+    def from_linear(cls, linear: nn.Linear, compute: Compute = "auto") -> Int8Linear:
+        """Quantise ``linear`` (its weight and bias are copied, ``linear`` is left untouched).
+
+        Raises:
+            ValueError: ``linear`` is not an ``nn.Linear``, or ``compute`` is unknown.
+        """
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
         weight = linear.weight
         module = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                     device=weight.device, dtype=weight.dtype)
+                     device=weight.device, dtype=weight.dtype, compute=compute)
         module.set_weight(weight)
         if linear.bias is not None:
             module.bias.copy_(linear.bias.detach())
@@ -116,9 +150,35 @@ class Int8Linear(nn.Module):
                 linear.bias.copy_(self.bias)
         return linear
 
+    def int8_refusal(self, x: torch.Tensor) -> str | None:
+        """Why the int8 path cannot serve input ``x`` (``None`` when it can)."""
+        rows = x.numel() // self.in_features
+        if x.dtype not in _INT8_DTYPES:
+            return f"input dtype {x.dtype} (the int8 path takes {', '.join(map(str, _INT8_DTYPES))})"
+        if torch.is_grad_enabled() and x.requires_grad:
+            return "the input needs a gradient and torch._int_mm has no backward"
+        if x.device.type == "cuda":
+            if rows <= 16 or self.in_features % 8 or self.out_features % 8:
+                return (f"on CUDA torch._int_mm needs more than 16 rows and widths that are multiples of 8, "
+                        f"got {rows} rows, in_features={self.in_features}, out_features={self.out_features}")
+        elif x.device.type != "cpu":
+            return f"torch._int_mm runs on CPU and CUDA only, not {x.device.type}"
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Int8Linear expects inputs of width {self.in_features}, got {tuple(x.shape)}")
+        if self.compute == "dequant":
+            return self._forward_dequant(x)
+        refusal = self.int8_refusal(x)
+        if refusal is None:
+            return self._forward_int8(x)
+        if self.compute == "int8":
+            raise ValueError(f"Int8Linear(compute='int8') cannot take the int8 path: {refusal}; "
+                             "compute='auto' falls back to the dequantising path")
+        return self._forward_dequant(x)
+
+    def _forward_dequant(self, x: torch.Tensor) -> torch.Tensor:
         # int8 values are exact in fp16/bf16/fp32; the per-row scale is applied to the (smaller) output
         out = F.linear(x, self.qweight.to(x.dtype))
         out = out * self.scale.to(out.dtype)
@@ -126,8 +186,24 @@ class Int8Linear(nn.Module):
             out = out + self.bias.to(out.dtype)
         return out
 
+    def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        rows = x.reshape(-1, self.in_features).float()
+        amax = rows.abs().amax(dim=1, keepdim=True)
+        # an all-zero row gets scale 1; a row holding NaN/inf keeps a non-finite scale, so that row
+        # of the output is non-finite too, as in float (never quantised to plausible numbers)
+        row_scale = torch.where(amax == 0, 1.0, amax / 127.0)
+        qrows = (rows / row_scale).round_().clamp_(-127, 127).to(torch.int8)
+        out = torch._int_mm(qrows, self.qweight.t()).float()
+        out.mul_(row_scale).mul_(self.scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.to(out_dtype).reshape(*x.shape[:-1], self.out_features)
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"compute={self.compute!r}")
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -135,7 +211,7 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 
 def quantize_linear_layers(model: nn.Module, include: Sequence[str] | None = None,
-                           exclude: Sequence[str] = DEFAULT_EXCLUDE) -> list[str]:
+                           exclude: Sequence[str] = DEFAULT_EXCLUDE, compute: Compute = "auto") -> list[str]:
     """Replace matching ``nn.Linear`` layers of ``model`` by :class:`Int8Linear`, in place.
 
     A pattern matches a module name (``"encoder.stages.0.blocks.0.ffn.experts.generic.3.fc1"``)
@@ -148,9 +224,13 @@ def quantize_linear_layers(model: nn.Module, include: Sequence[str] | None = Non
         include: patterns a layer must match (default: every ``nn.Linear``).
         exclude: patterns that keep a layer in float (default :data:`DEFAULT_EXCLUDE`: routers,
             heads, LoRA layers).
+        compute: the forward of the new layers (see :class:`Int8Linear`).
 
     Returns:
         The names of the replaced modules, in ``named_modules`` order.
+
+    Raises:
+        ValueError: ``include``/``exclude`` given as one string, or an unknown ``compute``.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -159,13 +239,15 @@ def quantize_linear_layers(model: nn.Module, include: Sequence[str] | None = Non
     """
     if isinstance(include, str) or isinstance(exclude, str):
         raise ValueError("include and exclude are sequences of patterns, e.g. exclude=('router',), not one string")
+    if compute not in _COMPUTE:
+        raise ValueError(f"compute must be one of {_COMPUTE}, got {compute!r}")
     chosen = [name for name, module in model.named_modules()
               if type(module) is nn.Linear and name
               and (include is None or _matches(name, include)) and not _matches(name, exclude)]
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, Int8Linear.from_linear(getattr(parent, child)))
+        setattr(parent, child, Int8Linear.from_linear(getattr(parent, child), compute=compute))
     return chosen
 
 
