@@ -21,7 +21,7 @@ from vlsdk.data.transforms import Compose
 from vlsdk.plugins.errors import UnknownNameError
 from vlsdk.plugins.manager import get_registry
 
-__all__ = ["build", "build_pipeline", "spec_name"]
+__all__ = ["build", "build_pipeline", "spec_name", "split_pipeline"]
 
 Spec = str | Mapping[str, Any]
 
@@ -76,6 +76,17 @@ def build_pipeline(specs: Sequence[Spec] | None, where: str, **context: Any) -> 
     elif isinstance(specs, Mapping):
         specs = [specs]
     return Compose([build("transforms", s, f"{where}[{i}]", **context) for i, s in enumerate(specs)])
+
+
+def split_pipeline(settings: Any, split: str) -> Compose | None:
+    """The transforms of a composed task's ``split``: ``settings.transforms`` to train, else ``eval_transforms``.
+
+    Offers ``train``, ``seed``, ``size`` (``settings.image_size``) and ``channels`` to the factories.
+    """
+    train = split == "train"
+    return build_pipeline(settings.transforms if train else settings.eval_transforms,
+                          "transforms" if train else "eval_transforms", train=train, seed=settings.seed,
+                          size=settings.image_size, channels=settings.channels)
 
 
 def _parameters(factory: Callable[..., Any]) -> set[str] | None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlsdk.data.collate import collate_uint8, images_to_float
 from vlsdk.data.mixing import MixedDataset
-from vlsdk.tasks.components import build, build_pipeline
+from vlsdk.tasks.components import build, split_pipeline
 from vlsdk.tasks.data import PRETRAIN_SEED, split_datasets, synthetic_set
 from vlsdk.tasks.protocol import Stage, Task
 from vlsdk.tasks.runner import autocast, model_device
@@ -141,15 +141,11 @@ class DetectionTask(Task):
 
     def transform(self, settings: DetectionSettings, split: str) -> Any:
         """The split's transform pipeline; the training one is built once and shared by every stage."""
-        train = split == "train"
-        if train and getattr(self, "_train_transform", None) is not None:
-            return self._train_transform
-        tf = build_pipeline(settings.transforms if train else settings.eval_transforms,
-                            "transforms" if train else "eval_transforms", train=train, seed=settings.seed,
-                            size=settings.image_size, channels=settings.channels)
-        if train:
-            self._train_transform = tf
-        return tf
+        if split != "train":
+            return split_pipeline(settings, split)
+        if getattr(self, "_train_transform", None) is None:
+            self._train_transform = split_pipeline(settings, split)
+        return self._train_transform
 
     def datasets(self, settings: DetectionSettings, split: str) -> Any:
         if split == "train":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlsdk.tasks.components import build, build_pipeline
+from vlsdk.tasks.components import build, split_pipeline
 from vlsdk.tasks.data import split_datasets
 from vlsdk.tasks.detection import attach_experts, class_names, model_classes, same_classes
 from vlsdk.tasks.protocol import Task
@@ -66,11 +66,8 @@ class SegmentationTask(Task):
     head = "segmentation"
 
     def datasets(self, settings: SegmentationSettings, split: str) -> Any:
-        train = split == "train"
-        transform = build_pipeline(settings.transforms if train else settings.eval_transforms,
-                                   "transforms" if train else "eval_transforms", train=train, seed=settings.seed,
-                                   size=settings.image_size, channels=settings.channels)
-        return split_datasets(settings, split, transform, channels=settings.channels, on_error="skip")
+        return split_datasets(settings, split, split_pipeline(settings, split), channels=settings.channels,
+                              on_error="skip")
 
     def collate(self, samples: list[Any]) -> Any:
         return collate_masks(samples)
