@@ -192,6 +192,9 @@ def _inject(model: nn.Module, config: LoraConfig, task: str) -> list[str]:
         tuner = LoraModel(model, config, adapter_name=task)
     except ValueError as err:
         raise ValueError(f"peft could not attach the LoRA adapter {task!r}: {err}") from err
+    except StopIteration:  # peft reads next(model.parameters()) for the device
+        raise ValueError(f"peft could not attach the LoRA adapter {task!r}: the model holds no parameter (every "
+                         "layer is a frozen int8 buffer); keep at least one float layer, e.g. a head") from None
     finally:
         model.peft_config = before  # the tuner overwrote it with this adapter only
     model.peft_config[task] = config
