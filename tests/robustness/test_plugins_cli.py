@@ -48,18 +48,6 @@ def vlsdk_register_experts(register):
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in (
-        "VLSDK_STRICT_PLUGINS",
-        "VLSDK_LOAD_PLUGINS",
-        "VLSDK_DISABLE_PLUGINS",
-        "VLSDK_ALLOW_REPLACE",
-        "VLSDK_SLOW_PLUGIN_SECONDS",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
 def marker(make_distribution, monkeypatch, tmp_path) -> tuple[Path, Path]:
     """``(site, marker file)``: the plugin ``vtmarker`` writes the file when imported."""

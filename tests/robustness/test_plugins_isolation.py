@@ -49,18 +49,6 @@ def vlsdk_register_experts(register):
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in (
-        "VLSDK_STRICT_PLUGINS",
-        "VLSDK_LOAD_PLUGINS",
-        "VLSDK_DISABLE_PLUGINS",
-        "VLSDK_ALLOW_REPLACE",
-        "VLSDK_SLOW_PLUGIN_SECONDS",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 def _install(make_distribution, monkeypatch, plugins: dict[str, str]) -> Path:
     """One distribution ``<name>-dist`` 1.0 per plugin (entry point ``name = vt_<name>``)."""
     site = None
