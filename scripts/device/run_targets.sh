@@ -6,7 +6,7 @@
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
 # pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu |
-# lesion_seeds_a | lesion_seeds_b
+# lesion_seeds_a | lesion_seeds_b | lesion_four | eager
 # (ddp_base_Ngpu needs N GPUs: kind nvidia-h200, -x2, -x4, -x8). Jobs run one after another (six at once starved the
 # 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
@@ -108,6 +108,31 @@ medical_ctx1)  # issue 4: small with one neighbour slice each side on the GPU (t
     run 290 medical python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 --epochs 80 --batch-size 16 \
         --model small --context-slices 1 --max-steps 800 --max-seconds 210 --num-workers 14 --no-progress \
         --out runs/medical_ctx1 --data "$D/brats_lesion_mri"
+    ;;
+lesion_four)  # issue 22: the reported divergence, trained on all four patients, seeds $SEEDS (default 0 1 2) side by
+    # side on the one GPU (the small model leaves it mostly idle; 4 loader workers each). Scored on a copy of pat0001
+    # under another name: not a held-out figure, the run is about divergence. A non-finite loss is skipped and the
+    # warning names the first module whose output was not finite.
+    four=/tmp/brats_four/brats2015TrainingData; mkdir -p "$four"
+    cp -rs "$(realpath "$D/brats_lesion_mri/brats2015TrainingData")/." "$four/"
+    ln -sfn "$(realpath "$D/brats_lesion_mri/brats2015TrainingData/test/brats_2013_pat0001_1")" "$four/test/copy_of_pat0001"
+    for seed in ${SEEDS:-0 1 2}; do
+        ( log="$out/lesion_four_s$seed.log"; run 400 lesion-four-s$seed python3 examples/medical_lesion_segmentation.py --device cuda --amp bf16 \
+            --batch-size 16 --model small --context-slices 1 --max-steps 800 --max-seconds 360 --num-workers 4 \
+            --no-progress --seed $seed --held-out copy_of_pat0001 --eval-slices 40 --out runs/lesion_four_s$seed \
+            --data /tmp/brats_four
+          cp runs/lesion_four_s$seed/metrics.jsonl "$out/lesion_four_s$seed.jsonl" ) &
+    done
+    wait
+    ;;
+eager)  # issue 23: the eager GPU rows, each case beside its baseline in one run
+    run 150 tp224-eager python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
+        --repeats 3 --models base vit_b16 small --out runs/tp_eager
+    run 80 moe-eager python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 \
+        --hidden 3072 --repeats 30
+    run 60 int8 python3 benchmarks/int8_matmul.py --device cuda --dtype bfloat16
+    run 100 pcb-eager python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --device cuda --amp bf16 --config small \
+        --batch-size 64 --out runs/pcb_bench_eager
     ;;
 lesion_seeds_a|lesion_seeds_b)  # issue 22: the documented GPU lesion recipe over seeds (a: 0, 1; b: 2, 3), bf16, small,
     # 2.5D; a non-finite step is skipped and counted (metrics.jsonl skipped_steps), not the end of the run

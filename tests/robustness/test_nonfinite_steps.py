@@ -62,6 +62,8 @@ def test_a_nan_loss_skips_the_step_warns_counts_and_training_goes_on(tmp_path):
     assert len(messages) == 2
     assert "non-finite loss at step 3, micro-batch 0 (loss nan; loss terms {'loss': nan, 'ce': 0." in messages[0]
     assert "'aux_loss':" in messages[0] and "step 3 skipped (no parameter update; 1 in a row" in messages[0]
+    # the step's forward was replayed with hooks: the model was finite, the loss function made the NaN
+    assert "first non-finite output: every module's output finite (the loss or router terms" in messages[0]
     assert "step 5 skipped" in messages[1] and "2 in this run" in messages[1]
     assert result.step == 6
     assert same(loss_fn.weights[3], loss_fn.weights[4])  # step 3 changed nothing
@@ -132,6 +134,39 @@ def test_non_finite_gradients_with_a_finite_loss_skip_the_step(tmp_path):
     assert [r.get("skipped_steps", 0) for r in result.train] == [0, 1, 1]
     assert math.isfinite(result.train[1]["loss"]) and math.isnan(result.train[1]["grad_norm"])
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_non_finite_input_is_traced_to_the_first_module_it_reaches(tmp_path):
+    data = square_lesions()
+    data.tensors[0][5, 0, 3, 3] = float("inf")  # one damaged pixel in one training image
+    trainer = Trainer(make_model(), seg_loss, data, config(tmp_path, steps=8, max_skipped_steps=8))
+    with pytest.warns(RuntimeWarning) as seen:
+        trainer.fit()
+    skips = [str(w.message) for w in seen if "skipped" in str(w.message)]
+    assert skips, "the image with an inf pixel was never drawn"
+    first_conv = next(n for n, m in trainer.model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    assert f"first non-finite output: {first_conv} (Conv2d), inputs non-finite" in skips[0]
+    assert "dataset indices" in skips[0] and " 5" in skips[0].split("dataset indices")[1]
+
+
+def test_an_overflow_under_autocast_is_told_from_one_in_any_precision():
+    from vlsdk.train.nonfinite import rng_state, trace_nonfinite
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU(), torch.nn.Linear(4, 1))
+    big = torch.full((2, 4), 1e5)  # finite in float32, beyond float16 (max 65504): autocast casts it to inf
+
+    def fp16():
+        return torch.autocast("cpu", dtype=torch.float16)
+
+    line = trace_nonfinite(net, lambda: net(big).sum(), autocast=fp16, rng=rng_state())
+    assert line.startswith("first non-finite output: 0 (Linear), inputs finite (max |x| 1e+05)")
+    assert line.endswith("without autocast the forward is finite (a precision problem)")
+    with torch.no_grad():
+        net[2].weight[0, 0] = float("nan")
+    line = trace_nonfinite(net, lambda: net(big).sum(), autocast=None)
+    assert line.startswith("first non-finite output: 2 (Linear), inputs finite (max |x| ")
+    assert line.endswith("; non-finite parameters: 2.weight")
 
 
 # -- under torchrun: every rank skips the same step --

@@ -32,6 +32,7 @@ from vlsdk.train.distributed import (
     max_over_ranks,
 )
 from vlsdk.train.loggers import ExperimentLog, check_loggers
+from vlsdk.train.nonfinite import rng_state, trace_nonfinite
 from vlsdk.train.routing_log import RoutingLog
 
 __all__ = ["Trainer", "TrainResult", "recover_checkpoint", "warmup_cosine", "to_device"]
@@ -433,6 +434,7 @@ class Trainer:
                 continue
             batch = to_device(batch, self.device)
             waited += time.perf_counter() - t0
+            rng = rng_state(self.device)  # a non-finite loss replays this forward to find where it came from
             with self._autocast():
                 out = self.loss_fn(self.model, batch)
             losses = dict(out) if isinstance(out, Mapping) else {"loss": out}
@@ -448,6 +450,11 @@ class Trainer:
             if bad:
                 terms = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in losses.items()}
                 why = self._nonfinite_loss(float(total.detach()), terms, micro, bad)
+                if self.rank in bad:
+                    autocast = self._autocast if self.amp_dtype is not None else None
+                    why += "; " + trace_nonfinite(self.model, lambda: self.loss_fn(self.model, batch),
+                                                  autocast=autocast, rng=rng, device=self.device)
+                    router.take()  # the replays' router losses are not this step's
                 sums = terms  # the row of a skipped step shows the terms that were not finite
                 continue
             self.scaler.scale(total / cfg.grad_accum).backward()
