@@ -12,7 +12,10 @@ peak memory is that process's peak resident set above the one it had before buil
 each timed as its own case beside eager; ``--fullgraph`` makes any graph break an error, and
 ``--freeze`` turns on inductor freezing (weights as constants: the MoE's stacked expert weights
 are folded once instead of re-stacked per call). ``--channels-last`` puts the model and the input in
-``torch.channels_last`` (the CNN stem's convolutions run NHWC on GPU tensor cores).
+``torch.channels_last`` (the CNN stem's convolutions run NHWC on GPU tensor cores). ``--train``
+also times an eager training step per model (forward, backward of the outputs' mean, AdamW;
+float32 weights, autocast in ``--dtype``) and prints its samples/s against the references.
+``timm_vit_b16`` is timm's ``vit_base_patch16_224`` (random weights), where timm is installed.
 
 Host work per forward (aten ops, host syncs): ``benchmarks/host_work.py``.
 
@@ -49,9 +52,17 @@ from vlsdk.inspect.kernels import kernel_breakdown  # noqa: E402
 from vlsdk.models.config import get_config  # noqa: E402
 from vlsdk.models.encoder import HybridEncoder  # noqa: E402
 
+def _timm_vit_b16() -> nn.Module:
+    """timm's ``vit_base_patch16_224`` (random weights, no classifier): the peer users compare with (needs timm)."""
+    import timm  # not a vlsdk dependency: only this reference needs it
+
+    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+
+
 REFERENCES: dict[str, Callable[[], nn.Module]] = {
     "vit_b16": lambda: PlainViT(768, 12, 12),
     "vit_l16": lambda: PlainViT(1024, 24, 16),
+    "timm_vit_b16": _timm_vit_b16,
 }
 
 
@@ -128,6 +139,54 @@ def measure(name: str, size: int, batch: int, args: argparse.Namespace,
     if getattr(args, "profile", False) and device.type == "cuda":
         result["kernels_ms"] = profile_case(model, x)
     return result
+
+
+def _floats(value: object) -> list[torch.Tensor]:
+    """The floating tensors of a model's output (a tensor, list, tuple, dict or dataclass of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif hasattr(value, "__dataclass_fields__"):
+        value = [getattr(value, f) for f in value.__dataclass_fields__]
+    return [t for v in value for t in _floats(v)] if isinstance(value, (list, tuple)) else []
+
+
+def measure_train(name: str, size: int, batch: int, args: argparse.Namespace) -> dict[str, float]:
+    """Samples/s of an eager training step: forward, backward of the mean of every output, AdamW step.
+
+    Float32 weights and optimiser state; ``--dtype`` other than float32 runs the forward under
+    ``torch.autocast`` in that dtype, as mixed-precision training does.
+    """
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    model = build(name).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = sum(t.float().mean() for t in _floats(model(x)))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(3):
+        step()
+    _sync(device)
+    blocks = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.iters):
+            step()
+        _sync(device)
+        blocks.append((time.perf_counter() - t0) / args.iters)
+    seconds = statistics.median(blocks)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
 
 
 def _mib(peak: float) -> str:
@@ -226,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="CUDA: print each case's GPU kernel time by kind (conv, gemm, attention, ...) and top kernels")
     p.add_argument("--iters", type=int, default=None, help="forwards per timed block (default 10 CUDA, 1 CPU)")
     p.add_argument("--repeats", type=int, default=5, help="timed blocks (median counts)")
+    p.add_argument("--train", action="store_true",
+                   help="also time an eager training step (forward, backward, AdamW; autocast in --dtype)")
     p.add_argument("--scaling", default=None, metavar="CONFIG", help="also sweep image and batch size for CONFIG")
     p.add_argument("--scaling-sizes", type=int, nargs="+", default=[224, 384, 512, 768])
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -264,6 +325,22 @@ def main(argv: list[str] | None = None) -> dict:
                     ratio = by_name[ours + suffix]["images_per_s"] / by_name[ref + suffix]["images_per_s"]
                     print(f"ratio {size}px{suffix}: {ours} / {ref} images/s = {ratio:.2f}x")
                     results[f"{ours}_over_{ref}@{size}{suffix.replace(' +', '_')}"] = ratio
+        if args.train:
+            trained: dict[str, dict[str, float]] = {}
+            for name in args.models:
+                try:
+                    trained[name] = r = measure_train(name, size, batch, args)
+                except Exception as err:  # report the case and go on with the others
+                    print(f"{name + ' train step':38s} {size:5d}px: failed: {type(err).__name__}: {err}"[:300])
+                    continue
+                results["cases"].append({"model": name + " train step", "size": size, "batch": batch, **r})
+                print(f"{name + ' train step':38s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
+                      f"{r['ms_per_batch']:9.2f} ms/batch peak {_mib(r['peak_mib'])}", flush=True)
+            for ours, ref in ((m, r) for r in REFERENCES for m in args.models if m not in REFERENCES):
+                if ours in trained and ref in trained:
+                    ratio = trained[ours]["images_per_s"] / trained[ref]["images_per_s"]
+                    print(f"ratio {size}px train step: {ours} / {ref} samples/s = {ratio:.2f}x")
+                    results[f"{ours}_over_{ref}@{size}_train"] = ratio
         for name in args.models:
             for suffix in suffixes[1:]:
                 if name in by_name and name + suffix in by_name:

@@ -37,14 +37,17 @@ def finite(*values: float) -> bool:
 
 def test_lora_vs_full_quick(shared_data: Path, tmp_path: Path) -> None:
     r = run_script("lora_vs_full.py", shared_data / "brats_lesion_mri", tmp_path, "--pretrain-steps", "2")
-    full, lora = r["arms"]["full"], r["arms"]["lora"]
-    for arm in (full, lora):
+    full, lora, lora_float = r["arms"]["full"], r["arms"]["lora"], r["arms"]["lora_float"]
+    for arm in (full, lora, lora_float):
         assert finite(arm["dice"])  # HD95 is inf when a 2-step model predicts nothing: not checked
         assert 0.0 <= arm["dice"] <= 1.0
         assert arm["trainable_state_bytes"] == arm["grad_bytes"] + arm["optimizer_bytes"] > 0
         assert arm["weight_bytes"] > 0 and arm["peak_memory_bytes"] > 0
-    assert lora["trainable_params"] < full["trainable_params"]
+    assert lora["trainable_params"] == lora_float["trainable_params"] < full["trainable_params"]
+    assert lora["weight_bytes"] < lora_float["weight_bytes"]  # the same adapters, on int8 and on float weights
     ratios = r["ratios"]
+    assert ratios["dice_lora_minus_lora_float"] == pytest.approx(lora["dice"] - lora_float["dice"])
+    assert r["met"]["dice_lora_minus_lora_float"] == (ratios["dice_lora_minus_lora_float"] >= -0.01)
     expected = {"dice_lora_over_full": lora["dice"] / full["dice"] if full["dice"] else float("nan"),
                 "trainable_state_full_over_lora": full["trainable_state_bytes"] / lora["trainable_state_bytes"],
                 "weight_bytes_full_over_lora": full["weight_bytes"] / lora["weight_bytes"],

@@ -126,8 +126,8 @@ lesion_four)  # issue 22: the reported divergence, trained on all four patients,
     wait
     ;;
 eager)  # issue 23: the eager GPU rows, each case beside its baseline in one run
-    run 150 tp224-eager python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
-        --repeats 3 --models base vit_b16 small --out runs/tp_eager
+    run 240 tp224-eager python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
+        --repeats 3 --train --models base vit_b16 timm_vit_b16 small --out runs/tp_eager
     run 80 moe-eager python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 \
         --hidden 3072 --repeats 30
     run 60 int8 python3 benchmarks/int8_matmul.py --device cuda --dtype bfloat16
