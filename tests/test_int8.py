@@ -122,7 +122,11 @@ def test_auto_falls_back_to_dequant_where_int8_cannot_run():
     strict = Int8Linear.from_linear(lin, compute="int8")
     deq = Int8Linear.from_linear(lin, compute="dequant")
     x = torch.randn(5, 32)
-    assert auto.int8_refusal(x) is None and torch.equal(auto(x), strict(x))
+    assert auto.int8_refusal(x) is None and torch.equal(auto(x), strict(x)) and auto.path(x) == "int8"
+    on_meta = Int8Linear.from_linear(lin).to("meta")
+    # off the CPU, auto dequantises even where torch._int_mm could run (slower than bf16 on an H100)
+    assert on_meta.path(torch.empty(20, 32, device="meta")) == "dequant"
+    assert Int8Linear.from_linear(lin, compute="dequant").path(x) == "dequant"
     refused = {
         "no backward": x.clone().requires_grad_(),
         "dtype torch.float64": x.double(),
