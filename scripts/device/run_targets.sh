@@ -6,7 +6,7 @@
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
 # pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu |
-# lesion_seeds_a | lesion_seeds_b | lesion_four | eager
+# lesion_seeds_a | lesion_seeds_b | lesion_four | eager | peer
 # (ddp_base_Ngpu needs N GPUs: kind nvidia-h200, -x2, -x4, -x8). Jobs run one after another (six at once starved the
 # 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
@@ -133,6 +133,9 @@ eager)  # issue 23: the eager GPU rows, each case beside its baseline in one run
     run 60 int8 python3 benchmarks/int8_matmul.py --device cuda --dtype bfloat16
     run 100 pcb-eager python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --device cuda --amp bf16 --config small \
         --batch-size 64 --out runs/pcb_bench_eager
+    ;;
+peer)  # issue 23: vlsdk's PCB detector beside ultralytics YOLOv8s (carry the ultralytics and ultralytics-thop wheels)
+    run 220 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --compile --out runs/pcb_vs_yolo
     ;;
 lesion_seeds_a|lesion_seeds_b)  # issue 22: the documented GPU lesion recipe over seeds (a: 0, 1; b: 2, 3), bf16, small,
     # 2.5D; a non-finite step is skipped and counted (metrics.jsonl skipped_steps), not the end of the run
