@@ -144,6 +144,10 @@ class Trainer:
     and the learning-rate schedule advances, so the schedule and the data order stay those of the
     step count and resume stays exact. ``config.max_skipped_steps`` skips in a row are tolerated;
     the next one raises ``FloatingPointError`` (every rank at the same step; checkpoints are kept).
+    The warning also says where a non-finite loss came from: the rank that saw it replays the
+    forward on the same batch with the same random state and names the first module whose output
+    was NaN or inf (under autocast, also whether the forward is finite without it;
+    :func:`vlsdk.train.nonfinite.trace_nonfinite`).
     With fp16 an infinite gradient norm is the gradient scaler's to handle (it skips the step and
     lowers the scale); it is not counted.
 
