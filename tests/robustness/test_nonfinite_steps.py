@@ -169,6 +169,30 @@ def test_an_overflow_under_autocast_is_told_from_one_in_any_precision():
     assert line.endswith("; non-finite parameters: 2.weight")
 
 
+def test_the_replay_leaves_no_trace_and_never_raises():
+    from vlsdk.train.nonfinite import trace_nonfinite
+
+    model = make_model().train()  # the stem's BatchNorm updates its running statistics in training
+    image = torch.rand(2, 1, 32, 32)
+    image[0, 0, 5, 5] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    published = []
+    handle = model.encoder.routing.subscribe(lambda encoder, stats: published.append(stats))
+    line = trace_nonfinite(model, lambda: model(image, heads=["seg"]), autocast=None)
+    assert line.startswith("first non-finite output: ") and "inputs non-finite" in line
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items() if v.isfinite().all())
+    assert published == []  # the routing log and the MoE losses never see the replay
+    model(image.nan_to_num(), heads=["seg"])
+    assert len(published) == 1  # and the collector publishes again after it
+    handle.remove()
+
+    def broken():
+        raise RuntimeError("labels out of range")
+
+    assert trace_nonfinite(model, broken, autocast=None) == ("the replayed forward raised RuntimeError: "
+                                                            "labels out of range")
+
+
 # -- under torchrun: every rank skips the same step --
 
 def _data() -> TensorDataset:

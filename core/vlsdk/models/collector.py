@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -64,6 +65,15 @@ class RoutingCollector:
         """Hand ``stats`` to every subscriber (the encoder calls this once per forward)."""
         for fn in list(self._subscribers.values()):
             fn(encoder, stats)
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Publish to nobody inside the block (a replayed forward that no subscriber should count)."""
+        subscribers, self._subscribers = self._subscribers, OrderedDict()
+        try:
+            yield
+        finally:
+            self._subscribers = subscribers
 
     def __len__(self) -> int:
         return len(self._subscribers)

@@ -4,8 +4,10 @@ A skipped step's warning says *that* the loss was not finite; :func:`trace_nonfi
 it runs the step's forward once more on the same batch, with the same random state, a forward
 hook on every module, and names the first module (in execution order) whose output is not finite,
 with the largest magnitude among its inputs. Under autocast, a second run without it tells a precision
-problem (finite in float32) from a model or data problem (non-finite in any precision). It runs
-only after a non-finite loss, so the training step itself pays nothing.
+problem (finite in float32) from a model or data problem (non-finite in any precision). The
+replays leave no trace: buffers such as BatchNorm's running statistics are put back and the
+encoders' routing collectors publish nothing. It runs only after a non-finite loss, so the
+training step itself pays nothing.
 
 Example:
     >>> import torch
@@ -25,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from vlsdk.models.collector import routing_collectors
 
 __all__ = ["rng_state", "trace_nonfinite"]
 
@@ -83,6 +87,21 @@ def _first_nonfinite(model: nn.Module, forward: Callable[[], Any]) -> tuple[str,
     return found[0] if found else None
 
 
+@contextlib.contextmanager
+def _undone(model: nn.Module) -> Iterator[None]:
+    """Leave no trace of a replayed forward: buffers (BatchNorm running statistics) put back, routing unpublished."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    with contextlib.ExitStack() as stack:
+        for _, collector in routing_collectors(model):
+            stack.enter_context(collector.muted())
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+
+
 def _describe(hit: tuple[str, str, Any] | None) -> str:
     if hit is None:
         return "every module's output finite (the loss or router terms made the value)"
@@ -116,15 +135,18 @@ def trace_nonfinite(model: nn.Module, forward: Callable[[], Any], *, autocast: C
             torch.set_rng_state(rng[0])
             if rng[1] is not None:
                 torch.cuda.set_rng_state(rng[1], device)
-        with context():
+        with context(), _undone(model):
             return _first_nonfinite(model, forward)
 
-    first = replay(autocast or contextlib.nullcontext)
-    parts = [f"first non-finite output: {_describe(first)}"]
-    if autocast is not None and first is not None:
-        plain = replay(contextlib.nullcontext)
-        parts.append(f"without autocast: {_describe(plain)}" if plain
-                     else "without autocast the forward is finite (a precision problem)")
+    try:
+        first = replay(autocast or contextlib.nullcontext)
+        parts = [f"first non-finite output: {_describe(first)}"]
+        if autocast is not None and first is not None:
+            plain = replay(contextlib.nullcontext)
+            parts.append(f"without autocast: {_describe(plain)}" if plain
+                         else "without autocast the forward is finite (a precision problem)")
+    except Exception as err:  # a diagnosis must not end the run it diagnoses
+        parts = [f"the replayed forward raised {type(err).__name__}: {err}"[:300]]
     bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
     if bad:
         parts.append(f"non-finite parameters: {', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))

@@ -458,7 +458,6 @@ class Trainer:
                     autocast = self._autocast if self.amp_dtype is not None else None
                     why += "; " + trace_nonfinite(self.model, lambda: self.loss_fn(self.model, batch),
                                                   autocast=autocast, rng=rng, device=self.device)
-                    router.take()  # the replays' router losses are not this step's
                 sums = terms  # the row of a skipped step shows the terms that were not finite
                 continue
             self.scaler.scale(total / cfg.grad_accum).backward()
