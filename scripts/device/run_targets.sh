@@ -12,7 +12,7 @@
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
 # per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -130,7 +130,7 @@ eager)  # issue 23: the eager GPU rows, each case beside its baseline in one run
         --repeats 3 --train --models base vit_b16 timm_vit_b16 small --out runs/tp_eager
     run 80 moe-eager python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 \
         --hidden 3072 --repeats 30
-    run 60 int8 python3 benchmarks/int8_matmul.py --device cuda --dtype bfloat16
+    run 60 int8 python3 benchmarks/int8_matmul.py --device cuda --dtype bfloat16 --tokens 1024 6272 16384 65536
     run 100 pcb-eager python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --device cuda --amp bf16 --config small \
         --batch-size 64 --out runs/pcb_bench_eager
     ;;

@@ -18,7 +18,7 @@ bfloat16 inputs; no gradient needed through the input), where it is 2-3.4x faste
 and the dequantising one otherwise: when a LoRA adapter upstream is training, and on every other
 device. On an H100 the int8 path (a per-token quantisation, ``torch._int_mm``, rescaling) ran at
 0.08-0.20x the speed of a bf16 ``nn.Linear`` at ``base``'s shapes and the dequantising one at
-0.3-0.6x (``benchmarks/int8_matmul.py --device cuda``, BENCHMARKS.md): ``compute="int8"`` still
+0.3-0.7x (``benchmarks/int8_matmul.py --device cuda``, BENCHMARKS.md): ``compute="int8"`` still
 forces it there.
 
 The buffer is called ``qweight`` on purpose: it is the name peft (and GPTQ/AWQ layers) look for
@@ -172,6 +172,9 @@ class Int8Linear(nn.Module):
 
     def path(self, x: torch.Tensor) -> Literal["int8", "dequant"]:
         """The forward that input ``x`` takes under this layer's ``compute`` (see the module doc).
+
+        Args:
+            x: an input of the layer (only its device, dtype, size and ``requires_grad`` are read).
 
         Raises:
             ValueError: ``compute="int8"`` and the int8 path cannot serve ``x`` (the reason is named).

@@ -32,7 +32,7 @@ from vlsdk.train.distributed import (
     max_over_ranks,
 )
 from vlsdk.train.loggers import ExperimentLog, check_loggers
-from vlsdk.train.nonfinite import rng_state, trace_nonfinite
+from vlsdk.train.nonfinite import RunningStats, rng_state, trace_nonfinite
 from vlsdk.train.routing_log import RoutingLog
 
 __all__ = ["Trainer", "TrainResult", "recover_checkpoint", "warmup_cosine", "to_device"]
@@ -138,16 +138,17 @@ class Trainer:
 
     A non-finite step is skipped, not fatal: when a micro-batch's loss (on any rank: the ranks agree
     through one all-reduce) or, with ``clip_grad``, the gradient norm is NaN or infinite, the
-    optimiser does not step, the gradients are zeroed, a warning names the step and the loss terms,
+    optimiser does not step, the gradients are zeroed, BatchNorm's running statistics are put back
+    to their values before the step, a warning names the step and the loss terms,
     and the step is logged with ``skipped_steps`` (the run's total; present in rows from the first
     skip on). As ``torch.amp.GradScaler`` does, the skipped step still counts: its data is consumed
     and the learning-rate schedule advances, so the schedule and the data order stay those of the
     step count and resume stays exact. ``config.max_skipped_steps`` skips in a row are tolerated;
     the next one raises ``FloatingPointError`` (every rank at the same step; checkpoints are kept).
-    The warning also says where a non-finite loss came from: the rank that saw it replays the
-    forward on the same batch with the same random state and names the first module whose output
-    was NaN or inf (under autocast, also whether the forward is finite without it;
-    :func:`vlsdk.train.nonfinite.trace_nonfinite`).
+    The warning also says where a non-finite loss came from: the forward is replayed on the same
+    batch with the same random state (on every rank, in case it holds collectives) and the rank that
+    saw the value names the first module whose output was NaN or inf (under autocast, also whether
+    the forward is finite without it; :func:`vlsdk.train.nonfinite.trace_nonfinite`).
     With fp16 an infinite gradient norm is the gradient scaler's to handle (it skips the step and
     lowers the scale); it is not counted.
 
@@ -171,6 +172,7 @@ class Trainer:
                              f"({config.batch_size} x {self.world} ranks)")
         self.device = _resolve_device(config.device, self.world)
         self.model = model.to(self.device)
+        self._running_stats = RunningStats(self.model)  # a skipped step puts BatchNorm's statistics back
         self.out_dir = Path(config.out_dir)
         if self.rank == 0:
             recover_checkpoint(self.out_dir / CHECKPOINT)  # before any caller asks whether there is one
@@ -430,6 +432,7 @@ class Trainer:
         sums: dict[str, float] = {}
         waited = 0.0  # seconds spent waiting for the input pipeline (a starved GPU shows here)
         why: str | None = None  # set when this step is skipped: what was non-finite
+        self._running_stats.save()
         for micro in range(cfg.grad_accum):
             t0 = time.perf_counter()
             batch = next(batches)
@@ -454,10 +457,13 @@ class Trainer:
             if bad:
                 terms = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in losses.items()}
                 why = self._nonfinite_loss(float(total.detach()), terms, micro, bad)
+                del out, losses, total, aux, z  # the failed step's graph, before the replays need memory
+                # every rank replays (the forward may hold collectives); the ranks that saw it say where
+                autocast = self._autocast if self.amp_dtype is not None else None
+                where = trace_nonfinite(self.model, lambda: self.loss_fn(self.model, batch), autocast=autocast,
+                                        rng=rng, device=self.device, both=self.world > 1)
                 if self.rank in bad:
-                    autocast = self._autocast if self.amp_dtype is not None else None
-                    why += "; " + trace_nonfinite(self.model, lambda: self.loss_fn(self.model, batch),
-                                                  autocast=autocast, rng=rng, device=self.device)
+                    why += "; " + where
                 sums = terms  # the row of a skipped step shows the terms that were not finite
                 continue
             self.scaler.scale(total / cfg.grad_accum).backward()
@@ -491,8 +497,10 @@ class Trainer:
         return sums
 
     def _skip(self, why: str) -> None:
-        """Skip this optimiser step (zero the gradients, count it, warn) or stop after too many in a row."""
+        """Skip this optimiser step (zero the gradients, put BatchNorm's statistics back, count it, warn) or
+        stop after too many in a row."""
         self.optimizer.zero_grad(set_to_none=True)
+        self._running_stats.restore()
         self.skipped_steps += 1
         self.skipped_in_a_row += 1
         limit = self.config.max_skipped_steps
