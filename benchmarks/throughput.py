@@ -103,20 +103,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_call(fn: Callable[[], object], device: torch.device, iters: int, repeats: int, warmup: int = 3) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` blocks of ``iters`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    blocks = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        _sync(device)
+        blocks.append((time.perf_counter() - t0) / iters)
+    return statistics.median(blocks)
+
+
 def time_forward(model: nn.Module, x: torch.Tensor, iters: int, repeats: int, warmup: int = 3) -> float:
     """Median seconds per forward over ``repeats`` blocks of ``iters`` forwards."""
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        _sync(x.device)
-        blocks = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                model(x)
-            _sync(x.device)
-            blocks.append((time.perf_counter() - t0) / iters)
-    return statistics.median(blocks)
+        return time_call(lambda: model(x), x.device, iters, repeats, warmup)
 
 
 def measure(name: str, size: int, batch: int, args: argparse.Namespace,
@@ -174,17 +179,7 @@ def measure_train(name: str, size: int, batch: int, args: argparse.Namespace) ->
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(3):
-        step()
-    _sync(device)
-    blocks = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.iters):
-            step()
-        _sync(device)
-        blocks.append((time.perf_counter() - t0) / args.iters)
-    seconds = statistics.median(blocks)
+    seconds = time_call(step, device, args.iters, args.repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
 

@@ -43,6 +43,15 @@ def test_channels_last_runs_on_the_cpu(tmp_path):
     assert r["setting"]["channels_last"] and r["cases"][0]["images_per_s"] > 0
 
 
+def test_train_step_is_timed_beside_the_reference(tmp_path):
+    r = throughput.main(["--models", "tiny", "vit_b16", "--size", "32", "--batch", "1", "--repeats", "1", "--train",
+                         "--out", str(tmp_path)])
+    steps = {c["model"]: c for c in r["cases"] if c["model"].endswith("train step")}
+    assert set(steps) == {"tiny train step", "vit_b16 train step"}
+    assert r["tiny_over_vit_b16@32_train"] == pytest.approx(
+        steps["tiny train step"]["images_per_s"] / steps["vit_b16 train step"]["images_per_s"])
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory is read from Linux /proc")
 def test_cpu_scaling_measures_peak_memory_per_case(tmp_path):
     pytest.importorskip("matplotlib")
