@@ -166,7 +166,8 @@ def measure_train(name: str, size: int, batch: int, args: argparse.Namespace) ->
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     model = build(name).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fused = getattr(args, "optimizer", "foreach") == "fused"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     x = torch.randn(batch, 3, size, size, device=device)
 
     def step() -> None:
@@ -181,7 +182,12 @@ def measure_train(name: str, size: int, batch: int, args: argparse.Namespace) ->
         torch.cuda.reset_peak_memory_stats(device)
     seconds = time_call(step, device, args.iters, args.repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
+    result = {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
+    if getattr(args, "profile", False) and device.type == "cuda":
+        report = kernel_breakdown(step, iters=3, top=30, device=device)
+        print("  " + str(report).replace("\n", "\n  "))
+        result["kernels_ms"] = report.by_kind | {"kernel_ms": report.total_ms}
+    return result
 
 
 def _mib(peak: float) -> str:
@@ -282,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=5, help="timed blocks (median counts)")
     p.add_argument("--train", action="store_true",
                    help="also time an eager training step (forward, backward, AdamW; autocast in --dtype)")
+    p.add_argument("--optimizer", default="foreach", choices=["foreach", "fused"],
+                   help="AdamW implementation of the --train step (fused: one kernel per group; CUDA)")
     p.add_argument("--scaling", default=None, metavar="CONFIG", help="also sweep image and batch size for CONFIG")
     p.add_argument("--scaling-sizes", type=int, nargs="+", default=[224, 384, 512, 768])
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64])

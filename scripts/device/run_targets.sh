@@ -6,13 +6,13 @@
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
 # pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu |
-# lesion_seeds_a | lesion_seeds_b | lesion_four | eager | peer
+# lesion_seeds_a | lesion_seeds_b | lesion_four | eager | peer | train_profile | eager_profile
 # (ddp_base_Ngpu needs N GPUs: kind nvidia-h200, -x2, -x4, -x8). Jobs run one after another (six at once starved the
 # 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
 # per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer|train_profile|eager_profile}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -136,6 +136,25 @@ eager)  # issue 23: the eager GPU rows, each case beside its baseline in one run
     ;;
 peer)  # issue 23: vlsdk's PCB detector beside ultralytics YOLOv8s (carry the ultralytics and ultralytics-thop wheels)
     run 220 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --compile --out runs/pcb_vs_yolo
+    run 90 pcb-eager-nhwc-bf16w python3 benchmarks/pcb_vs_yolo.py --device cuda --no-peer --no-train --channels-last \
+        --bf16-weights --out runs/pcb_eager_nhwc_bf16w
+    run 90 pcb-eager-dense python3 benchmarks/pcb_vs_yolo.py --device cuda --no-peer --no-train --channels-last \
+        --bf16-weights --dense-moe --out runs/pcb_eager_dense
+    run 100 pcb-eager-profile python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --profile --device cuda --amp bf16 \
+        --config small --batch-size 64 --out runs/pcb_bench_eager_profile
+    ;;
+eager_profile)  # issue 23, one call: the peer side by side, then where eager training and MoE time goes
+    run 220 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --compile --out runs/pcb_vs_yolo
+    run 150 tp-train-profile python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
+        --repeats 3 --train --profile --models base timm_vit_b16 --out runs/tp_train_profile
+    run 90 moe-profile python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 \
+        --hidden 3072 --repeats 30 --profile
+    ;;
+train_profile)  # issue 23: where the eager training step's GPU time goes (kernels by kind, top 30), and fused AdamW
+    run 260 tp-train-profile python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
+        --repeats 3 --train --profile --models base timm_vit_b16 --out runs/tp_train_profile
+    run 200 tp-train-fused python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
+        --repeats 3 --train --optimizer fused --models base timm_vit_b16 --out runs/tp_train_fused
     ;;
 lesion_seeds_a|lesion_seeds_b)  # issue 22: the documented GPU lesion recipe over seeds (a: 0, 1; b: 2, 3), bf16, small,
     # 2.5D; a non-finite step is skipped and counted (metrics.jsonl skipped_steps), not the end of the run
