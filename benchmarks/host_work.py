@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+
+if "--fused" in sys.argv:  # Triton reads it when first imported (some torch imports below import it)
+    os.environ["TRITON_INTERPRET"] = "1"
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +33,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import build  # noqa: E402
+
+from vlsdk.models import moe_kernels  # noqa: E402
 
 #: aten ops whose output shape depends on tensor values, or that copy a value to the host
 _HOST_SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2",
@@ -89,6 +95,8 @@ class HostWork(TorchDispatchMode):
         self._reads.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if moe_kernels.launching():  # Triton's CPU interpreter at work inside one (counted) kernel launch
+            return func(*args, **(kwargs or {}))
         name = func._schema.name.split("::")[-1]
         self.by_op[name] += 1
         self.by_source[_source()] += 1
@@ -117,31 +125,37 @@ class _Reads(TorchFunctionMode):
 
 
 def op_count(names: list[str], size: int, repeats: int = 7, detail: bool = False,
-             dtype: torch.dtype = torch.float32) -> list[dict]:
-    """Aten ops, host reads and CPU milliseconds of one eval forward of each model (batch 1, CPU)."""
+             dtype: torch.dtype = torch.float32, fused: bool = False) -> list[dict]:
+    """Aten ops (plus Triton launches), host reads and CPU milliseconds of one eval forward of each
+    model (batch 1, CPU); ``fused`` adds the MoE path with the Triton kernels (in the interpreter)."""
     rows = []
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
     for name in names:
         torch.manual_seed(0)
         model = build(name).to(dtype).eval()
         layers = getattr(model, "moe_layers", [])
-        for path in (["loop", "grouped"] if layers else ["dense"]):
+        for path in ((["loop", "grouped"] + (["fused"] if fused else [])) if layers else ["dense"]):
             for layer in layers:
-                layer.grouped = path == "grouped"
+                layer.grouped = path != "loop"
+                layer.fused = path == "fused"
             with torch.no_grad():
                 model(x)  # warm-up: caches (position embedding, stacked expert weights) are filled
+                launched = sum(moe_kernels.LAUNCHES.values())
                 with HostWork() as work:
                     model(x)
+                launches = sum(moe_kernels.LAUNCHES.values()) - launched
                 times = []
                 for _ in range(repeats):
                     t0 = time.thread_time()
                     model(x)
                     times.append(time.thread_time() - t0)
-            row = {"model": name, "path": path, "size": size, "ops": work.ops, "host_syncs": work.syncs,
+            row = {"model": name, "path": path, "size": size, "ops": work.ops + launches, "aten_ops": work.ops,
+                   "kernel_launches": launches, "host_syncs": work.syncs,
                    "cpu_ms": statistics.median(times) * 1e3, "sync_sites": dict(work.sync_sites),
                    "ops_by_source": dict(work.by_source.most_common())}
             rows.append(row)
-            print(f"{name + ' ' + path:22s} {size:4d}px: {row['ops']:5d} aten ops {row['host_syncs']:4d} host syncs "
+            print(f"{name + ' ' + path:22s} {size:4d}px: {row['ops']:5d} ops ({launches} kernel launches) "
+                  f"{row['host_syncs']:4d} host syncs "
                   f"{row['cpu_ms']:8.1f} ms CPU per forward", flush=True)
             if detail:
                 for source, n in work.by_source.most_common():
@@ -163,9 +177,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=64, help="image size (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--detail", action="store_true", help="ops per source function and each sync site")
+    p.add_argument("--fused", action="store_true",
+                   help="also count the MoE path with the Triton kernels (vlsdk.models.moe_kernels), each launch "
+                        "counted as an op; on the CPU they run in Triton's interpreter (TRITON_INTERPRET=1)")
     p.add_argument("--out", type=Path, default=Path("runs/host_work"))
     args = p.parse_args(argv)
-    rows = op_count(args.models, args.size, detail=args.detail, dtype=getattr(torch, args.dtype))
+    rows = op_count(args.models, args.size, detail=args.detail, dtype=getattr(torch, args.dtype), fused=args.fused)
     print(f"setting: cpu, torch {torch.__version__}, {args.dtype}, {torch.get_num_threads()} threads, batch 1, "
           f"no_grad, median of 7 forwards (thread time)")
     args.out.mkdir(parents=True, exist_ok=True)

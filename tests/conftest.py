@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+# The MoE's Triton kernels (vlsdk.models.moe_kernels) run in Triton's CPU interpreter where there is
+# no GPU; Triton reads the switch when it is first imported, so it is set before any test imports it.
+if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest_plugins = ["vlsdk.testing"]
 

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from vlsdk.models import moe_kernels
 from vlsdk.models.amp import autocast_enabled
 from vlsdk.models.config import MoEConfig
 from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_rows, unsort_slots
@@ -15,7 +16,7 @@ from vlsdk.models.expert_stack import ExpertStack, stacked_with_grad
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
 from vlsdk.models.features import ExpertContext, RouterStats
 from vlsdk.models.grouped_mm import StackedWeights, grouped_mm
-from vlsdk.models.router import Router, count_assignments
+from vlsdk.models.router import Router, Routing, count_assignments, sort_key_dtype
 
 __all__ = ["DynamicMoE", "split_expert_name"]
 
@@ -72,6 +73,11 @@ class DynamicMoE(nn.Module):
         #: ``torch.compile`` traces the layer. Used only while the layer is dropless (with a capacity factor the loop
         #: path, with its host read of the split sizes, serves); domain experts then run on every token.
         self.grouped: bool | None = None
+        #: on the grouped path in inference, route, gather and combine with the Triton kernels of
+        #: :mod:`vlsdk.models.moe_kernels` (and the shared expert as one more GEMM group);
+        #: ``None`` = on CUDA where they are available (gradients off, not compiling), ``True`` = also on the
+        #: CPU under Triton's interpreter (tests), ``False`` = never
+        self.fused: bool | None = None
         self._stacked = StackedWeights(self._fold_for_gemm)
         self._constants: dict[tuple, torch.Tensor] = {}  # small per-device tensors for eager calls
         #: the generic experts' parameters are slices of four stacked tensors (see ExpertStack)
@@ -169,13 +175,17 @@ class DynamicMoE(nn.Module):
         grid2 = (grid[0], grid[1]) if grid is not None else (1, n_tok)
         grid3 = (batch, *grid2)
         flat = x.reshape(-1, dim)
-        routing = self.router(flat)
-        weight = routing.topk_weight.to(x.dtype)
-        if self.dense:
-            routed, counts, dropped = self._dense(flat, routing.topk_idx, weight, grid3)
+        fused = (self.fused or (self.fused is None and flat.is_cuda)) and not self.dense and self._use_grouped(flat) \
+            and moe_kernels.available(flat)
+        routing = self.router(flat, fused=fused)
+        shared_done = False
+        if fused:
+            (routed, shared_done), counts, dropped = self._fused(flat, routing, grid3), None, None
+        elif self.dense:
+            routed, counts, dropped = self._dense(flat, routing.topk_idx, routing.topk_weight.to(x.dtype), grid3)
         else:
-            routed, counts, dropped = self._sparse(flat, routing.topk_idx, weight, grid3)
-        out = routed if self.shared is None else routed + self.shared(flat)
+            routed, counts, dropped = self._sparse(flat, routing.topk_idx, routing.topk_weight.to(x.dtype), grid3)
+        out = routed if self.shared is None or shared_done else routed + self.shared(flat)
         # Statistics nobody asked for cost ~20 small kernels per layer: with gradients off they are
         # computed when read (RouterStats keeps the logits); with gradients on, now, in the graph.
         grad = torch.is_grad_enabled()
@@ -199,7 +209,7 @@ class DynamicMoE(nn.Module):
         num_experts = len(self.expert_names)
         assignment = idx.reshape(-1)                                   # (T*k,) expert of each slot
         if self._use_grouped(flat):                                    # (dropless: no capacity)
-            key = assignment.to(_sort_key_dtype(num_experts))          # 1-byte keys: 1 radix pass, not 8
+            key = assignment.to(sort_key_dtype(num_experts))          # 1-byte keys: 1 radix pass, not 8
             experts, order = torch.sort(key, stable=True)              # slots grouped by expert
             return self._grouped(flat, idx, weight, order, experts, grid3), None, None
         order = torch.argsort(assignment, stable=True)                 # slots grouped by expert
@@ -252,10 +262,54 @@ class DynamicMoE(nn.Module):
             stacks = self._stack.get(params)
         return stacks
 
-    def _fold_for_gemm(self, params: list[torch.Tensor],
-                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        stacks = self._tied_stacks(params)
-        return _fold(*(_stack4(params) if stacks is None else stacks), dtype=dtype)
+    def _fold_for_gemm(self, params: list[torch.Tensor], dtype: torch.dtype,
+                       shared: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        generic = params[:-4] if shared else params  # with `shared`, its four parameters come last
+        stacks = self._tied_stacks(generic)
+        stacks = _stack4(generic) if stacks is None else stacks
+        if shared:
+            stacks = tuple(torch.cat([s, p[None].to(s.dtype)]) for s, p in zip(stacks, params[-4:], strict=True))
+        return _fold(*stacks, dtype=dtype)
+
+    def _foldable_shared(self) -> list[torch.Tensor] | None:
+        """The shared expert's ``fc1.w, fc1.b, fc2.w, fc2.b`` if it can be one more group of the
+        grouped GEMM (a plain :class:`ExpertMLP` of one generic expert's width), else ``None``."""
+        shared = self.shared
+        if type(shared) is not ExpertMLP or shared.fc1.out_features != self.config.expert_hidden:
+            return None
+        fc1, fc2 = shared._modules["fc1"]._parameters, shared._modules["fc2"]._parameters
+        if type(shared.fc1) is not nn.Linear or type(shared.fc2) is not nn.Linear:
+            return None
+        return [fc1["weight"], fc1["bias"], fc2["weight"], fc2["bias"]]
+
+    def _fused(self, flat: torch.Tensor, routing: Routing,
+               grid3: tuple[int, int, int]) -> tuple[torch.Tensor, bool]:
+        """The grouped path in inference with the kernels of :mod:`~vlsdk.models.moe_kernels`.
+
+        The same GEMMs as :meth:`_grouped`; the shared expert, when it has one generic expert's
+        width, is one more group whose rows (one per token) follow the routed slots. Returns the
+        output and whether the shared expert is in it.
+        """
+        idx, weight = routing.topk_idx, routing.topk_weight
+        n_tok, k = idx.shape
+        n_generic = len(self._backbone_experts)
+        dtype = _compute_dtype(flat)
+        shared_params = self._foldable_shared()
+        shared = shared_params is not None
+        params = self._generic_params()
+        w1, w2, b2 = self._stacked.get(params + shared_params if shared else params, dtype, shared)
+        experts, order = torch.sort(routing.key, stable=True)
+        offs = torch.searchsorted(experts, self._constant("ends", flat.device, experts.dtype), right=True,
+                                  out_int32=True)
+        if shared:  # the shared group ends after one row per token
+            offs = torch.cat([offs, self._constant("shared_end", flat.device, torch.int32, rows=n_tok)])
+        xs, inverse = moe_kernels.gather_rows(flat, order, k, _PAD, dtype, shared=shared)
+        ys = grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs)
+        routed = moe_kernels.combine(ys, inverse, idx, weight, b2, n_generic, flat.dtype, shared=shared)
+        if len(self.expert_names) > n_generic:
+            combine = torch.zeros(n_tok, len(self.expert_names), dtype=flat.dtype, device=flat.device)
+            routed = self._add_domain(routed, flat, combine.scatter_(1, idx, weight.to(flat.dtype)), grid3)
+        return routed, shared
 
     def _generic_params(self) -> list[torch.Tensor]:
         """``fc1.weight, fc1.bias, fc2.weight, fc2.bias`` of each generic expert, in router order.
@@ -285,13 +339,16 @@ class DynamicMoE(nn.Module):
         ``"ends"``: ``[0, 1, ..., G - 2, E]`` for ``G`` generic of ``E`` experts, whose
         ``searchsorted`` in the expert-sorted slots gives the grouped GEMM's group ends (the last
         generic group runs to the end and carries the domain experts' slots).
+        ``"shared_end"``: ``[rows * (k + 1)]``, the end of the shared expert's group on the fused path.
         """
         key = (name, device, dtype, len(self.expert_names), rows)
         compiling = torch.compiler.is_compiling() or torch.jit.is_tracing()
         value = None if compiling else self._constants.get(key)
         if value is None:
             with torch.inference_mode(False) if not compiling else nullcontext():  # normal tensors, for training too
-                if name == "pad":
+                if name == "shared_end":  # the end of the shared expert's group: after the slots and one row per token
+                    value = torch.tensor([rows * (self.top_k + 1)], device=device, dtype=dtype)
+                elif name == "pad":
                     value = torch.zeros(1, _PAD, dtype=dtype, device=device)
                     value[0, 0] = 1.0
                     value = value.expand(rows, _PAD)
@@ -345,11 +402,16 @@ class DynamicMoE(nn.Module):
         combine = torch.zeros(n_tok, len(self.expert_names), dtype=weight.dtype, device=flat.device)
         combine = combine.scatter_(1, idx, weight)
         routed = routed.addmm_(combine[:, :n_generic] if domain else combine, b2.to(flat.dtype))
-        if domain:
-            everyone = self._everyone(flat)
-            modules = self._modules_in_order()
-            for i in range(n_generic, len(modules)):  # loop over domain experts, not tokens
-                routed = routed + combine[:, i:i + 1] * self._call(i, modules[i], flat, flat, everyone, grid3)
+        return self._add_domain(routed, flat, combine, grid3) if domain else routed
+
+    def _add_domain(self, routed: torch.Tensor, flat: torch.Tensor, combine: torch.Tensor,
+                    grid3: tuple[int, int, int]) -> torch.Tensor:
+        """Add the domain experts, each run on every token, weighted by its column of ``combine``
+        ``(T, E)`` (zero where a token did not choose it)."""
+        everyone = self._everyone(flat)
+        modules = self._modules_in_order()
+        for i in range(len(self._backbone_experts), len(modules)):  # loop over domain experts, not tokens
+            routed = routed + combine[:, i:i + 1] * self._call(i, modules[i], flat, flat, everyone, grid3)
         return routed
 
     def _dense(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
@@ -379,11 +441,6 @@ class DynamicMoE(nn.Module):
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what torch._grouped_mm takes
 _PAD = 16  # the bias column plus zeros: keeps the folded GEMM's K a multiple of 16
 _CONSTANTS_KEPT = 16  # per layer: (name, device, dtype, row count) entries
-
-
-def _sort_key_dtype(num_experts: int) -> torch.dtype:
-    """The narrowest integer dtype for expert ids: radix sort passes scale with the key's bytes."""
-    return torch.uint8 if num_experts <= 255 else torch.int32
 
 
 def _compute_dtype(flat: torch.Tensor) -> torch.dtype:

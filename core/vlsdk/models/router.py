@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlsdk.models import moe_kernels
 from vlsdk.models.amp import autocast_enabled
 from vlsdk.models.grouped_mm import StackedWeights
 
 __all__ = ["Router", "Routing", "count_assignments", "load_balancing_loss", "router_entropy", "scores_to_probs",
-           "z_loss"]
+           "sort_key_dtype", "z_loss"]
 
 
 @dataclass
@@ -21,15 +22,19 @@ class Routing:
 
     Attributes:
         logits: ``(T, E)`` fp32 router logits.
-        probs: ``(T, E)`` scores normalised to sum to one per token.
+        probs: ``(T, E)`` scores normalised to sum to one per token (``None`` from the fused
+            inference kernel, which does not compute them).
         topk_idx: ``(T, k)`` chosen experts.
         topk_weight: ``(T, k)`` fp32 gate weights, renormalised over the chosen experts.
+        key: ``(T * k,)`` the chosen experts as sort keys (:func:`sort_key_dtype`), from the fused
+            kernel only.
     """
 
     logits: torch.Tensor
-    probs: torch.Tensor
+    probs: torch.Tensor | None
     topk_idx: torch.Tensor
     topk_weight: torch.Tensor
+    key: torch.Tensor | None = None
 
 
 class Router(nn.Module):
@@ -97,8 +102,9 @@ class Router(nn.Module):
             return self._fp32.get((w, b))  # keyed on the parameters' versions (see StackedWeights)
         return w.float().t(), b.float()
 
-    def forward(self, x: torch.Tensor) -> Routing:
-        """Route ``(T, d)`` tokens."""
+    def forward(self, x: torch.Tensor, fused: bool = False) -> Routing:
+        """Route ``(T, d)`` tokens; ``fused``: top-k and weights by one kernel (inference on the GPU,
+        :func:`vlsdk.models.moe_kernels.available`), which also gives the sort keys and no ``probs``."""
         wt, b = self._fp32_params()
         x = x.float()
         if self.training and self.jitter > 0:
@@ -107,6 +113,9 @@ class Router(nn.Module):
         autocast = autocast_enabled(device)
         with torch.autocast(device_type=device, enabled=False) if autocast else nullcontext():
             logits = torch.addmm(b, x, wt)  # what F.linear(x, w, b) runs, minus its transpose
+            if fused:
+                idx, key, weight = moe_kernels.route(logits, self.top_k, self.score, sort_key_dtype(self.num_experts))
+                return Routing(logits, None, idx, weight, key)
             probs = scores_to_probs(logits, self.score)
             weight, idx = probs.topk(self.top_k, dim=-1)
             weight = weight / weight.sum(dim=-1, keepdim=True)
@@ -119,6 +128,11 @@ def scores_to_probs(logits: torch.Tensor, score: str) -> torch.Tensor:
         return logits.softmax(dim=-1)
     scores = logits.sigmoid()
     return scores / scores.sum(dim=-1, keepdim=True)
+
+
+def sort_key_dtype(num_experts: int) -> torch.dtype:
+    """The narrowest integer dtype for expert ids: radix sort passes scale with the key's bytes."""
+    return torch.uint8 if num_experts <= 255 else torch.int32
 
 
 def _to_fp32(params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:

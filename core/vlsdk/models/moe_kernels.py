@@ -1,0 +1,243 @@
+"""Triton kernels for the MoE layer's inference path on the GPU: routing, slot gather, combine.
+
+An eager MoE forward spends most of its host time on small aten ops around the two grouped GEMMs
+(``benchmarks/host_work.py``): the top-k and its renormalisation, the expert-id cast, the padded
+gather, the un-permutation, the gate-weighted sum, the fc2 biases and the shared expert's add.
+Three kernels do that work in three launches:
+
+- :func:`route`: top-k of the router logits, the gate weights renormalised over the chosen
+  experts (softmax or sigmoid scores), and the 1-byte sort keys, from one read of the logits.
+- :func:`gather_rows`: the expert-sorted slots' token rows, each with the constant ``1`` column
+  the fc1 bias rides on (no ``cat``), cast to the GEMM dtype on the way, plus (optionally) one row
+  per token for the shared expert after the routed slots, and the inverse permutation.
+- :func:`combine`: each token's ``k`` expert rows read back through the inverse permutation,
+  biased and weighted in float32, plus the shared expert's row: one write of the output.
+
+The routing is the same as :class:`~vlsdk.models.router.Router`'s (top-k of the same fp32
+logits; a tie goes to the lower expert index); weights and sums are computed in float32 and rounded
+once, so outputs differ from the aten path only by that rounding. Inference only (no autograd): the
+layer uses them on CUDA while gradients are off and nothing is being compiled or traced
+(:func:`available`). They run on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``,
+set before this module builds its kernels), which the tests use where there is no GPU.
+
+Every launch adds one to :data:`LAUNCHES` (``benchmarks/host_work.py`` counts them with the aten ops).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import Counter
+from types import SimpleNamespace
+
+import torch
+
+__all__ = ["LAUNCHES", "available", "combine", "gather_rows", "interpreted", "launching", "route"]
+
+#: kernel launches so far, by kernel name (the host work the aten op count does not see)
+LAUNCHES: Counter[str] = Counter()
+_launching = 0
+
+
+def launching() -> bool:
+    """Whether a kernel launch is in progress (the interpreter's own tensor ops are not the layer's)."""
+    return _launching > 0
+
+
+def _launch(name: str, kernel: object, grid: tuple[int, ...], *args: object, **meta: object) -> None:
+    global _launching
+    LAUNCHES[name] += 1
+    _launching += 1
+    try:
+        kernel[grid](*args, **meta)  # type: ignore[index]
+    finally:
+        _launching -= 1
+
+
+@functools.cache
+def _triton() -> bool:
+    try:
+        import triton  # noqa: F401  (shipped with CUDA builds of torch)
+    except ImportError:
+        return False
+    return True
+
+
+def interpreted() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the fused inference kernels can serve ``x``: Triton importable, CUDA (or the
+    interpreter), no gradient, not compiling or tracing."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return (x.is_cuda or (x.device.type == "cpu" and interpreted())) and _triton()
+
+
+@functools.cache
+def _kernels() -> SimpleNamespace:
+    """The jitted kernels, built on first use (so ``TRITON_INTERPRET`` is read then)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def route_kernel(logits_ptr, idx_ptr, key_ptr, weight_ptr, n_tok, n_exp, stride,
+                     K: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        cols = tl.arange(0, BLOCK_E)
+        rmask = rows < n_tok
+        mask = rmask[:, None] & (cols[None, :] < n_exp)
+        x = tl.load(logits_ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=float("-inf"))
+        top = tl.max(x, axis=1)
+        left = x
+        chosen = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.int1)
+        for j in tl.static_range(K):  # k argmaxes; tl.max breaks ties towards the lower index
+            _, i = tl.max(left, axis=1, return_indices=True)
+            tl.store(idx_ptr + rows * K + j, i.to(tl.int64), mask=rmask)
+            tl.store(key_ptr + rows * K + j, i.to(key_ptr.dtype.element_ty), mask=rmask)
+            hit = cols[None, :] == i[:, None]
+            chosen = chosen | hit
+            left = tl.where(hit, float("-inf"), left)
+        if SIGMOID:
+            score = tl.where(chosen, 1.0 / (1.0 + tl.exp(-x)), 0.0)
+        else:
+            score = tl.where(chosen, tl.exp(x - top[:, None]), 0.0)
+        w = score / tl.sum(score, axis=1)[:, None]
+        left = x
+        for j in tl.static_range(K):  # the same order again, to store each choice's weight
+            _, i = tl.max(left, axis=1, return_indices=True)
+            hit = cols[None, :] == i[:, None]
+            tl.store(weight_ptr + rows * K + j, tl.sum(tl.where(hit, w, 0.0), axis=1), mask=rmask)
+            left = tl.where(hit, float("-inf"), left)
+
+    @triton.jit
+    def gather_kernel(x_ptr, order_ptr, out_ptr, inverse_ptr, n_slots, n_rows, dim, width, stride_x,
+                      K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        routed = rows < n_slots
+        slot = tl.load(order_ptr + rows, mask=routed, other=0)
+        src = tl.where(routed, slot // K, rows - n_slots)  # rows past the slots: one per token (shared)
+        rmask = rows < n_rows
+        x = tl.load(x_ptr + src[:, None] * stride_x + cols[None, :],
+                    mask=rmask[:, None] & (cols[None, :] < dim), other=0.0).to(tl.float32)
+        x = tl.where(cols[None, :] == dim, 1.0, x)  # the fc1 bias column
+        tl.store(out_ptr + rows[:, None] * width + cols[None, :], x.to(out_ptr.dtype.element_ty),
+                 mask=rmask[:, None] & (cols[None, :] < width))
+        if tl.program_id(1) == 0:
+            tl.store(inverse_ptr + slot, rows.to(tl.int64), mask=routed)
+
+    @triton.jit
+    def combine_kernel(ys_ptr, inverse_ptr, idx_ptr, weight_ptr, bias_ptr, out_ptr, n_tok, dim, n_generic,
+                       shared_row0, K: tl.constexpr, SHARED: tl.constexpr, BLOCK_T: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        rmask = rows < n_tok
+        mask = rmask[:, None] & (cols[None, :] < dim)
+        acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        for j in tl.static_range(K):
+            pos = tl.load(inverse_ptr + rows * K + j, mask=rmask, other=0)
+            e = tl.load(idx_ptr + rows * K + j, mask=rmask, other=0)
+            w = tl.load(weight_ptr + rows * K + j, mask=rmask, other=0.0).to(tl.float32)
+            generic = e < n_generic  # a domain expert's slot rode in the last group: mixed in later
+            w = tl.where(generic, w, 0.0)
+            e = tl.where(generic, e, 0)
+            y = tl.load(ys_ptr + pos[:, None] * dim + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            b = tl.load(bias_ptr + e[:, None] * dim + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            acc += w[:, None] * (y + b)
+        if SHARED:
+            y = tl.load(ys_ptr + (shared_row0 + rows)[:, None] * dim + cols[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+            b = tl.load(bias_ptr + n_generic * dim + cols, mask=cols < dim, other=0.0).to(tl.float32)
+            acc += y + b[None, :]
+        tl.store(out_ptr + rows[:, None] * dim + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+    return SimpleNamespace(route=route_kernel, gather=gather_kernel, combine=combine_kernel, cdiv=triton.cdiv,
+                           next_power_of_2=triton.next_power_of_2)
+
+
+def route(logits: torch.Tensor, k: int, score: str = "softmax",
+          key_dtype: torch.dtype = torch.uint8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` experts of ``(T, E)`` fp32 router logits and their renormalised gate weights.
+
+    Args:
+        logits: ``(T, E)`` float32, rows contiguous.
+        k: experts per token.
+        score: ``"softmax"`` (weights: softmax over the chosen logits) or ``"sigmoid"`` (the chosen
+            sigmoids divided by their sum), what :class:`~vlsdk.models.router.Router` computes.
+        key_dtype: dtype of the flat sort keys (``uint8`` for up to 255 experts).
+
+    Returns:
+        ``idx`` ``(T, k)`` int64 in descending score order, ``key`` ``(T * k,)`` the same ids in
+        ``key_dtype``, ``weight`` ``(T, k)`` float32.
+    """
+    n_tok, n_exp = logits.shape
+    idx = torch.empty(n_tok, k, dtype=torch.int64, device=logits.device)
+    key = torch.empty(n_tok * k, dtype=key_dtype, device=logits.device)
+    weight = torch.empty(n_tok, k, dtype=torch.float32, device=logits.device)
+    if n_tok:
+        kern = _kernels()
+        block_e = max(16, kern.next_power_of_2(n_exp))
+        block_t = max(1, min(128, 4096 // block_e))
+        _launch("route", kern.route, (kern.cdiv(n_tok, block_t),), logits, idx, key, weight, n_tok, n_exp,
+                logits.stride(0), K=k, SIGMOID=score == "sigmoid", BLOCK_T=block_t, BLOCK_E=block_e)
+    return idx, key, weight
+
+
+def gather_rows(x: torch.Tensor, order: torch.Tensor, k: int, pad: int, dtype: torch.dtype,
+                shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expert-sorted slots' token rows with the fc1 bias column, and the inverse permutation.
+
+    Args:
+        x: ``(T, d)`` tokens (any float dtype; cast to ``dtype`` on the way).
+        order: ``(T * k,)`` int64 permutation of the slots sorted by expert (slot ``s`` is token ``s // k``).
+        k: experts per token.
+        pad: extra columns; column ``d`` is 1, the rest 0 (the layer's ``_PAD``).
+        dtype: dtype of the rows (the GEMM's).
+        shared: also append one row per token (rows ``T * k + t``), for the shared expert.
+
+    Returns:
+        ``rows`` ``(T * k [+ T], d + pad)`` and ``inverse`` ``(T * k,)`` with ``inverse[order[i]] == i``.
+    """
+    n_tok, dim = x.shape
+    n_slots = order.numel()
+    n_rows = n_slots + (n_tok if shared else 0)
+    width = dim + pad
+    out = torch.empty(n_rows, width, dtype=dtype, device=x.device)
+    inverse = torch.empty_like(order)
+    if n_rows:
+        kern = _kernels()
+        block_d = min(128, kern.next_power_of_2(width))
+        grid = (kern.cdiv(n_rows, 32), kern.cdiv(width, block_d))
+        _launch("gather", kern.gather, grid, x, order, out, inverse, n_slots, n_rows, dim, width, x.stride(0),
+                K=k, BLOCK_M=32, BLOCK_D=block_d)
+    return out, inverse
+
+
+def combine(ys: torch.Tensor, inverse: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+            n_generic: int, out_dtype: torch.dtype, shared: bool = False) -> torch.Tensor:
+    """``out[t] = sum_j w_tj * (ys[inverse[t*k + j]] + bias[i_tj])`` (+ the shared row), in float32.
+
+    Args:
+        ys: ``(T * k [+ T], d)`` expert outputs in expert-sorted order (then the shared rows).
+        inverse: ``(T * k,)`` sorted position of each slot.
+        idx: ``(T, k)`` experts; slots of experts ``>= n_generic`` (domain experts) get weight 0.
+        weight: ``(T, k)`` gate weights.
+        bias: ``(n_generic [+ 1], d)`` fc2 biases (the shared expert's last).
+        n_generic: generic experts (rows of ``bias`` before the shared one).
+        out_dtype: dtype of the ``(T, d)`` output.
+        shared: add row ``T * k + t`` of ``ys`` and the shared bias to token ``t``.
+    """
+    n_tok, k = idx.shape
+    dim = ys.shape[1]
+    out = torch.empty(n_tok, dim, dtype=out_dtype, device=ys.device)
+    if n_tok:
+        kern = _kernels()
+        block_d = min(128, kern.next_power_of_2(dim))
+        grid = (kern.cdiv(n_tok, 32), kern.cdiv(dim, block_d))
+        _launch("combine", kern.combine, grid, ys, inverse, idx, weight, bias, out, n_tok, dim, n_generic,
+                n_tok * k, K=k, SHARED=shared, BLOCK_T=32, BLOCK_D=block_d)
+    return out
