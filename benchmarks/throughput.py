@@ -78,16 +78,21 @@ def build(name: str) -> nn.Module:
     """A named vlsdk config (``base``, ``small-patch`` for the plain-stem variant) or a reference ViT.
 
     ``@field=value`` overrides config fields for ablations (:func:`vlsdk.models.config.get_config`):
-    ``base@depths=4,8@patch_size=2``, ``base@top_k=2``, ``base@stem_entry=resnet``.
+    ``base@depths=4,8@patch_size=2``, ``base@top_k=2``, ``base@stem_entry=resnet``. A ``+aten`` suffix
+    keeps the MoE layers off their Triton inference kernels (``DynamicMoE.fused = False``), e.g. ``base+aten``.
     """
     if name in REFERENCES:
         return REFERENCES[name]()
+    name, aten, _ = name.partition("+aten")
     name, at, overrides = name.partition("@")
     config, _, variant = name.partition("-")
     cfg = get_config(config + at + overrides)
     if variant:
         cfg = cfg.replace(stem=variant)
-    return HybridEncoder(cfg)
+    model = HybridEncoder(cfg)
+    for layer in model.moe_layers if aten else ():
+        layer.fused = False
+    return model
 
 
 def profile_case(model: nn.Module, x: torch.Tensor, iters: int = 5) -> dict[str, float]:

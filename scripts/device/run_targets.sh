@@ -143,12 +143,14 @@ peer)  # issue 23: vlsdk's PCB detector beside ultralytics YOLOv8s (carry the ul
     run 100 pcb-eager-profile python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --profile --device cuda --amp bf16 \
         --config small --batch-size 64 --out runs/pcb_bench_eager_profile
     ;;
-eager_profile)  # issue 23, one call: the peer side by side, then where eager training and MoE time goes
-    run 220 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --compile --out runs/pcb_vs_yolo
-    run 150 tp-train-profile python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
-        --repeats 3 --train --profile --models base timm_vit_b16 --out runs/tp_train_profile
-    run 90 moe-profile python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 \
-        --hidden 3072 --repeats 30 --profile
+eager_profile)  # issue 23, one call: the MoE kernels' tests on CUDA, eager base with and without them beside timm
+    # (forward and training step, kernel profiles), the MoE layer, then the peer side by side
+    run 120 kernel-tests python3 -m pytest -q -p no:cacheprovider tests/test_moe_kernels.py
+    run 170 tp-eager python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
+        --repeats 3 --train --profile --models base base+aten timm_vit_b16 --out runs/tp_eager_fused
+    run 60 moe-eager python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 \
+        --hidden 3072 --repeats 30
+    run 200 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --out runs/pcb_vs_yolo
     ;;
 train_profile)  # issue 23: where the eager training step's GPU time goes (kernels by kind, top 30), and fused AdamW
     run 260 tp-train-profile python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
