@@ -356,3 +356,40 @@ def test_grouped_weights_cast_once_under_autocast_and_follow_edits():
         edited = run()
     assert not torch.equal(edited, cached)
     assert torch.equal(edited, run().detach())
+
+
+def _encoder_output(model: torch.nn.Module, x: torch.Tensor, grouped: bool) -> torch.Tensor:
+    for layer in model.moe_layers:
+        layer.grouped = grouped
+    with torch.no_grad():
+        return model.encoder.forward_features(x).tokens
+
+
+def test_grouped_path_keeps_lora_on_generic_experts() -> None:
+    """The grouped GEMM reads plain weights; experts wrapped by peft LoRA take the loop path, so the
+    adapters count (they were silently left out before)."""
+    from vlsdk import VLModel
+    from vlsdk.train.lora import attach_lora
+
+    torch.manual_seed(0)
+    model = VLModel("tiny", in_chans=3, text=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = _encoder_output(model, x, grouped=False)
+    attach_lora(model, "seg", r"experts\.generic\..*\.fc[12]", r=4)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    loop = _encoder_output(model, x, grouped=False)
+    assert not torch.allclose(loop, before)  # the adapters change the output
+    torch.testing.assert_close(_encoder_output(model, x, grouped=True), loop)
+
+
+def test_grouped_path_runs_int8_generic_experts() -> None:
+    from vlsdk import VLModel
+    from vlsdk.quant import quantize_linear_layers
+
+    torch.manual_seed(0)
+    model = VLModel("tiny", in_chans=3, text=None).eval()
+    quantize_linear_layers(model)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(_encoder_output(model, x, grouped=True), _encoder_output(model, x, grouped=False))

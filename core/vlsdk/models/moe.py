@@ -242,7 +242,16 @@ class DynamicMoE(nn.Module):
         fast = flat.is_cuda and dtype == torch.bfloat16 and aligned
         auto = fast or (flat.device.type == "cpu" and torch.compiler.is_compiling())
         wanted = auto if self.grouped is None else self.grouped
-        return wanted and hasattr(torch, "_grouped_mm") and dtype in _GROUPED_DTYPES and self.capacity_factor is None
+        return (wanted and hasattr(torch, "_grouped_mm") and dtype in _GROUPED_DTYPES and self.capacity_factor is None
+                and self._plain_generic())
+
+    def _plain_generic(self) -> bool:
+        """Whether every generic expert computes what the grouped GEMM does: an :class:`ExpertMLP` whose
+        ``fc1`` and ``fc2`` are plain ``nn.Linear`` layers. Experts wrapped by peft (LoRA) or quantised
+        (``Int8Linear``) take the loop path, which calls the modules themselves."""
+        generic = list(self.experts._modules["generic"]._modules.values())[:len(self._backbone_experts)]
+        return all(type(e) is ExpertMLP and type(e._modules["fc1"]) is nn.Linear and type(e._modules["fc2"]) is nn.Linear
+                   for e in generic)
 
     def _grouped_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(w1, w2, b2)`` for :func:`grouped_mm`, read from the experts' stacks (no restacking);
