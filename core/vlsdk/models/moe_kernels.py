@@ -174,6 +174,7 @@ def route(logits: torch.Tensor, k: int, score: str = "softmax",
         ``idx`` ``(T, k)`` int64 in descending score order, ``key`` ``(T * k,)`` the same ids in
         ``key_dtype``, ``weight`` ``(T, k)`` float32.
     """
+    logits = logits.contiguous()  # (a no-op for the router's addmm output)
     n_tok, n_exp = logits.shape
     idx = torch.empty(n_tok, k, dtype=torch.int64, device=logits.device)
     key = torch.empty(n_tok * k, dtype=key_dtype, device=logits.device)
@@ -202,6 +203,8 @@ def gather_rows(x: torch.Tensor, order: torch.Tensor, k: int, pad: int, dtype: t
     Returns:
         ``rows`` ``(T * k [+ T], d + pad)`` and ``inverse`` ``(T * k,)`` with ``inverse[order[i]] == i``.
     """
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    order = order.contiguous()
     n_tok, dim = x.shape
     n_slots = order.numel()
     n_rows = n_slots + (n_tok if shared else 0)
@@ -231,6 +234,7 @@ def combine(ys: torch.Tensor, inverse: torch.Tensor, idx: torch.Tensor, weight: 
         out_dtype: dtype of the ``(T, d)`` output.
         shared: add row ``T * k + t`` of ``ys`` and the shared bias to token ``t``.
     """
+    ys, inverse, idx, weight, bias = (t.contiguous() for t in (ys, inverse, idx, weight, bias))
     n_tok, k = idx.shape
     dim = ys.shape[1]
     out = torch.empty(n_tok, dim, dtype=out_dtype, device=ys.device)
