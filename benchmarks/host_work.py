@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import build  # noqa: E402
+from throughput import _floats, build  # noqa: E402
 
 from vlsdk.models import moe_kernels  # noqa: E402
 
@@ -171,18 +171,62 @@ def op_count(names: list[str], size: int, repeats: int = 7, detail: bool = False
     return rows
 
 
+def train_op_count(names: list[str], size: int, detail: bool = False) -> list[dict]:
+    """Aten ops of one eager training step of each model (batch 2, CPU): forward under bf16 autocast
+    (float32 weights, the MoE layers on their grouped path, as on CUDA), backward of the outputs'
+    mean, AdamW (foreach) step. The backward runs on the calling thread on the CPU, so its ops are
+    counted too (on CUDA the autograd engine's device thread runs them: the same ops)."""
+    rows = []
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    for name in names:
+        torch.manual_seed(0)
+        model = build(name).train()
+        for layer in getattr(model, "moe_layers", []):
+            layer.grouped = True
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+            loss = sum(t.float().mean() for t in _floats(out))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # warm-up: optimiser state, caches
+        with HostWork() as work:
+            step()
+        row = {"model": name, "path": "train step", "size": size, "ops": work.ops, "host_syncs": work.syncs,
+               "ops_by_source": dict(work.by_source.most_common())}
+        rows.append(row)
+        print(f"{name + ' train step':22s} {size:4d}px: {row['ops']:5d} aten ops {row['host_syncs']:4d} host syncs",
+              flush=True)
+        if detail:
+            for source, n in work.by_source.most_common(25):
+                print(f"    {n:5d}  {source}")
+    for r in rows[:-1]:
+        print(f"ratio {r['model']} / {rows[-1]['model']} train step: {r['ops'] / rows[-1]['ops']:.2f}x ops")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["base", "small", "vit_b16"])
     p.add_argument("--size", type=int, default=64, help="image size (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--detail", action="store_true", help="ops per source function and each sync site")
+    p.add_argument("--train", action="store_true",
+                   help="count the ops of one training step instead (bf16 autocast, backward, AdamW); the last "
+                        "model is the reference of the ratios")
     p.add_argument("--fused", action="store_true",
                    help="also count the MoE path with the Triton kernels (vlsdk.models.moe_kernels), each launch "
                         "counted as an op; on the CPU they run in Triton's interpreter (TRITON_INTERPRET=1)")
     p.add_argument("--out", type=Path, default=Path("runs/host_work"))
     args = p.parse_args(argv)
-    rows = op_count(args.models, args.size, detail=args.detail, dtype=getattr(torch, args.dtype), fused=args.fused)
+    if args.train:
+        rows = train_op_count(args.models, args.size, detail=args.detail)
+    else:
+        rows = op_count(args.models, args.size, detail=args.detail, dtype=getattr(torch, args.dtype), fused=args.fused)
     print(f"setting: cpu, torch {torch.__version__}, {args.dtype}, {torch.get_num_threads()} threads, batch 1, "
           f"no_grad, median of 7 forwards (thread time)")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -142,9 +142,14 @@ class RouterStats:
             self._z_loss = z_loss(self._logits)
         return self._z_loss
 
-    def materialize(self) -> RouterStats:
-        """Compute every statistic now (the MoE layer calls this while gradients are enabled)."""
-        for name in _LAZY:
+    def materialize(self, names: tuple[str, ...] | None = None) -> RouterStats:
+        """Compute the statistics ``names`` (default: every one) now.
+
+        The MoE layer computes the training losses and the token counts in its forward while
+        gradients are enabled (so a compiled training step has them in its graph); the entropy and
+        the dropped share, which nothing in a training step reads, stay lazy.
+        """
+        for name in _LAZY if names is None else names:
             getattr(self, name)
         return self
 
@@ -155,6 +160,8 @@ class RouterStats:
 
 
 _LAZY = ("tokens_per_expert", "entropy", "dropped_fraction", "aux_loss", "z_loss")
+#: what a training forward computes at once (the rest when read)
+TRAINING_STATS = ("tokens_per_expert", "aux_loss", "z_loss")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from vlsdk.models.config import MoEConfig
 from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_rows, unsort_slots
 from vlsdk.models.expert_stack import ExpertStack, stacked_with_grad
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
-from vlsdk.models.features import ExpertContext, RouterStats
+from vlsdk.models.features import TRAINING_STATS, ExpertContext, RouterStats
 from vlsdk.models.grouped_mm import StackedWeights, grouped_mm
 from vlsdk.models.router import Router, Routing, count_assignments, sort_key_dtype
 
@@ -187,13 +187,14 @@ class DynamicMoE(nn.Module):
             routed, counts, dropped = self._sparse(flat, routing.topk_idx, routing.topk_weight.to(x.dtype), grid3)
         out = routed if self.shared is None or shared_done else routed + self.shared(flat)
         # Statistics nobody asked for cost ~20 small kernels per layer: with gradients off they are
-        # computed when read (RouterStats keeps the logits); with gradients on, now, in the graph.
+        # computed when read (RouterStats keeps the logits); with gradients on, the losses and counts
+        # are computed now, in the graph, and the entropy when read.
         grad = torch.is_grad_enabled()
         stats = RouterStats(list(self.expert_names), counts, routing.topk_idx, routing.topk_weight,
                             dropped_fraction=dropped, logits=routing.logits, probs=routing.probs if grad else None,
                             score=self.router.score, dropped_dtype=x.dtype, grid=grid2)
         if grad:
-            stats.materialize()
+            stats.materialize(TRAINING_STATS)
         return out.reshape(batch, n_tok, dim), stats
 
     def _call(self, i: int, module: nn.Module, xs: torch.Tensor, flat: torch.Tensor, index: torch.Tensor,

@@ -179,7 +179,10 @@ class Trainer:
         broadcast_model(self.model)
         self.loss_fn, self.eval_fn, self.train_set, self.collate_fn = loss_fn, eval_fn, train_set, collate_fn
         self.amp_dtype = _amp_dtype(config.amp, self.device)
-        self.optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+        # On CUDA the fused AdamW: one multi-tensor kernel per step, the bias corrections on the device
+        # (foreach's reads every parameter's step count on the host: ~1,000 for base, 973 tensors).
+        self.optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
+                                           fused=True if self.device.type == "cuda" else None)
         self.scheduler = warmup_cosine(self.optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.step = 0
