@@ -6,13 +6,13 @@
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
 # pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu |
-# lesion_seeds_a | lesion_seeds_b | lesion_four | eager | peer | train_profile | eager_profile
+# lesion_seeds_a | lesion_seeds_b | lesion_four | eager | peer | train_profile | eager_profile | peer_train
 # (ddp_base_Ngpu needs N GPUs: kind nvidia-h200, -x2, -x4, -x8). Jobs run one after another (six at once starved the
 # 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
 # per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer|train_profile|eager_profile}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer|train_profile|eager_profile|peer_train}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -143,14 +143,18 @@ peer)  # issue 23: vlsdk's PCB detector beside ultralytics YOLOv8s (carry the ul
     run 100 pcb-eager-profile python3 -m vlsdk pcb --data "$D/deeppcb" --benchmark --profile --device cuda --amp bf16 \
         --config small --batch-size 64 --out runs/pcb_bench_eager_profile
     ;;
-eager_profile)  # issue 23, one call: the MoE kernels' tests on CUDA, eager base with and without them beside timm
-    # (forward and training step, kernel profiles), the MoE layer, then the peer side by side
-    run 120 kernel-tests python3 -m pytest -q -p no:cacheprovider tests/test_moe_kernels.py
+eager_profile)  # issue 23: the MoE kernels' tests on CUDA, eager base with and without them beside timm (forward
+    # and training step, kernel profiles), the MoE layer; then `peer_train`
+    run 100 kernel-tests python3 -m pytest -q -p no:cacheprovider tests/test_moe_kernels.py
     run 170 tp-eager python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
         --repeats 3 --train --profile --models base base+aten timm_vit_b16 --out runs/tp_eager_fused
     run 60 moe-eager python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 \
         --hidden 3072 --repeats 30
-    run 200 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --out runs/pcb_vs_yolo
+    ;;
+peer_train)  # issue 23: the training step with the fused AdamW (the Trainer's CUDA default), the peer side by side
+    run 100 tp-train-fused python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
+        --repeats 3 --train --optimizer fused --models base timm_vit_b16 --out runs/tp_train_fused
+    run 220 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --out runs/pcb_vs_yolo
     ;;
 train_profile)  # issue 23: where the eager training step's GPU time goes (kernels by kind, top 30), and fused AdamW
     run 260 tp-train-profile python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
