@@ -148,3 +148,18 @@ def test_empty_input_launches_nothing() -> None:
                                                                                             device=DEVICE),
                                             2, 16, torch.float32)
     assert rows.shape == (0, 24) and inverse.shape == (0,)
+
+
+def test_self_check_passes_here() -> None:
+    """The check the layer runs once per CUDA device before using the kernels (here on this device)."""
+    assert moe_kernels.self_check.__wrapped__(torch.device(DEVICE)) is None
+
+
+def test_a_kernel_that_cannot_build_is_reported_and_left_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_compiler(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("ptxas not found")
+
+    monkeypatch.setattr(moe_kernels, "route", no_compiler)
+    with pytest.warns(UserWarning, match="ptxas not found.*aten path"):
+        reason = moe_kernels.self_check.__wrapped__(torch.device(DEVICE))
+    assert reason is not None and "ptxas" in reason

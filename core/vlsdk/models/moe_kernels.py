@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections import Counter
 from types import SimpleNamespace
 
 import torch
 
-__all__ = ["LAUNCHES", "available", "combine", "gather_rows", "interpreted", "launching", "route"]
+__all__ = ["LAUNCHES", "available", "combine", "gather_rows", "interpreted", "launching", "route", "self_check"]
 
 #: kernel launches so far, by kernel name (the host work the aten op count does not see)
 LAUNCHES: Counter[str] = Counter()
@@ -70,10 +71,53 @@ def interpreted() -> bool:
 
 def available(x: torch.Tensor) -> bool:
     """Whether the fused inference kernels can serve ``x``: Triton importable, CUDA (or the
-    interpreter), no gradient, not compiling or tracing."""
+    interpreter), no gradient, not compiling or tracing, and the kernels passed their check on
+    ``x``'s device (:func:`self_check`, once per device)."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    return (x.is_cuda or (x.device.type == "cpu" and interpreted())) and _triton()
+    if x.device.type == "cpu":
+        return interpreted() and _triton()
+    return x.is_cuda and _triton() and self_check(x.device) is None
+
+
+@functools.cache
+def self_check(device: torch.device) -> str | None:
+    """Build and run the three kernels once on ``device`` against torch on small inputs.
+
+    Returns ``None`` when they compile and agree; otherwise the reason, after one warning: the
+    MoE layers then keep the aten path on that device (a Triton or driver that cannot build these
+    kernels costs speed, never a wrong result or a failed forward).
+    """
+    try:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)
+            logits = torch.randn(37, 9, generator=gen).to(device)
+            idx, key, weight = route(logits, 3)
+            top, ref_idx = logits.softmax(-1).topk(3, dim=-1)
+            if not torch.equal(idx, ref_idx) or not torch.equal(key.long(), ref_idx.reshape(-1)):
+                return _broken(device, "route chose other experts than torch.topk")
+            if not torch.allclose(weight, top / top.sum(-1, keepdim=True), rtol=1e-5, atol=1e-6):
+                return _broken(device, "route's gate weights differ from torch's")
+            x = torch.randn(37, 24, generator=gen).to(device)
+            order = torch.argsort(key, stable=True)
+            rows, inverse = gather_rows(x, order, 3, 16, torch.float32, shared=True)
+            if not torch.equal(rows[:, :24], torch.cat([x[order // 3], x])) or not (rows[:, 24] == 1).all():
+                return _broken(device, "gather_rows copied other rows than torch's indexing")
+            bias = torch.randn(10, 24, generator=gen).to(device)
+            out = combine(rows[:, :24].contiguous(), inverse, idx, weight, bias, 9, torch.float32, shared=True)
+            slots = rows[:, :24][inverse].view(37, 3, 24) + bias[idx]
+            expect = (weight[..., None] * slots).sum(1) + x + bias[9]
+            if not torch.allclose(out, expect, rtol=1e-4, atol=1e-4):
+                return _broken(device, "combine's sums differ from torch's")
+    except Exception as err:  # noqa: BLE001 - any build or launch failure means: use the aten path
+        return _broken(device, f"{type(err).__name__}: {err}")
+    return None
+
+
+def _broken(device: torch.device, reason: str) -> str:
+    warnings.warn(f"vlsdk: the MoE layer's Triton kernels failed their check on {device} ({reason[:300]}); "
+                  "the MoE layers use the aten path there (slower in eager mode, same results)", stacklevel=3)
+    return reason
 
 
 @functools.cache
