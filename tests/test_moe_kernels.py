@@ -97,6 +97,7 @@ def test_fused_layer_matches_the_grouped_path(num_shared: int, domain: bool) -> 
         moe.fused = False
         ref, ref_stats = moe(x, grid=(3, 4))
         moe.fused = True
+        assert moe_kernels.available(x)  # (on CUDA: the one-time check runs here, with launches of its own)
         before = sum(moe_kernels.LAUNCHES.values())
         out, stats = moe(x, grid=(3, 4))
         launched = sum(moe_kernels.LAUNCHES.values()) - before

@@ -153,7 +153,7 @@ eager_profile)  # issue 23: the MoE kernels' tests on CUDA, eager base with and 
     ;;
 peer_train)  # issue 23: the training step with the fused AdamW (the Trainer's CUDA default), the peer side by side
     run 100 tp-train-fused python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
-        --repeats 3 --train --optimizer fused --models base timm_vit_b16 --out runs/tp_train_fused
+        --repeats 3 --train --optimizer fused --models base+aten base timm_vit_b16 --out runs/tp_train_fused
     run 220 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --out runs/pcb_vs_yolo
     ;;
 train_profile)  # issue 23: where the eager training step's GPU time goes (kernels by kind, top 30), and fused AdamW
