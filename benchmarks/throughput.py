@@ -162,7 +162,8 @@ def _floats(value: object) -> list[torch.Tensor]:
     return [t for v in value for t in _floats(v)] if isinstance(value, (list, tuple)) else []
 
 
-def measure_train(name: str, size: int, batch: int, args: argparse.Namespace) -> dict[str, float]:
+def measure_train(name: str, size: int, batch: int, args: argparse.Namespace,
+                  optimizer_impl: str = "foreach") -> dict[str, float]:
     """Samples/s of an eager training step: forward, backward of the mean of every output, AdamW step.
 
     Float32 weights and optimiser state; ``--dtype`` other than float32 runs the forward under
@@ -171,7 +172,7 @@ def measure_train(name: str, size: int, batch: int, args: argparse.Namespace) ->
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     model = build(name).to(device).train()
-    fused = getattr(args, "optimizer", "foreach") == "fused"
+    fused = optimizer_impl == "fused"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     x = torch.randn(batch, 3, size, size, device=device)
 
@@ -293,8 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=5, help="timed blocks (median counts)")
     p.add_argument("--train", action="store_true",
                    help="also time an eager training step (forward, backward, AdamW; autocast in --dtype)")
-    p.add_argument("--optimizer", default="foreach", choices=["foreach", "fused"],
-                   help="AdamW implementation of the --train step (fused: one kernel per group; CUDA)")
+    p.add_argument("--optimizer", nargs="+", default=["foreach"], choices=["foreach", "fused"],
+                   help="AdamW implementation(s) of the --train step (fused: one kernel per group); several: "
+                        "each model is timed with each, side by side")
     p.add_argument("--scaling", default=None, metavar="CONFIG", help="also sweep image and batch size for CONFIG")
     p.add_argument("--scaling-sizes", type=int, nargs="+", default=[224, 384, 512, 768])
     p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -335,20 +337,27 @@ def main(argv: list[str] | None = None) -> dict:
                     results[f"{ours}_over_{ref}@{size}{suffix.replace(' +', '_')}"] = ratio
         if args.train:
             trained: dict[str, dict[str, float]] = {}
-            for name in args.models:
-                try:
-                    trained[name] = r = measure_train(name, size, batch, args)
-                except Exception as err:  # report the case and go on with the others
-                    print(f"{name + ' train step':38s} {size:5d}px: failed: {type(err).__name__}: {err}"[:300])
-                    continue
-                results["cases"].append({"model": name + " train step", "size": size, "batch": batch, **r})
-                print(f"{name + ' train step':38s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
-                      f"{r['ms_per_batch']:9.2f} ms/batch peak {_mib(r['peak_mib'])}", flush=True)
-            for ours, ref in ((m, r) for r in REFERENCES for m in args.models if m not in REFERENCES):
-                if ours in trained and ref in trained:
-                    ratio = trained[ours]["images_per_s"] / trained[ref]["images_per_s"]
-                    print(f"ratio {size}px train step: {ours} / {ref} samples/s = {ratio:.2f}x")
-                    results[f"{ours}_over_{ref}@{size}_train"] = ratio
+            for impl in args.optimizer:
+                tag = f" train step ({impl} AdamW)" if len(args.optimizer) > 1 else " train step"
+                for name in args.models:
+                    try:
+                        trained[name + tag] = r = measure_train(name, size, batch, args, impl)
+                    except Exception as err:  # report the case and go on with the others
+                        print(f"{name + tag:38s} {size:5d}px: failed: {type(err).__name__}: {err}"[:300])
+                        continue
+                    results["cases"].append({"model": name + tag, "size": size, "batch": batch, **r})
+                    print(f"{name + tag:38s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
+                          f"{r['ms_per_batch']:9.2f} ms/batch peak {_mib(r['peak_mib'])}", flush=True)
+                for ours, ref in ((m, r) for r in REFERENCES for m in args.models if m not in REFERENCES):
+                    if ours + tag in trained and ref + tag in trained:
+                        ratio = trained[ours + tag]["images_per_s"] / trained[ref + tag]["images_per_s"]
+                        print(f"ratio {size}px{tag}: {ours} / {ref} samples/s = {ratio:.2f}x")
+                        results[f"{ours}_over_{ref}@{size}_train" + ("" if len(args.optimizer) == 1 else f"_{impl}")] = ratio
+            for name in args.models if len(args.optimizer) > 1 else ():
+                a, b = (trained.get(f"{name} train step ({impl} AdamW)") for impl in args.optimizer[:2])
+                if a and b:
+                    print(f"speed-up {size}px train step: {name} {args.optimizer[1]} / {args.optimizer[0]} AdamW = "
+                          f"{b['images_per_s'] / a['images_per_s']:.2f}x")
         for name in args.models:
             for suffix in suffixes[1:]:
                 if name in by_name and name + suffix in by_name:
