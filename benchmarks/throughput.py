@@ -110,23 +110,41 @@ def _sync(device: torch.device) -> None:
 
 def time_call(fn: Callable[[], object], device: torch.device, iters: int, repeats: int, warmup: int = 3) -> float:
     """Median seconds per call of ``fn`` over ``repeats`` blocks of ``iters`` calls, after ``warmup`` calls."""
+    return time_call_host(fn, device, iters, repeats, warmup)[0]
+
+
+def time_call_host(fn: Callable[[], object], device: torch.device, iters: int, repeats: int,
+                   warmup: int = 3) -> tuple[float, float]:
+    """:func:`time_call`, and the median host CPU seconds (this thread's) spent issuing one call.
+
+    On a GPU the host CPU time is the host work of an eager call (dispatch, launches, Python); it
+    is steadier than wall time on a shared host, since time the thread waits for a core is not in it.
+    """
     for _ in range(warmup):
         fn()
     _sync(device)
-    blocks = []
+    blocks, host = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(iters):
             fn()
+        c1 = time.thread_time()
         _sync(device)
         blocks.append((time.perf_counter() - t0) / iters)
-    return statistics.median(blocks)
+        host.append((c1 - c0) / iters)
+    return statistics.median(blocks), statistics.median(host)
 
 
 def time_forward(model: nn.Module, x: torch.Tensor, iters: int, repeats: int, warmup: int = 3) -> float:
     """Median seconds per forward over ``repeats`` blocks of ``iters`` forwards."""
+    return time_forward_host(model, x, iters, repeats, warmup)[0]
+
+
+def time_forward_host(model: nn.Module, x: torch.Tensor, iters: int, repeats: int,
+                      warmup: int = 3) -> tuple[float, float]:
+    """Median seconds per forward and host CPU seconds per forward (:func:`time_call_host`)."""
     with torch.inference_mode():
-        return time_call(lambda: model(x), x.device, iters, repeats, warmup)
+        return time_call_host(lambda: model(x), x.device, iters, repeats, warmup)
 
 
 def measure(name: str, size: int, batch: int, args: argparse.Namespace,
@@ -143,9 +161,10 @@ def measure(name: str, size: int, batch: int, args: argparse.Namespace,
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_forward(model, x, args.iters, args.repeats)
+    seconds, host = time_forward_host(model, x, args.iters, args.repeats)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    result = {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "peak_mib": peak}
+    result = {"images_per_s": batch / seconds, "ms_per_batch": seconds * 1e3, "host_cpu_ms": host * 1e3,
+              "peak_mib": peak}
     if getattr(args, "profile", False) and device.type == "cuda":
         result["kernels_ms"] = profile_case(model, x)
     return result
@@ -328,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
                 by_name[key] = r
                 results["cases"].append({"model": key, "size": size, "batch": batch, **r})
                 print(f"{key:38s} {size:5d}px batch {batch:4d}: {r['images_per_s']:9.1f} img/s "
-                      f"{r['ms_per_batch']:9.2f} ms/batch peak {_mib(r['peak_mib'])}", flush=True)
+                      f"{r['ms_per_batch']:9.2f} ms/batch (host CPU {r['host_cpu_ms']:7.2f} ms) "
+                      f"peak {_mib(r['peak_mib'])}", flush=True)
         for suffix in suffixes:
             for ours, ref in ((m, r) for r in REFERENCES for m in args.models if m not in REFERENCES):
                 if ours + suffix in by_name and ref + suffix in by_name:
