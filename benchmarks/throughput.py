@@ -372,7 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
                     if ours + tag in trained and ref + tag in trained:
                         ratio = trained[ours + tag]["images_per_s"] / trained[ref + tag]["images_per_s"]
                         print(f"ratio {size}px{tag}: {ours} / {ref} samples/s = {ratio:.2f}x")
-                        results[f"{ours}_over_{ref}@{size}_train" + ("" if len(args.optimizer) == 1 else f"_{impl}")] = ratio
+                        key = f"{ours}_over_{ref}@{size}_train" + ("" if len(args.optimizer) == 1 else f"_{impl}")
+                        results[key] = ratio
             for name in args.models if len(args.optimizer) > 1 else ():
                 a, b = (trained.get(f"{name} train step ({impl} AdamW)") for impl in args.optimizer[:2])
                 if a and b:

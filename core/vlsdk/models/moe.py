@@ -251,8 +251,8 @@ class DynamicMoE(nn.Module):
         ``fc1`` and ``fc2`` are plain ``nn.Linear`` layers. Experts wrapped by peft (LoRA) or quantised
         (``Int8Linear``) take the loop path, which calls the modules themselves."""
         generic = list(self.experts._modules["generic"]._modules.values())[:len(self._backbone_experts)]
-        return all(type(e) is ExpertMLP and type(e._modules["fc1"]) is nn.Linear and type(e._modules["fc2"]) is nn.Linear
-                   for e in generic)
+        return all(type(e) is ExpertMLP and type(e._modules["fc1"]) is nn.Linear
+                   and type(e._modules["fc2"]) is nn.Linear for e in generic)
 
     def _grouped_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(w1, w2, b2)`` for :func:`grouped_mm`, read from the experts' stacks (no restacking);

@@ -129,7 +129,7 @@ def _kernels() -> SimpleNamespace:
     @triton.jit
     def route_kernel(logits_ptr, idx_ptr, key_ptr, weight_ptr, n_tok, n_exp, stride,
                      K: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)  # offsets past 2**31
         cols = tl.arange(0, BLOCK_E)
         rmask = rows < n_tok
         mask = rmask[:, None] & (cols[None, :] < n_exp)
@@ -159,7 +159,7 @@ def _kernels() -> SimpleNamespace:
     @triton.jit
     def gather_kernel(x_ptr, order_ptr, out_ptr, inverse_ptr, n_slots, n_rows, dim, width, stride_x,
                       K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # offsets past 2**31
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         routed = rows < n_slots
         slot = tl.load(order_ptr + rows, mask=routed, other=0)
@@ -171,13 +171,13 @@ def _kernels() -> SimpleNamespace:
         tl.store(out_ptr + rows[:, None] * width + cols[None, :], x.to(out_ptr.dtype.element_ty),
                  mask=rmask[:, None] & (cols[None, :] < width))
         if tl.program_id(1) == 0:
-            tl.store(inverse_ptr + slot, rows.to(tl.int64), mask=routed)
+            tl.store(inverse_ptr + slot, rows, mask=routed)
 
     @triton.jit
     def combine_kernel(ys_ptr, inverse_ptr, idx_ptr, weight_ptr, bias_ptr, out_ptr, n_tok, dim, n_generic,
                        shared_row0, K: tl.constexpr, SHARED: tl.constexpr, BLOCK_T: tl.constexpr,
                        BLOCK_D: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        rows = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)  # offsets past 2**31
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         rmask = rows < n_tok
         mask = rmask[:, None] & (cols[None, :] < dim)
