@@ -393,3 +393,24 @@ def test_grouped_path_runs_int8_generic_experts() -> None:
     quantize_linear_layers(model)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(_encoder_output(model, x, grouped=True), _encoder_output(model, x, grouped=False))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cached_expert_weights_follow_any_optimizer_step(fused: bool) -> None:
+    """Inference caches the folded expert weights; a fused AdamW writes parameters without bumping
+    their versions, so the cache also keys on the number of optimizer steps taken."""
+    torch.manual_seed(0)
+    moe = DynamicMoE(32, MoEConfig(num_experts=4, top_k=2, expert_hidden=16, num_shared=1))
+    moe.grouped = True
+    x = torch.randn(2, 8, 32)
+    optimizer = torch.optim.AdamW(moe.parameters(), lr=1e-2, fused=fused or None)
+    with torch.no_grad():
+        moe(x)  # an evaluation: the folded weights are cached
+    out, stats = moe(x)
+    (out.square().mean() + stats.aux_loss).backward()
+    optimizer.step()
+    with torch.no_grad():
+        cached, _ = moe(x)
+        moe.grouped = False
+        fresh, _ = moe(x)  # the loop path reads the modules themselves
+    torch.testing.assert_close(cached, fresh, rtol=1e-5, atol=1e-6)

@@ -151,9 +151,9 @@ def test_empty_input_launches_nothing() -> None:
     assert rows.shape == (0, 24) and inverse.shape == (0,)
 
 
-def test_self_check_passes_here() -> None:
+def test_the_check_passes_here() -> None:
     """The check the layer runs once per CUDA device before using the kernels (here on this device)."""
-    assert moe_kernels.self_check.__wrapped__(torch.device(DEVICE)) is None
+    assert moe_kernels.check(torch.device(DEVICE)) is None
 
 
 def test_a_kernel_that_cannot_build_is_reported_and_left_unused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,6 +161,30 @@ def test_a_kernel_that_cannot_build_is_reported_and_left_unused(monkeypatch: pyt
         raise RuntimeError("ptxas not found")
 
     monkeypatch.setattr(moe_kernels, "route", no_compiler)
-    with pytest.warns(UserWarning, match="ptxas not found.*aten path"):
-        reason = moe_kernels.self_check.__wrapped__(torch.device(DEVICE))
-    assert reason is not None and "ptxas" in reason
+    assert "ptxas not found" in moe_kernels.check(torch.device(DEVICE))
+    monkeypatch.setattr(moe_kernels, "_disabled", {})
+    monkeypatch.setattr(moe_kernels, "_checked", set())
+    device = torch.device("cuda", 97)  # no such device anywhere: the check fails, warns once, and sticks
+    with pytest.warns(UserWarning, match="Triton kernels failed on cuda:97.*aten path"):
+        assert moe_kernels.self_check(device) is not None
+    assert moe_kernels.self_check(device) is not None  # no second check, no second warning
+
+
+def test_a_launch_that_fails_falls_back_to_the_aten_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build that fails at a real call (a new shape) warns once and the layer answers with aten."""
+    torch.manual_seed(0)
+    moe = DynamicMoE(32, MoEConfig(num_experts=4, top_k=2, expert_hidden=16, num_shared=1)).to(DEVICE).eval()
+    moe.grouped = True
+    x = torch.randn(1, 8, 32, device=DEVICE)
+    with torch.no_grad():
+        moe.fused = False
+        ref, _ = moe(x)
+        moe.fused = True
+        assert moe_kernels.available(x)
+        monkeypatch.setattr(moe_kernels, "_disabled", {})
+        broken = moe_kernels._kernels()
+        monkeypatch.setattr(moe_kernels, "_kernels", lambda: type(broken)(**{**vars(broken), "combine": None}))
+        with pytest.warns(UserWarning, match="combine.*aten path"):
+            out, _ = moe(x)
+        torch.testing.assert_close(out, ref)
+        assert not moe_kernels.available(x)

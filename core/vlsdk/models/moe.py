@@ -177,14 +177,18 @@ class DynamicMoE(nn.Module):
         flat = x.reshape(-1, dim)
         fused = (self.fused or (self.fused is None and flat.is_cuda)) and not self.dense and self._use_grouped(flat) \
             and moe_kernels.available(flat)
-        routing = self.router(flat, fused=fused)
         shared_done = False
         if fused:
-            (routed, shared_done), counts, dropped = self._fused(flat, routing, grid3), None, None
-        elif self.dense:
-            routed, counts, dropped = self._dense(flat, routing.topk_idx, routing.topk_weight.to(x.dtype), grid3)
-        else:
-            routed, counts, dropped = self._sparse(flat, routing.topk_idx, routing.topk_weight.to(x.dtype), grid3)
+            try:
+                routing = self.router(flat, fused=True)
+                (routed, shared_done), counts, dropped = self._fused(flat, routing, grid3), None, None
+            except moe_kernels.KernelError:  # warned once; the kernels are off on this device from now on
+                fused = False
+        if not fused:
+            routing = self.router(flat)
+            weight = routing.topk_weight.to(x.dtype)
+            path = self._dense if self.dense else self._sparse
+            routed, counts, dropped = path(flat, routing.topk_idx, weight, grid3)
         out = routed if self.shared is None or shared_done else routed + self.shared(flat)
         # Statistics nobody asked for cost ~20 small kernels per layer: with gradients off they are
         # computed when read (RouterStats keeps the logits); with gradients on, the losses and counts
@@ -285,12 +289,14 @@ class DynamicMoE(nn.Module):
         """The shared expert's ``fc1.w, fc1.b, fc2.w, fc2.b`` if it can be one more group of the
         grouped GEMM (a plain :class:`ExpertMLP` of one generic expert's width), else ``None``."""
         shared = self.shared
-        if type(shared) is not ExpertMLP or shared.fc1.out_features != self.config.expert_hidden:
+        if type(shared) is not ExpertMLP:
             return None
-        fc1, fc2 = shared._modules["fc1"]._parameters, shared._modules["fc2"]._parameters
-        if type(shared.fc1) is not nn.Linear or type(shared.fc2) is not nn.Linear:
+        fc1, fc2 = shared._modules["fc1"], shared._modules["fc2"]
+        if type(fc1) is not nn.Linear or type(fc2) is not nn.Linear or fc1.out_features != self.config.expert_hidden:
             return None
-        return [fc1["weight"], fc1["bias"], fc2["weight"], fc2["bias"]]
+        params = [fc1._parameters.get("weight"), fc1._parameters.get("bias"), fc2._parameters.get("weight"),
+                  fc2._parameters.get("bias")]
+        return None if any(p is None for p in params) else params  # (no bias, or a parametrisation: not folded)
 
     def _fused(self, flat: torch.Tensor, routing: Routing,
                grid3: tuple[int, int, int]) -> tuple[torch.Tensor, bool]:
@@ -312,7 +318,7 @@ class DynamicMoE(nn.Module):
         offs = torch.searchsorted(experts, self._constant("ends", flat.device, experts.dtype), right=True,
                                   out_int32=True)
         if shared:  # the shared group ends after one row per token
-            offs = torch.cat([offs, self._constant("shared_end", flat.device, torch.int32, rows=n_tok)])
+            offs = torch.cat([offs, self._constant("shared_end", flat.device, torch.int32, rows=n_tok * (k + 1))])
         xs, inverse = moe_kernels.gather_rows(flat, order, k, _PAD, dtype, shared=shared)
         ys = grouped_mm(torch.nn.functional.gelu(grouped_mm(xs, w1, offs)), w2, offs)
         routed = moe_kernels.combine(ys, inverse, idx, weight, b2, n_generic, flat.dtype, shared=shared)
@@ -349,7 +355,7 @@ class DynamicMoE(nn.Module):
         ``"ends"``: ``[0, 1, ..., G - 2, E]`` for ``G`` generic of ``E`` experts, whose
         ``searchsorted`` in the expert-sorted slots gives the grouped GEMM's group ends (the last
         generic group runs to the end and carries the domain experts' slots).
-        ``"shared_end"``: ``[rows * (k + 1)]``, the end of the shared expert's group on the fused path.
+        ``"shared_end"``: ``[rows]`` (``T * (k + 1)``), the end of the shared expert's group on the fused path.
         """
         key = (name, device, dtype, len(self.expert_names), rows)
         compiling = torch.compiler.is_compiling() or torch.jit.is_tracing()
@@ -357,7 +363,7 @@ class DynamicMoE(nn.Module):
         if value is None:
             with torch.inference_mode(False) if not compiling else nullcontext():  # normal tensors, for training too
                 if name == "shared_end":  # the end of the shared expert's group: after the slots and one row per token
-                    value = torch.tensor([rows * (self.top_k + 1)], device=device, dtype=dtype)
+                    value = torch.tensor([rows], device=device, dtype=dtype)
                 elif name == "pad":
                     value = torch.zeros(1, _PAD, dtype=dtype, device=device)
                     value[0, 0] = 1.0

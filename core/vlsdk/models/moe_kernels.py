@@ -25,6 +25,7 @@ Every launch adds one to :data:`LAUNCHES` (``benchmarks/host_work.py`` counts th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -33,7 +34,8 @@ from types import SimpleNamespace
 
 import torch
 
-__all__ = ["LAUNCHES", "available", "combine", "gather_rows", "interpreted", "launching", "route", "self_check"]
+__all__ = ["LAUNCHES", "KernelError", "available", "check", "combine", "gather_rows", "interpreted", "launching", "route",
+           "self_check"]
 
 #: kernel launches so far, by kernel name (the host work the aten op count does not see)
 LAUNCHES: Counter[str] = Counter()
@@ -45,14 +47,34 @@ def launching() -> bool:
     return _launching > 0
 
 
+class KernelError(RuntimeError):
+    """A kernel failed to build or launch; the device is marked and the caller falls back to aten."""
+
+
+_disabled: dict[torch.device, str] = {}
+
+
 def _launch(name: str, kernel: object, grid: tuple[int, ...], *args: object, **meta: object) -> None:
     global _launching
     LAUNCHES[name] += 1
     _launching += 1
-    try:
-        kernel[grid](*args, **meta)  # type: ignore[index]
+    device = args[0].device  # type: ignore[attr-defined]
+    try:  # Triton launches on the current device and stream: make them the tensors'
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            kernel[grid](*args, **meta)  # type: ignore[index]
+    except Exception as err:  # noqa: BLE001 - a build (e.g. a new specialisation) or launch failure
+        raise KernelError(_disable(device, f"{name}: {type(err).__name__}: {err}")) from err
     finally:
         _launching -= 1
+
+
+def _disable(device: torch.device, reason: str) -> str:
+    """Stop using the kernels on ``device`` (one warning); returns ``reason``."""
+    if device not in _disabled:
+        _disabled[device] = reason
+        warnings.warn(f"vlsdk: the MoE layer's Triton kernels failed on {device} ({reason[:300]}); the MoE "
+                      "layers use the aten path there (slower in eager mode, same results)", stacklevel=4)
+    return reason
 
 
 @functools.cache
@@ -76,17 +98,34 @@ def available(x: torch.Tensor) -> bool:
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     if x.device.type == "cpu":
-        return interpreted() and _triton()
-    return x.is_cuda and _triton() and self_check(x.device) is None
+        return interpreted() and _triton() and x.device not in _disabled
+    if not x.is_cuda or x.device in _disabled or not _triton():
+        return False
+    if x.device not in _checked and torch.cuda.is_current_stream_capturing():
+        return False  # the check copies to the device: not while a CUDA graph is being captured
+    return self_check(x.device) is None
 
 
-@functools.cache
+_checked: set[torch.device] = set()
+
+
 def self_check(device: torch.device) -> str | None:
+    """:func:`check`, once per device."""
+    if device not in _checked:
+        _checked.add(device)
+        reason = check(device)
+        if reason is not None:
+            _disable(device, reason)
+    return _disabled.get(device)
+
+
+def check(device: torch.device) -> str | None:
     """Build and run the three kernels once on ``device`` against torch on small inputs.
 
-    Returns ``None`` when they compile and agree; otherwise the reason, after one warning: the
-    MoE layers then keep the aten path on that device (a Triton or driver that cannot build these
-    kernels costs speed, never a wrong result or a failed forward).
+    Returns ``None`` when they compile and agree; otherwise the reason. :func:`self_check` then
+    warns once and the MoE layers keep the aten path on that device (a Triton or driver that cannot
+    build these kernels costs speed, never a wrong result or a failed forward; a later build that
+    fails, for another shape, raises :class:`KernelError`, which the layer answers the same way).
     """
     try:
         with torch.no_grad():
@@ -95,29 +134,23 @@ def self_check(device: torch.device) -> str | None:
             idx, key, weight = route(logits, 3)
             top, ref_idx = logits.softmax(-1).topk(3, dim=-1)
             if not torch.equal(idx, ref_idx) or not torch.equal(key.long(), ref_idx.reshape(-1)):
-                return _broken(device, "route chose other experts than torch.topk")
+                return "route chose other experts than torch.topk"
             if not torch.allclose(weight, top / top.sum(-1, keepdim=True), rtol=1e-5, atol=1e-6):
-                return _broken(device, "route's gate weights differ from torch's")
+                return "route's gate weights differ from torch's"
             x = torch.randn(37, 24, generator=gen).to(device)
             order = torch.argsort(key, stable=True)
             rows, inverse = gather_rows(x, order, 3, 16, torch.float32, shared=True)
             if not torch.equal(rows[:, :24], torch.cat([x[order // 3], x])) or not (rows[:, 24] == 1).all():
-                return _broken(device, "gather_rows copied other rows than torch's indexing")
+                return "gather_rows copied other rows than torch's indexing"
             bias = torch.randn(10, 24, generator=gen).to(device)
             out = combine(rows[:, :24].contiguous(), inverse, idx, weight, bias, 9, torch.float32, shared=True)
             slots = rows[:, :24][inverse].view(37, 3, 24) + bias[idx]
             expect = (weight[..., None] * slots).sum(1) + x + bias[9]
             if not torch.allclose(out, expect, rtol=1e-4, atol=1e-4):
-                return _broken(device, "combine's sums differ from torch's")
+                return "combine's sums differ from torch's"
     except Exception as err:  # noqa: BLE001 - any build or launch failure means: use the aten path
-        return _broken(device, f"{type(err).__name__}: {err}")
+        return f"{type(err).__name__}: {err}"
     return None
-
-
-def _broken(device: torch.device, reason: str) -> str:
-    warnings.warn(f"vlsdk: the MoE layer's Triton kernels failed their check on {device} ({reason[:300]}); "
-                  "the MoE layers use the aten path there (slower in eager mode, same results)", stacklevel=3)
-    return reason
 
 
 @functools.cache

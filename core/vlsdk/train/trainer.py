@@ -302,6 +302,9 @@ class Trainer:
         self.model.load_state_dict(weights)
         state = _read_state(directory / STATE)
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # (the saved groups carry the implementation they ran with)
+            group["fused"] = self.optimizer.defaults["fused"]
+            group["foreach"] = self.optimizer.defaults["foreach"]
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
