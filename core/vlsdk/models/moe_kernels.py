@@ -34,8 +34,8 @@ from types import SimpleNamespace
 
 import torch
 
-__all__ = ["LAUNCHES", "KernelError", "available", "check", "combine", "gather_rows", "interpreted", "launching", "route",
-           "self_check"]
+__all__ = ["LAUNCHES", "KernelError", "available", "check", "combine", "gather_rows", "interpreted", "launching",
+           "route", "self_check"]
 
 #: kernel launches so far, by kernel name (the host work the aten op count does not see)
 LAUNCHES: Counter[str] = Counter()
