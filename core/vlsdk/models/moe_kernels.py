@@ -59,8 +59,9 @@ def _launch(name: str, kernel: object, grid: tuple[int, ...], *args: object, **m
     LAUNCHES[name] += 1
     _launching += 1
     device = args[0].device  # type: ignore[attr-defined]
+    other_gpu = device.type == "cuda" and device.index != torch.cuda.current_device()
     try:  # Triton launches on the current device and stream: make them the tensors'
-        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        with torch.cuda.device(device) if other_gpu else contextlib.nullcontext():
             kernel[grid](*args, **meta)  # type: ignore[index]
     except Exception as err:  # noqa: BLE001 - a build (e.g. a new specialisation) or launch failure
         raise KernelError(_disable(device, f"{name}: {type(err).__name__}: {err}")) from err
