@@ -69,16 +69,19 @@ def speed(device: torch.device, dtype: torch.dtype, tokens: list[int], repeats: 
         lin = nn.Linear(d_in, d_out, device=device, dtype=dtype)
         layers = {"float": lin, "dequant": Int8Linear.from_linear(lin, compute="dequant"),
                   "int8": Int8Linear.from_linear(lin, compute="int8")}
+        variants = VARIANTS + (("triton",) if device.type == "cuda" else ())  # the fused weight-only kernel
+        if "triton" in variants:
+            layers["triton"] = Int8Linear.from_linear(lin, compute="triton")
         for n in tokens:
             x = torch.randn(n, d_in, device=device, dtype=dtype)
             for layer in layers.values():  # warm-up (and the int8 path refuses loudly here, not mid-table)
                 layer(x)
-            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            times: dict[str, list[float]] = {v: [] for v in variants}
             for r in range(repeats):
-                for v in VARIANTS[r % 3:] + VARIANTS[:r % 3]:  # rotate who goes first
+                for v in variants[r % len(variants):] + variants[:r % len(variants)]:  # rotate who goes first
                     times[v].append(timer(lambda layer=layers[v]: layer(x)))
             ms = {v: statistics.median(t) for v, t in times.items()}
-            rows.append({"shape": name, "in": d_in, "out": d_out, "tokens": n, **{f"{v}_ms": ms[v] for v in VARIANTS},
+            rows.append({"shape": name, "in": d_in, "out": d_out, "tokens": n, **{f"{v}_ms": ms[v] for v in variants},
                          "float_bytes": weight_bytes(lin), "int8_bytes": weight_bytes(layers["int8"])})
     return rows
 
@@ -150,7 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in rows:
             print(f"{r['shape']:10s} {str(r['in']) + '->' + str(r['out']):>10s} {r['tokens']:6d} {r['float_ms']:9.3f} "
                   f"{r['dequant_ms']:10.3f} {r['int8_ms']:8.3f} {r['float_ms'] / r['int8_ms']:9.2f}x "
-                  f"{r['dequant_ms'] / r['int8_ms']:7.2f}x {r['float_bytes'] / 1e6:8.2f} {r['int8_bytes'] / 1e6:7.2f}")
+                  f"{r['dequant_ms'] / r['int8_ms']:7.2f}x {r['float_bytes'] / 1e6:8.2f} {r['int8_bytes'] / 1e6:7.2f}"
+                  + (f"  triton {r['triton_ms']:.3f} ms ({r['float_ms'] / r['triton_ms']:.2f}x float)"
+                     if "triton_ms" in r else ""))
         results["speed"][threads] = {"load_average": load, "rows": rows}
     if args.config:
         acc = accuracy(args.config, args.size, args.batch)

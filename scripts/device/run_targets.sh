@@ -6,13 +6,13 @@
 # GROUP: bench | train | medical_perf | stages | profile | medical_pcb | pcb_synth | pcb_final | pcb_500_600 |
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
 # pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu |
-# lesion_seeds_a | lesion_seeds_b | lesion_four | eager | peer | train_profile | eager_profile | peer_train | train_optim
+# lesion_seeds_a | lesion_seeds_b | lesion_four | eager | peer | train_profile | eager_profile | peer_train | train_optim | int8_triton
 # (ddp_base_Ngpu needs N GPUs: kind nvidia-h200, -x2, -x4, -x8). Jobs run one after another (six at once starved the
 # 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
 # per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer|train_profile|eager_profile|peer_train|train_optim}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer|train_profile|eager_profile|peer_train|train_optim|int8_triton}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -155,6 +155,13 @@ peer_train)  # issue 23: the training step with the fused AdamW (the Trainer's C
     run 100 tp-train-fused python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
         --repeats 3 --train --optimizer fused --models base+aten base timm_vit_b16 --out runs/tp_train_fused
     run 220 pcb-vs-yolo python3 benchmarks/pcb_vs_yolo.py --device cuda --out runs/pcb_vs_yolo
+    ;;
+int8_triton)  # issue 23: the Triton weight-only int8 GEMM against bf16, dequantising and int8 (its tests first)
+    run 90 w8-tests python3 -m pytest -q -p no:cacheprovider tests/test_triton_w8.py tests/test_moe_kernels.py
+    run 120 int8 python3 benchmarks/int8_matmul.py --device cuda --dtype bfloat16 --tokens 1024 6272 16384 65536 \
+        --config ''
+    run 200 tp-host python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 --repeats 5 \
+        --models timm_vit_b16 base base+aten base base+aten timm_vit_b16 --out runs/tp_host
     ;;
 train_optim)  # issue 23: foreach against fused AdamW in one process, and the MoE kernels on and off, side by side
     run 240 tp-train-optim python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \

@@ -13,6 +13,11 @@ the same function up to rounding, chosen per call by ``Int8Linear(..., compute=.
 * **dequant** (weight-only): ``y = (x @ qweight.T) * scale + bias`` in the input's float dtype.
   Storage is int8 but the matmul is float. Exact gradients with respect to the input.
 
+* **triton** (weight-only, fused; opt-in): one Triton kernel reads the int8 weight and converts it
+  tile by tile in registers, the scales and bias in its epilogue (:mod:`vlsdk.quant.triton_w8`).
+  Inference on CUDA (or the CPU under Triton's interpreter); not yet timed against bf16 on a GPU,
+  so ``auto`` does not pick it.
+
 ``compute="auto"`` (the default) takes the int8 path on the CPU where it runs (float32/float16/
 bfloat16 inputs; no gradient needed through the input), where it is 2-3.4x faster than float32,
 and the dequantising one otherwise: when a LoRA adapter upstream is training, and on every other
@@ -42,8 +47,8 @@ __all__ = ["Int8Linear", "quantize_linear_layers", "quantize_weight", "weight_by
 #: task heads (usually trained), and LoRA's own ``lora_A``/``lora_B`` layers.
 DEFAULT_EXCLUDE: tuple[str, ...] = ("router", "heads", "lora_")
 
-Compute = Literal["auto", "int8", "dequant"]
-_COMPUTE = ("auto", "int8", "dequant")
+Compute = Literal["auto", "int8", "dequant", "triton"]
+_COMPUTE = ("auto", "int8", "dequant", "triton")
 _INT8_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -79,13 +84,14 @@ class Int8Linear(nn.Module):
         compute: ``"auto"`` (int8 matmul on the CPU where it can run, else dequantise: see the
             module doc; :meth:`path` tells which a given input takes),
             ``"int8"`` (always the int8 matmul; a call it cannot serve raises), ``"dequant"``
-            (always dequantise the weight and multiply in float). Not saved in the state dict;
+            (always dequantise the weight and multiply in float), ``"triton"`` (the fused
+            weight-only kernel; inference on CUDA). Not saved in the state dict;
             change it any time with ``layer.compute = ...``.
 
     Raises:
         ValueError: a size below 1 or an unknown ``compute``; in the forward, an input of the
-            wrong width, or with ``compute="int8"`` a call the int8 path cannot serve (the reason
-            is named).
+            wrong width, or with ``compute="int8"`` or ``"triton"`` a call that path cannot serve
+            (the reason is named).
 
     Example:
         >>> lin = nn.Linear(16, 8)
@@ -170,7 +176,23 @@ class Int8Linear(nn.Module):
             return f"torch._int_mm runs on CPU and CUDA only, not {x.device.type}"
         return None
 
-    def path(self, x: torch.Tensor) -> Literal["int8", "dequant"]:
+    def triton_refusal(self, x: torch.Tensor) -> str | None:
+        """Why the Triton path cannot serve input ``x`` (``None`` when it can)."""
+        from vlsdk.models.moe_kernels import interpreted
+
+        if torch.is_grad_enabled() and x.requires_grad:
+            return "the input needs a gradient and the Triton kernel has no backward"
+        if x.dtype not in _INT8_DTYPES:
+            return f"input dtype {x.dtype} (it takes {', '.join(map(str, _INT8_DTYPES))})"
+        if not (x.is_cuda or (x.device.type == "cpu" and interpreted())):
+            return f"it runs on CUDA (or the CPU under TRITON_INTERPRET=1), not {x.device.type}"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "triton is not installed"
+        return None
+
+    def path(self, x: torch.Tensor) -> Literal["int8", "dequant", "triton"]:
         """The forward that input ``x`` takes under this layer's ``compute`` (see the module doc).
 
         Args:
@@ -179,6 +201,11 @@ class Int8Linear(nn.Module):
         Raises:
             ValueError: ``compute="int8"`` and the int8 path cannot serve ``x`` (the reason is named).
         """
+        if self.compute == "triton":
+            refusal = self.triton_refusal(x)
+            if refusal is not None:
+                raise ValueError(f"Int8Linear(compute='triton') cannot serve this input: {refusal}")
+            return "triton"
         if self.compute == "dequant" or (self.compute == "auto" and x.device.type != "cpu"):
             return "dequant"
         refusal = self.int8_refusal(x)
@@ -192,7 +219,15 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Int8Linear expects inputs of width {self.in_features}, got {tuple(x.shape)}")
-        return self._forward_int8(x) if self.path(x) == "int8" else self._forward_dequant(x)
+        path = self.path(x)
+        if path == "triton":
+            from vlsdk.quant.triton_w8 import w8a16_linear
+
+            device = x.device.type
+            if torch.is_autocast_enabled(device):  # as F.linear would run under autocast
+                x = x.to(torch.get_autocast_dtype(device))
+            return w8a16_linear(x, self.qweight, self.scale, self.bias)
+        return self._forward_int8(x) if path == "int8" else self._forward_dequant(x)
 
     def _forward_dequant(self, x: torch.Tensor) -> torch.Tensor:
         # int8 values are exact in fp16/bf16/fp32; the per-row scale is applied to the (smaller) output
