@@ -414,3 +414,22 @@ def test_cached_expert_weights_follow_any_optimizer_step(fused: bool) -> None:
         moe.grouped = False
         fresh, _ = moe(x)  # the loop path reads the modules themselves
     torch.testing.assert_close(cached, fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_another_models_optimizer_step_keeps_a_frozen_models_cache() -> None:
+    """A teacher (no optimizer) keeps its folded weights while a student trains with a fused AdamW."""
+    torch.manual_seed(0)
+    teacher, student = (DynamicMoE(32, MoEConfig(num_experts=4, top_k=2, expert_hidden=16)) for _ in range(2))
+    for layer in (teacher, student):
+        layer.grouped = True
+    x = torch.randn(1, 8, 32)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2, fused=True)
+    with torch.no_grad():
+        teacher(x)
+    cached = teacher._stacked._value
+    out, _ = student(x)
+    out.square().mean().backward()
+    optimizer.step()
+    with torch.no_grad():
+        teacher(x)
+    assert teacher._stacked._value is cached

@@ -70,23 +70,24 @@ def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Te
     return _grouped_mm_op(a, b, offs)
 
 
-_optimizer_steps = 0
 _counting = False
 
 
-def _count_step(optimizer: object, args: object, kwargs: object) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
+def _bump_fused_versions(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    """A fused optimizer step (``AdamW(fused=True)``) writes parameters in one kernel without bumping
+    their ``_version``; bump them, so that caches keyed on versions see the step."""
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            torch.autograd.graph.increment_version(group["params"])
 
 
-def _count_optimizer_steps() -> None:
-    """Count every ``torch.optim`` step (one global post-step hook, registered once): fused
-    optimizers (``AdamW(fused=True)``) write parameters without bumping their ``_version``."""
+def _watch_fused_optimizers() -> None:
+    """Register :func:`_bump_fused_versions` as a global ``torch.optim`` post-step hook, once."""
     global _counting
     if not _counting:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        register_optimizer_step_post_hook(_count_step)
+        register_optimizer_step_post_hook(_bump_fused_versions)
         _counting = True
 
 
@@ -94,17 +95,17 @@ class StackedWeights:
     """A value computed from parameters, recomputed only when one of them changed.
 
     The key is each parameter's ``id``, ``data_ptr``, dtype and ``_version`` (bumped by every
-    in-place write: foreach optimizer steps, ``copy_`` in ``load_state_dict``, ``fill_`` under
-    ``no_grad``), and the number of ``torch.optim`` steps taken in the process (a fused optimizer's
-    kernel writes without bumping versions). Only use it while gradients are off: the cached tensors
-    carry no autograd graph.
+    in-place write: optimizer steps, ``copy_`` in ``load_state_dict``, ``fill_`` under ``no_grad``;
+    a fused optimizer's kernel does not bump it, so a global post-step hook does that for fused
+    ``torch.optim`` optimizers). Only use it while gradients are off: the cached tensors carry no
+    autograd graph.
 
     Args:
         build: computes the value from the parameters (and the extra arguments given to :meth:`get`).
     """
 
     def __init__(self, build: Callable[..., tuple[torch.Tensor, ...]]) -> None:
-        _count_optimizer_steps()
+        _watch_fused_optimizers()
         self.build = build
         self._key: tuple | None = None
         self._value: tuple[torch.Tensor, ...] | None = None
@@ -116,7 +117,7 @@ class StackedWeights:
     def get(self, params: Sequence[torch.Tensor], *args: object) -> tuple[torch.Tensor, ...]:
         """The cached value of ``build(params, *args)``, rebuilt (without autograd) if any parameter
         changed or ``args`` differ from the last call's."""
-        key = (self.key(params), args, _optimizer_steps)
+        key = (self.key(params), args)
         if self._value is None or key != self._key:
             with torch.no_grad():
                 self._value = self.build(params, *args)
