@@ -191,3 +191,18 @@ def test_a_launch_that_fails_falls_back_to_the_aten_path(monkeypatch: pytest.Mon
             out, _ = moe(x)
         torch.testing.assert_close(out, ref)
         assert not moe_kernels.available(x)
+
+
+def test_the_launch_cost_benchmark_cases_run() -> None:
+    """benchmarks/launch_cost.py times these calls on a GPU; here each runs once (three launch kernels)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from launch_cost import cases
+
+    before = sum(moe_kernels.LAUNCHES.values())
+    with torch.no_grad():
+        for fn in cases(torch.device(DEVICE)).values():
+            fn()
+    assert sum(moe_kernels.LAUNCHES.values()) - before >= 3 + 3  # (cases() itself routes and gathers once)

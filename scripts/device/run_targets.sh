@@ -158,6 +158,7 @@ peer_train)  # issue 23: the training step with the fused AdamW (the Trainer's C
     ;;
 int8_triton)  # issue 23: the Triton weight-only int8 GEMM against bf16, dequantising and int8 (its tests first)
     run 90 w8-tests python3 -m pytest -q -p no:cacheprovider tests/test_triton_w8.py tests/test_moe_kernels.py
+    run 60 launch-cost python3 benchmarks/launch_cost.py --out runs/launch_cost
     run 120 int8 python3 benchmarks/int8_matmul.py --device cuda --dtype bfloat16 --tokens 1024 6272 16384 65536 \
         --config ''
     run 200 tp-host python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 --repeats 5 \
