@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import _floats, build  # noqa: E402
 
-from vlsdk.models import moe_kernels  # noqa: E402
+from vlsdk.ops import triton_launch  # noqa: E402
 
 #: aten ops whose output shape depends on tensor values, or that copy a value to the host
 _HOST_SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2",
@@ -95,7 +95,7 @@ class HostWork(TorchDispatchMode):
         self._reads.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        if moe_kernels.launching():  # Triton's CPU interpreter at work inside one (counted) kernel launch
+        if triton_launch.launching():  # Triton's CPU interpreter at work inside one (counted) kernel launch
             return func(*args, **(kwargs or {}))
         name = func._schema.name.split("::")[-1]
         self.by_op[name] += 1
@@ -140,10 +140,10 @@ def op_count(names: list[str], size: int, repeats: int = 7, detail: bool = False
                 layer.fused = path == "fused"
             with torch.no_grad():
                 model(x)  # warm-up: caches (position embedding, stacked expert weights) are filled
-                launched = sum(moe_kernels.LAUNCHES.values())
+                launched = sum(triton_launch.LAUNCHES.values())
                 with HostWork() as work:
                     model(x)
-                launches = sum(moe_kernels.LAUNCHES.values()) - launched
+                launches = sum(triton_launch.LAUNCHES.values()) - launched
                 times = []
                 for _ in range(repeats):
                     t0 = time.thread_time()

@@ -13,13 +13,14 @@ from torch import nn
 pytest.importorskip("triton", reason="the MoE kernels are Triton kernels (pip install triton; CUDA torch ships it)")
 
 from vlsdk.models import moe_kernels  # noqa: E402
+from vlsdk.ops import triton_launch  # noqa: E402
 from vlsdk.models.config import MoEConfig  # noqa: E402
 from vlsdk.models.moe import DynamicMoE  # noqa: E402
 from vlsdk.models.router import Router  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-if DEVICE == "cpu" and not moe_kernels.interpreted():
+if DEVICE == "cpu" and not triton_launch.interpreted():
     pytest.skip("no GPU and Triton's interpreter is off (TRITON_INTERPRET was not set before triton was imported)",
                 allow_module_level=True)
 
@@ -98,9 +99,9 @@ def test_fused_layer_matches_the_grouped_path(num_shared: int, domain: bool) -> 
         ref, ref_stats = moe(x, grid=(3, 4))
         moe.fused = True
         assert moe_kernels.available(x)  # (on CUDA: the one-time check runs here, with launches of its own)
-        before = sum(moe_kernels.LAUNCHES.values())
+        before = sum(triton_launch.LAUNCHES.values())
         out, stats = moe(x, grid=(3, 4))
-        launched = sum(moe_kernels.LAUNCHES.values()) - before
+        launched = sum(triton_launch.LAUNCHES.values()) - before
     assert launched == 3  # route, gather, combine
     assert torch.equal(stats.topk_idx, ref_stats.topk_idx)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -131,15 +132,15 @@ def test_fused_bf16_is_as_close_to_float32_as_the_grouped_path() -> None:
 def test_training_and_compiling_keep_the_aten_path() -> None:
     moe = DynamicMoE(32, MoEConfig(num_experts=4, top_k=2, expert_hidden=16)).to(DEVICE)
     moe.grouped, moe.fused = True, True
-    before = sum(moe_kernels.LAUNCHES.values())
+    before = sum(triton_launch.LAUNCHES.values())
     out, stats = moe(torch.randn(1, 8, 32, device=DEVICE, requires_grad=True))
     out.sum().backward()
-    assert sum(moe_kernels.LAUNCHES.values()) == before  # gradients on: no kernel (they have no backward)
+    assert sum(triton_launch.LAUNCHES.values()) == before  # gradients on: no kernel (they have no backward)
     assert stats.probs is not None
     moe.fused = False
     with torch.no_grad():
         moe(torch.randn(1, 8, 32, device=DEVICE))
-    assert sum(moe_kernels.LAUNCHES.values()) == before
+    assert sum(triton_launch.LAUNCHES.values()) == before
 
 
 def test_empty_input_launches_nothing() -> None:
@@ -201,8 +202,8 @@ def test_the_launch_cost_benchmark_cases_run() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from launch_cost import cases
 
-    before = sum(moe_kernels.LAUNCHES.values())
+    before = sum(triton_launch.LAUNCHES.values())
     with torch.no_grad():
         for fn in cases(torch.device(DEVICE)).values():
             fn()
-    assert sum(moe_kernels.LAUNCHES.values()) - before == 2 + 3  # cases() routes and gathers once, then three cases
+    assert sum(triton_launch.LAUNCHES.values()) - before == 2 + 3  # cases() routes and gathers once, then three cases

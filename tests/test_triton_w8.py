@@ -13,7 +13,7 @@ from torch import nn
 
 pytest.importorskip("triton", reason="the kernel is a Triton kernel (pip install triton; CUDA torch ships it)")
 
-from vlsdk.models.moe_kernels import interpreted  # noqa: E402
+from vlsdk.ops.triton_launch import interpreted  # noqa: E402
 from vlsdk.quant import Int8Linear  # noqa: E402
 from vlsdk.quant.triton_w8 import w8a16_linear  # noqa: E402
 

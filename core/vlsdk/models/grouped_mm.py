@@ -70,7 +70,7 @@ def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Te
     return _grouped_mm_op(a, b, offs)
 
 
-_counting = False
+_watching = False
 
 
 def _bump_fused_versions(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
@@ -83,12 +83,12 @@ def _bump_fused_versions(optimizer: torch.optim.Optimizer, args: object, kwargs:
 
 def _watch_fused_optimizers() -> None:
     """Register :func:`_bump_fused_versions` as a global ``torch.optim`` post-step hook, once."""
-    global _counting
-    if not _counting:
+    global _watching
+    if not _watching:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         register_optimizer_step_post_hook(_bump_fused_versions)
-        _counting = True
+        _watching = True
 
 
 class StackedWeights:

@@ -20,53 +20,32 @@ layer uses them on CUDA while gradients are off and nothing is being compiled or
 (:func:`available`). They run on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``,
 set before this module builds its kernels), which the tests use where there is no GPU.
 
-Every launch adds one to :data:`LAUNCHES` (``benchmarks/host_work.py`` counts them with the aten ops).
+Every launch adds one to :data:`~vlsdk.ops.triton_launch.LAUNCHES` (``benchmarks/host_work.py``
+counts them with the aten ops).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import warnings
-from collections import Counter
 from types import SimpleNamespace
 
 import torch
 
-__all__ = ["LAUNCHES", "KernelError", "available", "check", "combine", "gather_rows", "interpreted", "launching",
-           "route", "self_check"]
+from vlsdk.ops.triton_launch import KernelError, interpreted, launch, triton_importable
 
-#: kernel launches so far, by kernel name (the host work the aten op count does not see)
-LAUNCHES: Counter[str] = Counter()
-_launching = 0
-
-
-def launching() -> bool:
-    """Whether a kernel launch is in progress (the interpreter's own tensor ops are not the layer's)."""
-    return _launching > 0
-
-
-class KernelError(RuntimeError):
-    """A kernel failed to build or launch; the device is marked and the caller falls back to aten."""
-
+__all__ = ["available", "check", "combine", "gather_rows", "route", "self_check"]
 
 _disabled: dict[torch.device, str] = {}
 
 
 def _launch(name: str, kernel: object, grid: tuple[int, ...], *args: object, **meta: object) -> None:
-    global _launching
-    LAUNCHES[name] += 1
-    _launching += 1
-    device = args[0].device  # type: ignore[attr-defined]
-    other_gpu = device.type == "cuda" and device.index != torch.cuda.current_device()
-    try:  # Triton launches on the current device and stream: make them the tensors'
-        with torch.cuda.device(device) if other_gpu else contextlib.nullcontext():
-            kernel[grid](*args, **meta)  # type: ignore[index]
-    except Exception as err:  # noqa: BLE001 - a build (e.g. a new specialisation) or launch failure
-        raise KernelError(_disable(device, f"{name}: {type(err).__name__}: {err}")) from err
-    finally:
-        _launching -= 1
+    """:func:`~vlsdk.ops.triton_launch.launch`; a failure also turns the kernels off on that device."""
+    try:
+        launch(name, kernel, grid, *args, **meta)
+    except KernelError as err:
+        _disable(args[0].device, str(err))  # type: ignore[attr-defined]
+        raise
 
 
 def _disable(device: torch.device, reason: str) -> str:
@@ -78,20 +57,6 @@ def _disable(device: torch.device, reason: str) -> str:
     return reason
 
 
-@functools.cache
-def _triton() -> bool:
-    try:
-        import triton  # noqa: F401  (shipped with CUDA builds of torch)
-    except ImportError:
-        return False
-    return True
-
-
-def interpreted() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def available(x: torch.Tensor) -> bool:
     """Whether the fused inference kernels can serve ``x``: Triton importable, CUDA (or the
     interpreter), no gradient, not compiling or tracing, and the kernels passed their check on
@@ -99,8 +64,8 @@ def available(x: torch.Tensor) -> bool:
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     if x.device.type == "cpu":
-        return interpreted() and _triton() and x.device not in _disabled
-    if not x.is_cuda or x.device in _disabled or not _triton():
+        return interpreted() and triton_importable() and x.device not in _disabled
+    if not x.is_cuda or x.device in _disabled or not triton_importable():
         return False
     if x.device not in _checked and torch.cuda.is_current_stream_capturing():
         return False  # the check copies to the device: not while a CUDA graph is being captured

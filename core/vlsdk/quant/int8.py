@@ -178,7 +178,7 @@ class Int8Linear(nn.Module):
 
     def triton_refusal(self, x: torch.Tensor) -> str | None:
         """Why the Triton path cannot serve input ``x`` (``None`` when it can)."""
-        from vlsdk.models.moe_kernels import interpreted
+        from vlsdk.ops.triton_launch import interpreted, triton_importable
 
         if torch.is_grad_enabled() and x.requires_grad:
             return "the input needs a gradient and the Triton kernel has no backward"
@@ -186,11 +186,7 @@ class Int8Linear(nn.Module):
             return f"input dtype {x.dtype} (it takes {', '.join(map(str, _INT8_DTYPES))})"
         if not (x.is_cuda or (x.device.type == "cpu" and interpreted())):
             return f"it runs on CUDA (or the CPU under TRITON_INTERPRET=1), not {x.device.type}"
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "triton is not installed"
-        return None
+        return None if triton_importable() else "triton is not installed"
 
     def path(self, x: torch.Tensor) -> Literal["int8", "dequant", "triton"]:
         """The forward that input ``x`` takes under this layer's ``compute`` (see the module doc).
@@ -199,7 +195,8 @@ class Int8Linear(nn.Module):
             x: an input of the layer (only its device, dtype, size and ``requires_grad`` are read).
 
         Raises:
-            ValueError: ``compute="int8"`` and the int8 path cannot serve ``x`` (the reason is named).
+            ValueError: ``compute="int8"`` or ``"triton"`` and that path cannot serve ``x`` (the reason
+                is named).
         """
         if self.compute == "triton":
             refusal = self.triton_refusal(x)

@@ -9,15 +9,17 @@ launch per call. torchao's and gpt-fast's weight-only int8 layers get the same f
 ``torch.compile``; this one needs no compile.
 
 Inference only (no autograd). CUDA, or the CPU under Triton's interpreter (``TRITON_INTERPRET=1``
-set before Triton is imported; the tests run it that way).
+set before Triton is imported; the tests run it that way). A kernel that fails to build raises
+:class:`~vlsdk.ops.triton_launch.KernelError`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
+
+from vlsdk.ops.triton_launch import launch
 
 __all__ = ["w8a16_linear"]
 
@@ -106,8 +108,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
         grid = (cdiv(m, block_m) * cdiv(n, block_n),)
         args = (rows, qweight, scale.float().contiguous(), bias if bias is not None else scale, y, m, n, k,
                 rows.stride(0), qweight.stride(0), y.stride(0))
-        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-            kernel[grid](*args, HAS_BIAS=bias is not None, DOT_F32=not x.is_cuda, BLOCK_M=block_m, BLOCK_N=block_n,
-                         BLOCK_K=block_k, GROUP_M=8, num_warps=warps)
+        launch("w8a16_linear", kernel, grid, *args, HAS_BIAS=bias is not None, DOT_F32=not x.is_cuda,
+               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps)
     return y.reshape(*x.shape[:-1], n)
 
