@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import vlsdk
+from vlsdk.models.moe import DynamicMoE
 from vlsdk.quant import Int8Linear, quantize_linear_layers, quantize_weight, weight_bytes
 
 
@@ -54,11 +55,14 @@ def test_quantize_vlmodel_keeps_outputs_and_cuts_weight_bytes_4x():
     with torch.no_grad():
         ref = model(x, heads=["seg"])["seg"].logits
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    stacked = [f"{n}.experts.generic.{i}.fc{j}" for n, m in model.named_modules() if isinstance(m, DynamicMoE)
+               for i in range(m.experts["generic"].num_experts) for j in (1, 2)]
+    assert stacked and not set(stacked) & set(linears)  # stacked generic experts: no nn.Linear of their own
     before_total = weight_bytes(model)
     replaced = quantize_linear_layers(model)
     assert replaced and all(isinstance(model.get_submodule(n), Int8Linear) for n in replaced)
     assert not any("router" in n or n.startswith("heads") for n in replaced)
-    assert set(replaced) == {n for n in linears if not n.startswith("heads")}
+    assert set(replaced) == {n for n in linears + stacked if not n.startswith("heads")}  # unstacked first
     before = sum(4 * (model.get_submodule(n).in_features + 1) * model.get_submodule(n).out_features for n in replaced)
     after = weight_bytes(model, replaced)
     ratio = before / after

@@ -290,6 +290,9 @@ def _digests(array: Any) -> set[str]:
     out = {hashlib.sha1(a.tobytes()).hexdigest()}
     if a.ndim == 2:
         out.add(hashlib.sha1(np.ascontiguousarray(a.T).tobytes()).hexdigest())
+    elif a.ndim == 3:  # stacked experts (E, ., .): each expert's matrix, as is or transposed
+        for matrix in a:
+            out |= _digests(matrix)
     return out
 
 

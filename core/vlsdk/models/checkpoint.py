@@ -24,6 +24,7 @@ from torch import nn
 
 from vlsdk.models.config import BackboneConfig
 from vlsdk.models.metadata import InputSpec, ModelMetadata, default_channels
+from vlsdk.models.moe import match_generic_layout
 from vlsdk.version import __version__
 
 #: A :class:`~vlsdk.models.model.VLModel` (not imported here: the model imports this module).
@@ -314,6 +315,7 @@ def from_pretrained(cls: type, directory: str | Path, *,
     state = _load_weights(directory / WEIGHTS_NAME, config, str(map_location), verify)
     if check_finite:
         _check_finite(state, directory / WEIGHTS_NAME)
+    match_generic_layout(model, state)  # checkpoints of the per-expert layout load into the stacks
     _check_state(model, state, directory / WEIGHTS_NAME)
     model.load_state_dict(state)
     model.metadata = ModelMetadata.from_dict(config["metadata"], where=f"{path}: metadata")

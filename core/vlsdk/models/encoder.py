@@ -9,6 +9,7 @@ from vlsdk.models.collector import RoutingCollector
 from vlsdk.models.config import BackboneConfig
 from vlsdk.models.features import EncoderFeatures
 from vlsdk.models.gate import CrossModalGate
+from vlsdk.models.generic_experts import GenericExperts
 from vlsdk.models.moe import DynamicMoE
 from vlsdk.models.patch_stem import SimpleFeaturePyramid, upsample
 from vlsdk.models.stem import ConvStem
@@ -199,3 +200,8 @@ def _init_linear(m: nn.Module) -> None:
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+    elif isinstance(m, GenericExperts):  # each expert's fc1, fc2 in turn: the values of per-expert modules
+        for i in range(m.num_experts):
+            view = m.expert(i)  # (its parameters alias the stacks' slices)
+            _init_linear(view.fc1)
+            _init_linear(view.fc2)

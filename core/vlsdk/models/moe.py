@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -12,13 +13,13 @@ from vlsdk.models import moe_kernels
 from vlsdk.models.amp import autocast_enabled
 from vlsdk.models.config import MoEConfig
 from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_rows, unsort_slots
-from vlsdk.models.expert_stack import ExpertStack, stacked_with_grad
-from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert
+from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert, resolve_hidden
 from vlsdk.models.features import TRAINING_STATS, ExpertContext, RouterStats
+from vlsdk.models.generic_experts import GenericExperts, convert_generic_keys
 from vlsdk.models.grouped_mm import StackedWeights, grouped_mm
 from vlsdk.models.router import Router, Routing, count_assignments, sort_key_dtype
 
-__all__ = ["DynamicMoE", "split_expert_name"]
+__all__ = ["DynamicMoE", "match_generic_layout", "split_expert_name", "unstack_generic_experts"]
 
 
 def split_expert_name(name: str) -> tuple[str, str]:
@@ -38,9 +39,12 @@ class DynamicMoE(nn.Module):
     that received tokens. ``dense=True`` (the export path) instead runs every expert on every
     token with masked weights, which is slower but has static shapes.
 
-    Experts live in ``self.experts[group][leaf]`` (so parameter names read
-    ``experts.generic.3.fc1.weight`` and ``experts.medical.lesion...``) and are addressed by
-    ``"group.leaf"`` names; :attr:`expert_names` gives the router's row order.
+    The backbone's generic experts are one :class:`~vlsdk.models.generic_experts.GenericExperts`
+    (stacked parameters ``experts.generic.fc1_weight`` ...); domain experts are modules in
+    ``self.experts[group][leaf]`` (``experts.medical.lesion...``). All are addressed by
+    ``"group.leaf"`` names (``"generic.3"``); :attr:`expert_names` gives the router's row order.
+    :meth:`unstack_generic` turns the generic experts into one module each, for per-expert
+    module surgery (peft LoRA, ``Int8Linear``).
 
     Args:
         dim: token width.
@@ -61,8 +65,8 @@ class DynamicMoE(nn.Module):
         self.top_k = config.top_k
         self.capacity_factor = config.capacity_factor
         self.router = Router(dim, config.num_experts, config.top_k, config.score, config.jitter)
-        generic = nn.ModuleDict({str(i): ExpertMLP(dim, config.expert_hidden) for i in range(config.num_experts)})
-        self.experts = nn.ModuleDict({"generic": generic})
+        hidden = resolve_hidden(dim, config.expert_hidden, 4 * dim)
+        self.experts = nn.ModuleDict({"generic": GenericExperts(config.num_experts, dim, hidden)})
         self.shared = ExpertMLP(dim, config.expert_hidden * config.num_shared) if config.num_shared > 0 else None
         self.expert_names = [f"generic.{i}" for i in range(config.num_experts)]
         self._backbone_experts = frozenset(self.expert_names)
@@ -80,14 +84,20 @@ class DynamicMoE(nn.Module):
         self.fused: bool | None = None
         self._stacked = StackedWeights(self._fold_for_gemm)
         self._constants: dict[tuple, torch.Tensor] = {}  # small per-device tensors for eager calls
-        #: the generic experts' parameters are slices of four stacked tensors (see ExpertStack)
-        self._stack = ExpertStack()
-        self._stack.tie(self._generic_params())
-        self.register_load_state_dict_post_hook(_retie_after_load)
+        self.register_load_state_dict_pre_hook(_per_expert_keys)
 
     # -- slots -------------------------------------------------------------------------------
+    @property
+    def stacked(self) -> bool:
+        """Whether the generic experts are stacked parameters (else one module each)."""
+        return type(self.experts._modules["generic"]) is GenericExperts
+
     def expert(self, name: str) -> nn.Module:
-        """The expert module called ``name`` (``"shared"`` for the shared experts)."""
+        """The expert module called ``name`` (``"shared"`` for the shared experts).
+
+        A stacked generic expert comes as a view (:meth:`GenericExperts.expert`): its parameters
+        alias the stacks' slices, for reading and editing; freeze it with :meth:`set_frozen`.
+        """
         if name == "shared":
             if self.shared is None:
                 raise KeyError("this MoE layer has no shared experts (num_shared=0)")
@@ -95,7 +105,17 @@ class DynamicMoE(nn.Module):
         group, leaf = split_expert_name(name)
         if name not in self.expert_names:
             raise KeyError(f"no expert {name!r} in this layer; experts: {self.expert_names}")
+        if name in self._backbone_experts and self.stacked:
+            return self.experts["generic"].expert(int(leaf))
         return self.experts[group][leaf]
+
+    def unstack_generic(self) -> None:
+        """Give each generic expert a module of its own (``experts.generic.3.fc1`` ...), values and
+        frozen state kept, so that per-module tools (peft LoRA, ``Int8Linear``) can target them.
+        Such experts run on the per-expert loop path. A no-op when already unstacked."""
+        if self.stacked:
+            self.experts["generic"] = self.experts["generic"].unstack()
+            self._stacked.clear()
 
     def add_expert(self, name: str, module: nn.Module, init_bias: float = -30.0) -> None:
         """Insert ``module`` as a new routed expert and grow the router by one row.
@@ -145,26 +165,28 @@ class DynamicMoE(nn.Module):
 
     def set_frozen(self, name: str, frozen: bool) -> None:
         """Freeze or unfreeze one expert (``"shared"`` too) and, for routed experts, its router row."""
-        for p in self.expert(name).parameters():
-            p.requires_grad_(not frozen)
+        if name in self._backbone_experts and self.stacked:
+            self.experts["generic"].set_frozen(int(split_expert_name(name)[1]), frozen)
+        else:
+            for p in self.expert(name).parameters():
+                p.requires_grad_(not frozen)
         if name != "shared":
             self.router.set_frozen(self.expert_names.index(name), frozen)
 
-    def _retie(self) -> None:
-        """Lay the generic experts' parameters out in their stacks again (after they were replaced)."""
-        params = self._generic_params()
-        if self._stack.get(params) is None:
-            self._stack.tie(params)
-        self._stacked.clear()
-
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
-        out = super()._apply(fn, recurse)  # .to() / .half() / .cuda() give each parameter its own storage
-        self._retie()
+        out = super()._apply(fn, recurse)  # .to() / .half() / .cuda(): new parameters, new constants
+        self._stacked.clear()
         self._constants.clear()
         return out
 
     def _modules_in_order(self) -> list[nn.Module]:
-        return [self.experts[g][leaf] for g, _, leaf in (n.partition(".") for n in self.expert_names)]
+        """Every routed expert's module, in router order (views for stacked generic experts)."""
+        return [self.expert(n) for n in self.expert_names]
+
+    def _domain_modules(self) -> list[nn.Module]:
+        """The domain experts' modules, in router order (after the generic experts)."""
+        return [self.experts[g][leaf] for g, _, leaf in
+                (n.partition(".") for n in self.expert_names[len(self._backbone_experts):])]
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, RouterStats]:
@@ -230,12 +252,18 @@ class DynamicMoE(nn.Module):
         gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
         routed = torch.zeros_like(flat)
         xs = flat[tokens]
-        modules = self._modules_in_order()
+        n_generic = len(self._backbone_experts)
+        generic = self.experts._modules["generic"]
+        stacked = type(generic) is GenericExperts
+        modules = [None] * n_generic + self._domain_modules() if stacked else self._per_expert_modules()
         start = 0
         for i, n in enumerate(kept.tolist()):                          # loop over experts, not tokens
             if n:
                 sl = slice(start, start + n)
-                y = self._call(i, modules[i], xs[sl], flat, tokens[sl], grid3)
+                if stacked and i < n_generic:
+                    y = generic.run(i, xs[sl])
+                else:
+                    y = self._call(i, modules[i], xs[sl], flat, tokens[sl], grid3)
                 routed.index_add_(0, tokens[sl], y * gates[sl])  # weighted scatter-back
             start += n
         dropped = 1.0 - kept.sum().float() / max(n_tok * k, 1)
@@ -251,38 +279,23 @@ class DynamicMoE(nn.Module):
                 and self._plain_generic())
 
     def _plain_generic(self) -> bool:
-        """Whether every generic expert computes what the grouped GEMM does: an :class:`ExpertMLP` whose
-        ``fc1`` and ``fc2`` are plain ``nn.Linear`` layers. Experts wrapped by peft (LoRA) or quantised
-        (``Int8Linear``) take the loop path, which calls the modules themselves."""
-        generic = list(self.experts._modules["generic"]._modules.values())[:len(self._backbone_experts)]
-        return all(type(e) is ExpertMLP and type(e._modules["fc1"]) is nn.Linear
-                   and type(e._modules["fc2"]) is nn.Linear for e in generic)
+        """Whether the generic experts are stacked, which is what the grouped GEMM reads. Experts
+        given modules of their own (:meth:`unstack_generic`: peft LoRA, ``Int8Linear``) take the
+        loop path, which calls the modules themselves."""
+        return type(self.experts._modules["generic"]) is GenericExperts
 
     def _grouped_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(w1, w2, b2)`` for :func:`grouped_mm`, read from the experts' stacks (no restacking);
-        folded and cast once per weight update while gradients are off."""
-        params = self._generic_params()
+        """``(w1, w2, b2)`` for :func:`grouped_mm`, read from the stacked parameters; folded and
+        cast once per weight update while gradients are off."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (inductor freezing folds the stack)
-            stacks = None if torch.compiler.is_compiling() else self._tied_stacks(params)
-            stacks = _stack4(params) if stacks is None else stacked_with_grad(stacks, params)
-            return _fold(*stacks, dtype=dtype)
-        return self._stacked.get(params, dtype)  # folded and cast once, not per call (bf16 autocast)
-
-    def _tied_stacks(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
-        """The experts' stacks; parameters given storage of their own (a deep copy) are tied again first."""
-        stacks = self._stack.get(params)
-        if stacks is None and self._stack.tie(params):
-            self._stacked.clear()
-            stacks = self._stack.get(params)
-        return stacks
+            return _fold(*self.experts["generic"].stacks(), dtype=dtype)
+        return self._stacked.get(self._generic_params(), dtype)  # folded and cast once, not per call
 
     def _fold_for_gemm(self, params: list[torch.Tensor], dtype: torch.dtype,
                        shared: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        generic = params[:-4] if shared else params  # with `shared`, its four parameters come last
-        stacks = self._tied_stacks(generic)
-        stacks = _stack4(generic) if stacks is None else stacks
+        stacks = params[:4]  # with `shared`, its four parameters follow
         if shared:
-            stacks = tuple(torch.cat([s, p[None].to(s.dtype)]) for s, p in zip(stacks, params[-4:], strict=True))
+            stacks = [torch.cat([s, p[None].to(s.dtype)]) for s, p in zip(stacks, params[4:], strict=True)]
         return _fold(*stacks, dtype=dtype)
 
     def _foldable_shared(self) -> list[torch.Tensor] | None:
@@ -328,23 +341,12 @@ class DynamicMoE(nn.Module):
         return routed, shared
 
     def _generic_params(self) -> list[torch.Tensor]:
-        """``fc1.weight, fc1.bias, fc2.weight, fc2.bias`` of each generic expert, in router order.
+        """The four stacked parameters ``fc1_weight, fc1_bias, fc2_weight, fc2_bias`` (stacked layout)."""
+        return list(self.experts._modules["generic"]._parameters.values())
 
-        Read from the modules' parameter dicts: ``nn.Module.__getattr__`` for 64 parameters cost
-        more host time per call than the rest of the layer's Python. An expert whose layers are
-        wrapped (not plain ``fc1``/``fc2`` parameters) is read the slow way.
-        """
-        n_generic = len(self._backbone_experts)
-        generic = list(self.experts._modules["generic"]._modules.values())[:n_generic]  # backbone ones come first
-        params: list[torch.Tensor] = []
-        try:
-            for e in generic:
-                fc1, fc2 = e._modules["fc1"]._parameters, e._modules["fc2"]._parameters
-                params += (fc1["weight"], fc1["bias"], fc2["weight"], fc2["bias"])
-        except KeyError:
-            generic = self._modules_in_order()[:n_generic]
-            params = [p for e in generic for p in (e.fc1.weight, e.fc1.bias, e.fc2.weight, e.fc2.bias)]
-        return params
+    def _per_expert_modules(self) -> list[nn.Module]:
+        """Every routed expert's own module, in router order (the per-expert layout)."""
+        return [self.experts[g][leaf] for g, _, leaf in (n.partition(".") for n in self.expert_names)]
 
     def _constant(self, name: str, device: torch.device, dtype: torch.dtype | None = None,
                   rows: int | None = None) -> torch.Tensor:
@@ -425,9 +427,9 @@ class DynamicMoE(nn.Module):
         """Add the domain experts, each run on every token, weighted by its column of ``combine``
         ``(T, E)`` (zero where a token did not choose it)."""
         everyone = self._everyone(flat)
-        modules = self._modules_in_order()
-        for i in range(len(self._backbone_experts), len(modules)):  # loop over domain experts, not tokens
-            routed = routed + combine[:, i:i + 1] * self._call(i, modules[i], flat, flat, everyone, grid3)
+        n_generic = len(self._backbone_experts)
+        for i, module in enumerate(self._domain_modules(), start=n_generic):  # loop over domain experts, not tokens
+            routed = routed + combine[:, i:i + 1] * self._call(i, module, flat, flat, everyone, grid3)
         return routed
 
     def _dense(self, flat: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
@@ -438,7 +440,14 @@ class DynamicMoE(nn.Module):
         combine = combine.scatter(1, idx, weight)
         everyone = self._everyone(flat)
         out = torch.zeros_like(flat)
-        for i, module in enumerate(self._modules_in_order()):
+        generic = self.experts._modules["generic"]
+        if type(generic) is GenericExperts:  # all generic experts in two batched GEMMs
+            n_generic = len(self._backbone_experts)
+            out = generic(flat, combine[:, :n_generic])
+            modules = list(enumerate(self._domain_modules(), start=n_generic))
+        else:
+            modules = list(enumerate(self._per_expert_modules()))
+        for i, module in modules:
             out = out + combine[:, i:i + 1] * self._call(i, module, flat, flat, everyone, grid3)
         # with gradients off RouterStats counts when read; bincount does not export, one_hot does
         counts = torch.nn.functional.one_hot(idx, num_experts).sum((0, 1)) if torch.is_grad_enabled() else None
@@ -452,6 +461,35 @@ class DynamicMoE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, experts={self.expert_names}, top_k={self.top_k}, dense={self.dense}"
+
+
+def unstack_generic_experts(model: nn.Module, wanted: Callable[[str], bool]) -> list[str]:
+    """Unstack the generic experts (:meth:`DynamicMoE.unstack_generic`) of every MoE layer of
+    ``model`` where ``wanted`` holds for one of the module names they would get
+    (``<layer>.experts.generic.<i>``, ``...<i>.fc1``, ``...<i>.fc2``). Returns those layers' names.
+
+    Used by per-module tools (peft LoRA targets, int8 quantisation) before they match module names.
+    """
+    done = []
+    for name, module in model.named_modules():
+        if isinstance(module, DynamicMoE) and module.stacked:
+            prefix = f"{name}.experts.generic." if name else "experts.generic."
+            names = (f"{prefix}{i}{leaf}" for i in range(len(module._backbone_experts)) for leaf in ("", ".fc1", ".fc2"))
+            if any(wanted(n) for n in names):
+                module.unstack_generic()
+                done.append(name)
+    return done
+
+
+def match_generic_layout(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Rewrite, in place, the generic experts' tensors of a ``model`` state dict (a checkpoint's) to
+    the layout each of ``model``'s MoE layers has (stacked or per expert; see
+    :func:`~vlsdk.models.generic_experts.convert_generic_keys`). ``load_state_dict`` does this by
+    itself; this is for comparing key names first."""
+    for name, module in model.named_modules():
+        if isinstance(module, DynamicMoE):
+            prefix = f"{name}.experts.generic." if name else "experts.generic."
+            convert_generic_keys(state_dict, prefix, stacked=module.stacked, num_experts=len(module._backbone_experts))
 
 
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what torch._grouped_mm takes
@@ -470,13 +508,12 @@ def _compute_dtype(flat: torch.Tensor) -> torch.dtype:
 _count = count_assignments  # the old name (benchmarks/moe_layer.py imports it)
 
 
-def _retie_after_load(module: DynamicMoE, incompatible_keys: object) -> None:
-    module._retie()  # load_state_dict(assign=True) replaces the parameters
-
-
-def _stack4(params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """``(fc1.w, fc1.b, fc2.w, fc2.b)`` per expert -> the four ``(E, ...)`` stacks (copies)."""
-    return tuple(torch.stack(params[i::4]) for i in range(4))
+def _per_expert_keys(module: DynamicMoE, state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+    """``load_state_dict`` pre-hook: stacked generic experts load into an unstacked layer (the
+    stacked layer's own hook does the reverse)."""
+    if not module.stacked:
+        convert_generic_keys(state_dict, prefix + "experts.generic.", stacked=False,
+                             num_experts=len(module._backbone_experts))
 
 
 def _fold(fc1_w: torch.Tensor, fc1_b: torch.Tensor, fc2_w: torch.Tensor, fc2_b: torch.Tensor,
@@ -494,5 +531,6 @@ def _fold(fc1_w: torch.Tensor, fc1_b: torch.Tensor, fc2_w: torch.Tensor, fc2_b: 
 
 def _stack_generic(params: list[torch.Tensor],
                    dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The previous layout's path (``benchmarks/moe_layer.py``'s reference): stack, then fold."""
-    return _fold(*_stack4(params), dtype=dtype)
+    """Per-expert ``fc1.w, fc1.b, fc2.w, fc2.b`` stacked, then folded (``benchmarks/moe_layer.py``'s
+    reference for a layout that restacks on every call)."""
+    return _fold(*(torch.stack(params[i::4]) for i in range(4)), dtype=dtype)

@@ -263,7 +263,9 @@ def quantize_linear_layers(model: nn.Module, include: Sequence[str] | None = Non
     """Replace matching ``nn.Linear`` layers of ``model`` by :class:`Int8Linear`, in place.
 
     A pattern matches a module name (``"encoder.stages.0.blocks.0.ffn.experts.generic.3.fc1"``)
-    when it is a substring of it or matches it as a glob (``"*.experts.*.fc?"``). Layers already
+    when it is a substring of it or matches it as a glob (``"*.experts.*.fc?"``). A MoE layer's
+    stacked generic experts are first given one module each where a pattern reaches their
+    ``fc1``/``fc2`` (:meth:`~vlsdk.models.moe.DynamicMoE.unstack_generic`). Layers already
     wrapped by peft LoRA are quantised underneath (their ``base_layer``); LoRA's own layers are
     never touched. The quantised layers are frozen (they hold buffers, not parameters).
 
@@ -289,6 +291,12 @@ def quantize_linear_layers(model: nn.Module, include: Sequence[str] | None = Non
         raise ValueError("include and exclude are sequences of patterns, e.g. exclude=('router',), not one string")
     if compute not in _COMPUTE:
         raise ValueError(f"compute must be one of {_COMPUTE}, got {compute!r}")
+    from vlsdk.models.moe import unstack_generic_experts  # (lazy: vlsdk.quant does not need the models)
+
+    def wanted(name: str) -> bool:
+        return (include is None or _matches(name, include)) and not _matches(name, exclude)
+
+    unstack_generic_experts(model, lambda n: n.endswith((".fc1", ".fc2")) and wanted(n))  # stacked: no nn.Linear
     chosen = [name for name, module in model.named_modules()
               if type(module) is nn.Linear and name
               and (include is None or _matches(name, include)) and not _matches(name, exclude)]

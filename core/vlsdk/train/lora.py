@@ -51,6 +51,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlsdk.models.moe import unstack_generic_experts
 from vlsdk.quant.int8 import DEFAULT_EXCLUDE, Int8Linear, quantize_linear_layers
 from vlsdk.version import __version__
 
@@ -61,7 +62,7 @@ try:
     from peft.functional import set_adapter as _peft_set_adapter
     from peft.tuners.lora import Linear as _PeftLoraLinear
     from peft.tuners.lora import LoraLayer
-    from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+    from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge, check_target_module_exists
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('LoRA adapters need peft: pip install "vlsdk[lora]"') from err
 
@@ -150,6 +151,7 @@ def _candidates(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _check_patterns(model: nn.Module, patterns: list[str]) -> dict[str, list[str]]:
+    unstack_generic_experts(model, lambda name: any(_matches(p, name) for p in patterns))
     candidates = _candidates(model)
     wrappable = [n for n, m in candidates.items() if isinstance(m, _WRAPPABLE)]
     hits = {p: [n for n in candidates if _matches(p, n)] for p in patterns}
@@ -428,6 +430,7 @@ def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize
         quantize_base = json.loads(metadata.get("vlsdk_int8_base", "false"))
     if quantize_base:
         quantize_linear_layers(model, exclude=DEFAULT_EXCLUDE)
+    unstack_generic_experts(model, lambda name: bool(check_target_module_exists(config, name)))
     _inject(model, config, task)
     result = set_peft_model_state_dict(model, state, adapter_name=task)
     ours = {n for n, _ in model.named_parameters() if _PREFIX in n and f".{task}." in n}

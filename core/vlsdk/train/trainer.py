@@ -83,7 +83,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or "router" in name else decay).append(p)
+            # (stacked experts' biases are (E, h): named, not 1-d)
+            (no_decay if p.ndim <= 1 or name.endswith("bias") or "router" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
