@@ -7,12 +7,13 @@
 # medical_cv | base_layouts | pipelines | medical_ctx1 | pcb_pre600 | pcb_pre600_s1 | pcb_1000_s01 | pcb_pre1200_s0 |
 # pcb_pre1200_s1 | vit_large | scaling | base_stride32 | ddp_base_1gpu | ddp_base_2gpu | ddp_base_4gpu | ddp_base_8gpu |
 # lesion_seeds_a | lesion_seeds_b | lesion_four | eager | peer | train_profile | eager_profile | peer_train | train_optim | int8_triton
+# | layout
 # (ddp_base_Ngpu needs N GPUs: kind nvidia-h200, -x2, -x4, -x8). Jobs run one after another (six at once starved the
 # 16 CPU cores and the GPU idled);
 # each has its own time limit, and its log and small result files go to $OUT (at most 8 files come back: one log
 # per group plus one tarball of JSON/CSV and one of PNGs).
 set -uo pipefail
-group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer|train_profile|eager_profile|peer_train|train_optim|int8_triton}"
+group="${1:?usage: run_targets.sh bench|train|medical_perf|stages|profile|medical_pcb|pcb_synth|pcb_final|pcb_500_600|medical_cv|base_layouts|pipelines|medical_ctx1|pcb_pre600|pcb_pre600_s1|pcb_1000_s01|pcb_pre1200_s0|pcb_pre1200_s1|vit_large|scaling|base_stride32|ddp_base_1gpu|ddp_base_2gpu|ddp_base_4gpu|ddp_base_8gpu|lesion_seeds_a|lesion_seeds_b|lesion_four|eager|peer|train_profile|eager_profile|peer_train|train_optim|int8_triton|layout}"
 out="${OUT:-runs/device}"; mkdir -p "$out" runs
 D=../shared/data
 log="$out/$group.log"
@@ -163,6 +164,14 @@ int8_triton)  # issue 23: the Triton weight-only int8 GEMM against bf16, dequant
         --config ''
     run 200 tp-host python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 --repeats 5 \
         --models timm_vit_b16 base base+aten base base+aten timm_vit_b16 --out runs/tp_host
+    ;;
+layout)  # issue 23: the stacked generic experts on the GPU: kernel tests, the training step and the MoE layer
+    run 100 layout-tests python3 -m pytest -q -p no:cacheprovider tests/test_moe_kernels.py tests/test_generic_experts.py \
+        tests/test_moe.py
+    run 200 tp-train-layout python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
+        --repeats 5 --train --optimizer fused --models timm_vit_b16 base timm_vit_b16 base --out runs/tp_train_layout
+    run 110 moe-layer python3 benchmarks/moe_layer.py --device cuda --dtype bfloat16 --tokens 16384 --dim 768 \
+        --hidden 3072 --repeats 30 --profile
     ;;
 train_optim)  # issue 23: foreach against fused AdamW in one process, and the MoE kernels on and off, side by side
     run 240 tp-train-optim python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 \
