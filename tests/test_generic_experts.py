@@ -14,7 +14,8 @@ import vlsdk
 from vlsdk.models.config import MoEConfig
 from vlsdk.models.experts import ExpertMLP
 from vlsdk.models.generic_experts import STACKED_NAMES, GenericExperts
-from vlsdk.models.moe import DynamicMoE, unstack_generic_experts
+from vlsdk.models.expert_layout import unstack_generic_experts
+from vlsdk.models.moe import DynamicMoE
 
 
 class _Ops(TorchDispatchMode):

@@ -24,7 +24,7 @@ from torch import nn
 
 from vlsdk.models.config import BackboneConfig
 from vlsdk.models.metadata import InputSpec, ModelMetadata, default_channels
-from vlsdk.models.moe import match_generic_layout
+from vlsdk.models.expert_layout import match_generic_layout
 from vlsdk.version import __version__
 
 #: A :class:`~vlsdk.models.model.VLModel` (not imported here: the model imports this module).

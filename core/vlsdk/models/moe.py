@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -19,7 +18,7 @@ from vlsdk.models.generic_experts import GenericExperts, convert_generic_keys
 from vlsdk.models.grouped_mm import StackedWeights, grouped_mm
 from vlsdk.models.router import Router, Routing, count_assignments, sort_key_dtype
 
-__all__ = ["DynamicMoE", "match_generic_layout", "split_expert_name", "unstack_generic_experts"]
+__all__ = ["DynamicMoE", "split_expert_name"]
 
 
 def split_expert_name(name: str) -> tuple[str, str]:
@@ -91,6 +90,11 @@ class DynamicMoE(nn.Module):
     def stacked(self) -> bool:
         """Whether the generic experts are stacked parameters (else one module each)."""
         return type(self.experts._modules["generic"]) is GenericExperts
+
+    @property
+    def num_generic(self) -> int:
+        """How many generic (backbone) experts the layer has: the router's first rows."""
+        return len(self._backbone_experts)
 
     def expert(self, name: str) -> nn.Module:
         """The expert module called ``name`` (``"shared"`` for the shared experts).
@@ -461,35 +465,6 @@ class DynamicMoE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, experts={self.expert_names}, top_k={self.top_k}, dense={self.dense}"
-
-
-def unstack_generic_experts(model: nn.Module, wanted: Callable[[str], bool]) -> list[str]:
-    """Unstack the generic experts (:meth:`DynamicMoE.unstack_generic`) of every MoE layer of
-    ``model`` where ``wanted`` holds for one of the module names they would get
-    (``<layer>.experts.generic.<i>``, ``...<i>.fc1``, ``...<i>.fc2``). Returns those layers' names.
-
-    Used by per-module tools (peft LoRA targets, int8 quantisation) before they match module names.
-    """
-    done = []
-    for name, module in model.named_modules():
-        if isinstance(module, DynamicMoE) and module.stacked:
-            prefix = f"{name}.experts.generic." if name else "experts.generic."
-            names = (f"{prefix}{i}{leaf}" for i in range(len(module._backbone_experts)) for leaf in ("", ".fc1", ".fc2"))
-            if any(wanted(n) for n in names):
-                module.unstack_generic()
-                done.append(name)
-    return done
-
-
-def match_generic_layout(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Rewrite, in place, the generic experts' tensors of a ``model`` state dict (a checkpoint's) to
-    the layout each of ``model``'s MoE layers has (stacked or per expert; see
-    :func:`~vlsdk.models.generic_experts.convert_generic_keys`). ``load_state_dict`` does this by
-    itself; this is for comparing key names first."""
-    for name, module in model.named_modules():
-        if isinstance(module, DynamicMoE):
-            prefix = f"{name}.experts.generic." if name else "experts.generic."
-            convert_generic_keys(state_dict, prefix, stacked=module.stacked, num_experts=len(module._backbone_experts))
 
 
 _GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what torch._grouped_mm takes

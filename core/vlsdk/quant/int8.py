@@ -291,7 +291,7 @@ def quantize_linear_layers(model: nn.Module, include: Sequence[str] | None = Non
         raise ValueError("include and exclude are sequences of patterns, e.g. exclude=('router',), not one string")
     if compute not in _COMPUTE:
         raise ValueError(f"compute must be one of {_COMPUTE}, got {compute!r}")
-    from vlsdk.models.moe import unstack_generic_experts  # (lazy: vlsdk.quant does not need the models)
+    from vlsdk.models.expert_layout import unstack_generic_experts  # (lazy: vlsdk.quant does not need the models)
 
     def wanted(name: str) -> bool:
         return (include is None or _matches(name, include)) and not _matches(name, exclude)

@@ -51,7 +51,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlsdk.models.moe import unstack_generic_experts
+from vlsdk.models.expert_layout import unstack_generic_experts
 from vlsdk.quant.int8 import DEFAULT_EXCLUDE, Int8Linear, quantize_linear_layers
 from vlsdk.version import __version__
 
