@@ -69,10 +69,18 @@ class GenericExperts(nn.Module):
         mask[list(self._frozen)] = True
         return tuple(torch.where(mask.view(-1, *([1] * (p.dim() - 1))), p.detach(), p) for p in params)
 
-    def run(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert ``i`` on ``(n, d)`` rows."""
-        w1, b1, w2, b2 = self.stacks()
-        return F.linear(F.gelu(F.linear(x, w1[i], b1[i])), w2[i], b2[i])
+    def per_expert(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Each expert's ``(fc1_w, fc1_b, fc2_w, fc2_b)``, views of the stacks by one ``unbind`` per
+        stack: in backward the experts' gradients are stacked once (indexing each expert instead
+        would fill a stack-sized gradient per expert)."""
+        return list(zip(*(s.unbind(0) for s in self.stacks()), strict=True))
+
+    def run(self, i: int, x: torch.Tensor,
+            weights: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Expert ``i`` on ``(n, d)`` rows; ``weights``: its entry of :meth:`per_expert`, when the
+        caller runs several experts."""
+        w1, b1, w2, b2 = weights if weights is not None else self.per_expert()[i]
+        return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Every expert on every ``(T, d)`` row, mixed by ``weights`` ``(T, E)``: the export path.
@@ -80,10 +88,9 @@ class GenericExperts(nn.Module):
         Static shapes, one ``Linear`` pair per expert on its slices (an exporter folds the slices
         into per-expert weight matrices, which ONNX quantisers handle, unlike a batched GEMM).
         """
-        w1, b1, w2, b2 = self.stacks()
         out = torch.zeros_like(x)
-        for i in range(self.num_experts):  # loop over experts, not tokens
-            out = out + weights[:, i:i + 1] * F.linear(F.gelu(F.linear(x, w1[i], b1[i])), w2[i], b2[i])
+        for i, params in enumerate(self.per_expert()):  # loop over experts, not tokens
+            out = out + weights[:, i:i + 1] * self.run(i, x, params)
         return out
 
     def expert(self, i: int) -> ExpertMLP:

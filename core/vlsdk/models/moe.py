@@ -260,12 +260,13 @@ class DynamicMoE(nn.Module):
         generic = self.experts._modules["generic"]
         stacked = type(generic) is GenericExperts
         modules = [None] * n_generic + self._domain_modules() if stacked else self._per_expert_modules()
+        weights = generic.per_expert() if stacked else None
         start = 0
         for i, n in enumerate(kept.tolist()):                          # loop over experts, not tokens
             if n:
                 sl = slice(start, start + n)
                 if stacked and i < n_generic:
-                    y = generic.run(i, xs[sl])
+                    y = generic.run(i, xs[sl], weights[i])
                 else:
                     y = self._call(i, modules[i], xs[sl], flat, tokens[sl], grid3)
                 routed.index_add_(0, tokens[sl], y * gates[sl])  # weighted scatter-back
