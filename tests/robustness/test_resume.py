@@ -137,3 +137,15 @@ def test_a_truncated_temporary_state_is_ignored_and_the_good_checkpoint_resumes(
     trainer, result = resume(tmp_path)
     assert result.step == 6 and not (tmp_path / "checkpoint.tmp").exists()  # the next save replaced it
     assert train_losses(tmp_path) == pytest.approx(straight, rel=1e-5, abs=1e-6)
+
+
+def test_optimizer_state_of_another_parameter_layout_is_refused_by_name(tmp_path):
+    """A checkpoint whose optimizer tracked other parameter tensors (experts stacked in one, one module
+    per expert in the other) does not resume silently wrong: the error names the file and the way out."""
+    killed_run(tmp_path, stop_after=4)
+    model = make_model()
+    for layer in model.encoder.moe_layers:
+        layer.unstack_generic()  # the per-expert layout: 4 tensors per expert instead of 4 per layer
+    trainer = Trainer(model, seg_loss, square_lesions(), config(tmp_path))
+    with pytest.raises(ValueError, match=r"optimizer state is for .* parameter tensors .* start a new run"):
+        trainer.fit(resume=True)

@@ -302,6 +302,14 @@ class Trainer:
         weights = load_file(str(directory / "model.safetensors"), device=str(self.device))
         self.model.load_state_dict(weights)
         state = _read_state(directory / STATE)
+        saved = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+        ours = [len(g["params"]) for g in self.optimizer.param_groups]
+        if saved != ours:
+            raise ValueError(f"{directory / STATE}: its optimizer state is for {saved} parameter tensors per group, "
+                             f"this model trains {ours}: the model's parameters were laid out differently (a run "
+                             "saved before the generic experts were stacked keeps one tensor per expert, as do "
+                             "layers given modules per expert for LoRA or int8); its weights load (from_pretrained "
+                             f"on {directory}), its optimizer state cannot: start a new run from those weights")
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # (the saved groups carry the implementation they ran with)
             group["fused"] = self.optimizer.defaults["fused"]
