@@ -4,6 +4,7 @@ path, frozen one by one, unstacked for per-module tools, and checkpoints of eith
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -109,6 +110,31 @@ def test_partly_frozen_experts_keep_their_values_through_adamw_steps(grouped):
     assert generic.fc1_weight.requires_grad and generic.is_frozen(0) and not generic.is_frozen(3)
 
 
+def test_a_frozen_expert_keeps_loaded_values_in_copies_and_under_a_bias_only_optimizer():
+    moe = _layer()
+    moe.set_frozen("generic.1", True)
+    loaded = _layer(seed=4).state_dict()
+    moe.load_state_dict(loaded)  # after freezing: the loaded values are the ones kept
+    generic_keys = [f"experts.generic.{n}" for n in ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")]
+    for model in (moe, copy.deepcopy(moe), pickle.loads(pickle.dumps(moe))):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)
+        for _ in range(2):
+            opt.zero_grad()
+            y, st = model(torch.randn(2, 12, 16))
+            (y.square().sum() + st.aux_loss).backward()
+            opt.step()
+        state = model.state_dict()
+        for key in generic_keys:
+            assert torch.equal(state[key][1], loaded[key][1]), key
+            assert not torch.equal(state[key][0], loaded[key][0]), key
+    generic = moe.experts["generic"]
+    opt = torch.optim.SGD([generic.fc1_bias, generic.fc2_bias], lr=0.1, momentum=0.9)  # biases only
+    y, _ = moe(torch.randn(2, 12, 16))
+    y.square().sum().backward()
+    opt.step()
+    assert torch.equal(generic.fc1_bias[1], loaded["experts.generic.fc1_bias"][1])
+
+
 def test_conversions_copies_and_assign_loading_keep_outputs():
     moe = _layer().eval()
     x = torch.randn(1, 10, 16)
@@ -138,8 +164,17 @@ def test_either_layout_loads_into_either():
         into_modules.load_state_dict(stacked.state_dict())
         assert not into_modules.stacked and torch.equal(into_modules(x)[0], ref)
     partial = {k: v for k, v in per_expert.items() if not k.startswith("experts.generic.3.")}
-    with pytest.raises(RuntimeError, match="fc1_weight"):  # left for load_state_dict to name
+    with pytest.warns(UserWarning, match="keep their values"), \
+            pytest.raises(RuntimeError, match=r"experts\.generic\.3\.fc1\.weight"):  # strict: named
         _layer().load_state_dict(partial)
+    only_one = {"experts.generic.1.fc2.bias": torch.full((16,), 0.5)}
+    other = _layer(seed=9)
+    before = other.experts["generic"].fc2_bias.detach().clone()
+    with pytest.warns(UserWarning, match="15 of the generic experts' tensors"):
+        result = other.load_state_dict(only_one, strict=False)
+    assert "experts.generic.0.fc1.weight" in result.missing_keys and not result.unexpected_keys
+    assert torch.equal(other.experts["generic"].fc2_bias[1], only_one["experts.generic.1.fc2.bias"])
+    assert torch.equal(other.experts["generic"].fc2_bias[0], before[0])  # the others keep their values
 
 
 def test_checkpoint_of_the_per_expert_layout_loads_through_from_pretrained(tmp_path):

@@ -14,6 +14,7 @@ either (:func:`convert_generic_keys`).
 from __future__ import annotations
 
 import re
+import warnings
 import weakref
 from collections.abc import MutableMapping
 
@@ -25,7 +26,8 @@ from vlsdk.models.experts import ExpertMLP
 
 __all__ = ["GenericExperts", "STACKED_NAMES", "convert_generic_keys"]
 
-#: the stacked parameters, in the order of one expert's ``fc1.weight, fc1.bias, fc2.weight, fc2.bias``
+#: The stacked parameters' names, in the order of one expert's ``fc1.weight, fc1.bias, fc2.weight,
+#: fc2.bias`` (and of :meth:`GenericExperts.stacks`).
 STACKED_NAMES = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
 _PER_EXPERT = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
 
@@ -56,7 +58,8 @@ class GenericExperts(nn.Module):
         for name, key in zip(STACKED_NAMES, _PER_EXPERT, strict=True):
             stack = torch.stack([m.get_parameter(key).detach() for m in modules])
             self.register_parameter(name, nn.Parameter(stack))
-        self._frozen: dict[int, tuple[torch.Tensor, ...]] = {}  # expert -> its values when frozen
+        self._frozen: set[int] = set()  # experts frozen while others train (all frozen: requires_grad off)
+        self._before_step: dict[int, tuple[torch.Tensor, ...]] = {}  # their values, during an optimizer step
         self.register_load_state_dict_pre_hook(_stack_per_expert_keys)
 
     def stacks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,6 +68,7 @@ class GenericExperts(nn.Module):
         params = (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)
         if not self._frozen or not torch.is_grad_enabled() or not params[0].requires_grad:
             return params
+        _watch(self)  # (again: a deep copy or an unpickled module is not registered yet)
         mask = torch.zeros(self.num_experts, dtype=torch.bool, device=params[0].device)
         mask[list(self._frozen)] = True
         return tuple(torch.where(mask.view(-1, *([1] * (p.dim() - 1))), p.detach(), p) for p in params)
@@ -85,12 +89,15 @@ class GenericExperts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Every expert on every ``(T, d)`` row, mixed by ``weights`` ``(T, E)``: the export path.
 
-        Static shapes, one ``Linear`` pair per expert on its slices (an exporter folds the slices
-        into per-expert weight matrices, which ONNX quantisers handle, unlike a batched GEMM).
+        Static shapes, one ``Linear`` pair per expert on its slices, each taken by indexing: the
+        ONNX exporter folds an indexed constant into a per-expert weight matrix, which the ONNX
+        quantisers then quantise (an ``unbind`` stays a ``Split`` of a 3-D constant, which they skip).
+        This path is for inference; its backward would fill a stack-sized gradient per expert.
         """
+        w1, b1, w2, b2 = self.stacks()
         out = torch.zeros_like(x)
-        for i, params in enumerate(self.per_expert()):  # loop over experts, not tokens
-            out = out + weights[:, i:i + 1] * self.run(i, x, params)
+        for i in range(self.num_experts):  # loop over experts, not tokens
+            out = out + weights[:, i:i + 1] * self.run(i, x, (w1[i], b1[i], w2[i], b2[i]))
         return out
 
     def expert(self, i: int) -> ExpertMLP:
@@ -115,46 +122,43 @@ class GenericExperts(nn.Module):
         """Freeze or unfreeze expert ``i``.
 
         When every expert is frozen the stacks stop requiring gradients. When only some are, their
-        slices are cut from the graph and put back after every optimizer step, so neither weight
-        decay nor an optimizer's momentum moves them.
+        slices are cut from the graph, and every ``torch.optim`` step that updates the stacks puts
+        their values back afterwards, so neither weight decay nor an optimizer's momentum moves
+        them (the values are those just before the step: loading or editing them stays possible).
         """
         if not 0 <= i < self.num_experts:
             raise IndexError(f"expert {i} of {self.num_experts}")
         params = [self.get_parameter(n) for n in STACKED_NAMES]
         if not params[0].requires_grad:  # all frozen so far: the others stay frozen
-            self._frozen = {j: self._snapshot(j) for j in range(self.num_experts)}
+            self._frozen = set(range(self.num_experts))
             for p in params:
                 p.requires_grad_(True)
         if frozen:
-            self._frozen[i] = self._snapshot(i)
+            self._frozen.add(i)
         else:
-            self._frozen.pop(i, None)
+            self._frozen.discard(i)
         if len(self._frozen) == self.num_experts:
             self._frozen.clear()
             for p in params:
                 p.requires_grad_(False)
         if self._frozen:
-            _watch_optimizers()
-            _PARTLY_FROZEN.add(self)
-        else:
-            _PARTLY_FROZEN.discard(self)
+            _watch(self)
 
-    def _snapshot(self, i: int) -> tuple[torch.Tensor, ...]:
-        return tuple(self.get_parameter(n)[i].detach().clone() for n in STACKED_NAMES)
-
-    def restore_frozen(self) -> None:
-        """Put the frozen experts' values back (after an optimizer step)."""
+    def _save_frozen(self) -> None:
+        """Before an optimizer step: copy the frozen experts' slices."""
         with torch.no_grad():
-            for i, values in self._frozen.items():
+            self._before_step = {i: tuple(self.get_parameter(n)[i].clone() for n in STACKED_NAMES)
+                                 for i in self._frozen}
+
+    def _restore_frozen(self) -> None:
+        """After an optimizer step: put the frozen experts' slices back."""
+        with torch.no_grad():
+            for i, values in self._before_step.items():
                 for name, value in zip(STACKED_NAMES, values, strict=True):
                     param = self.get_parameter(name)
-                    if not torch.equal(param[i], value.to(param.device, param.dtype)):
+                    if not torch.equal(param[i], value):
                         param[i].copy_(value)
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
-        out = super()._apply(fn, recurse)
-        self._frozen = {i: tuple(fn(v) for v in values) for i, values in self._frozen.items()}
-        return out
+        self._before_step = {}
 
     def unstack(self) -> nn.ModuleDict:
         """One :class:`ExpertMLP` per expert (copies of the slices), keyed ``"0"`` ... ``"E-1"``,
@@ -174,6 +178,7 @@ class GenericExperts(nn.Module):
         return experts.train(self.training)
 
     def extra_repr(self) -> str:
+        """The layout, for ``print(model)``."""
         return f"experts={self.num_experts}, dim={self.dim}, hidden={self.hidden}"
 
 
@@ -181,23 +186,35 @@ _PARTLY_FROZEN: weakref.WeakSet[GenericExperts] = weakref.WeakSet()
 _watching = False
 
 
-def _restore_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+def _stepped(optimizer: torch.optim.Optimizer) -> list[GenericExperts]:
+    """The partly frozen expert stacks that ``optimizer`` updates (any of their four tensors)."""
     if not _PARTLY_FROZEN:
-        return
-    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for experts in list(_PARTLY_FROZEN):
-        if id(experts.fc1_weight) in stepped or id(experts.fc2_weight) in stepped:
-            experts.restore_frozen()
+        return []
+    ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return [e for e in list(_PARTLY_FROZEN)
+            if e._frozen and any(id(p) in ids for p in e._parameters.values())]
 
 
-def _watch_optimizers() -> None:
-    """Register :func:`_restore_after_step` as a global ``torch.optim`` post-step hook, once."""
+def _save_before_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    for experts in _stepped(optimizer):
+        experts._save_frozen()
+
+
+def _restore_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    for experts in _stepped(optimizer):
+        experts._restore_frozen()
+
+
+def _watch(experts: GenericExperts) -> None:
+    """Register ``experts`` for the optimizer step hooks, and the hooks (global, once)."""
     global _watching
     if not _watching:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+        register_optimizer_step_pre_hook(_save_before_step)
         register_optimizer_step_post_hook(_restore_after_step)
         _watching = True
+    _PARTLY_FROZEN.add(experts)
 
 
 def _per_expert_pattern(prefix: str) -> re.Pattern[str]:
@@ -205,8 +222,27 @@ def _per_expert_pattern(prefix: str) -> re.Pattern[str]:
 
 
 def _stack_per_expert_keys(module: GenericExperts, state_dict: MutableMapping[str, torch.Tensor], prefix: str,
-                           *args: object) -> None:
-    """``load_state_dict`` pre-hook: a checkpoint of the per-expert layout loads into the stacks."""
+                           local_metadata: object, strict: bool, missing_keys: list[str], *args: object) -> None:
+    """``load_state_dict`` pre-hook: a checkpoint of the per-expert layout loads into the stacks.
+
+    A checkpoint holding only some experts' tensors loads those; the others keep their values and
+    are reported as missing keys (by their per-expert names: ``load_state_dict(strict=True)``
+    raises naming them, ``strict=False`` returns them) with a warning. (torch passes the hooks
+    ``strict=True`` whatever the caller asked, so the hook cannot tell the two apart.)
+    """
+    pattern = _per_expert_pattern(prefix)
+    found = {m.groups() for k in state_dict if (m := pattern.fullmatch(k))}
+    if found and not any(prefix + n in state_dict for n in STACKED_NAMES):
+        absent = [f"{prefix}{i}.{key}" for i in range(module.num_experts) for key in _PER_EXPERT
+                  if (str(i), key) not in found]
+        if absent:
+            for name in absent:
+                i, _, key = name[len(prefix):].partition(".")
+                stack = module.get_parameter(STACKED_NAMES[_PER_EXPERT.index(key)])
+                state_dict[name] = stack[int(i)].detach().clone()
+            missing_keys.extend(absent)
+            warnings.warn(f"{len(absent)} of the generic experts' tensors are not in the state dict and keep their "
+                          f"values: {absent[:4]}{' ...' if len(absent) > 4 else ''}", stacklevel=3)
     convert_generic_keys(state_dict, prefix, stacked=True, num_experts=module.num_experts)
 
 
