@@ -53,8 +53,9 @@ def _kernel():  # noqa: ANN202 - a Triton JITFunction
                         mask=(offs_m[:, None] < M) & (k[None, :] < K), other=0.0)
             w = tl.load(w_ptr + offs_n[None, :] * stride_wn + k[:, None],
                         mask=(offs_n[None, :] < N) & (k[:, None] < K), other=0)
-            if DOT_F32:  # Triton's CPU interpreter multiplies bf16 tiles wrongly; float32 it gets right
-                acc += tl.dot(a.to(tl.float32), w.to(tl.float32))
+            if DOT_F32:  # float32 input, or Triton's CPU interpreter (which multiplies bf16 tiles wrongly):
+                # full float32 products ("ieee"; the GPU default, tf32, rounds inputs to 10 mantissa bits)
+                acc += tl.dot(a.to(tl.float32), w.to(tl.float32), input_precision="ieee")
             else:  # int8 values are exact in fp16, bf16 and fp32: the tensor cores take the input's dtype
                 acc += tl.dot(a, w.to(a.dtype))
         nmask = offs_n < N
@@ -108,7 +109,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
         grid = (cdiv(m, block_m) * cdiv(n, block_n),)
         args = (rows, qweight, scale.float().contiguous(), bias if bias is not None else scale, y, m, n, k,
                 rows.stride(0), qweight.stride(0), y.stride(0))
-        launch("w8a16_linear", kernel, grid, *args, HAS_BIAS=bias is not None, DOT_F32=not x.is_cuda,
+        launch("w8a16_linear", kernel, grid, *args, HAS_BIAS=bias is not None, DOT_F32=not x.is_cuda or x.dtype == torch.float32,
                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps)
     return y.reshape(*x.shape[:-1], n)
 
