@@ -13,6 +13,7 @@ either (:func:`convert_generic_keys`).
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 import weakref
@@ -163,18 +164,10 @@ class GenericExperts(nn.Module):
     def unstack(self) -> nn.ModuleDict:
         """One :class:`ExpertMLP` per expert (copies of the slices), keyed ``"0"`` ... ``"E-1"``,
         with ``requires_grad`` as frozen here."""
-        device = self.fc1_weight.device
         experts = nn.ModuleDict()
         for i in range(self.num_experts):
-            with torch.device("meta"):
-                module = ExpertMLP(self.dim, self.hidden)
-            module.to_empty(device=device)
-            module.to(self.fc1_weight.dtype)
-            with torch.no_grad():
-                for key, name in zip(_PER_EXPERT, STACKED_NAMES, strict=True):
-                    module.get_parameter(key).copy_(self.get_parameter(name)[i])
-            module.requires_grad_(not self.is_frozen(i))
-            experts[str(i)] = module
+            module = copy.deepcopy(self.expert(i))  # the view's parameters, copied: storage of their own
+            experts[str(i)] = module.requires_grad_(not self.is_frozen(i))
         return experts.train(self.training)
 
     def extra_repr(self) -> str:

@@ -190,7 +190,7 @@ class DynamicMoE(nn.Module):
     def _domain_modules(self) -> list[nn.Module]:
         """The domain experts' modules, in router order (after the generic experts)."""
         return [self.experts[g][leaf] for g, _, leaf in
-                (n.partition(".") for n in self.expert_names[len(self._backbone_experts):])]
+                (n.partition(".") for n in self.expert_names[self.num_generic:])]
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, RouterStats]:
@@ -256,10 +256,10 @@ class DynamicMoE(nn.Module):
         gates = weight.reshape(-1, 1)[order]                           # gate weight of each sorted slot
         routed = torch.zeros_like(flat)
         xs = flat[tokens]
-        n_generic = len(self._backbone_experts)
+        n_generic = self.num_generic
         generic = self.experts._modules["generic"]
         stacked = type(generic) is GenericExperts
-        modules = [None] * n_generic + self._domain_modules() if stacked else self._per_expert_modules()
+        modules = [None] * n_generic + self._domain_modules() if stacked else self._modules_in_order()
         weights = generic.per_expert() if stacked else None
         start = 0
         for i, n in enumerate(kept.tolist()):                          # loop over experts, not tokens
@@ -326,7 +326,7 @@ class DynamicMoE(nn.Module):
         """
         idx, weight = routing.topk_idx, routing.topk_weight
         n_tok, k = idx.shape
-        n_generic = len(self._backbone_experts)
+        n_generic = self.num_generic
         dtype = _compute_dtype(flat)
         shared_params = self._foldable_shared()
         shared = shared_params is not None
@@ -348,10 +348,6 @@ class DynamicMoE(nn.Module):
     def _generic_params(self) -> list[torch.Tensor]:
         """The four stacked parameters ``fc1_weight, fc1_bias, fc2_weight, fc2_bias`` (stacked layout)."""
         return list(self.experts._modules["generic"]._parameters.values())
-
-    def _per_expert_modules(self) -> list[nn.Module]:
-        """Every routed expert's own module, in router order (the per-expert layout)."""
-        return [self.experts[g][leaf] for g, _, leaf in (n.partition(".") for n in self.expert_names)]
 
     def _constant(self, name: str, device: torch.device, dtype: torch.dtype | None = None,
                   rows: int | None = None) -> torch.Tensor:
@@ -376,7 +372,7 @@ class DynamicMoE(nn.Module):
                     value[0, 0] = 1.0
                     value = value.expand(rows, _PAD)
                 else:
-                    n_generic = len(self._backbone_experts)
+                    n_generic = self.num_generic
                     value = torch.tensor([*range(n_generic - 1), len(self.expert_names)], device=device,
                                          dtype=dtype)
             if not compiling:
@@ -403,7 +399,7 @@ class DynamicMoE(nn.Module):
         in the last generic expert's group with gate weight zero.
         """
         n_tok, k = idx.shape
-        n_generic = len(self._backbone_experts)
+        n_generic = self.num_generic
         dtype = _compute_dtype(flat)  # bf16 under autocast, where LayerNorm hands over fp32 tokens
         w1, w2, b2 = self._grouped_weights(dtype)
         ones = self._constant("pad", flat.device, dtype, rows=n_tok)
@@ -432,7 +428,7 @@ class DynamicMoE(nn.Module):
         """Add the domain experts, each run on every token, weighted by its column of ``combine``
         ``(T, E)`` (zero where a token did not choose it)."""
         everyone = self._everyone(flat)
-        n_generic = len(self._backbone_experts)
+        n_generic = self.num_generic
         for i, module in enumerate(self._domain_modules(), start=n_generic):  # loop over domain experts, not tokens
             routed = routed + combine[:, i:i + 1] * self._call(i, module, flat, flat, everyone, grid3)
         return routed
@@ -447,11 +443,11 @@ class DynamicMoE(nn.Module):
         out = torch.zeros_like(flat)
         generic = self.experts._modules["generic"]
         if type(generic) is GenericExperts:  # all generic experts in two batched GEMMs
-            n_generic = len(self._backbone_experts)
+            n_generic = self.num_generic
             out = generic(flat, combine[:, :n_generic])
             modules = list(enumerate(self._domain_modules(), start=n_generic))
         else:
-            modules = list(enumerate(self._per_expert_modules()))
+            modules = list(enumerate(self._modules_in_order()))
         for i, module in modules:
             out = out + combine[:, i:i + 1] * self._call(i, module, flat, flat, everyone, grid3)
         # with gradients off RouterStats counts when read; bincount does not export, one_hot does
