@@ -36,7 +36,7 @@ from vlsdk import VLModel
 from vlsdk.quant import Int8Linear, quantize_linear_layers, weight_bytes
 from vlsdk.testing import square_lesions
 
-__all__ = ["main", "SHAPES"]
+__all__ = ["main", "SHAPES", "timer"]
 
 #: (name, in_features, out_features) of the base config's linear layers
 SHAPES: tuple[tuple[str, int, int], ...] = (
@@ -44,7 +44,9 @@ SHAPES: tuple[tuple[str, int, int], ...] = (
 VARIANTS = ("float", "dequant", "int8")
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+def timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """A function that times one call of ``fn`` in ms (CUDA events on a GPU, wall time on the CPU)."""
+
     def run(fn: Callable[[], Any]) -> float:
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -62,7 +64,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
 @torch.no_grad()
 def speed(device: torch.device, dtype: torch.dtype, tokens: list[int], repeats: int) -> list[dict[str, Any]]:
     """Median ms of the three variants per (shape, tokens), interleaved repeats."""
-    timer = _timer(device)
+    time_it = timer(device)
     rows = []
     for name, d_in, d_out in SHAPES:
         torch.manual_seed(0)
@@ -79,7 +81,7 @@ def speed(device: torch.device, dtype: torch.dtype, tokens: list[int], repeats: 
             times: dict[str, list[float]] = {v: [] for v in variants}
             for r in range(repeats):
                 for v in variants[r % len(variants):] + variants[:r % len(variants)]:  # rotate who goes first
-                    times[v].append(timer(lambda layer=layers[v]: layer(x)))
+                    times[v].append(time_it(lambda layer=layers[v]: layer(x)))
             ms = {v: statistics.median(t) for v, t in times.items()}
             rows.append({"shape": name, "in": d_in, "out": d_out, "tokens": n, **{f"{v}_ms": ms[v] for v in variants},
                          "float_bytes": weight_bytes(lin), "int8_bytes": weight_bytes(layers["int8"])})

@@ -16,16 +16,17 @@ synthetic pre-training gives a base that knows "find blobs" but not MRI tumours,
 situation LoRA is meant for. Same data order, same number of steps, same seed for both arms;
 each arm has its own learning rate (LoRA conventionally trains at a higher one).
 
-**Arms** (``--arms``, default all three). (a) ``full``: every parameter trains (AdamW). (b) ``lora``:
+**Arms** (``--arms``, default all four). (a) ``full``: every parameter trains (AdamW). (b) ``lora``:
 LoRA through :func:`vlsdk.train.lora.attach_lora` with ``quantize_base=True``: the frozen
 ``nn.Linear`` layers become int8 :class:`~vlsdk.quant.Int8Linear`, adapters of rank ``--rank`` go
 on the modules named by ``--targets`` (default: every MoE expert's and the shared expert's
 ``fc1``/``fc2``, the encoder attention ``qkv``/``proj`` and the ``lesion`` head's convolutions).
 (c) ``lora_float``: the same adapters and learning rate on the base as it is (float weights;
-computed in ``--amp``'s dtype), which isolates what the int8 base costs.
+computed in ``--amp``'s dtype), which isolates what the int8 base costs. (d) ``lora_int4``: the
+same on a 4-bit base (:class:`~vlsdk.quant.Int4Linear`, groups of 128, QLoRA's setting).
 
 **Measures.** Dice of each and the ratio LoRA / full (target >= 0.97); Dice of LoRA on the int8
-base minus LoRA on the float base (target: within 0.01). Trainable state =
+base minus LoRA on the float base (target: within 0.01), and the same for the 4-bit base. Trainable state =
 bytes of the gradients that exist after training plus the optimiser's state tensors (measured on
 the Trainer's own AdamW, not estimated), ratio full / LoRA (target >= 12). Weight bytes = every
 tensor in the model's ``state_dict`` (int8 weights and their scales for the LoRA arm). Peak
@@ -56,8 +57,10 @@ from torch import nn
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats_lesion_mri"
 
-#: the arms: full fine-tuning, LoRA on the int8 base, LoRA on the float base
-ARMS = ("full", "lora", "lora_float")
+#: the arms: full fine-tuning, LoRA on the int8 base, LoRA on the float base, LoRA on the 4-bit base
+ARMS = ("full", "lora", "lora_float", "lora_int4")
+#: ``attach_lora``'s ``quantize_base`` per LoRA arm
+BASE = {"lora": 8, "lora_float": False, "lora_int4": 4}
 
 #: default LoRA targets: MoE experts (routed, domain and shared), encoder attention, head convolutions
 DEFAULT_TARGETS = (
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 2 x rank)")
     p.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), help="LoRA target name patterns")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
-                   help="full fine-tuning, LoRA on the int8 base, LoRA on the float base (default: all)")
+                   help="full fine-tuning, LoRA on the int8, float or 4-bit base (default: all)")
     args = p.parse_args(argv)
     fill_defaults(args,
                   quick={"model": "tiny", "steps": 30, "pretrain_steps": 30, "batch_size": 4, "roi_size": 64,
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = build_model(args.model, channels, args.seed)
         model.load_state_dict(base_state)
         if arm != "full":
-            attach_lora(model, "lesion", args.targets, r=args.rank, alpha=args.alpha, quantize_base=arm == "lora")
+            attach_lora(model, "lesion", args.targets, r=args.rank, alpha=args.alpha, quantize_base=BASE[arm])
         trainer, seconds = train_arm(model, lesion_loss, train_set, steps=args.steps,
                                      lr=args.lr_full if arm == "full" else args.lr_lora, args=args,
                                      out_dir=args.out, desc=arm)
@@ -299,6 +302,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # "within 1 point": the int8 base may cost at most 0.01 Dice; a higher Dice always meets it
         ratios["dice_lora_minus_lora_float"] = arms["lora"]["dice"] - arms["lora_float"]["dice"]
         targets["dice_lora_minus_lora_float"] = -0.01
+    if {"lora_int4", "lora_float"} <= set(arms):
+        ratios["dice_lora_int4_minus_lora_float"] = arms["lora_int4"]["dice"] - arms["lora_float"]["dice"]
+        targets["dice_lora_int4_minus_lora_float"] = -0.01
     results = {"task": "BraTS whole-tumour Dice on the held-out patient(s)", "device": str(device),
                "torch": torch.__version__, "base_dice_before_finetune": base_dice, "pretrain_seconds": pre_s,
                "arms": arms, "ratios": ratios, "targets": targets,
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path.write_text(json.dumps(results, indent=2, default=str))
 
     mib = 2.0 ** 20
-    names = {"full": "full FT", "lora": "LoRA int8", "lora_float": "LoRA float"}
+    names = {"full": "full FT", "lora": "LoRA int8", "lora_float": "LoRA float", "lora_int4": "LoRA int4"}
     print(f"\nBraTS whole-tumour Dice, {args.model} model, {args.steps} steps per arm, {device} "
           f"(base after synthetic pre-training: Dice {base_dice:.4f})")
     print(f"{'':26s}" + "".join(f"{names[a]:>12s}" for a in arms))

@@ -37,17 +37,19 @@ def finite(*values: float) -> bool:
 
 def test_lora_vs_full_quick(shared_data: Path, tmp_path: Path) -> None:
     r = run_script("lora_vs_full.py", shared_data / "brats_lesion_mri", tmp_path, "--pretrain-steps", "2")
-    full, lora, lora_float = r["arms"]["full"], r["arms"]["lora"], r["arms"]["lora_float"]
-    for arm in (full, lora, lora_float):
+    full, lora, lora_float, lora_int4 = (r["arms"][a] for a in ("full", "lora", "lora_float", "lora_int4"))
+    for arm in (full, lora, lora_float, lora_int4):
         assert finite(arm["dice"])  # HD95 is inf when a 2-step model predicts nothing: not checked
         assert 0.0 <= arm["dice"] <= 1.0
         assert arm["trainable_state_bytes"] == arm["grad_bytes"] + arm["optimizer_bytes"] > 0
         assert arm["weight_bytes"] > 0 and arm["peak_memory_bytes"] > 0
     assert lora["trainable_params"] == lora_float["trainable_params"] < full["trainable_params"]
     assert lora["weight_bytes"] < lora_float["weight_bytes"]  # the same adapters, on int8 and on float weights
+    assert lora_int4["weight_bytes"] < lora["weight_bytes"] and lora_int4["trainable_params"] == lora["trainable_params"]
     ratios = r["ratios"]
     assert ratios["dice_lora_minus_lora_float"] == pytest.approx(lora["dice"] - lora_float["dice"])
     assert r["met"]["dice_lora_minus_lora_float"] == (ratios["dice_lora_minus_lora_float"] >= -0.01)
+    assert ratios["dice_lora_int4_minus_lora_float"] == pytest.approx(lora_int4["dice"] - lora_float["dice"])
     expected = {"dice_lora_over_full": lora["dice"] / full["dice"] if full["dice"] else float("nan"),
                 "trainable_state_full_over_lora": full["trainable_state_bytes"] / lora["trainable_state_bytes"],
                 "weight_bytes_full_over_lora": full["weight_bytes"] / lora["weight_bytes"],

@@ -9,11 +9,11 @@ import torch
 
 import vlsdk
 from vlsdk.models.experts import ExpertMLP
-from vlsdk.quant import Int8Linear
+from vlsdk.quant import Int4Linear, Int8Linear
 from vlsdk.testing import segmentation_loss, square_lesions
 from vlsdk.train import TrainConfig, Trainer
 from vlsdk.train.lora import (
-    LoraInt8Linear,
+    LoraQuantizedLinear,
     attach_lora,
     load_adapter,
     lora_targets,
@@ -91,6 +91,8 @@ def test_bad_targets_and_arguments_raise_before_touching_the_model():
         attach_lora(model, "seg", "fc[")
     with pytest.raises(ValueError, match="r must be"):
         attach_lora(model, "seg", LESION, r=0)
+    with pytest.raises(ValueError, match="quantize_base must be False, True .int8., 8 or 4, got 2"):
+        attach_lora(model, "seg", LESION, quantize_base=2)
     with pytest.raises(ValueError, match="no such head"):
         attach_lora(model, "det", LESION, train_head=True)
     attach_lora(model, "seg", LESION)
@@ -119,7 +121,7 @@ def test_training_changes_outputs_and_leaves_the_base_bit_identical():
         assert torch.equal(state[name], tensor), name
 
 
-@pytest.mark.parametrize("quantize", [False, True], ids=["float", "int8"])
+@pytest.mark.parametrize("quantize", [False, True, 4], ids=["float", "int8", "int4"])
 def test_save_load_round_trip_in_a_fresh_model(tmp_path, quantize):
     model = make_model()
     data = make_data(16)
@@ -137,7 +139,8 @@ def test_save_load_round_trip_in_a_fresh_model(tmp_path, quantize):
     load_adapter(fresh, "seg", tmp_path / "seg")
     assert torch.equal(logits(fresh, images), expected)
     assert not any(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n or n.startswith("heads."))
-    assert any(isinstance(m, Int8Linear) for m in fresh.modules()) == quantize
+    assert any(isinstance(m, Int8Linear) for m in fresh.modules()) == (quantize is True)
+    assert any(isinstance(m, Int4Linear) for m in fresh.modules()) == (quantize == 4)
     with pytest.raises(ValueError, match="already has a LoRA adapter"):
         load_adapter(fresh, "seg", tmp_path / "seg")
     with pytest.raises(ValueError, match=r"holds a LoRA adapter .*vlsdk.train.lora.load_adapter"):
@@ -168,7 +171,7 @@ def test_int8_base_with_lora_trains_with_the_trainer(tmp_path):
     model = make_model()
     attach_lora(model, "seg", [EXPERTS, *HEAD_CONVS], r=8, quantize_base=True)
     fc1 = model.encoder.stages[0].blocks[0].ffn.experts["generic"]["0"].fc1
-    assert isinstance(fc1, LoraInt8Linear) and isinstance(fc1.base_layer, Int8Linear)
+    assert isinstance(fc1, LoraQuantizedLinear) and isinstance(fc1.base_layer, Int8Linear)
     assert isinstance(model.encoder.stages[0].blocks[0].attn.qkv, Int8Linear)  # untargeted frozen linears too
     frozen = {n: t.clone() for n, t in model.state_dict().items() if "lora_" not in n}
     config = TrainConfig(steps=20, batch_size=4, lr=1e-2, warmup_steps=2, log_every=1, progress=False,
@@ -202,25 +205,26 @@ def test_trainable_state_is_12x_smaller_than_full_fine_tuning():
         trainable_state_bytes(lora, "lion")
 
 
-def test_merging_into_the_int8_base_requantises():
+@pytest.mark.parametrize("bits,base,tolerance", [(8, Int8Linear, 0.02), (4, Int4Linear, 0.15)])
+def test_merging_into_a_quantised_base_requantises(bits, base, tolerance):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
-    attach_lora(net, "t", "0", r=4, quantize_base=True)  # works on any nn.Module, by module name
+    attach_lora(net, "t", "0", r=4, quantize_base=bits)  # works on any nn.Module, by module name
     layer = net[0]
-    assert isinstance(layer, LoraInt8Linear) and isinstance(net[2], Int8Linear)
+    assert isinstance(layer, LoraQuantizedLinear) and isinstance(net[2], base) and isinstance(layer.base_layer, base)
     torch.nn.init.normal_(layer.lora_B["t"].weight, std=0.1)
     x = torch.randn(8, 32)
     with torch.no_grad():
         lora = net(x)
-        with pytest.warns(UserWarning, match="re-quantises"):
+        with pytest.warns(UserWarning, match=f"int{bits} base re-quantises"):
             layer.merge()
         assert layer.merged and layer.merged_adapters == ["t"]
-        merged = layer.base_layer(x)  # the update now lives in the int8 weight
-        assert float((net[2](net[1](merged)) - lora).norm() / lora.norm()) < 0.02
+        merged = layer.base_layer(x)  # the update now lives in the quantised weight
+        assert float((net[2](net[1](merged)) - lora).norm() / lora.norm()) < tolerance
         with pytest.warns(UserWarning):
             layer.unmerge()
         assert not layer.merged
-        torch.testing.assert_close(net(x), lora, rtol=0.02, atol=0.02)
+        assert float((net(x) - lora).norm() / lora.norm()) < tolerance
 
 
 def test_targeted_module_names_are_checked_after_peft_too(monkeypatch):

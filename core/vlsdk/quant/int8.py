@@ -33,19 +33,14 @@ when placing a LoRA adapter on the device of a quantised base layer. LoRA on top
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["Int8Linear", "quantize_linear_layers", "quantize_weight", "weight_bytes", "DEFAULT_EXCLUDE"]
+from vlsdk.quant.base import QuantizedLinear
 
-#: Module names never quantised by default: the MoE routers (tiny and precision-sensitive), the
-#: task heads (usually trained), and LoRA's own ``lora_A``/``lora_B`` layers.
-DEFAULT_EXCLUDE: tuple[str, ...] = ("router", "heads", "lora_")
+__all__ = ["Int8Linear", "quantize_weight"]
 
 Compute = Literal["auto", "int8", "dequant", "triton"]
 _COMPUTE = ("auto", "int8", "dequant", "triton")
@@ -69,7 +64,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return qweight, scale
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(QuantizedLinear):
     """A frozen linear layer with an int8 weight, per-output-channel fp32 scales and a float bias.
 
     Build one from a trained layer with :meth:`from_linear`; :meth:`dequantize` gives an
@@ -94,72 +89,35 @@ class Int8Linear(nn.Module):
             (the reason is named).
 
     Example:
+        >>> from torch import nn
         >>> lin = nn.Linear(16, 8)
         >>> q = Int8Linear.from_linear(lin)
         >>> q.qweight.dtype, q(torch.zeros(3, 16)).shape
         (torch.int8, torch.Size([3, 8]))
     """
 
+    bits = 8
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  compute: Compute = "auto") -> None:
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"Int8Linear needs positive sizes, got in_features={in_features}, "
-                             f"out_features={out_features}")
         if compute not in _COMPUTE:
             raise ValueError(f"compute must be one of {_COMPUTE}, got {compute!r}")
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.compute: Compute = compute
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self.bias: torch.Tensor | None
-        if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
-        else:
-            self.bias = None
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, compute: Compute = "auto") -> Int8Linear:
-        """Quantise ``linear`` (its weight and bias are copied, ``linear`` is left untouched).
-
-        Raises:
-            ValueError: ``linear`` is not an ``nn.Linear``, or ``compute`` is unknown.
-        """
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
-        weight = linear.weight
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                     device=weight.device, dtype=weight.dtype, compute=compute)
-        module.set_weight(weight)
-        if linear.bias is not None:
-            module.bias.copy_(linear.bias.detach())
-        return module
 
     @torch.no_grad()
     def set_weight(self, weight: torch.Tensor) -> None:
         """Re-quantise from a float ``(out_features, in_features)`` weight (e.g. after a LoRA merge)."""
-        if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(f"expected a weight of shape {(self.out_features, self.in_features)}, "
-                             f"got {tuple(weight.shape)}")
-        qweight, scale = quantize_weight(weight)
+        qweight, scale = quantize_weight(self._check_weight(weight))
         self.qweight.copy_(qweight)
         self.scale.copy_(scale)
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the int8 one stands for: ``qweight * scale[:, None]``."""
         return (self.qweight.float() * self.scale[:, None]).to(dtype)
-
-    def dequantize(self) -> nn.Linear:
-        """A float ``nn.Linear`` with the dequantised weight and the bias."""
-        dtype = self.bias.dtype if self.bias is not None else torch.float32
-        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                           device=self.qweight.device, dtype=dtype)
-        with torch.no_grad():
-            linear.weight.copy_(self.dequantize_weight(dtype))
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
 
     def int8_refusal(self, x: torch.Tensor) -> str | None:
         """Why the int8 path cannot serve input ``x`` (``None`` when it can)."""
@@ -214,8 +172,7 @@ class Int8Linear(nn.Module):
         return "dequant"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"Int8Linear expects inputs of width {self.in_features}, got {tuple(x.shape)}")
+        self._check_input(x)
         path = self.path(x)
         if path == "triton":
             from vlsdk.quant.triton_w8 import w8a16_linear
@@ -252,76 +209,3 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"compute={self.compute!r}")
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(p in name or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def quantize_linear_layers(model: nn.Module, include: Sequence[str] | None = None,
-                           exclude: Sequence[str] = DEFAULT_EXCLUDE, compute: Compute = "auto") -> list[str]:
-    """Replace matching ``nn.Linear`` layers of ``model`` by :class:`Int8Linear`, in place.
-
-    A pattern matches a module name (``"encoder.stages.0.blocks.0.ffn.experts.generic.3.fc1"``)
-    when it is a substring of it or matches it as a glob (``"*.experts.*.fc?"``). A MoE layer's
-    stacked generic experts are first given one module each where a pattern reaches their
-    ``fc1``/``fc2`` (:meth:`~vlsdk.models.moe.DynamicMoE.unstack_generic`). Layers already
-    wrapped by peft LoRA are quantised underneath (their ``base_layer``); LoRA's own layers are
-    never touched. The quantised layers are frozen (they hold buffers, not parameters).
-
-    Args:
-        model: the model to change.
-        include: patterns a layer must match (default: every ``nn.Linear``).
-        exclude: patterns that keep a layer in float (default :data:`DEFAULT_EXCLUDE`: routers,
-            heads, LoRA layers).
-        compute: the forward of the new layers (see :class:`Int8Linear`).
-
-    Returns:
-        The names of the replaced modules, in ``named_modules`` order.
-
-    Raises:
-        ValueError: ``include``/``exclude`` given as one string, or an unknown ``compute``.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-        >>> quantize_linear_layers(net, exclude=("2",))
-        ['0']
-    """
-    if isinstance(include, str) or isinstance(exclude, str):
-        raise ValueError("include and exclude are sequences of patterns, e.g. exclude=('router',), not one string")
-    if compute not in _COMPUTE:
-        raise ValueError(f"compute must be one of {_COMPUTE}, got {compute!r}")
-    from vlsdk.models.expert_layout import unstack_generic_experts  # (lazy: vlsdk.quant does not need the models)
-
-    def wanted(name: str) -> bool:
-        return (include is None or _matches(name, include)) and not _matches(name, exclude)
-
-    unstack_generic_experts(model, lambda n: n.endswith((".fc1", ".fc2")) and wanted(n))  # stacked: no nn.Linear
-    chosen = [name for name, module in model.named_modules()
-              if type(module) is nn.Linear and name
-              and (include is None or _matches(name, include)) and not _matches(name, exclude)]
-    for name in chosen:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, Int8Linear.from_linear(getattr(parent, child), compute=compute))
-    return chosen
-
-
-def weight_bytes(model: nn.Module, names: Iterable[str] | None = None) -> int:
-    """Bytes held by the parameters and buffers of ``model`` (or of its submodules ``names``).
-
-    Shared tensors are counted once.
-
-    Example:
-        >>> weight_bytes(nn.Linear(4, 2))  # (8 + 2) float32 values
-        40
-    """
-    modules = [model] if names is None else [model.get_submodule(n) for n in names]
-    seen: set[int] = set()
-    total = 0
-    for module in modules:
-        for t in [*module.parameters(), *module.buffers()]:
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
-    return total

@@ -1,4 +1,4 @@
-"""LoRA adapters per task through peft, on a float or an int8 frozen base.
+"""LoRA adapters per task through peft, on a float, an int8 or a 4-bit frozen base.
 
 One :class:`~vlsdk.VLModel` backbone carries one LoRA adapter per task; the adapter is named
 after the task, which is also the name of the task's head (``model.heads[task]``). Adapters go
@@ -14,11 +14,12 @@ adapter there) work unchanged, and several task adapters share one backbone. A `
 without a task type would only forward to the model anyway. Adapters are saved and loaded with
 peft's own ``get_peft_model_state_dict`` / ``set_peft_model_state_dict`` in peft's layout.
 
-**int8 base.** ``quantize_base=True`` replaces the frozen ``nn.Linear`` layers by
-:class:`~vlsdk.quant.Int8Linear` *before* injecting, like peft's QLoRA flow, and registers
-:class:`LoraInt8Linear` for ``Int8Linear`` through peft's custom-module mapping
+**Quantised base.** ``quantize_base=True`` (or ``8``) replaces the frozen ``nn.Linear`` layers by
+:class:`~vlsdk.quant.Int8Linear`, ``quantize_base=4`` by 4-bit :class:`~vlsdk.quant.Int4Linear`
+(QLoRA's setting), *before* injecting, like peft's QLoRA flow, and registers
+:class:`LoraQuantizedLinear` for both through peft's custom-module mapping
 (``LoraConfig._register_custom_module``, see peft's ``developer_guides/custom_models``), so peft
-builds the LoRA layer on the int8 layer itself instead of refusing an unknown type.
+builds the LoRA layer on the quantised layer itself instead of refusing an unknown type.
 
 Directory layout written by :func:`save_adapter` (read by :func:`load_adapter`)::
 
@@ -44,7 +45,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -52,7 +53,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlsdk.models.expert_layout import unstack_generic_experts
-from vlsdk.quant.int8 import DEFAULT_EXCLUDE, Int8Linear, quantize_linear_layers
+from vlsdk.quant import DEFAULT_EXCLUDE, Int4Linear, Int8Linear, QuantizedLinear, quantize_linear_layers
 from vlsdk.version import __version__
 
 try:
@@ -67,30 +68,32 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError('LoRA adapters need peft: pip install "vlsdk[lora]"') from err
 
 __all__ = ["attach_lora", "set_adapter", "save_adapter", "load_adapter", "lora_targets", "trainable_state_bytes",
-           "LoraInt8Linear", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
+           "LoraQuantizedLinear", "LoraInt8Linear", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME"]
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"        # peft's CONFIG_NAME
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS_NAME
 _PREFIX = "lora_"
-_WRAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, Int8Linear, BaseTunerLayer)
+_WRAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, QuantizedLinear, BaseTunerLayer)
+#: ``quantize_base`` values -> bits of the quantised base (``None``: float)
+_BASE_BITS: dict[object, int | None] = {False: None, True: 8, 8: 8, 4: 4}
 #: optimiser state tensors kept per parameter (AdamW: exp_avg and exp_avg_sq), plus a ``step`` scalar
 _OPTIMIZER_STATE = {"adamw": (2, True), "adam": (2, True), "sgd": (0, False), "sgd_momentum": (1, False)}
 
 
-class LoraInt8Linear(_PeftLoraLinear):
-    """peft's LoRA ``Linear`` on an :class:`~vlsdk.quant.Int8Linear` base layer.
+class LoraQuantizedLinear(_PeftLoraLinear):
+    """peft's LoRA ``Linear`` on a quantised base layer (:class:`~vlsdk.quant.Int8Linear`, :class:`~vlsdk.quant.Int4Linear`).
 
     The forward is peft's (``base_layer(x)`` plus the active adapters' low-rank updates); only
     what needs the base weight differs: merging dequantises, adds the update and re-quantises
-    (so it changes outputs by the int8 rounding, and ``unmerge`` is not exact). Plain LoRA only:
-    DoRA and the other variants need a float base weight.
+    (so it changes outputs by the quantisation's rounding, and ``unmerge`` is not exact). Plain
+    LoRA only: DoRA and the other variants need a float base weight.
 
-    It is registered for ``Int8Linear`` on every config :func:`attach_lora` and
+    It is registered for both layer types on every config :func:`attach_lora` and
     :func:`load_adapter` build, via ``LoraConfig._register_custom_module``.
     """
 
     def _get_in_out_features(self, module: nn.Module) -> tuple[int, int] | tuple[None, None]:
-        if isinstance(module, Int8Linear):
+        if isinstance(module, QuantizedLinear):
             return module.in_features, module.out_features
         return super()._get_in_out_features(module)
 
@@ -99,7 +102,7 @@ class LoraInt8Linear(_PeftLoraLinear):
         if adapter_name in getattr(self, "lora_variant", {}):
             variant = type(self.lora_variant[adapter_name]).__name__
             self.delete_adapter(adapter_name)
-            raise ValueError(f"LoRA on an int8 base supports plain LoRA only, not {variant} "
+            raise ValueError(f"LoRA on a quantised base supports plain LoRA only, not {variant} "
                              "(it needs the float weight)")
 
     def _merge_into_base(self, adapter_names: list[str], sign: float, safe_merge: bool = False) -> None:
@@ -109,7 +112,7 @@ class LoraInt8Linear(_PeftLoraLinear):
             weight = weight + sign * self.get_delta_weight(name).float()
         if safe_merge and not torch.isfinite(weight).all():
             raise ValueError(f"NaNs detected in the merged weights; the adapters {adapter_names} seem to be broken")
-        warnings.warn("merging LoRA into an int8 base re-quantises the weight: outputs change by its rounding",
+        warnings.warn(f"merging LoRA into an int{base.bits} base re-quantises the weight: outputs change by its rounding",
                       UserWarning, stacklevel=3)
         base.set_weight(weight)
 
@@ -124,6 +127,10 @@ class LoraInt8Linear(_PeftLoraLinear):
         if names:
             self._merge_into_base(names, -1.0)
         self.merged_adapters.clear()
+
+
+#: the name this class had when only int8 bases existed
+LoraInt8Linear = LoraQuantizedLinear
 
 
 # -- targets ------------------------------------------------------------------------------------
@@ -166,7 +173,7 @@ def _check_patterns(model: nn.Module, patterns: list[str]) -> dict[str, list[str
             inside = [n for n in wrappable if n.startswith(bad[0] + ".")][:4]
             raise ValueError(f"LoRA target pattern {p!r} matches {bad[0]!r}, a {type(candidates[bad[0]]).__name__} "
                              "that LoRA cannot wrap (it wraps nn.Linear, nn.Conv1d/2d/3d, nn.Embedding and "
-                             f"Int8Linear); target its layers instead, e.g. {inside}")
+                             f"the quantised Int8Linear/Int4Linear); target its layers instead, e.g. {inside}")
     return hits
 
 
@@ -187,7 +194,7 @@ def _lora_config(patterns: list[str], r: int, alpha: float, dropout: float) -> L
 def _inject(model: nn.Module, config: LoraConfig, task: str) -> list[str]:
     """Inject adapter ``task``; returns peft's ``targeted_module_names`` for it."""
     before = _adapters(model)
-    config._register_custom_module({Int8Linear: LoraInt8Linear})  # not saved in adapter_config.json
+    config._register_custom_module({Int8Linear: LoraQuantizedLinear, Int4Linear: LoraQuantizedLinear})  # not saved
     if hasattr(model, "peft_config"):  # else the tuner adopts (and mutates) the dict, with a warning
         del model.peft_config
     try:
@@ -196,7 +203,7 @@ def _inject(model: nn.Module, config: LoraConfig, task: str) -> list[str]:
         raise ValueError(f"peft could not attach the LoRA adapter {task!r}: {err}") from err
     except StopIteration:  # peft reads next(model.parameters()) for the device
         raise ValueError(f"peft could not attach the LoRA adapter {task!r}: the model holds no parameter (every "
-                         "layer is a frozen int8 buffer); keep at least one float layer, e.g. a head") from None
+                         "layer is a frozen quantised buffer); keep at least one float layer, e.g. a head") from None
     finally:
         model.peft_config = before  # the tuner overwrote it with this adapter only
     model.peft_config[task] = config
@@ -245,8 +252,21 @@ def _adapter_parameters(model: nn.Module, task: str) -> list[nn.Parameter]:
 
 
 # -- public API ---------------------------------------------------------------------------------
+def _base_bits(quantize_base: object) -> int | None:
+    """The bits of the quantised base ``quantize_base`` asks for (``None``: keep the float base)."""
+    bits = _BASE_BITS.get(quantize_base, 0) if isinstance(quantize_base, (bool, int)) else 0
+    if bits == 0:
+        raise ValueError(f"quantize_base must be False, True (int8), 8 or 4, got {quantize_base!r}")
+    return bits
+
+
+def _quantize_base(model: nn.Module, bits: int | None) -> None:
+    if bits is not None:
+        quantize_linear_layers(model, exclude=DEFAULT_EXCLUDE, bits=bits)  # type: ignore[arg-type]
+
+
 def attach_lora(model: nn.Module, task: str, target_modules: str | Sequence[str], r: int = 8, alpha: float = 16,
-                dropout: float = 0.0, quantize_base: bool = False, *, train_head: bool = False) -> nn.Module:
+                dropout: float = 0.0, quantize_base: bool | Literal[8, 4] = False, *, train_head: bool = False) -> nn.Module:
     """Attach a LoRA adapter named ``task`` to the modules named by ``target_modules``, in place.
 
     Afterwards only the adapter's ``lora_A``/``lora_B`` (and, with ``train_head``, the head
@@ -261,13 +281,14 @@ def attach_lora(model: nn.Module, task: str, target_modules: str | Sequence[str]
             match a module's dotted name or a dotted suffix of it: ``"fc1"`` (every ``...fc1``),
             ``r".*experts\\.medical\\.lesion\\.fc[12]"``, ``r"heads\\.seg\\.decoder\\..*\\.0"``. Each pattern
             must reach at least one layer peft can wrap (``nn.Linear``, ``nn.Conv*d``,
-            ``nn.Embedding``, ``Int8Linear``): peft itself only fails when nothing matched at all,
+            ``nn.Embedding``, ``Int8Linear``, ``Int4Linear``): peft itself only fails when nothing matched at all,
             so the targeted module names are compared with every pattern here.
         r: LoRA rank.
         alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
         dropout: dropout on the adapter input.
-        quantize_base: first replace the frozen ``nn.Linear`` layers by int8
-            :class:`~vlsdk.quant.Int8Linear` (all but routers, heads and LoRA layers).
+        quantize_base: first replace the frozen ``nn.Linear`` layers (all but routers, heads and
+            LoRA layers) by int8 :class:`~vlsdk.quant.Int8Linear` (``True`` or ``8``) or by 4-bit
+            :class:`~vlsdk.quant.Int4Linear` (``4``: about 0.27x the bytes of bfloat16).
         train_head: also train ``model.heads[task]`` in full (it must then carry no LoRA target).
 
     Returns:
@@ -293,6 +314,7 @@ def attach_lora(model: nn.Module, task: str, target_modules: str | Sequence[str]
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    bits = _base_bits(quantize_base)
     if task in _adapters(model):
         raise ValueError(f"the model already has a LoRA adapter {task!r}; adapters: {sorted(_adapters(model))}")
     heads = getattr(model, "heads", {})
@@ -305,8 +327,7 @@ def attach_lora(model: nn.Module, task: str, target_modules: str | Sequence[str]
         raise ValueError(f"train_head=True trains head {task!r} in full, so it cannot also carry LoRA; "
                          f"drop the targets {in_head[:4]}")
 
-    if quantize_base:
-        quantize_linear_layers(model, exclude=DEFAULT_EXCLUDE)
+    _quantize_base(model, bits)
     targeted = _inject(model, _lora_config(patterns, r, alpha, dropout), task)
     unmatched = [p for p in patterns if not any(_matches(p, n) for n in targeted)]
     if unmatched:  # peft only errors when nothing at all matched: check every pattern
@@ -366,10 +387,10 @@ def save_adapter(model: nn.Module, task: str, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model.peft_config[task].save_pretrained(str(directory))
     state = get_peft_model_state_dict(model, adapter_name=task)
-    int8 = any(isinstance(m, Int8Linear) for m in model.modules())
+    bits = max((m.bits for m in model.modules() if isinstance(m, QuantizedLinear)), default=0)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / ADAPTER_WEIGHTS_NAME),
               metadata={"format": "pt", "vlsdk_version": __version__, "vlsdk_task": task,
-                        "vlsdk_int8_base": json.dumps(int8)})
+                        "vlsdk_base_bits": str(bits), "vlsdk_int8_base": json.dumps(bits == 8)})
     heads = getattr(model, "heads", {})
     if task in heads:
         with _without_lora(heads[task]):
@@ -377,7 +398,7 @@ def save_adapter(model: nn.Module, task: str, directory: str | Path) -> Path:
     return directory
 
 
-def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize_base: bool | None = None,
+def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize_base: bool | Literal[8, 4] | None = None,
                  activate: bool = True) -> nn.Module:
     """Load an adapter written by :func:`save_adapter` into ``model`` as ``task``, frozen.
 
@@ -388,7 +409,8 @@ def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize
         model: the base model (same backbone weights as the one the adapter was trained on).
         task: the adapter (and head) name.
         directory: the adapter directory.
-        quantize_base: quantise the base to int8 first; default: as it was when saved.
+        quantize_base: quantise the base first, as :func:`attach_lora` does (``True``/``8``: int8,
+            ``4``: 4-bit, ``False``: leave it); default: as it was when saved.
         activate: make it the active adapter (:func:`set_adapter`, frozen).
 
     Returns:
@@ -410,6 +432,13 @@ def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize
     weights = str(directory / ADAPTER_WEIGHTS_NAME)
     with safe_open(weights, framework="pt") as f:
         metadata = f.metadata() or {}
+    if quantize_base is None:  # as saved; adapters saved before 4-bit bases only say int8 or not
+        saved = metadata.get("vlsdk_base_bits") or {"true": "8"}.get(metadata.get("vlsdk_int8_base", ""), "0")
+        if saved not in ("0", "8", "4"):
+            raise ValueError(f"{weights} records a base of {saved!r} bits (metadata vlsdk_base_bits); expected "
+                             "0, 8 or 4; pass quantize_base= to choose")
+        quantize_base = {"0": False, "8": 8, "4": 4}[saved]
+    bits = _base_bits(quantize_base)
     param = next(model.parameters(), None)
     device = str(param.device) if param is not None else "cpu"
     state = load_file(weights, device=device)
@@ -426,10 +455,7 @@ def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize
             load_head_weights(model, task, directory)
         heads[task].requires_grad_(False)
 
-    if quantize_base is None:
-        quantize_base = json.loads(metadata.get("vlsdk_int8_base", "false"))
-    if quantize_base:
-        quantize_linear_layers(model, exclude=DEFAULT_EXCLUDE)
+    _quantize_base(model, bits)
     unstack_generic_experts(model, lambda name: bool(check_target_module_exists(config, name)))
     _inject(model, config, task)
     result = set_peft_model_state_dict(model, state, adapter_name=task)
