@@ -62,14 +62,15 @@ def _cpu_kernel(layer: Int4Linear, dtype: torch.dtype) -> Callable[[torch.Tensor
 
 
 @torch.no_grad()
-def speed(device: torch.device, dtype: torch.dtype, tokens: list[int], repeats: int) -> list[dict[str, Any]]:
+def speed(device: torch.device, dtype: torch.dtype, tokens: list[int], repeats: int,
+          group_size: int) -> list[dict[str, Any]]:
     """Median ms per (shape, tokens) of each variant, in interleaved repeats."""
     time_it = timer(device)
     rows = []
     for name, d_in, d_out in SHAPES:
         torch.manual_seed(0)
         lin = nn.Linear(d_in, d_out, device=device, dtype=dtype)
-        int4 = Int4Linear.from_linear(lin)
+        int4 = Int4Linear.from_linear(lin, group_size=group_size)
         variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"float": lin, "int4": int4}
         if device.type == "cpu":
             variants["cpu_kernel_bf16"] = _cpu_kernel(int4, torch.bfloat16)
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
     print(f"\n{where}, {args.dtype} inputs, median ms of {args.repeats} interleaved repeats (relative error vs float):")
-    results["speed"] = speed(device, dtype, args.tokens, args.repeats)
+    results["speed"] = speed(device, dtype, args.tokens, args.repeats, args.group_size)
     for r in results["speed"]:
         cells = "  ".join(f"{k.removesuffix('_ms')} {v:.2f}" + (f" ({r['float_ms'] / v:.2f}x float, err "
                                                                  f"{r[k.removesuffix('_ms') + '_rel_err']:.3f})"

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 import vlsdk
-from vlsdk.quant import Int4Linear, Int8Linear, quantize_linear_layers, quantize_weight_int4, weight_bytes
+from vlsdk.quant import (
+    Int4Linear,
+    Int8Linear,
+    quantize_linear_layers,
+    quantize_weight,
+    quantize_weight_int4,
+    weight_bytes,
+)
 from vlsdk.quant.int4 import layer_group_size
 
 
@@ -49,16 +56,31 @@ def test_nibble_order_is_portable_low_nibble_first():
     assert torch.equal(layer.dequantize_weight(), weight)
 
 
-def test_constant_and_odd_width_groups():
-    layer = Int4Linear.from_linear(nn.Linear(97, 3))  # 97 inputs: one padded group of 98
+def test_constant_offset_and_odd_width_groups():
+    layer = Int4Linear.from_linear(nn.Linear(97, 3))  # 97 inputs: one group of 98, one padded input
     assert layer.group_size == 98 and tuple(layer.qweight.shape) == (3, 49)
     assert layer(torch.randn(5, 97)).shape == (5, 3) and layer.dequantize_weight().shape == (3, 97)
     constant = Int4Linear(64, 2, bias=False)
     constant.set_weight(torch.full((2, 64), 0.5))  # scale 0: exact
     assert torch.equal(constant.dequantize_weight(), torch.full((2, 64), 0.5))
-    assert [layer_group_size(k) for k in (768, 3072, 192, 1000, 300)] == [128, 128, 96, 100, 100]
-    with pytest.raises(ValueError, match="even"):
+    assert [layer_group_size(k) for k in (768, 3072, 192, 1000, 130)] == [128, 128, 96, 126, 66]
+    with pytest.raises(ValueError, match="even integer"):
         Int4Linear(64, 2, group_size=7)
+    with pytest.raises(ValueError, match="even integer"):
+        layer_group_size(100, 128.0)
+    # far from zero with a narrow range: the zero's bfloat16 rounding does not cost the steps
+    torch.manual_seed(0)
+    offset = 1.0 + 0.01 * torch.rand(4, 128)
+    q = Int4Linear(128, 4, bias=False)
+    q.set_weight(offset)
+    step = q.scale_zero[..., 0].float()
+    assert torch.all((q.dequantize_weight() - offset).abs() <= 0.55 * step + 1e-7)
+    # a padded last group keeps its own range (its padding repeats the row's last value)
+    wide = 10 + torch.rand(2, 1031)
+    padded = Int4Linear(1031, 2, bias=False)
+    padded.set_weight(wide)
+    err = (padded.dequantize_weight() - wide).abs()
+    assert err[:, -50:].max() <= 2 * err[:, :-50].max()
 
 
 def test_gradient_reaches_the_input_and_autocast_sets_the_dtype():
@@ -74,6 +96,36 @@ def test_gradient_reaches_the_input_and_autocast_sets_the_dtype():
 
 
 @pytest.mark.parametrize("cls", [Int4Linear, Int8Linear])
+def test_backward_keeps_no_float_weight_alive(cls):
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 512)
+    layer = cls.from_linear(lin)
+    if cls is Int8Linear:
+        layer.compute = "dequant"
+    x = torch.randn(4, 256, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    assert saved == []  # autograd would keep the (512, 256) float weight and the input
+    out.square().sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    float_layer = layer.dequantize()
+    float_layer(reference).square().sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    x.grad = None
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and x.grad.isfinite().all()
+
+
+@pytest.mark.parametrize("cls", [Int4Linear, Int8Linear])
 def test_bad_inputs_and_weights_are_named(cls):
     layer = cls.from_linear(nn.Linear(8, 4))
     with pytest.raises(ValueError, match="floating-point input"):
@@ -85,6 +137,16 @@ def test_bad_inputs_and_weights_are_named(cls):
         broken.weight[2, 5] = float("nan")
     with pytest.raises(ValueError, match="row 2, column 5"):
         cls.from_linear(broken)
+    quantize = quantize_weight_int4 if cls is Int4Linear else quantize_weight
+    with pytest.raises(ValueError, match="row 2, column 5"):
+        quantize(broken.weight)  # the public function checks too
+
+
+def test_values_too_large_for_bfloat16_scales_are_refused_by_row():
+    huge = torch.zeros(3, 16)
+    huge[1, :2] = torch.tensor([-2e38, 2e38])  # finite, but their range overflows float32
+    with pytest.raises(ValueError, match="row 1 .*too large"):
+        quantize_weight_int4(huge, group_size=16)
 
 
 def test_quantized_layers_of_a_model_hold_under_0_3x_the_bytes_of_bfloat16():

@@ -214,6 +214,7 @@ def test_merging_into_a_quantised_base_requantises(bits, base, tolerance):
     assert isinstance(layer, LoraQuantizedLinear) and isinstance(net[2], base) and isinstance(layer.base_layer, base)
     torch.nn.init.normal_(layer.lora_B["t"].weight, std=0.1)
     x = torch.randn(8, 32)
+    before = {k: b.clone() for k, b in layer.base_layer.named_buffers()}
     with torch.no_grad():
         lora = net(x)
         with pytest.warns(UserWarning, match=f"int{bits} base re-quantises"):
@@ -221,10 +222,53 @@ def test_merging_into_a_quantised_base_requantises(bits, base, tolerance):
         assert layer.merged and layer.merged_adapters == ["t"]
         merged = layer.base_layer(x)  # the update now lives in the quantised weight
         assert float((net[2](net[1](merged)) - lora).norm() / lora.norm()) < tolerance
-        with pytest.warns(UserWarning):
-            layer.unmerge()
+        layer.unmerge()
         assert not layer.merged
-        assert float((net(x) - lora).norm() / lora.norm()) < tolerance
+        assert torch.equal(net(x), lora)  # the quantised base as it was, not re-quantised once more
+        for _ in range(3):  # so rounds do not wear the base down
+            with pytest.warns(UserWarning):
+                layer.merge()
+            layer.unmerge()
+    assert all(torch.equal(b, before[k]) for k, b in layer.base_layer.named_buffers())
+
+
+def test_loading_an_adapter_never_requantises_a_base_under_other_adapters(tmp_path):
+    data = make_data(16)
+    images = data.tensors[0][:4]
+    four = make_model()
+    attach_lora(four, "seg", EXPERTS, quantize_base=4)
+    train_steps(four, data)
+    save_adapter(four, "seg", tmp_path / "four")
+    served = make_model()  # a float base already serving an adapter
+    attach_lora(served, "other", LESION)
+    other = logits(served, images)
+    with pytest.raises(ValueError, match="under the LoRA adapters already on the model"):
+        load_adapter(served, "seg", tmp_path / "four")
+    set_adapter(served, "other")
+    assert torch.equal(logits(served, images), other)  # unchanged, and still float
+    eight = make_model()
+    attach_lora(eight, "x", LESION, quantize_base=8)
+    with pytest.raises(ValueError, match="trained on an int4 base, but this model's base is already int8"):
+        load_adapter(eight, "seg", tmp_path / "four")
+    with pytest.raises(ValueError, match="quantize_base must be .* got 1"):
+        attach_lora(make_model(), "seg", LESION, quantize_base=1)
+
+
+def test_the_recorded_base_layers_and_groups_come_back(tmp_path):
+    from vlsdk.quant import quantize_linear_layers
+
+    model = make_model()
+    names = quantize_linear_layers(model, exclude=("router", "heads", "shared"), bits=4, group_size=32)
+    attach_lora(model, "seg", [EXPERTS, *HEAD_CONVS])  # on the base as the user quantised it
+    train_steps(model, make_data(16))
+    images = make_data(4).tensors[0]
+    expected = logits(model, images)
+    save_adapter(model, "seg", tmp_path / "seg")
+    fresh = make_model(head=False)
+    load_adapter(fresh, "seg", tmp_path / "seg")
+    layers = {n.removesuffix(".base_layer"): m for n, m in fresh.named_modules() if isinstance(m, Int4Linear)}
+    assert set(layers) == set(names) and all(m.group_size <= 32 for m in layers.values())
+    assert torch.equal(logits(fresh, images), expected)
 
 
 def test_targeted_module_names_are_checked_after_peft_too(monkeypatch):
@@ -240,3 +284,21 @@ def test_targeted_module_names_are_checked_after_peft_too(monkeypatch):
     assert "seg" not in model.peft_config
     assert not any("lora_" in n for n, _ in model.named_parameters())
     torch.testing.assert_close(logits(model, images), before)
+
+
+@pytest.mark.parametrize("metadata,message", [
+    ({"vlsdk_base_bits": "16"}, "records a base of '16' bits"),
+    ({"vlsdk_base_bits": "4", "vlsdk_base_layers": "{not json"}, "is not JSON"),
+    ({"vlsdk_base_bits": "4", "vlsdk_base_layers": '{"a": -3}'}, "must map layer names to group sizes"),
+    ({"vlsdk_base_bits": "4", "vlsdk_base_layers": '{"encoder.nowhere": 32}'}, "do not fit this model"),
+])
+def test_a_hostile_base_record_is_refused_by_name(tmp_path, metadata, message):
+    from safetensors.torch import load_file, save_file
+
+    model = make_model()
+    attach_lora(model, "seg", EXPERTS)
+    save_adapter(model, "seg", tmp_path / "seg")
+    weights = tmp_path / "seg" / "adapter_model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt", **metadata})
+    with pytest.raises(ValueError, match=message):
+        load_adapter(make_model(), "seg", tmp_path / "seg")

@@ -40,7 +40,7 @@ def test_int8_linear_takes_the_triton_path_only_where_it_can() -> None:
     x = torch.randn(4, 32, device=DEVICE)
     with torch.no_grad():
         assert layer.path(x) == "triton"
-        torch.testing.assert_close(layer(x), layer._forward_dequant(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer(x), layer._float_forward(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="needs a gradient"):
         layer(x.requires_grad_(True))
     with pytest.raises(ValueError, match="input dtype"):
@@ -50,6 +50,6 @@ def test_int8_linear_takes_the_triton_path_only_where_it_can() -> None:
 def test_no_bias_and_empty_input() -> None:
     layer = Int8Linear.from_linear(nn.Linear(16, 8, bias=False)).to(DEVICE)
     x = torch.randn(3, 16, device=DEVICE)
-    torch.testing.assert_close(w8a16_linear(x, layer.qweight, layer.scale), layer._forward_dequant(x),
+    torch.testing.assert_close(w8a16_linear(x, layer.qweight, layer.scale), layer._float_forward(x),
                                rtol=1e-5, atol=1e-5)
     assert w8a16_linear(x[:0], layer.qweight, layer.scale).shape == (0, 8)

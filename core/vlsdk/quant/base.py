@@ -16,9 +16,38 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["QuantizedLinear"]
+__all__ = ["QuantizedLinear", "require_finite"]
 
 _Q = TypeVar("_Q", bound="QuantizedLinear")
+
+
+def require_finite(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as float32, after checking that every value is finite (the first bad one is named)."""
+    w = weight.detach().float()
+    if not torch.isfinite(w).all():
+        where = ", column ".join(map(str, (~torch.isfinite(w)).nonzero()[0].tolist()))
+        raise ValueError(f"cannot quantise a weight holding NaN or infinity (first at row {where}); "
+                         "the float layer is broken")
+    return w
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """A quantised layer's float forward whose backward dequantises again, saving nothing.
+
+    Autograd would keep the dequantised float weight (and the input) of every layer alive until
+    the backward, several times the quantised weight's bytes, which would undo much of what a
+    quantised base saves while LoRA trains above it; bitsandbytes' ``MatMul4Bit`` does the same.
+    The layers are frozen, so only the input's gradient is computed.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return layer._float_forward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.layer._input_grad(grad), None
 
 
 class QuantizedLinear(nn.Module):
@@ -81,17 +110,26 @@ class QuantizedLinear(nn.Module):
         """The float ``(out_features, in_features)`` weight the quantised one stands for."""
         raise NotImplementedError
 
+    def _float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward in float (dequantised weight); no gradient is tracked through it."""
+        raise NotImplementedError
+
+    def _input_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient with respect to the input of :meth:`_float_forward`, given the output's."""
+        raise NotImplementedError
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_float_forward`, through :class:`_FrozenLinear` when the input needs a gradient."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FrozenLinear.apply(x, self)
+        return self._float_forward(x)
+
     def _check_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` as float32, after checking its shape and that every value is finite."""
         if tuple(weight.shape) != (self.out_features, self.in_features):
             raise ValueError(f"expected a weight of shape {(self.out_features, self.in_features)}, "
                              f"got {tuple(weight.shape)}")
-        w = weight.detach().float()
-        if not torch.isfinite(w).all():
-            bad = (~torch.isfinite(w)).nonzero()[0].tolist()
-            raise ValueError(f"cannot quantise a weight holding NaN or infinity (first at row {bad[0]}, "
-                             f"column {bad[1]}); the float layer is broken")
-        return w
+        return require_finite(weight)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not x.is_floating_point():

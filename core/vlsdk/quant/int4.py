@@ -10,7 +10,8 @@ weight-only layout; a layer whose width the group does not divide takes a nearby
 
 At the default group of 128 that is 0.5 + 4/128 bytes per weight: about 0.27x of bfloat16 and
 0.13x of float32. The forward dequantises the weight in float32 and multiplies in the input's
-dtype (exact gradients with respect to the input, so LoRA adapters upstream train through it).
+dtype. Gradients reach the input exactly (LoRA adapters upstream train through the layer), and
+the backward dequantises again instead of keeping the float weight alive in between.
 
 Why not an int4 kernel: on this project's CPU (2 cores, AVX-512 with bf16) torch's
 ``_weight_int4pack_mm_for_cpu`` ran at 0.4-1.0x the speed of a bfloat16 ``F.linear`` at
@@ -26,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vlsdk.quant.base import QuantizedLinear
+from vlsdk.quant.base import QuantizedLinear, require_finite
 
 __all__ = ["Int4Linear", "quantize_weight_int4", "layer_group_size", "DEFAULT_GROUP_SIZE"]
 
@@ -38,40 +39,45 @@ def _groups(in_features: int, group_size: int) -> int:
     return -(-in_features // group_size)
 
 
+def _check_group_size(group_size: object) -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2 or group_size % 2:
+        raise ValueError(f"group_size must be a positive even integer, got {group_size!r}")
+
+
 def layer_group_size(in_features: int, group_size: int = DEFAULT_GROUP_SIZE) -> int:
     """The group a layer of width ``in_features`` uses when ``group_size`` is asked for.
 
-    ``group_size`` itself where it divides the width; else the largest even divisor of the width
-    between half of ``group_size`` and ``group_size`` (no padding); else the width itself, made
-    even, when it is narrower; else ``group_size``, with the last group padded.
+    The width splits into as few groups as ``group_size`` allows, of equal size rounded up to an
+    even number, so at most one input per group is padding.
+
+    Raises:
+        ValueError: ``group_size`` is not a positive even integer.
 
     Example:
-        >>> [layer_group_size(k, 128) for k in (768, 192, 96, 97, 1000)]
-        [128, 96, 96, 98, 100]
+        >>> [layer_group_size(k, 128) for k in (768, 192, 97, 130, 1000)]
+        [128, 96, 98, 66, 126]
     """
-    if group_size < 2 or group_size % 2:
-        raise ValueError(f"group_size must be a positive even number, got {group_size}")
-    if in_features % group_size == 0:
-        return group_size
-    for size in range(group_size - 2, group_size // 2 - 1, -2):
-        if in_features % size == 0:
-            return size
-    return in_features + in_features % 2 if in_features < group_size else group_size
+    _check_group_size(group_size)
+    size = -(-in_features // _groups(in_features, group_size))
+    return size + size % 2
 
 
 def quantize_weight_int4(weight: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """Asymmetric group-wise 4-bit: ``(qweight uint8 (out, groups * group_size / 2), scale_zero bf16 (out, groups, 2))``.
 
-    A row whose width is not a multiple of ``group_size`` is padded with zeros to the next one
-    (they widen only the last group's range). A group of equal values gets scale 0 and is exact
-    up to its zero's bfloat16 rounding.
+    The zero is rounded to bfloat16 first and the scale then chosen to reach both ends of the
+    group from it, so a group far from 0 with a narrow range keeps its precision. A row whose
+    width is not a multiple of ``group_size`` is padded with copies of its last value (which
+    leave the last group's range as it is). A group of equal values is exact where its value is
+    a bfloat16 number.
 
     Args:
         weight: a float ``(out_features, in_features)`` weight.
         group_size: input weights per scale and zero; an even number.
 
     Raises:
-        ValueError: not a 2-D weight, or an odd or non-positive ``group_size``.
+        ValueError: not a 2-D weight, a weight holding NaN or infinity or values too large for
+            bfloat16 scales (the row is named), or an odd or non-positive ``group_size``.
 
     Example:
         >>> q, sz = quantize_weight_int4(torch.tensor([[0.0, 1.0, 2.0, 3.0]]), group_size=4)
@@ -80,18 +86,26 @@ def quantize_weight_int4(weight: torch.Tensor, group_size: int = DEFAULT_GROUP_S
     """
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}")
-    if group_size < 2 or group_size % 2:
-        raise ValueError(f"group_size must be a positive even number, got {group_size}")
-    out_features, in_features = weight.shape
+    _check_group_size(group_size)
+    w = require_finite(weight)
+    out_features, in_features = w.shape
     groups = _groups(in_features, group_size)
-    w = F.pad(weight.detach().float(), (0, groups * group_size - in_features)).view(out_features, groups, group_size)
+    pad = groups * group_size - in_features
+    if pad:
+        w = F.pad(w.unsqueeze(0), (0, pad), mode="replicate").squeeze(0)
+    w = w.view(out_features, groups, group_size)
     low, high = w.amin(-1), w.amax(-1)
-    scale = ((high - low) / 15).bfloat16()
-    zero = (low + 8 * scale.float()).bfloat16()  # q = 0 is the group's minimum
+    zero = (low + (high - low) * (8 / 15)).bfloat16()  # q = 8; q = 0 at the minimum, 15 at the maximum
+    scale = torch.maximum((high - zero.float()) / 7, (zero.float() - low) / 8).bfloat16()
+    scale_zero = torch.stack([scale, zero], dim=-1)
+    if not torch.isfinite(scale_zero).all():
+        row = int((~torch.isfinite(scale_zero)).nonzero()[0, 0])
+        raise ValueError(f"row {row} of the weight spans values too large for bfloat16 scales "
+                         f"(max |w| {float(w[row].abs().max()):.3g})")
     safe = torch.where(scale == 0, 1.0, scale.float())
     q = torch.round((w - zero.float()[..., None]) / safe[..., None] + 8).clamp_(0, 15).to(torch.uint8)
     q = q.view(out_features, groups * group_size)
-    return q[:, 0::2] | (q[:, 1::2] << 4), torch.stack([scale, zero], dim=-1)
+    return q[:, 0::2] | (q[:, 1::2] << 4), scale_zero
 
 
 class Int4Linear(QuantizedLinear):
@@ -141,7 +155,7 @@ class Int4Linear(QuantizedLinear):
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight the 4-bit one stands for (see the module doc)."""
         rows, groups = self.out_features, self.scale_zero.shape[1]
-        w = torch.empty(*self.qweight.shape, 2, device=self.qweight.device)
+        w = torch.empty(*self.qweight.shape, 2, dtype=torch.float32, device=self.qweight.device)
         w[..., 0] = self.qweight & 15  # (in-place on one buffer: 10x faster on the CPU than stack + addcmul)
         w[..., 1] = self.qweight >> 4
         scale_zero = self.scale_zero.float()
@@ -151,10 +165,16 @@ class Int4Linear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        return self._linear(x)
+
+    def _float_forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         bias = self.bias.to(dtype) if self.bias is not None else None
         return F.linear(x.to(dtype), self.dequantize_weight(dtype), bias)
+
+    def _input_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad @ self.dequantize_weight(grad.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -38,7 +38,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from vlsdk.quant.base import QuantizedLinear
+from vlsdk.quant.base import QuantizedLinear, require_finite
 
 __all__ = ["Int8Linear", "quantize_weight"]
 
@@ -57,7 +57,7 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}")
-    w = weight.detach().float()
+    w = require_finite(weight)
     amax = w.abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
     qweight = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
@@ -181,9 +181,12 @@ class Int8Linear(QuantizedLinear):
             if torch.is_autocast_enabled(device):  # as F.linear would run under autocast
                 x = x.to(torch.get_autocast_dtype(device))
             return w8a16_linear(x, self.qweight, self.scale, self.bias)
-        return self._forward_int8(x) if path == "int8" else self._forward_dequant(x)
+        return self._forward_int8(x) if path == "int8" else self._linear(x)
 
-    def _forward_dequant(self, x: torch.Tensor) -> torch.Tensor:
+    def _input_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return (grad * self.scale.to(grad.dtype)) @ self.qweight.to(grad.dtype)
+
+    def _float_forward(self, x: torch.Tensor) -> torch.Tensor:
         # int8 values are exact in fp16/bf16/fp32; the per-row scale is applied to the (smaller) output
         out = F.linear(x, self.qweight.to(x.dtype))
         out = out * self.scale.to(out.dtype)

@@ -75,7 +75,6 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS
 _PREFIX = "lora_"
 _WRAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, QuantizedLinear, BaseTunerLayer)
 #: ``quantize_base`` values -> bits of the quantised base (``None``: float)
-_BASE_BITS: dict[object, int | None] = {False: None, True: 8, 8: 8, 4: 4}
 #: optimiser state tensors kept per parameter (AdamW: exp_avg and exp_avg_sq), plus a ``step`` scalar
 _OPTIMIZER_STATE = {"adamw": (2, True), "adam": (2, True), "sgd": (0, False), "sgd_momentum": (1, False)}
 
@@ -85,8 +84,10 @@ class LoraQuantizedLinear(_PeftLoraLinear):
 
     The forward is peft's (``base_layer(x)`` plus the active adapters' low-rank updates); only
     what needs the base weight differs: merging dequantises, adds the update and re-quantises
-    (so it changes outputs by the quantisation's rounding, and ``unmerge`` is not exact). Plain
-    LoRA only: DoRA and the other variants need a float base weight.
+    (so it changes outputs by the quantisation's rounding); ``unmerge`` puts the quantised base
+    back exactly as it was before the first merge (kept meanwhile: the quantised bytes once more,
+    not a float copy), so merge/unmerge rounds do not wear the base down. Plain LoRA only: DoRA
+    and the other variants need a float base weight.
 
     It is registered for both layer types on every config :func:`attach_lora` and
     :func:`load_adapter` build, via ``LoraConfig._register_custom_module``.
@@ -119,13 +120,21 @@ class LoraQuantizedLinear(_PeftLoraLinear):
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.lora_A]
         if names:
+            if not self.merged_adapters:
+                self._unmerged_base = {k: b.clone() for k, b in self.get_base_layer().named_buffers()}
             self._merge_into_base(names, 1.0, safe_merge)
             self.merged_adapters.extend(names)
 
     def unmerge(self) -> None:
-        names = [n for n in self.merged_adapters if n in self.lora_A]
-        if names:
-            self._merge_into_base(names, -1.0)
+        kept = getattr(self, "_unmerged_base", None)
+        if kept is not None and self.merged_adapters:
+            base = self.get_base_layer()
+            with torch.no_grad():
+                for key, buffer in base.named_buffers():
+                    buffer.copy_(kept[key])
+        elif self.merged_adapters:  # merged by another route: subtract the updates again
+            self._merge_into_base([n for n in self.merged_adapters if n in self.lora_A], -1.0)
+        self._unmerged_base = None
         self.merged_adapters.clear()
 
 
@@ -253,16 +262,67 @@ def _adapter_parameters(model: nn.Module, task: str) -> list[nn.Parameter]:
 
 # -- public API ---------------------------------------------------------------------------------
 def _base_bits(quantize_base: object) -> int | None:
-    """The bits of the quantised base ``quantize_base`` asks for (``None``: keep the float base)."""
-    bits = _BASE_BITS.get(quantize_base, 0) if isinstance(quantize_base, (bool, int)) else 0
-    if bits == 0:
-        raise ValueError(f"quantize_base must be False, True (int8), 8 or 4, got {quantize_base!r}")
-    return bits
+    """The bits of the quantised base ``quantize_base`` asks for (``None``: keep the base as it is)."""
+    if quantize_base is False:
+        return None
+    if quantize_base is True:
+        return 8
+    if type(quantize_base) is int and quantize_base in (8, 4):
+        return quantize_base
+    raise ValueError(f"quantize_base must be False, True (int8), 8 or 4, got {quantize_base!r}")
 
 
-def _quantize_base(model: nn.Module, bits: int | None) -> None:
-    if bits is not None:
+def _quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
+    """The model's quantised base layers, by the name of the layer they stand for (LoRA's
+    ``.base_layer`` suffix dropped)."""
+    return {name.removesuffix(".base_layer"): m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+
+
+def _quantize_base(model: nn.Module, bits: int | None, layers: dict[str, int] | None = None) -> None:
+    """Quantise the base to ``bits`` (all but routers, heads and LoRA layers, or exactly ``layers``:
+    name -> 4-bit group size, 0 for int8) unless it is already; never under existing adapters."""
+    have = {m.bits for m in _quantized_layers(model).values()}
+    if bits is None:
+        return
+    if have:
+        if have != {bits}:
+            raise ValueError(f"an int{bits} base was asked for, but the model's base is already quantised to "
+                             f"{'/'.join(f'int{b}' for b in sorted(have))}; start from a float model")
+        return
+    if _adapters(model):
+        raise ValueError(f"quantising the base would change it under the LoRA adapters already on the model "
+                         f"({sorted(_adapters(model))}); quantise it before the first adapter")
+    if layers is None:
         quantize_linear_layers(model, exclude=DEFAULT_EXCLUDE, bits=bits)  # type: ignore[arg-type]
+        return
+    for group in sorted(set(layers.values())):
+        names = [n for n, g in layers.items() if g == group]
+        quantize_linear_layers(model, include=names, exclude=(), bits=bits,  # type: ignore[arg-type]
+                               **({"group_size": group} if bits == 4 else {}))
+    done = _quantized_layers(model)
+    if set(done) != set(layers):
+        raise ValueError(f"the recorded base layers do not fit this model: missing {sorted(set(layers) - set(done))[:5]}, "
+                         f"unexpected {sorted(set(done) - set(layers))[:5]}")
+
+
+def _recorded_base(metadata: dict[str, str], weights: str) -> tuple[int | None, dict[str, int] | None]:
+    """The base an adapter file records: its bits (``None``: float) and, when written, the
+    quantised layers (name -> 4-bit group size, 0 for int8). Adapters saved before 4-bit bases
+    only say int8 or not."""
+    saved = metadata.get("vlsdk_base_bits") or {"true": "8"}.get(metadata.get("vlsdk_int8_base", ""), "0")
+    if saved not in ("0", "8", "4"):
+        raise ValueError(f"{weights} records a base of {saved!r} bits (metadata vlsdk_base_bits); expected "
+                         "0, 8 or 4; pass quantize_base= to choose")
+    bits = {"0": None, "8": 8, "4": 4}[saved]
+    try:
+        layers = json.loads(metadata["vlsdk_base_layers"]) if "vlsdk_base_layers" in metadata else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{weights}: metadata vlsdk_base_layers is not JSON ({err})") from None
+    if layers is not None and not (isinstance(layers, dict) and all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in layers.items())):
+        raise ValueError(f"{weights}: metadata vlsdk_base_layers must map layer names to group sizes, got "
+                         f"{str(layers)[:80]}")
+    return bits, (layers or None) if bits else None
 
 
 def attach_lora(model: nn.Module, task: str, target_modules: str | Sequence[str], r: int = 8, alpha: float = 16,
@@ -387,10 +447,13 @@ def save_adapter(model: nn.Module, task: str, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model.peft_config[task].save_pretrained(str(directory))
     state = get_peft_model_state_dict(model, adapter_name=task)
-    bits = max((m.bits for m in model.modules() if isinstance(m, QuantizedLinear)), default=0)
+    quantized = _quantized_layers(model)
+    bits = max((m.bits for m in quantized.values()), default=0)
+    layers = {n: getattr(m, "group_size", 0) for n, m in quantized.items()}
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / ADAPTER_WEIGHTS_NAME),
               metadata={"format": "pt", "vlsdk_version": __version__, "vlsdk_task": task,
-                        "vlsdk_base_bits": str(bits), "vlsdk_int8_base": json.dumps(bits == 8)})
+                        "vlsdk_base_bits": str(bits), "vlsdk_base_layers": json.dumps(layers),
+                        "vlsdk_int8_base": json.dumps(bits == 8)})
     heads = getattr(model, "heads", {})
     if task in heads:
         with _without_lora(heads[task]):
@@ -410,7 +473,8 @@ def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize
         task: the adapter (and head) name.
         directory: the adapter directory.
         quantize_base: quantise the base first, as :func:`attach_lora` does (``True``/``8``: int8,
-            ``4``: 4-bit, ``False``: leave it); default: as it was when saved.
+            ``4``: 4-bit, ``False``: leave it); default: as it was when saved (the same layers,
+            the same groups), and a model whose base is already quantised otherwise is refused.
         activate: make it the active adapter (:func:`set_adapter`, frozen).
 
     Returns:
@@ -432,13 +496,13 @@ def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize
     weights = str(directory / ADAPTER_WEIGHTS_NAME)
     with safe_open(weights, framework="pt") as f:
         metadata = f.metadata() or {}
-    if quantize_base is None:  # as saved; adapters saved before 4-bit bases only say int8 or not
-        saved = metadata.get("vlsdk_base_bits") or {"true": "8"}.get(metadata.get("vlsdk_int8_base", ""), "0")
-        if saved not in ("0", "8", "4"):
-            raise ValueError(f"{weights} records a base of {saved!r} bits (metadata vlsdk_base_bits); expected "
-                             "0, 8 or 4; pass quantize_base= to choose")
-        quantize_base = {"0": False, "8": 8, "4": 4}[saved]
-    bits = _base_bits(quantize_base)
+    saved_bits, layers = _recorded_base(metadata, weights)
+    bits = saved_bits if quantize_base is None else _base_bits(quantize_base)
+    have = {m.bits for m in _quantized_layers(model).values()}
+    if quantize_base is None and have and have != {saved_bits}:
+        saved_name = f"an int{saved_bits}" if saved_bits else "a float"
+        raise ValueError(f"{weights} was trained on {saved_name} base, but this model's base is already "
+                         f"{'/'.join(f'int{b}' for b in sorted(have))}; pass quantize_base=False to load it anyway")
     param = next(model.parameters(), None)
     device = str(param.device) if param is not None else "cpu"
     state = load_file(weights, device=device)
@@ -455,7 +519,7 @@ def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize
             load_head_weights(model, task, directory)
         heads[task].requires_grad_(False)
 
-    _quantize_base(model, bits)
+    _quantize_base(model, bits, layers if bits == saved_bits else None)
     unstack_generic_experts(model, lambda name: bool(check_target_module_exists(config, name)))
     _inject(model, config, task)
     result = set_peft_model_state_dict(model, state, adapter_name=task)
