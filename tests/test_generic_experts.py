@@ -215,3 +215,31 @@ def test_per_module_tools_unstack_only_the_layers_they_reach():
     assert type(model.get_submodule("encoder.stages.1.blocks.0.ffn.experts.generic.2.fc1")) is torch.nn.Linear
     with torch.no_grad():
         assert torch.equal(model.forward_features(x).tokens, ref)  # same values, per-expert loop path
+
+
+def test_the_loop_function_matches_autograd_on_the_views_and_passes_gradcheck():
+    from vlsdk.models.expert_loop import generic_loop
+
+    torch.manual_seed(0)
+    experts = GenericExperts(4, 6, 10).double()
+    xs = torch.randn(9, 6, dtype=torch.double, requires_grad=True)
+    sizes = [4, 0, 2, 3]  # expert 1 gets no row: its gradient slices are zero, as a stack's would be
+    stacks = experts.stacks()
+    torch.autograd.gradcheck(lambda x, *w: generic_loop(x, sizes, *w), (xs, *stacks))
+    out = generic_loop(xs, sizes, *stacks)
+    out.square().sum().backward()
+    got = [xs.grad.clone()] + [p.grad.clone() for p in stacks]
+    xs.grad = None
+    experts.zero_grad(set_to_none=True)
+    views, start, parts = experts.per_expert(), 0, []
+    for i, n in enumerate(sizes):
+        parts.append(experts.run(i, xs[start:start + n], views[i]))
+        start += n
+    reference = torch.cat(parts)
+    assert torch.equal(out, reference)
+    reference.square().sum().backward()
+    want = [xs.grad] + [p.grad for p in stacks]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert not got[1][1].any() and not got[3][1].any()
+    with pytest.raises(ValueError, match="do not split 9 rows among 4 experts"):
+        generic_loop(xs, [4, 0, 2, 2], *stacks)

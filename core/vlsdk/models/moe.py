@@ -12,6 +12,7 @@ from vlsdk.models import moe_kernels
 from vlsdk.models.amp import autocast_enabled
 from vlsdk.models.config import MoEConfig
 from vlsdk.models.dispatch import gather_slots, inverse_permutation, unsort_rows, unsort_slots
+from vlsdk.models.expert_loop import generic_loop
 from vlsdk.models.experts import ExpertMLP, accepts_context, check_expert, resolve_hidden
 from vlsdk.models.features import TRAINING_STATS, ExpertContext, RouterStats
 from vlsdk.models.generic_experts import GenericExperts, convert_generic_keys
@@ -258,17 +259,21 @@ class DynamicMoE(nn.Module):
         xs = flat[tokens]
         n_generic = self.num_generic
         generic = self.experts._modules["generic"]
-        stacked = type(generic) is GenericExperts
-        modules = [None] * n_generic + self._domain_modules() if stacked else self._modules_in_order()
-        weights = generic.per_expert() if stacked else None
+        sizes = kept.tolist()                                          # (the loop path's one host read)
         start = 0
-        for i, n in enumerate(kept.tolist()):                          # loop over experts, not tokens
+        if type(generic) is GenericExperts:  # the generic experts in one function over the stacks
+            start = sum(sizes[:n_generic])
+            ys = generic_loop(xs[:start], sizes[:n_generic], *generic.stacks())
+            routed.index_add_(0, tokens[:start], ys * gates[:start])  # weighted scatter-back
+            modules = [None] * n_generic + self._domain_modules()
+            first = n_generic
+        else:
+            modules, first = self._modules_in_order(), 0
+        for i in range(first, len(sizes)):                             # loop over experts, not tokens
+            n = sizes[i]
             if n:
                 sl = slice(start, start + n)
-                if stacked and i < n_generic:
-                    y = generic.run(i, xs[sl], weights[i])
-                else:
-                    y = self._call(i, modules[i], xs[sl], flat, tokens[sl], grid3)
+                y = self._call(i, modules[i], xs[sl], flat, tokens[sl], grid3)
                 routed.index_add_(0, tokens[sl], y * gates[sl])  # weighted scatter-back
             start += n
         dropped = 1.0 - kept.sum().float() / max(n_tok * k, 1)
