@@ -165,6 +165,11 @@ int8_triton)  # issue 23: the Triton weight-only int8 GEMM against bf16, dequant
     run 200 tp-host python3 benchmarks/throughput.py --device cuda --dtype bfloat16 --size 224 --batch 128 --repeats 5 \
         --models timm_vit_b16 base base+aten base base+aten timm_vit_b16 --out runs/tp_host
     ;;
+int4)  # issue 23: the 4-bit base on the GPU: its tests, bytes, and the dequantising forward against bf16
+    run 60 int4-tests python3 -m pytest -q -p no:cacheprovider tests/test_int4.py
+    run 120 int4 python3 benchmarks/int4_base.py --device cuda --dtype bfloat16 --tokens 1024 6272 16384 65536 \
+        --config ''
+    ;;
 layout)  # issue 23: the stacked generic experts on the GPU: kernel tests, the training step and the MoE layer
     run 100 layout-tests python3 -m pytest -q -p no:cacheprovider tests/test_moe_kernels.py tests/test_generic_experts.py \
         tests/test_moe.py

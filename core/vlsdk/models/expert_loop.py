@@ -20,31 +20,34 @@ __all__ = ["generic_loop"]
 
 
 class _GenericLoop(torch.autograd.Function):
-    """``ys[rows of i] = fc2_i(gelu(fc1_i(xs[rows of i])))``, the rows sorted by expert."""
+    """``ys[i] = fc2_i(gelu(fc1_i(xs[rows of i])))`` for each generic expert ``i``, the rows sorted by expert.
+
+    Each expert's activations are tensors of their own, as autograd would keep them: one buffer
+    for all rows is a fresh allocation of the size of all of them on each call, which the CPU's
+    allocator maps anew (page faults) where per-expert ones are reused.
+    """
 
     @staticmethod
     def forward(ctx: Any, xs: torch.Tensor, sizes: list[int], w1: torch.Tensor, b1: torch.Tensor,
-                w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-        pre = xs.new_empty(xs.shape[0], w1.shape[1])   # fc1 outputs (what GELU's backward reads)
-        act = torch.empty_like(pre)                     # GELU outputs (what fc2's weight gradient reads)
-        ys = torch.empty_like(xs)
+                w2: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pre, act, ys = [], [], []
         start = 0
         for i, n in enumerate(sizes):                   # loop over experts, not tokens
-            if n:
-                rows = slice(start, start + n)
-                torch.addmm(b1[i], xs[rows], w1[i].t(), out=pre[rows])
-                torch.ops.aten.gelu.out(pre[rows], out=act[rows])
-                torch.addmm(b2[i], act[rows], w2[i].t(), out=ys[rows])
+            x = xs[start:start + n]
+            pre.append(torch.addmm(b1[i], x, w1[i].t()))  # what GELU's backward reads
+            act.append(torch.nn.functional.gelu(pre[-1]))   # what fc2's weight gradient reads
+            ys.append(torch.addmm(b2[i], act[-1], w2[i].t()))
             start += n
         ctx.sizes = sizes
-        ctx.save_for_backward(xs, pre, act, w1, w2)
-        return ys
+        ctx.save_for_backward(xs, w1, w2, *pre, *act)
+        return tuple(ys)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        xs, pre, act, w1, w2 = ctx.saved_tensors
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xs, w1, w2, *saved = ctx.saved_tensors
+        experts = len(ctx.sizes)
+        pre, act = saved[:experts], saved[experts:]
         need_x, _, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
-        grad = grad.contiguous()
         gx = torch.empty_like(xs) if need_x else None
         gw1 = torch.empty_like(w1) if need_w1 else None
         gb1 = w1.new_empty(w1.shape[:2]) if need_b1 else None
@@ -52,18 +55,21 @@ class _GenericLoop(torch.autograd.Function):
         gb2 = w2.new_empty(w2.shape[:2]) if need_b2 else None
         start = 0
         for i, n in enumerate(ctx.sizes):               # loop over experts, not tokens
-            if not n:  # an expert without rows: zero gradients, as its slice of a stack would get
-                for g in (gw1, gb1, gw2, gb2):
-                    if g is not None:
-                        g[i].zero_()
+            g = grads[i]
+            if not n or g is None:  # no rows, or an output unused: zero gradients, as a stack's slice gets
+                for buffer in (gw1, gb1, gw2, gb2):
+                    if buffer is not None:
+                        buffer[i].zero_()
+                if gx is not None:
+                    gx[start:start + n].zero_()
+                start += n
                 continue
             rows = slice(start, start + n)
-            g = grad[rows]
             if gw2 is not None:
-                torch.mm(g.t(), act[rows], out=gw2[i])
+                torch.mm(g.t(), act[i], out=gw2[i])
             if gb2 is not None:
                 torch.sum(g, 0, out=gb2[i])
-            g_pre = torch.ops.aten.gelu_backward(g.mm(w2[i]), pre[rows])
+            g_pre = torch.ops.aten.gelu_backward(g.mm(w2[i]), pre[i])
             if gw1 is not None:
                 torch.mm(g_pre.t(), xs[rows], out=gw1[i])
             if gb1 is not None:
@@ -75,7 +81,7 @@ class _GenericLoop(torch.autograd.Function):
 
 
 def generic_loop(xs: torch.Tensor, sizes: list[int], w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                 b2: torch.Tensor) -> torch.Tensor:
+                 b2: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Each generic expert on its rows of ``xs``, differentiable in ``xs`` and the four stacks.
 
     Args:
@@ -85,12 +91,12 @@ def generic_loop(xs: torch.Tensor, sizes: list[int], w1: torch.Tensor, b1: torch
             (:meth:`~vlsdk.models.generic_experts.GenericExperts.stacks`).
 
     Returns:
-        ``(n, d)``: each row through its expert's GELU MLP.
+        One ``(sizes[i], d)`` tensor per expert: its rows through its GELU MLP.
 
     Example:
         >>> w1, b1, w2, b2 = torch.randn(2, 8, 4), torch.zeros(2, 8), torch.randn(2, 4, 8), torch.zeros(2, 4)
-        >>> generic_loop(torch.randn(5, 4), [3, 2], w1, b1, w2, b2).shape
-        torch.Size([5, 4])
+        >>> [y.shape for y in generic_loop(torch.randn(5, 4), [3, 2], w1, b1, w2, b2)]
+        [torch.Size([3, 4]), torch.Size([2, 4])]
     """
     if len(sizes) != w1.shape[0] or sum(sizes) != xs.shape[0]:
         raise ValueError(f"sizes {sizes} do not split {xs.shape[0]} rows among {w1.shape[0]} experts")

@@ -262,9 +262,12 @@ class DynamicMoE(nn.Module):
         sizes = kept.tolist()                                          # (the loop path's one host read)
         start = 0
         if type(generic) is GenericExperts:  # the generic experts in one function over the stacks
-            start = sum(sizes[:n_generic])
-            ys = generic_loop(xs[:start], sizes[:n_generic], *generic.stacks())
-            routed.index_add_(0, tokens[:start], ys * gates[:start])  # weighted scatter-back
+            ys = generic_loop(xs[:sum(sizes[:n_generic])], sizes[:n_generic], *generic.stacks())
+            for y, n in zip(ys, sizes, strict=False):
+                if n:
+                    sl = slice(start, start + n)
+                    routed.index_add_(0, tokens[sl], y * gates[sl])  # weighted scatter-back
+                start += n
             modules = [None] * n_generic + self._domain_modules()
             first = n_generic
         else:
