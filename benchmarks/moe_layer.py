@@ -6,7 +6,10 @@ The dense FFN has one expert's size, so a top-k MoE ideally costs ``k`` times th
 off, fc1 bias folded into the GEMM, gather-only dispatch: tokens go to their experts and back by
 row gathers with the inverse permutation, no scatter-add); "grouped-index-add" the same GEMMs with
 the earlier dispatch (``flat[tokens]``, whose backward is an accumulating scatter, and
-``index_add_`` back), kept as the reference the dispatch is measured against. ``--compile`` adds
+``index_add_`` back), kept as the reference the dispatch is measured against; "loop-autograd" the
+loop path ("moe") with its generic experts written as autograd on ``unbind`` views of the stacks,
+as before :mod:`vlsdk.models.expert_loop` (whose backward writes into stack-shaped gradients).
+``--compile`` adds
 "grouped-compiled" (``torch.compile`` of the layer, fullgraph); ``--profile`` prints the slowest
 kernels of one forward+backward of each MoE case (``torch.profiler``).
 
@@ -22,7 +25,9 @@ import time
 
 import torch
 
+import vlsdk.models.moe as moe_module
 from vlsdk.models.config import MoEConfig
+from vlsdk.models.expert_loop import generic_loop
 from vlsdk.models.experts import ExpertMLP
 from vlsdk.models.grouped_mm import grouped_mm
 from vlsdk.models.moe import _PAD, DynamicMoE, _count
@@ -64,6 +69,18 @@ def grouped_index_add(moe: DynamicMoE, x: torch.Tensor) -> torch.Tensor:
     return routed.addmm_(combine.scatter_(1, idx, weight), b2).reshape(x.shape)
 
 
+def loop_autograd(xs: torch.Tensor, sizes: list[int], *stacks: torch.Tensor) -> list[torch.Tensor]:
+    """The loop path's generic experts before :func:`~vlsdk.models.expert_loop.generic_loop`: autograd
+    on ``unbind`` views (its backward stacks the experts' weight gradients and fills a zero tensor of
+    all rows per expert's input gradient)."""
+    out, start = [], 0
+    for (w1, b1, w2, b2), n in zip(zip(*(s.unbind(0) for s in stacks)), sizes):
+        out.append(torch.nn.functional.linear(torch.nn.functional.gelu(
+            torch.nn.functional.linear(xs[start:start + n], w1, b1)), w2, b2))
+        start += n
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096)
@@ -99,16 +116,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 return grouped_index_add(moe, xin)
             if name == "grouped-compiled":
                 return compiled(xin)
+            if name == "loop-autograd":
+                moe_module.generic_loop = loop_autograd
             return moe(xin)[0]
         finally:
             moe.dense, moe.grouped = False, None
+            moe_module.generic_loop = generic_loop
 
     def case(name: str, mode: str):
         if mode == "forward":
             return torch.no_grad()(lambda: run(name, x))
         return lambda: run(name, x.detach().requires_grad_(True)).float().sum().backward()
 
-    cases = ("ffn", "moe", "grouped", "grouped-index-add", *(("grouped-compiled",) if compiled else ()), "all")
+    cases = ("ffn", "moe", "loop-autograd", "grouped", "grouped-index-add", *(("grouped-compiled",) if compiled else ()), "all")
     grouped = [c for c in cases if c.startswith("grouped")]
     results: dict[str, float] = {}
     for mode in ("forward", "forward+backward"):
@@ -124,12 +144,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results[f"{mode}/moe_over_ffn"] = ratio
         results[f"{mode}/ratio_to_ideal"] = ratio / args.top_k
         results[f"{mode}/all_over_moe"] = med["all"] / med["moe"]
+        results[f"{mode}/loop_autograd_to_ideal"] = med["loop-autograd"] / med["ffn"] / args.top_k
         for g in grouped:
             results[f"{mode}/{g.replace('-', '_')}_over_ffn"] = med[g] / med["ffn"]
             results[f"{mode}/{g.replace('-', '_')}_to_ideal"] = med[g] / med["ffn"] / args.top_k
         print(f"{mode:17s} " + " | ".join(f"{n} {med[n] * 1e3:.2f} ms" for n in cases))
         print(f"{'':17s} moe/ffn {ratio:.2f}x (ideal {args.top_k:.1f}x -> {ratio / args.top_k:.3f}x of ideal) | "
               + " | ".join(f"{g}/ideal {med[g] / med['ffn'] / args.top_k:.3f}x" for g in grouped)
+              + f" | loop-autograd/ideal {med['loop-autograd'] / med['ffn'] / args.top_k:.3f}x"
               + f" | grouped-index-add/grouped {med['grouped-index-add'] / med['grouped']:.2f}x"
               + f" | all/moe {med['all'] / med['moe']:.2f}x")
     print(f"setting: T={args.tokens} d={args.dim} hidden={args.hidden} E={args.experts} top-{args.top_k} "
