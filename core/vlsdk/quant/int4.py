@@ -13,11 +13,11 @@ At the default group of 128 that is 0.5 + 4/128 bytes per weight: about 0.27x of
 dtype. Gradients reach the input exactly (LoRA adapters upstream train through the layer), and
 the backward dequantises again instead of keeping the float weight alive in between.
 
-Why not an int4 kernel: on this project's CPU (2 cores, AVX-512 with bf16) torch's
-``_weight_int4pack_mm_for_cpu`` ran at 0.4-1.0x the speed of a bfloat16 ``F.linear`` at
-``base``'s shapes and about 60x slower than float32 for float32 inputs; dequantising costs one
-pass over the weight (``benchmarks/int8_matmul.py --int4``, BENCHMARKS.md). Its packed layout
-also depends on the CPU's instruction set, so it could not be the saved format. The weight here
+Why not an int4 kernel: on this project's CPU (2 cores, AVX-512 with bf16), at ``base``'s shapes
+and 64-4096 tokens, torch's ``_weight_int4pack_mm_for_cpu`` ran at 0.38-0.63x the speed of a
+bfloat16 ``F.linear`` where dequantising and then ``F.linear`` ran at 0.45-0.99x, and 60-100x
+slower than float32 for float32 inputs (``benchmarks/int4_base.py``, BENCHMARKS.md). Its packed
+layout also depends on the CPU's instruction set, so it could not be the saved format. The weight here
 is stored in a portable nibble order: byte ``j`` of a row holds input ``2j`` in its low and
 ``2j + 1`` in its high four bits.
 """
