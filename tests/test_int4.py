@@ -164,7 +164,7 @@ def test_quantized_layers_of_a_model_hold_under_0_3x_the_bytes_of_bfloat16():
     bf16 = sum(2 * (layer.in_features + 1) * layer.out_features for layer in layers)  # weight and bias
     ratio = weight_bytes(model, names) / bf16
     print(f"\n4-bit layers of tiny: {ratio:.3f}x the bytes of bfloat16")
-    assert ratio < 0.3  # the whole of base: 0.288x (benchmarks/int8_matmul.py --int4, BENCHMARKS.md)
+    assert ratio < 0.3  # the whole of base: 0.288x (benchmarks/int4_base.py, BENCHMARKS.md)
     with torch.no_grad():
         out = model(x, heads=["seg"])["seg"].logits.float()
     print(f"segmentation logits: relative error {rel_err(out, ref):.3f} against bfloat16")
