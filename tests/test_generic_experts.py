@@ -243,3 +243,28 @@ def test_the_loop_function_matches_autograd_on_the_views_and_passes_gradcheck():
     assert not got[1][1].any() and not got[3][1].any()
     with pytest.raises(ValueError, match="do not split 9 rows among 4 experts"):
         generic_loop(xs, [4, 0, 2, 2], *stacks)
+
+
+def test_the_loop_function_under_bf16_autocast_matches_autograd_and_keeps_float32_gradients():
+    from vlsdk.models.expert_loop import generic_loop
+
+    torch.manual_seed(0)
+    experts = GenericExperts(3, 8, 16)
+    sizes = [5, 0, 4]
+    grads = []
+    for run in ("function", "views"):
+        xs = torch.randn(9, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        experts.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if run == "function":
+                ys = generic_loop(xs, sizes, *experts.stacks())
+            else:
+                views, start, ys = experts.per_expert(), 0, []
+                for i, n in enumerate(sizes):
+                    ys.append(experts.run(i, xs[start:start + n], views[i]))
+                    start += n
+        torch.cat(ys).float().square().sum().backward()
+        assert all(y.dtype == torch.bfloat16 for y in ys)
+        grads.append([xs.grad] + [p.grad for p in experts.stacks()])
+    assert all(g.dtype == torch.float32 for g in grads[0])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))

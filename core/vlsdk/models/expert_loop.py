@@ -19,6 +19,26 @@ import torch
 __all__ = ["generic_loop"]
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out = a @ b``, written in place; under autocast computed in ``a``'s dtype, then cast, as
+    autograd casts a gradient back to its parameter's dtype."""
+    if out.dtype == a.dtype:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(a.mm(b))
+
+
+def _sum_into(out: torch.Tensor, a: torch.Tensor) -> None:
+    if out.dtype == a.dtype:
+        torch.sum(a, 0, out=out)
+    else:
+        out.copy_(a.sum(0))
+
+
 class _GenericLoop(torch.autograd.Function):
     """``ys[i] = fc2_i(gelu(fc1_i(xs[rows of i])))`` for each generic expert ``i``, the rows sorted by expert.
 
@@ -65,17 +85,18 @@ class _GenericLoop(torch.autograd.Function):
                 start += n
                 continue
             rows = slice(start, start + n)
+            w1_i, w2_i = _as(w1[i], g.dtype), _as(w2[i], g.dtype)  # (autocast ran the GEMMs in g's dtype)
             if gw2 is not None:
-                torch.mm(g.t(), act[i], out=gw2[i])
+                _mm_into(gw2[i], g.t(), act[i])
             if gb2 is not None:
-                torch.sum(g, 0, out=gb2[i])
-            g_pre = torch.ops.aten.gelu_backward(g.mm(w2[i]), pre[i])
+                _sum_into(gb2[i], g)
+            g_pre = torch.ops.aten.gelu_backward(g.mm(w2_i), pre[i])
             if gw1 is not None:
-                torch.mm(g_pre.t(), xs[rows], out=gw1[i])
+                _mm_into(gw1[i], g_pre.t(), xs[rows].to(g.dtype))
             if gb1 is not None:
-                torch.sum(g_pre, 0, out=gb1[i])
+                _sum_into(gb1[i], g_pre)
             if gx is not None:
-                torch.mm(g_pre, w1[i], out=gx[rows])
+                _mm_into(gx[rows], g_pre, w1_i)
             start += n
         return gx, None, gw1, gb1, gw2, gb2
 
