@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -200,3 +201,19 @@ def test_int4_benchmark_tables_are_measured_and_torch_kernel_agrees_with_the_lay
         assert row["cpu_kernel_float32_rel_err"] == pytest.approx(row["int4_rel_err"], abs=2e-3)
         assert row["cpu_kernel_bf16_rel_err"] == pytest.approx(row["int4_rel_err"], abs=0.02)
     assert 0 < r["logits_error"]["int8"] < r["logits_error"]["int4"]
+
+
+@pytest.mark.parametrize("cls,scale", [(Int4Linear, "scale_zero"), (Int8Linear, "scale")])
+def test_dtype_casts_leave_the_scales_alone(cls, scale):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 8)
+    with torch.no_grad():
+        lin.weight.mul_(1e-5)  # small weights: their scales would be float16 subnormals
+    layer = cls.from_linear(lin)
+    dtype, weight = getattr(layer, scale).dtype, layer.dequantize_weight()
+    for cast in (nn.Module.half, nn.Module.bfloat16, nn.Module.double, lambda m: m.to(torch.float16)):
+        model = cast(nn.Sequential(copy.deepcopy(layer)))
+        assert getattr(model[0], scale).dtype == dtype and model[0].bias.dtype != torch.float32
+        assert torch.equal(model[0].dequantize_weight(), weight)
+    moved = nn.Sequential(layer).to("cpu")  # device moves still move them (the same tensor here)
+    assert getattr(moved[0], scale).dtype == dtype

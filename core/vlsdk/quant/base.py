@@ -19,6 +19,7 @@ from torch import nn
 __all__ = ["QuantizedLinear", "require_finite"]
 
 _Q = TypeVar("_Q", bound="QuantizedLinear")
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def require_finite(weight: torch.Tensor) -> torch.Tensor:
@@ -66,6 +67,21 @@ class QuantizedLinear(nn.Module):
 
     #: bits per stored weight value (8 or 4); set by each subclass
     bits: int = 0
+    #: float buffers of the quantisation (scales, zeros) whose dtype ``.half()``, ``.bfloat16()``
+    #: or ``.to(dtype)`` must not change: a float16 scale of small weights is subnormal
+    scale_buffers: tuple[str, ...] = ()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
+        """As ``nn.Module._apply``, with the scale buffers passed by dtype casts (device moves still
+        move them): they ride as integer views of the same bytes, which casts leave alone."""
+        kept = {name: self._buffers[name].dtype for name in self.scale_buffers if self._buffers.get(name) is not None}
+        for name, dtype in kept.items():
+            self._buffers[name] = self._buffers[name].view(_SAME_SIZE_INT[dtype.itemsize])
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            for name, dtype in kept.items():
+                self._buffers[name] = self._buffers[name].view(dtype)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:

@@ -134,6 +134,7 @@ class Int4Linear(QuantizedLinear):
     """
 
     bits = 4
+    scale_buffers = ("scale_zero",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,

@@ -97,6 +97,7 @@ class Int8Linear(QuantizedLinear):
     """
 
     bits = 8
+    scale_buffers = ("scale",)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
