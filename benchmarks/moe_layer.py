@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             return torch.no_grad()(lambda: run(name, x))
         return lambda: run(name, x.detach().requires_grad_(True)).float().sum().backward()
 
-    cases = ("ffn", "moe", "loop-autograd", "grouped", "grouped-index-add", *(("grouped-compiled",) if compiled else ()), "all")
+    cases = ("ffn", "moe", "loop-autograd", "grouped", "grouped-index-add",
+             *(("grouped-compiled",) if compiled else ()), "all")
     grouped = [c for c in cases if c.startswith("grouped")]
     results: dict[str, float] = {}
     for mode in ("forward", "forward+backward"):

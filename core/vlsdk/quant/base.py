@@ -1,9 +1,9 @@
 """What every frozen quantised linear layer of vlsdk shares: sizes, a float bias, float round trips.
 
 :class:`QuantizedLinear` is the base of :class:`~vlsdk.quant.Int8Linear` and
-:class:`~vlsdk.quant.Int4Linear`. A subclass stores its weight in buffers of its own format (the main one named ``qweight``,
-the name peft looks for when it places an adapter beside a quantised layer) and
-implements :meth:`~QuantizedLinear.set_weight` (quantise a float weight into them) and
+:class:`~vlsdk.quant.Int4Linear`. A subclass stores its weight in buffers of its own format (the
+main one named ``qweight``, the name peft looks for when it places an adapter beside a quantised
+layer) and implements :meth:`~QuantizedLinear.set_weight` (quantise a float weight into them) and
 :meth:`~QuantizedLinear.dequantize_weight` (the float weight they stand for); construction from
 an ``nn.Linear``, the way back to one, and the input check come from here. peft LoRA builds its
 adapter on any ``QuantizedLinear`` through that pair (``vlsdk.train.lora``).
@@ -71,18 +71,6 @@ class QuantizedLinear(nn.Module):
     #: or ``.to(dtype)`` must not change: a float16 scale of small weights is subnormal
     scale_buffers: tuple[str, ...] = ()
 
-    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
-        """As ``nn.Module._apply``, with the scale buffers passed by dtype casts (device moves still
-        move them): they ride as integer views of the same bytes, which casts leave alone."""
-        kept = {name: self._buffers[name].dtype for name in self.scale_buffers if self._buffers.get(name) is not None}
-        for name, dtype in kept.items():
-            self._buffers[name] = self._buffers[name].view(_SAME_SIZE_INT[dtype.itemsize])
-        try:
-            return super()._apply(fn, recurse)
-        finally:
-            for name, dtype in kept.items():
-                self._buffers[name] = self._buffers[name].view(dtype)
-
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         if in_features < 1 or out_features < 1:
@@ -95,6 +83,18 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
         else:
             self.bias = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
+        """As ``nn.Module._apply``, with the scale buffers passed by dtype casts (device moves still
+        move them): they ride as integer views of the same bytes, which casts leave alone."""
+        kept = {name: self._buffers[name].dtype for name in self.scale_buffers if self._buffers.get(name) is not None}
+        for name, dtype in kept.items():
+            self._buffers[name] = self._buffers[name].view(_SAME_SIZE_INT[dtype.itemsize])
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            for name, dtype in kept.items():
+                self._buffers[name] = self._buffers[name].view(dtype)
 
     @classmethod
     def from_linear(cls: type[_Q], linear: nn.Linear, **options: Any) -> _Q:
@@ -158,7 +158,8 @@ class QuantizedLinear(nn.Module):
         """A float ``nn.Linear`` with the dequantised weight and the bias."""
         dtype = self.bias.dtype if self.bias is not None else torch.float32
         weight = self.dequantize_weight(dtype)
-        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=weight.device, dtype=dtype)
+        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                           device=weight.device, dtype=dtype)
         with torch.no_grad():
             linear.weight.copy_(weight)
             if self.bias is not None:

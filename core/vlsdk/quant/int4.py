@@ -62,8 +62,12 @@ def layer_group_size(in_features: int, group_size: int = DEFAULT_GROUP_SIZE) -> 
     return size + size % 2
 
 
-def quantize_weight_int4(weight: torch.Tensor, group_size: int = DEFAULT_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric group-wise 4-bit: ``(qweight uint8 (out, groups * group_size / 2), scale_zero bf16 (out, groups, 2))``.
+def quantize_weight_int4(weight: torch.Tensor,
+                         group_size: int = DEFAULT_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric group-wise 4-bit weight: ``(qweight, scale_zero)``.
+
+    ``qweight`` is uint8 ``(out, groups * group_size / 2)``, two values a byte; ``scale_zero`` is
+    bfloat16 ``(out, groups, 2)``.
 
     The zero is rounded to bfloat16 first and the scale then chosen to reach both ends of the
     group from it, so a group far from 0 with a narrow range keeps its precision. A row whose

@@ -26,7 +26,7 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 def quantize_linear_layers(model: nn.Module, include: Sequence[str] | None = None,
                            exclude: Sequence[str] = DEFAULT_EXCLUDE, compute: Compute = "auto", *,
                            bits: Literal[8, 4] = 8, group_size: int = DEFAULT_GROUP_SIZE) -> list[str]:
-    """Replace matching ``nn.Linear`` layers of ``model`` by :class:`~vlsdk.quant.Int8Linear` or :class:`~vlsdk.quant.Int4Linear`, in place.
+    """Replace matching ``nn.Linear`` layers of ``model`` by quantised ones (int8 or 4-bit), in place.
 
     A pattern matches a module name (``"encoder.stages.0.blocks.0.ffn.experts.generic.3.fc1"``)
     when it is a substring of it or matches it as a glob (``"*.experts.*.fc?"``). A MoE layer's

@@ -109,7 +109,8 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
         grid = (cdiv(m, block_m) * cdiv(n, block_n),)
         args = (rows, qweight, scale.float().contiguous(), bias if bias is not None else scale, y, m, n, k,
                 rows.stride(0), qweight.stride(0), y.stride(0))
-        launch("w8a16_linear", kernel, grid, *args, HAS_BIAS=bias is not None, DOT_F32=not x.is_cuda or x.dtype == torch.float32,
+        dot_f32 = not x.is_cuda or x.dtype == torch.float32
+        launch("w8a16_linear", kernel, grid, *args, HAS_BIAS=bias is not None, DOT_F32=dot_f32,
                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps)
     return y.reshape(*x.shape[:-1], n)
 

@@ -54,6 +54,7 @@ from torch import nn
 
 from vlsdk.models.expert_layout import unstack_generic_experts
 from vlsdk.quant import DEFAULT_EXCLUDE, Int4Linear, Int8Linear, QuantizedLinear, quantize_linear_layers
+from vlsdk.quant.int4 import DEFAULT_GROUP_SIZE
 from vlsdk.version import __version__
 
 try:
@@ -74,13 +75,13 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"        # peft's CONFIG_NAME
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS_NAME
 _PREFIX = "lora_"
 _WRAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, QuantizedLinear, BaseTunerLayer)
-#: ``quantize_base`` values -> bits of the quantised base (``None``: float)
 #: optimiser state tensors kept per parameter (AdamW: exp_avg and exp_avg_sq), plus a ``step`` scalar
 _OPTIMIZER_STATE = {"adamw": (2, True), "adam": (2, True), "sgd": (0, False), "sgd_momentum": (1, False)}
 
 
 class LoraQuantizedLinear(_PeftLoraLinear):
-    """peft's LoRA ``Linear`` on a quantised base layer (:class:`~vlsdk.quant.Int8Linear`, :class:`~vlsdk.quant.Int4Linear`).
+    """peft's LoRA ``Linear`` on a quantised base layer (:class:`~vlsdk.quant.Int8Linear`,
+    :class:`~vlsdk.quant.Int4Linear`).
 
     The forward is peft's (``base_layer(x)`` plus the active adapters' low-rank updates); only
     what needs the base weight differs: merging dequantises, adds the update and re-quantises
@@ -113,8 +114,8 @@ class LoraQuantizedLinear(_PeftLoraLinear):
             weight = weight + sign * self.get_delta_weight(name).float()
         if safe_merge and not torch.isfinite(weight).all():
             raise ValueError(f"NaNs detected in the merged weights; the adapters {adapter_names} seem to be broken")
-        warnings.warn(f"merging LoRA into an int{base.bits} base re-quantises the weight: outputs change by its rounding",
-                      UserWarning, stacklevel=3)
+        warnings.warn(f"merging LoRA into an int{base.bits} base re-quantises the weight: outputs change by "
+                      "its rounding", UserWarning, stacklevel=3)
         base.set_weight(weight)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -281,9 +282,9 @@ def _quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
 def _quantize_base(model: nn.Module, bits: int | None, layers: dict[str, int] | None = None) -> None:
     """Quantise the base to ``bits`` (all but routers, heads and LoRA layers, or exactly ``layers``:
     name -> 4-bit group size, 0 for int8) unless it is already; never under existing adapters."""
-    have = {m.bits for m in _quantized_layers(model).values()}
     if bits is None:
         return
+    have = {m.bits for m in _quantized_layers(model).values()}
     if have:
         if have != {bits}:
             raise ValueError(f"an int{bits} base was asked for, but the model's base is already quantised to "
@@ -297,12 +298,12 @@ def _quantize_base(model: nn.Module, bits: int | None, layers: dict[str, int] | 
         return
     for group in sorted(set(layers.values())):
         names = [n for n, g in layers.items() if g == group]
-        quantize_linear_layers(model, include=names, exclude=(), bits=bits,  # type: ignore[arg-type]
-                               **({"group_size": group} if bits == 4 else {}))
-    done = _quantized_layers(model)
-    if set(done) != set(layers):
-        raise ValueError(f"the recorded base layers do not fit this model: missing {sorted(set(layers) - set(done))[:5]}, "
-                         f"unexpected {sorted(set(done) - set(layers))[:5]}")
+        quantize_linear_layers(model, include=names, exclude=(), bits=4 if group else 8,  # (int8 layers record 0)
+                               group_size=group or DEFAULT_GROUP_SIZE)
+    done = set(_quantized_layers(model))
+    if done != set(layers):
+        raise ValueError(f"the recorded base layers do not fit this model: missing {sorted(set(layers) - done)[:5]}, "
+                         f"unexpected {sorted(done - set(layers))[:5]}")
 
 
 def _recorded_base(metadata: dict[str, str], weights: str) -> tuple[int | None, dict[str, int] | None]:
@@ -326,7 +327,8 @@ def _recorded_base(metadata: dict[str, str], weights: str) -> tuple[int | None, 
 
 
 def attach_lora(model: nn.Module, task: str, target_modules: str | Sequence[str], r: int = 8, alpha: float = 16,
-                dropout: float = 0.0, quantize_base: bool | Literal[8, 4] = False, *, train_head: bool = False) -> nn.Module:
+                dropout: float = 0.0, quantize_base: bool | Literal[8, 4] = False, *,
+                train_head: bool = False) -> nn.Module:
     """Attach a LoRA adapter named ``task`` to the modules named by ``target_modules``, in place.
 
     Afterwards only the adapter's ``lora_A``/``lora_B`` (and, with ``train_head``, the head
@@ -341,8 +343,8 @@ def attach_lora(model: nn.Module, task: str, target_modules: str | Sequence[str]
             match a module's dotted name or a dotted suffix of it: ``"fc1"`` (every ``...fc1``),
             ``r".*experts\\.medical\\.lesion\\.fc[12]"``, ``r"heads\\.seg\\.decoder\\..*\\.0"``. Each pattern
             must reach at least one layer peft can wrap (``nn.Linear``, ``nn.Conv*d``,
-            ``nn.Embedding``, ``Int8Linear``, ``Int4Linear``): peft itself only fails when nothing matched at all,
-            so the targeted module names are compared with every pattern here.
+            ``nn.Embedding``, ``Int8Linear``, ``Int4Linear``): peft itself only fails when nothing
+            matched at all, so the targeted module names are compared with every pattern here.
         r: LoRA rank.
         alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
         dropout: dropout on the adapter input.
@@ -461,8 +463,8 @@ def save_adapter(model: nn.Module, task: str, directory: str | Path) -> Path:
     return directory
 
 
-def load_adapter(model: nn.Module, task: str, directory: str | Path, *, quantize_base: bool | Literal[8, 4] | None = None,
-                 activate: bool = True) -> nn.Module:
+def load_adapter(model: nn.Module, task: str, directory: str | Path, *,
+                 quantize_base: bool | Literal[8, 4] | None = None, activate: bool = True) -> nn.Module:
     """Load an adapter written by :func:`save_adapter` into ``model`` as ``task``, frozen.
 
     The head saved beside it is added (``add_head(task, ..., checkpoint=directory)``) when the
